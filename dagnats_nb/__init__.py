@@ -1,0 +1,46 @@
+"""dagnats-nb: a durable DAG workflow engine on NATS JetStream, with the notebook as its console.
+
+    import dagnats_nb as dn
+    with dn.Engine.start(data_dir=".dagnats") as eng:
+        @eng.task("greet")
+        async def greet(ctx):
+            return {"msg": "hello " + ctx.input["name"]}
+        eng.register("workflow.json")
+        run = eng.run("hello-world", input={"name": "ada"})
+"""
+
+from .dag import WorkflowDef, load_workflow
+from .engine import Engine, new_run_id
+from .errors import (
+    ConfigError,
+    DagnatsError,
+    EngineLocked,
+    RunError,
+    ServerError,
+    UnsupportedStepType,
+    WorkflowError,
+)
+from .run import Run, RunTimeout
+from .task import Continue, Permanent, RetryAfter, TaskContext
+
+__all__ = [
+    "ConfigError",
+    "Continue",
+    "DagnatsError",
+    "Engine",
+    "EngineLocked",
+    "Permanent",
+    "RetryAfter",
+    "Run",
+    "RunError",
+    "RunTimeout",
+    "ServerError",
+    "TaskContext",
+    "UnsupportedStepType",
+    "WorkflowDef",
+    "WorkflowError",
+    "load_workflow",
+    "new_run_id",
+]
+
+__version__ = "0.1.0"

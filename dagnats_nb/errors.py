@@ -19,7 +19,11 @@ class ConfigError(DagnatsError):
 
 
 class WorkflowError(DagnatsError):
-    """A workflow definition is invalid."""
+    """A workflow definition is invalid. ``problems`` holds one line per problem."""
+
+    def __init__(self, message: str = "", problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems: list[str] = list(problems) if problems else [message]
 
 
 class UnsupportedStepType(WorkflowError):

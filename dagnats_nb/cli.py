@@ -1,0 +1,156 @@
+"""The ``dagnats`` command: serve, status, workflow validate, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from .errors import DagnatsError, WorkflowError
+
+
+def _settings_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", help="engine data directory (default: data_dir setting)")
+    p.add_argument("--config", help="a dagnats.yaml file")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a setting, e.g. --set monitor_port=8222 (repeatable)",
+    )
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise DagnatsError(f"--set {item!r}: write KEY=VALUE, e.g. --set nats_port=4222")
+        out[key.strip()] = value.strip()
+    if args.data_dir:
+        out["data_dir"] = args.data_dir
+    return out
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .engine import Engine
+
+    eng = Engine.start(config=args.config, **_overrides(args))
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    print(f"dagnats engine serving on {eng.url} (data_dir {eng.settings.data_dir})", flush=True)
+    if eng.server and eng.server.monitor_url:
+        print(f"monitoring on {eng.server.monitor_url}", flush=True)
+    print("stop with Ctrl-C", flush=True)
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        eng.stop()
+        print("dagnats engine stopped", flush=True)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .engine import Engine
+
+    eng = Engine.connect(config=args.config, **_overrides(args))
+    try:
+        status = eng.status()
+    finally:
+        eng.stop()
+    if args.json:
+        print(json.dumps(status, indent=2, default=str))
+        return 0
+    print(format_status(status))
+    return 0
+
+
+def format_status(status: dict[str, Any]) -> str:
+    lines = [
+        f"engine   {status['url']}  ({'connected' if status['connected'] else 'DISCONNECTED'})",
+        f"data_dir {status['data_dir']}",
+    ]
+    for t in status.get("tasks_without_worker", []):
+        n = status["pending_tasks"][t]
+        lines.insert(0, f"WARNING: {n} task(s) of type '{t}' wait and no worker serves '{t}'")
+    lines.append("")
+    lines.append(f"{'stream':<18}{'messages':>10}{'bytes':>14}")
+    for s in status["streams"]:
+        lines.append(f"{s['stream']:<18}{s['messages']:>10}{s['bytes']:>14}")
+    lines.append("")
+    lines.append("workers:" if status["workers"] else "workers: none")
+    for w in status["workers"]:
+        tasks = ", ".join(f"{t} (x{v['concurrency']})" for t, v in w.get("tasks", {}).items())
+        lines.append(f"  {w['worker_id']}  pid {w['pid']}  {tasks or '(no tasks)'}")
+    pending = status.get("pending_tasks", {})
+    lines.append("pending tasks: " + (", ".join(f"{t}={n}" for t, n in pending.items()) or "none"))
+    orch = status.get("orchestrator")
+    if orch:
+        lines.append(f"runs: {orch['runs']} ({orch['active_runs']} active)")
+    return "\n".join(lines)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .dag import load_workflow
+
+    failed = 0
+    for path in args.files:
+        try:
+            defn = load_workflow(Path(path))
+        except WorkflowError as exc:
+            failed += 1
+            problems = getattr(exc, "problems", None) or [str(exc)]
+            for problem in problems:
+                print(f"{path}: {problem}", file=sys.stderr)
+            continue
+        print(f"{path}: ok ({defn.name}, {len(defn.steps)} steps)")
+    return 1 if failed else 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(data_dir=args.data_dir, runs=args.runs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dagnats", description="A durable DAG workflow engine on NATS JetStream."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("serve", help="run an embedded engine in the foreground")
+    _settings_args(p)
+    p.set_defaults(fn=cmd_serve)
+    p = sub.add_parser("status", help="show the engine on a data dir: streams, workers, tasks")
+    _settings_args(p)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(fn=cmd_status)
+    wf = sub.add_parser("workflow", help="workflow files").add_subparsers(dest="wf", required=True)
+    p = wf.add_parser("validate", help="check workflow files (exit 1 on any problem)")
+    p.add_argument("files", nargs="+")
+    p.set_defaults(fn=cmd_validate)
+    p = sub.add_parser("demo", help="run a small pipeline on an embedded engine")
+    p.add_argument("--data-dir", help="keep the engine's data here (default: a temp dir)")
+    p.add_argument("--runs", type=int, default=3, help="how many runs to start")
+    p.set_defaults(fn=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except DagnatsError as exc:
+        print(f"dagnats: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

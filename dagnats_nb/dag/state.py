@@ -1,0 +1,160 @@
+"""Run state rebuilt from a run's events, and the actions the core asks the shell to perform.
+
+Plain data, no I/O. Step states are created lazily: a step absent from ``RunState.steps``
+is pending, which keeps a waiting run small.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .events import Event, TaskPayload
+
+RUN_RUNNING = "running"
+RUN_COMPLETED = "completed"
+RUN_FAILED = "failed"
+RUN_CANCELLED = "cancelled"
+RUN_TERMINAL = frozenset({RUN_COMPLETED, RUN_FAILED, RUN_CANCELLED})
+
+PENDING = "pending"
+QUEUED = "queued"
+RUNNING = "running"
+RETRYING = "retrying"  # a failed attempt waits for its retry delay
+WAITING = "waiting"  # an agent loop waits for its loop delay
+COMPLETED = "completed"
+FAILED = "failed"
+SKIPPED = "skipped"
+CANCELLED = "cancelled"
+STEP_DONE = frozenset({COMPLETED, SKIPPED})
+STEP_TERMINAL = frozenset({COMPLETED, FAILED, SKIPPED, CANCELLED})
+STEP_ACTIVE = frozenset({QUEUED, RUNNING})
+
+
+@dataclass(slots=True)
+class Instance:
+    """One map instance that has been dispatched and has not completed."""
+
+    status: str = QUEUED
+    attempt: int = 1
+    due_at: float | None = None
+
+
+@dataclass(slots=True)
+class MapState:
+    count: int
+    outputs: list[Any]
+    next_index: int = 0  # instances below it were dispatched
+    done: int = 0
+    active: dict[int, Instance] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class StepState:
+    status: str = PENDING
+    attempt: int = 0
+    iteration: int = 0
+    input: Any = None  # the input of the current attempt (loops: of the current iteration)
+    output: Any = None
+    error: str | None = None
+    first_at: float | None = None  # first dispatch, for an agent loop's max_duration
+    queued_at: float | None = None
+    started_at: float | None = None
+    ended_at: float | None = None
+    due_at: float | None = None
+    worker_id: str = ""
+    map: MapState | None = None
+
+
+@dataclass(slots=True)
+class Failure:
+    step_id: str
+    error: str
+
+
+@dataclass(slots=True)
+class RunState:
+    run_id: str
+    workflow: str
+    version: str
+    def_hash: str
+    input: Any
+    started_at: float
+    status: str = RUN_RUNNING
+    ended_at: float | None = None
+    output: Any = None
+    error: str | None = None
+    failure: Failure | None = None  # a step failed and its on_failure handler runs
+    steps: dict[str, StepState] = field(default_factory=dict)
+    # Events the core decided to publish and has not yet seen come back, by message id,
+    # with the task to dispatch alongside a step.queued event. Replayed by ``resume``.
+    outbox: dict[str, tuple[Event, TaskPayload | None]] = field(default_factory=dict)
+    last_seq: int = 0
+    event_count: int = 0
+
+    def step(self, step_id: str) -> StepState:
+        st = self.steps.get(step_id)
+        return st if st is not None else _PENDING
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in RUN_TERMINAL
+
+
+_PENDING = StepState()
+
+
+# Actions: what the shell must do after ``advance``.
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    """Publish ``task`` on TASK_QUEUES, then (once it is stored) its ``queued`` event."""
+
+    task: TaskPayload
+    queued: Event
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    """Publish ``event`` on WORKFLOW_HISTORY."""
+
+    event: Event
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    task: TaskPayload
+    error: str
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class SetTimer:
+    """Call ``advance`` with a :class:`Timer` event at ``at`` (POSIX seconds)."""
+
+    at: float
+    kind: str  # retry | loop | run_timeout
+    step_id: str = ""
+    map_index: int | None = None
+    seqno: int = 0  # the attempt (retry) or iteration (loop) the timer is for
+
+
+@dataclass(frozen=True, slots=True)
+class RunEnded:
+    status: str
+
+
+Action = Dispatch | Publish | DeadLetter | SetTimer | RunEnded
+
+
+@dataclass(frozen=True, slots=True)
+class Timer:
+    """A timer firing: the one input of ``advance`` that is not a stored event."""
+
+    at: float
+    kind: str
+    run_id: str
+    step_id: str = ""
+    map_index: int | None = None
+    seqno: int = 0

@@ -1,0 +1,350 @@
+"""Structural rules of a workflow definition (WIRE.md, plus the reference's map and handler
+rules). Each problem is one line naming the workflow, the step and the field."""
+
+from __future__ import annotations
+
+import heapq
+import json
+import re
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from ..errors import UnsupportedStepType, WorkflowError
+from .model import (
+    LOOP_KEYS,
+    MAP_KEYS,
+    SUPPORTED_STEP_TYPES,
+    AgentLoopConfig,
+    MapConfig,
+    StepDef,
+    WorkflowDef,
+)
+
+_NOT_IN_TOKEN = re.compile(r"[.*>\s\x00-\x1f\x7f]")
+_TASK_TYPES = ("normal", "map", "agent_loop", "agent", "planner")
+_OPS = ("==", "!=", "<", ">", "<=", ">=")
+_TRIGGER_KINDS = {
+    "cron": ("expression",),
+    "subject": ("subject",),
+    "webhook": ("path",),
+    "http": ("path", "method", "timeout_ms", "max_body_bytes"),
+}
+_TRIGGER_KEYS = {"id", "workflow_id", "enabled", "debounce", *_TRIGGER_KINDS}
+
+
+def problem(workflow: str | None, step: str | int | None, field: str | None, reason: str) -> str:
+    """One problem line: `workflow 'w' step 's': field 'f': reason` (step is an id or index)."""
+    text = f"workflow '{workflow}'" if workflow else "workflow (unnamed)"
+    if isinstance(step, int):
+        text += f" step #{step + 1}"
+    elif step:
+        text += f" step '{step}'"
+    if field:
+        text += f": field '{field}'"
+    return f"{text}: {reason}"
+
+
+def workflow_error(problems: list[str], cls: type[WorkflowError] = WorkflowError) -> WorkflowError:
+    """An error whose message joins `problems` with "; " and that keeps them in `.problems`."""
+    error = cls("; ".join(problems))
+    error.problems = list(problems)
+    return error
+
+
+def reason(err: Any) -> str:
+    """A short human reason for one pydantic error dict."""
+    kind, ctx, value = err.get("type", ""), err.get("ctx") or {}, err.get("input")
+    try:
+        shown = json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        shown = repr(value)
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    simple = {
+        "missing": "is required",
+        "greater_than_equal": f"must be >= {ctx.get('ge')}, got {shown}",
+        "greater_than": f"must be > {ctx.get('gt')}, got {shown}",
+        "less_than_equal": f"must be <= {ctx.get('le')}, got {shown}",
+        "less_than": f"must be < {ctx.get('lt')}, got {shown}",
+        "int_type": f"must be an integer, got {shown}",
+        "int_parsing": f"must be an integer, got {shown}",
+        "int_from_float": f"must be an integer, got {shown}",
+        "float_type": f"must be a number, got {shown}",
+        "float_parsing": f"must be a number, got {shown}",
+        "finite_number": f"must be a finite number, got {shown}",
+        "string_type": f"must be a string, got {shown}",
+        "bool_type": f"must be true or false, got {shown}",
+        "list_type": f"must be a list, got {shown}",
+        "dict_type": f"must be a mapping, got {shown}",
+        "model_type": f"must be a mapping, got {shown}",
+        "model_attributes_type": f"must be a mapping, got {shown}",
+        "literal_error": f"must be one of {ctx.get('expected')}, got {shown}",
+    }
+    if kind in simple:
+        return simple[kind]
+    msg = str(err.get("msg", kind))
+    return msg.removeprefix("Value error, ")
+
+
+def model_problems(
+    model: type[BaseModel], data: Any, workflow: str, step: str | int, prefix: str
+) -> list[str]:
+    """Problems of validating `data` as `model`, fields named `prefix.<field>`."""
+    try:
+        model.model_validate(data)
+    except ValidationError as exc:
+        out = []
+        for err in exc.errors():
+            path = ".".join(str(p) for p in err["loc"])
+            out.append(problem(workflow, step, f"{prefix}.{path}" if path else prefix, reason(err)))
+        return out
+    return []
+
+
+def validate(defn: WorkflowDef) -> list[str]:
+    """All structural problems of `defn` (empty when it is valid)."""
+    name = defn.name
+    out: list[str] = []
+    if not name:
+        out.append(problem(None, None, "name", "must not be empty"))
+    else:
+        out += _token_problems(name, name, None, "name")
+    if not defn.version:
+        out.append(problem(name, None, "version", "must not be empty"))
+    if not defn.steps:
+        out.append(problem(name, None, "steps", "at least one step is required"))
+    by_id: dict[str, StepDef] = {}
+    first_index: dict[str, int] = {}
+    for i, s in enumerate(defn.steps):
+        label: str | int = s.id or i
+        if not s.id:
+            out.append(problem(name, i, "id", "must not be empty"))
+        elif s.id in first_index:
+            dup = f"duplicate step id (also step #{first_index[s.id] + 1}); ids must be unique"
+            out.append(problem(name, s.id, "id", dup))
+        else:
+            out += _token_problems(s.id, name, s.id, "id")
+            first_index[s.id] = i
+            by_id[s.id] = s
+        if s.type in _TASK_TYPES and not s.task:
+            out.append(problem(name, label, "task", f"a '{s.type}' step needs a task name"))
+        elif s.task is not None:
+            out += _token_problems(s.task, name, label, "task")
+    for i, s in enumerate(defn.steps):
+        out += _step_problems(defn, s, s.id or i, by_id)
+    out += _trigger_problems(defn)
+    for cycle in find_cycles(defn):
+        out.append(problem(name, None, None, "cycle between steps " + " -> ".join(cycle)))
+    return out
+
+
+def check(defn: WorkflowDef, *, allow_unsupported: bool = False) -> None:
+    """Raise WorkflowError listing every problem, then UnsupportedStepType for step types
+    this engine does not run (unless `allow_unsupported`)."""
+    problems = validate(defn)
+    if problems:
+        raise workflow_error(problems)
+    if allow_unsupported:
+        return
+    supported = ", ".join(sorted(SUPPORTED_STEP_TYPES))
+    unsupported = [
+        problem(
+            defn.name,
+            s.id,
+            None,
+            f"step type '{s.type}' is not supported yet (supported: {supported})",
+        )
+        for s in defn.steps
+        if s.type not in SUPPORTED_STEP_TYPES
+    ]
+    if unsupported:
+        raise workflow_error(unsupported, UnsupportedStepType)
+
+
+def find_cycles(defn: WorkflowDef) -> list[list[str]]:
+    """Dependency cycles, each as its steps in run order with the first repeated at the end."""
+    order, succ, pred = _graph(defn)
+    index = {sid: i for i, sid in enumerate(order)}
+    remaining = set(order)
+    cycles: list[list[str]] = []
+    _peel(remaining, succ, pred)
+    while remaining:
+        node = min(remaining, key=index.__getitem__)
+        path: list[str] = []
+        seen: dict[str, int] = {}
+        while node not in seen:
+            seen[node] = len(path)
+            path.append(node)
+            node = min((m for m in succ[node] if m in remaining), key=index.__getitem__)
+        cycle = path[seen[node] :]
+        first = cycle.index(min(cycle, key=index.__getitem__))
+        cycle = cycle[first:] + cycle[:first]
+        cycles.append([*cycle, cycle[0]])
+        remaining -= set(cycle)
+        _peel(remaining, succ, pred)
+    return cycles
+
+
+def topological_order(defn: WorkflowDef) -> list[str]:
+    """Step ids with every dependency before its dependents, ties in definition order."""
+    order, succ, pred = _graph(defn)
+    index = {sid: i for i, sid in enumerate(order)}
+    waiting = {sid: len(pred[sid]) for sid in order}
+    ready = [(index[sid], sid) for sid in order if not waiting[sid]]
+    out: list[str] = []
+    while ready:
+        _, sid = heapq.heappop(ready)
+        out.append(sid)
+        for nxt in succ[sid]:
+            waiting[nxt] -= 1
+            if not waiting[nxt]:
+                heapq.heappush(ready, (index[nxt], nxt))
+    if len(out) != len(order):
+        cycles = find_cycles(defn)
+        raise workflow_error(
+            [
+                problem(defn.name, None, None, "cycle between steps " + " -> ".join(c))
+                for c in cycles
+            ]
+        )
+    return out
+
+
+def _graph(defn: WorkflowDef) -> tuple[list[str], dict[str, list[str]], dict[str, set[str]]]:
+    order = list(dict.fromkeys(s.id for s in defn.steps))
+    succ: dict[str, list[str]] = {sid: [] for sid in order}
+    pred: dict[str, set[str]] = {sid: set() for sid in order}
+    for s in defn.steps:
+        for dep in dict.fromkeys(s.depends_on):
+            if dep in succ and dep != s.id and dep not in pred[s.id]:
+                succ[dep].append(s.id)
+                pred[s.id].add(dep)
+    return order, succ, pred
+
+
+def _peel(remaining: set[str], succ: dict[str, list[str]], pred: dict[str, set[str]]) -> None:
+    """Drop nodes that cannot be on a cycle: no remaining predecessor or successor."""
+    changed = True
+    while changed:
+        changed = False
+        for node in list(remaining):
+            if not pred[node] & remaining or not any(m in remaining for m in succ[node]):
+                remaining.discard(node)
+                changed = True
+
+
+def _token_problems(value: str, workflow: str | None, step: str | int | None, field: str) -> list:
+    bad = sorted(set(_NOT_IN_TOKEN.findall(value)))
+    if not bad:
+        return []
+    shown = ", ".join("whitespace" if c.isspace() else repr(c) for c in bad)
+    why = (
+        f"'{value}' contains {shown}; ids, task names and workflow names are NATS subject "
+        "tokens and must not contain '.', '*', '>' or whitespace"
+    )
+    return [problem(workflow, step, field, why)]
+
+
+def _step_problems(
+    defn: WorkflowDef, s: StepDef, label: str | int, by_id: dict[str, StepDef]
+) -> list[str]:
+    name = defn.name
+    out: list[str] = []
+    if s.retries is not None and s.retries < 0:
+        out.append(problem(name, label, "retries", f"must be >= 0, got {s.retries}"))
+    seen: set[str] = set()
+    for dep in s.depends_on:
+        if dep == s.id:
+            out.append(problem(name, label, "depends_on", "a step may not depend on itself"))
+        elif dep not in by_id:
+            out.append(problem(name, label, "depends_on", f"unknown step '{dep}'"))
+        elif dep in seen:
+            out.append(problem(name, label, "depends_on", f"lists '{dep}' twice"))
+        seen.add(dep)
+    for key in ("on_failure", "compensate"):
+        target = getattr(s, key)
+        if target is None:
+            continue
+        if target == s.id:
+            out.append(problem(name, label, key, "a step may not be its own handler"))
+        elif target not in by_id:
+            out.append(problem(name, label, key, f"unknown step '{target}'"))
+        elif by_id[target].depends_on:
+            why = f"handler step '{target}' must not have depends_on; it runs only on failure"
+            out.append(problem(name, label, key, why))
+    if s.skip_if is not None:
+        cond = s.skip_if
+        if cond.op not in _OPS:
+            out.append(problem(name, label, "skip_if.op", f"must be one of {' '.join(_OPS)}"))
+        if not cond.field:
+            out.append(problem(name, label, "skip_if.field", "must not be empty"))
+        if cond.step_id not in s.depends_on:
+            why = f"'{cond.step_id}' must be one of this step's depends_on"
+            out.append(problem(name, label, "skip_if.step_id", why))
+    if s.type == "agent_loop":
+        out += _loop_problems(name, s, label)
+    elif s.loop is not None:
+        why = f"only agent_loop steps take loop settings; this step is '{s.type}'"
+        out.append(problem(name, label, "loop", why))
+    if s.type == "map":
+        out += _map_problems(name, s, label, by_id)
+    return out
+
+
+def _loop_problems(name: str, s: StepDef, label: str | int) -> list[str]:
+    in_config = {k: v for k, v in (s.config or {}).items() if k in LOOP_KEYS}
+    if s.loop is not None:
+        out = []
+        if in_config:
+            why = f"loop settings given under both 'loop' and 'config' ({', '.join(in_config)})"
+            out.append(problem(name, label, "config", why + "; keep one"))
+        if s.loop.max_iterations <= 0:
+            why = f"agent_loop steps need max_iterations > 0, got {s.loop.max_iterations}"
+            out.append(problem(name, label, "loop.max_iterations", why))
+        return out
+    if not in_config:
+        why = "agent_loop steps need max_iterations > 0 (under 'loop' or 'config')"
+        return [problem(name, label, "loop", why)]
+    return model_problems(AgentLoopConfig, in_config, name, label, "config")
+
+
+def _map_problems(name: str, s: StepDef, label: str | int, by_id: dict[str, StepDef]) -> list[str]:
+    settings = {k: v for k, v in (s.config or {}).items() if k in MAP_KEYS}
+    out = model_problems(MapConfig, settings, name, label, "config")
+    if len(s.depends_on) != 1:
+        why = (
+            "a map step needs exactly one dependency, the step whose output array it maps "
+            f"over; it has {len(s.depends_on)}"
+        )
+        out.append(problem(name, label, "depends_on", why))
+    for dep in s.depends_on:
+        if dep in by_id and by_id[dep].type == "map":
+            why = f"depends on map step '{dep}'; nested map steps are not supported"
+            out.append(problem(name, label, "depends_on", why))
+    return out
+
+
+def _trigger_problems(defn: WorkflowDef) -> list[str]:
+    out: list[str] = []
+    for j, trig in enumerate(defn.triggers or []):
+        field = f"triggers[{j}]"
+        tid = trig.get("id")
+        if not isinstance(tid, str) or not tid:
+            out.append(problem(defn.name, None, f"{field}.id", "must be a non-empty string"))
+        unknown = [k for k in trig if k not in _TRIGGER_KEYS]
+        if unknown:
+            out.append(problem(defn.name, None, field, f"unknown field(s) {', '.join(unknown)}"))
+        kinds = [k for k in _TRIGGER_KINDS if k in trig]
+        if len(kinds) != 1:
+            why = "needs exactly one of cron, subject, webhook, http"
+            out.append(problem(defn.name, None, field, f"{why}; got {len(kinds)}"))
+        for kind in kinds:
+            spec = trig[kind]
+            if not isinstance(spec, dict):
+                out.append(problem(defn.name, None, f"{field}.{kind}", "must be a mapping"))
+                continue
+            for key in _TRIGGER_KINDS[kind]:
+                if key not in spec:
+                    out.append(problem(defn.name, None, f"{field}.{kind}.{key}", "is required"))
+    return out

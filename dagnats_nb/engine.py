@@ -1,0 +1,508 @@
+"""The runtime facade: wires server, resources, orchestrator and workers on one loop thread.
+
+Every public method is sync and has an ``*_async`` twin that can be awaited from any event
+loop (top-level ``await`` in Jupyter included).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import nats
+from nats.js.errors import APIError, KeyNotFoundError, NotFoundError
+
+from . import protocol as p
+from . import resources
+from .config import Settings, load_settings
+from .dag import WorkflowDef, load_workflow
+from .errors import DagnatsError, RunError, ServerError
+from .loop import LoopThread
+from .orchestrator import Orchestrator, store_error
+from .run import Run, RunTimeout
+from .server import EmbeddedServer, read_engine_info
+from .stores import DefinitionStore, PayloadStore
+from .task import make_handler
+from .views import events_frame, runs_frame, steps_frame
+from .workers import TaskWorker, WorkerRegistry, new_worker_id
+
+log = logging.getLogger("dagnats_nb")
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def new_run_id() -> str:
+    """A time-ordered id (ULID layout: 48-bit milliseconds + 80 random bits, base32)."""
+    value = (int(time.time() * 1000) << 80) | secrets.randbits(80)
+    return "".join(_CROCKFORD[(value >> (5 * i)) & 31] for i in range(25, -1, -1))
+
+
+class Engine:
+    """A dagnats engine: embedded (``Engine.start``) or attached (``Engine.connect``)."""
+
+    def __init__(self, settings: Settings, *, embedded: bool) -> None:
+        self.settings = settings
+        self.embedded = embedded
+        self.server: EmbeddedServer | None = None
+        self.url: str | None = None
+        self.worker_id = new_worker_id()
+        self._loop: LoopThread | None = None
+        self._nc = None
+        self._js = None
+        self.defs: DefinitionStore | None = None
+        self.payloads: PayloadStore | None = None
+        self.orchestrator: Orchestrator | None = None
+        self.registry: WorkerRegistry | None = None
+        self.workers: dict[str, TaskWorker] = {}
+        self._executor: ThreadPoolExecutor | None = None
+        self.started_at: float | None = None
+
+    # -- life cycle ---------------------------------------------------------------------
+
+    @classmethod
+    def start(
+        cls,
+        data_dir: str | os.PathLike | None = None,
+        config: str | os.PathLike | None = None,
+        **settings: Any,
+    ) -> Engine:
+        """Start an embedded standalone engine (nats-server child, orchestrator, workers)."""
+        cfg = load_settings(config, data_dir=data_dir, **settings)
+        eng = cls(cfg, embedded=True)
+        eng._boot()
+        return eng
+
+    @classmethod
+    async def start_async(
+        cls,
+        data_dir: str | os.PathLike | None = None,
+        config: str | os.PathLike | None = None,
+        **settings: Any,
+    ) -> Engine:
+        return await asyncio.to_thread(cls.start, data_dir, config, **settings)
+
+    @classmethod
+    def connect(
+        cls,
+        data_dir: str | os.PathLike | None = None,
+        config: str | os.PathLike | None = None,
+        *,
+        url: str | None = None,
+        **settings: Any,
+    ) -> Engine:
+        """Attach to the engine that runs on ``data_dir`` (or at ``url``) from another process.
+
+        An attached engine reads status, runs and events, starts and cancels runs; the
+        owning engine's orchestrator executes them.
+        """
+        cfg = load_settings(config, data_dir=data_dir, **settings)
+        eng = cls(cfg, embedded=False)
+        if url is None:
+            info = read_engine_info(cfg.data_dir)
+            if not info or not info.get("alive"):
+                raise ServerError(
+                    f"no engine is running on {cfg.data_dir}: start one with "
+                    "`dagnats serve` or Engine.start(), or pass --data-dir"
+                )
+            url = info["url"]
+        eng.url = url
+        eng._loop = LoopThread("dagnats-client")
+        try:
+            eng._loop.call(eng._connect(), timeout=15)
+        except BaseException:
+            eng._loop.close()
+            raise
+        return eng
+
+    def _boot(self) -> None:
+        try:
+            if self.settings.nats_url:
+                self.url = self.settings.nats_url
+            else:
+                self.server = EmbeddedServer(self.settings).start()
+                self.url = self.server.url
+            self._loop = LoopThread()
+            self._executor = ThreadPoolExecutor(32, thread_name_prefix="dagnats-handler")
+            self._loop.call(self._boot_async(), timeout=120)
+        except BaseException:
+            self.stop()
+            raise
+        self.started_at = time.time()
+
+    async def _connect(self) -> None:
+        try:
+            self._nc = await nats.connect(
+                self.url,
+                name=f"dagnats-nb {self.worker_id}",
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                connect_timeout=5,
+                allow_reconnect=True,
+            )
+        except Exception as exc:
+            raise ServerError(f"cannot connect to NATS at {self.url}: {exc}") from exc
+        self._js = self._nc.jetstream(timeout=10)
+        self.defs = DefinitionStore(self._js)
+        self.payloads = PayloadStore(self._js, self._nc.max_payload)
+
+    async def _boot_async(self) -> None:
+        await self._connect()
+        s = self.settings
+        max_age = s.runs_max_age.total_seconds() if s.runs_max_age else None
+        streams = resources.streams_for(max_age, s.history_max_bytes, s.max_store_bytes)
+        await resources.ensure(self._js, streams)
+        self.orchestrator = Orchestrator(self._nc, self._js, self.defs, self.payloads)
+        await self.orchestrator.start()
+        self.registry = WorkerRegistry(self._js, self.worker_id)
+        await self.registry.start()
+
+    def stop(self) -> None:
+        """Stop workers (in-flight tasks get a few seconds), orchestrator and server."""
+        if self._loop is not None and self._loop.alive:
+            try:
+                self._loop.call(self._stop_async(), timeout=30)
+            except Exception as exc:
+                log.warning("engine stop: %s", exc)
+            self._loop.close()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        if self.server is not None:
+            self.server.stop()
+
+    async def stop_async(self) -> None:
+        await asyncio.to_thread(self.stop)
+
+    async def _stop_async(self) -> None:
+        for w in list(self.workers.values()):
+            await w.stop()
+        if self.registry is not None:
+            await self.registry.stop()
+        if self.orchestrator is not None:
+            await self.orchestrator.stop()
+        if self._nc is not None and not self._nc.is_closed:
+            try:
+                await asyncio.wait_for(self._nc.drain(), 5)
+            except Exception:
+                await self._nc.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def running(self) -> bool:
+        return self._loop is not None and self._loop.alive
+
+    # -- handlers and workflows ----------------------------------------------------------
+
+    def task(self, name: str, *, concurrency: int | None = None) -> Callable:
+        """Decorator: run the function for every step whose ``task`` is ``name``."""
+
+        def register(fn: Callable) -> Callable:
+            self.add_handler(name, fn, concurrency=concurrency)
+            return fn
+
+        return register
+
+    def add_handler(self, name: str, fn: Callable, *, concurrency: int | None = None) -> None:
+        handler = make_handler(name, fn, concurrency)
+        self._need_orchestrator("register a handler")
+        self._call(self._add_worker(handler))
+
+    async def _add_worker(self, handler) -> None:
+        old = self.workers.pop(handler.task, None)
+        if old is not None:
+            await old.stop(drain_timeout=1.0)
+        w = TaskWorker(
+            self._nc,
+            self._js,
+            self.payloads,
+            handler,
+            self.worker_id,
+            self.settings.ack_wait.total_seconds(),
+            self._executor,
+        )
+        await w.start()
+        self.workers[handler.task] = w
+        self.registry.tasks[handler.task] = w
+        await self.registry.beat()
+
+    def register(self, definition: WorkflowDef | dict | str | os.PathLike) -> WorkflowDef:
+        """Validate and store a workflow (a WorkflowDef, dict, JSON/YAML text or file path)."""
+        defn = load_workflow(definition)
+        self._call(self.defs.put(defn))
+        return defn
+
+    async def register_async(self, definition: Any) -> WorkflowDef:
+        defn = load_workflow(definition)
+        await self._call_async(self.defs.put(defn))
+        return defn
+
+    def workflow(self, name: str) -> WorkflowDef:
+        return self._call(self.defs.get(name))[1]
+
+    def workflows(self) -> list[str]:
+        return self._call(self.defs.names())
+
+    # -- runs ----------------------------------------------------------------------------
+
+    def start_run(
+        self, workflow: str | WorkflowDef | dict, input: Any = None, *, run_id: str | None = None
+    ) -> Run:
+        """Start a run of a registered workflow (or register this definition first)."""
+        return self._call(self._start_run(workflow, input, run_id))
+
+    async def start_run_async(
+        self, workflow: Any, input: Any = None, *, run_id: str | None = None
+    ) -> Run:
+        return await self._call_async(self._start_run(workflow, input, run_id))
+
+    async def _start_run(self, workflow: Any, input: Any, run_id: str | None) -> Run:
+        if isinstance(workflow, str) and not _looks_like_definition(workflow):
+            h, defn = await self.defs.get(workflow)
+        else:
+            defn = load_workflow(workflow)
+            h = await self.defs.put(defn)
+        run_id = run_id or new_run_id()
+        if not p.is_token(run_id):
+            raise RunError(f"run id {run_id!r} cannot be used in a NATS subject")
+        try:
+            encoded = json.dumps(input, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise RunError(
+                f"input of workflow '{defn.name}' is not JSON-serialisable ({exc}): "
+                "pass dicts, lists, strings, numbers, booleans or None"
+            ) from None
+        value = await self.payloads.shrink(input, len(encoded), f"{run_id}/input")
+        event = p.Event(
+            type=p.WORKFLOW_STARTED,
+            run_id=run_id,
+            payload={"workflow": defn.name, "version": defn.version, "def_hash": h, "input": value},
+        )
+        try:
+            await self._js.publish(
+                p.history_subject(run_id), event.encode(), headers={"Nats-Msg-Id": event.msg_id}
+            )
+        except APIError as exc:
+            msg = store_error(exc)
+            raise RunError(msg or f"cannot start a run of '{defn.name}': {exc}") from None
+        return Run(self, run_id, defn.name)
+
+    def run(
+        self, workflow: str | WorkflowDef | dict, input: Any = None, *, timeout: float | None = 60
+    ) -> Run:
+        """Start a run and wait for it to end (completed, failed or cancelled)."""
+        return self.start_run(workflow, input).wait(timeout)
+
+    async def run_async(
+        self, workflow: Any, input: Any = None, *, timeout: float | None = 60
+    ) -> Run:
+        run = await self.start_run_async(workflow, input)
+        return await run.wait_async(timeout)
+
+    def get_run(self, run_id: str) -> Run:
+        summary = self.run_state(run_id)
+        if summary is None:
+            raise RunError(f"no run with id {run_id}: list runs with eng.runs()")
+        return Run(self, run_id, summary["workflow"])
+
+    def run_state(self, run_id: str) -> dict[str, Any] | None:
+        """The run's summary: status, output, error, steps (None when unknown)."""
+        if self.orchestrator is not None:
+            state = self.orchestrator.runs.get(run_id)
+            if state is None:
+                return None
+            return {
+                "run_id": run_id,
+                "workflow": state.workflow,
+                "status": state.status,
+                "output": state.output,
+                "error": state.error,
+                "state": state,
+            }
+        return self._call(self._kv_run(run_id))
+
+    async def _kv_run(self, run_id: str) -> dict[str, Any] | None:
+        kv = await self._js.key_value("workflow_runs")
+        try:
+            entry = await kv.get(run_id)
+        except (KeyNotFoundError, NotFoundError):
+            return None
+        return json.loads(entry.value)
+
+    async def wait_run(self, run_id: str, timeout: float | None) -> None:
+        if self.orchestrator is None:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while True:
+                summary = await self._kv_run(run_id)
+                if summary and summary["status"] in ("completed", "failed", "cancelled"):
+                    return
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError
+                await asyncio.sleep(0.2)
+        await asyncio.wait_for(self.orchestrator.wait(run_id), timeout)
+
+    async def cancel_run(self, run_id: str, reason: str = "cancelled by user") -> None:
+        event = p.Event(type=p.WORKFLOW_CANCELLED, run_id=run_id, payload={"reason": reason})
+        await self._js.publish(
+            p.history_subject(run_id), event.encode(), headers={"Nats-Msg-Id": event.msg_id}
+        )
+
+    def runs(self):
+        """All runs as a DataFrame (run_id, workflow, status, started_at, ended_at, error...)."""
+        if self.orchestrator is not None:
+            return runs_frame(self.orchestrator.runs.values())
+        return runs_frame(self._call(self._kv_runs()))
+
+    async def runs_async(self):
+        return await asyncio.to_thread(self.runs)
+
+    async def _kv_runs(self) -> list[dict[str, Any]]:
+        kv = await self._js.key_value("workflow_runs")
+        try:
+            keys = await kv.keys()
+        except NotFoundError:
+            return []
+        out = []
+        for k in keys:
+            try:
+                out.append(json.loads((await kv.get(k)).value))
+            except (KeyNotFoundError, NotFoundError):
+                continue
+        return out
+
+    def events(self, run_id: str):
+        """A run's history as a DataFrame (seq, time, type, step_id, attempt, worker_id...)."""
+        return events_frame(self._call(self.history(run_id)))
+
+    async def events_async(self, run_id: str):
+        return events_frame(await self._call_async(self.history(run_id)))
+
+    def steps(self, run_id: str):
+        """A run's steps as a DataFrame (step_id, task, type, status, attempt, times, error)."""
+        summary = self.run_state(run_id)
+        if summary is None or "state" not in summary:
+            raise RunError(f"no run with id {run_id} in this engine")
+        return steps_frame(self.orchestrator.run_defs[run_id], summary["state"])
+
+    async def history(self, run_id: str) -> list[p.Event]:
+        subject = p.history_subject(run_id)
+        info = await self._js.stream_info(p.HISTORY_STREAM, subjects_filter=subject)
+        count = (info.state.subjects or {}).get(subject, 0)
+        if not count:
+            return []
+        sub = await self._js.subscribe(subject, stream=p.HISTORY_STREAM, ordered_consumer=True)
+        out: list[p.Event] = []
+        try:
+            while True:
+                msg = await sub.next_msg(timeout=5)
+                out.append(p.Event.decode(msg.data, seq=msg.metadata.sequence.stream))
+                if msg.metadata.num_pending == 0:
+                    break
+        finally:
+            await sub.unsubscribe()
+        return out
+
+    async def expand(self, value: Any) -> Any:
+        return await self.payloads.expand(value)
+
+    # -- status --------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """Connection, streams (messages, bytes), workers and pending tasks per task type."""
+        return self._call(self._status())
+
+    async def status_async(self) -> dict[str, Any]:
+        return await self._call_async(self._status())
+
+    async def _status(self) -> dict[str, Any]:
+        streams = []
+        for spec in resources.STREAMS:
+            try:
+                info = await self._js.stream_info(spec.name)
+            except NotFoundError:
+                continue
+            streams.append(
+                {"stream": spec.name, "messages": info.state.messages, "bytes": info.state.bytes}
+            )
+        info = await self._js.stream_info(p.TASK_STREAM, subjects_filter="task.>")
+        pending: dict[str, int] = {}
+        for subject, n in (info.state.subjects or {}).items():
+            task = subject.split(".")[1]
+            pending[task] = pending.get(task, 0) + n
+        workers = []
+        kv = await self._js.key_value("workers")
+        try:
+            keys = await kv.keys()
+        except NotFoundError:
+            keys = []
+        for k in keys:
+            try:
+                workers.append(json.loads((await kv.get(k)).value))
+            except (KeyNotFoundError, NotFoundError):
+                continue
+        served = {t for w in workers for t in w.get("tasks", {})}
+        out = {
+            "url": self.url,
+            "data_dir": str(self.settings.data_dir),
+            "connected": bool(self._nc and self._nc.is_connected),
+            "streams": streams,
+            "workers": workers,
+            "pending_tasks": pending,
+            "tasks_without_worker": sorted(t for t, n in pending.items() if n and t not in served),
+        }
+        if self.orchestrator is not None:
+            o = self.orchestrator
+            out["orchestrator"] = {
+                "runs": len(o.runs),
+                "active_runs": sum(1 for s in o.runs.values() if not s.terminal),
+                "last_seq": o.last_seq,
+                "replayed_events": o.replayed_events,
+                "replay_seconds": round(o.replay_seconds, 3),
+                "errors": list(o.errors)[-5:],
+            }
+        return out
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    def _need_orchestrator(self, what: str) -> None:
+        if self.orchestrator is None:
+            raise DagnatsError(
+                f"cannot {what} on an attached engine: handlers run in the engine started with "
+                "Engine.start() (or `dagnats worker` in a later version)"
+            )
+
+    def _call(self, coro, timeout: float | None = None):
+        if self._loop is None or not self._loop.alive:
+            coro.close()
+            raise DagnatsError("the engine is stopped: start it again with Engine.start()")
+        return self._loop.call(coro, timeout)
+
+    async def _call_async(self, coro):
+        if self._loop is None or not self._loop.alive:
+            coro.close()
+            raise DagnatsError("the engine is stopped: start it again with Engine.start()")
+        return await self._loop.call_async(coro)
+
+    def __repr__(self) -> str:
+        mode = "embedded" if self.embedded else "attached"
+        state = "running" if self.running else "stopped"
+        return f"<Engine {mode} {state} url={self.url} data_dir={self.settings.data_dir}>"
+
+
+def _looks_like_definition(text: str) -> bool:
+    t = text.lstrip()
+    return t.startswith("{") or "\n" in t or Path(text).suffix in (".json", ".yaml", ".yml")
+
+
+__all__ = ["Engine", "Run", "RunTimeout", "new_run_id"]

@@ -1,0 +1,294 @@
+"""Consumes WORKFLOW_HISTORY, applies ``dag.advance`` and performs the actions it returns.
+
+It holds no state that replay cannot rebuild: on start it reads the whole history with an
+ordered consumer, folds every run's events into its state (dropping the actions), then asks
+``dag.resume`` what each unfinished run still needs (undelivered decisions, timers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections import deque
+from typing import Any
+
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.js.errors import APIError
+
+from . import protocol as p
+from .dag import WorkflowDef
+from .dag.advance import advance, resume, start
+from .dag.state import (
+    DeadLetter,
+    Dispatch,
+    Publish,
+    RunEnded,
+    RunState,
+    SetTimer,
+    Timer,
+)
+from .stores import DefinitionStore, PayloadStore
+
+log = logging.getLogger("dagnats_nb.orchestrator")
+
+
+def store_error(exc: BaseException) -> str | None:
+    """A clear message when JetStream refused a write because the store is full."""
+    if isinstance(exc, APIError) and exc.err_code in (10047, 10028, 10023, 10077):
+        return (
+            f"JetStream storage is full ({exc.description}): raise max_store_bytes, "
+            "set runs_max_age, or delete old runs"
+        )
+    text = str(exc).lower()
+    if "insufficient" in text or "resources" in text or "maximum bytes" in text:
+        return (
+            f"JetStream storage is full ({exc}): raise max_store_bytes, set runs_max_age, "
+            "or delete old runs"
+        )
+    return None
+
+
+class Orchestrator:
+    def __init__(
+        self,
+        nc: NATS,
+        js: JetStreamContext,
+        defs: DefinitionStore,
+        payloads: PayloadStore,
+    ) -> None:
+        self.nc = nc
+        self.js = js
+        self.defs = defs
+        self.payloads = payloads
+        self.runs: dict[str, RunState] = {}
+        self.run_defs: dict[str, WorkflowDef] = {}
+        self.ready = asyncio.Event()
+        self.replaying = True
+        self.replayed_events = 0
+        self.replay_seconds = 0.0
+        self.last_seq = 0
+        self.errors: deque[str] = deque(maxlen=50)
+        self._waiters: dict[str, list[asyncio.Future]] = {}
+        self._timers: dict[tuple, asyncio.TimerHandle] = {}
+        self._replay_until = 0
+        self._replay_started = 0.0
+        self._sub = None
+        self._kv_runs = None
+        self._pending: set[asyncio.Future] = set()
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self._consumer: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        self._kv_runs = await self.js.key_value("workflow_runs")
+        info = await self.js.stream_info(p.HISTORY_STREAM)
+        self._replay_until = info.state.last_seq
+        self._replay_started = time.perf_counter()
+        self._consumer = asyncio.create_task(self._consume())
+        self._sub = await self.js.subscribe(
+            "history.>",
+            stream=p.HISTORY_STREAM,
+            ordered_consumer=True,
+            cb=self._on_msg,
+            pending_msgs_limit=-1,
+            pending_bytes_limit=-1,
+        )
+        if self._replay_until == 0 or info.state.messages == 0:
+            await self._end_replay()
+        await self.ready.wait()
+
+    async def stop(self) -> None:
+        for handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+        if self._sub is not None:
+            with contextlib.suppress(nats.errors.Error, ValueError):
+                await self._sub.unsubscribe()
+            self._sub = None
+        if self._consumer is not None:
+            self._consumer.cancel()
+        if self._pending:
+            await asyncio.wait(self._pending, timeout=5)
+        for futs in self._waiters.values():
+            for f in futs:
+                if not f.done():
+                    f.cancel()
+
+    # -- consuming -----------------------------------------------------------------------
+
+    async def _on_msg(self, msg) -> None:
+        self._queue.put_nowait(msg)
+
+    async def _consume(self) -> None:
+        while True:
+            msg = await self._queue.get()
+            try:
+                seq = msg.metadata.sequence.stream
+                event = p.Event.decode(msg.data, seq=seq)
+                await self.apply(event)
+            except Exception as exc:  # one bad event must not stop the engine
+                log.exception("cannot apply history message: %s", exc)
+                self.errors.append(f"history message skipped: {exc}")
+                seq = getattr(getattr(msg, "metadata", None), "sequence", None)
+                seq = seq.stream if seq else 0
+            self.last_seq = max(self.last_seq, seq)
+            if self.replaying:
+                self.replayed_events += 1
+                if seq >= self._replay_until:
+                    await self._end_replay()
+
+    async def apply(self, event: p.Event) -> None:
+        run_id = event.run_id
+        if event.type == p.WORKFLOW_STARTED:
+            if run_id in self.runs:
+                return
+            payload = event.payload or {}
+            _, defn = await self.defs.get(payload.get("workflow", ""), payload.get("def_hash"))
+            state, actions = start(defn, event)
+            self.run_defs[run_id] = defn
+        else:
+            old = self.runs.get(run_id)
+            if old is None:
+                return  # history of a run whose start was trimmed by retention
+            defn = self.run_defs[run_id]
+            state, actions = advance(defn, old, event)
+        self.runs[run_id] = state
+        if not self.replaying:
+            self.execute(state, actions)
+        elif state.terminal:
+            self._wake(run_id)
+
+    async def _end_replay(self) -> None:
+        if not self.replaying:
+            return
+        self.replaying = False
+        self.replay_seconds = time.perf_counter() - self._replay_started
+        for run_id, state in self.runs.items():
+            if state.outbox or not state.terminal:
+                self.execute(state, resume(self.run_defs[run_id], state))
+        self.ready.set()
+
+    # -- actions -------------------------------------------------------------------------
+
+    def execute(self, state: RunState, actions: list) -> None:
+        for action in actions:
+            if isinstance(action, Publish):
+                self._track(self._publish_event(action.event))
+            elif isinstance(action, Dispatch):
+                self._track(self._dispatch(action.task, action.queued))
+            elif isinstance(action, SetTimer):
+                self._set_timer(state.run_id, action)
+            elif isinstance(action, DeadLetter):
+                self._track(self._dead_letter(action))
+            elif isinstance(action, RunEnded):
+                self._track(self._snapshot(state))
+                self._wake(state.run_id)
+
+    def _track(self, coro) -> None:
+        task = asyncio.ensure_future(coro)
+        self._pending.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Future) -> None:
+        self._pending.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            msg = store_error(exc) or f"{type(exc).__name__}: {exc}"
+            log.error("orchestrator action failed: %s", msg)
+            self.errors.append(msg)
+
+    async def _publish_event(self, event: p.Event) -> None:
+        data = event.encode()
+        await self.js.publish(
+            p.history_subject(event.run_id), data, headers={"Nats-Msg-Id": event.msg_id}
+        )
+
+    async def _dispatch(self, task: p.TaskPayload, queued: p.Event) -> None:
+        data = task.encode()
+        if len(data) > self.payloads.limit:
+            ref = await self.payloads.put(task.input, f"{task.run_id}/{task.step_id}/input")
+            wire = task.to_wire()
+            wire["input"] = ref
+            data = json.dumps(wire, separators=(",", ":")).encode()
+        await self.js.publish(
+            p.task_subject(task.task, task.run_id), data, headers={"Nats-Msg-Id": task.msg_id}
+        )
+        # Only after the task is stored: a crash in between leaves the step.queued event in
+        # the run's outbox, and resume dispatches again.
+        await self._publish_event(queued)
+
+    async def _dead_letter(self, action: DeadLetter) -> None:
+        body = {
+            "task": action.task.to_wire(),
+            "error": action.error,
+            "attempts": action.attempts,
+            "failed_at": p.now_rfc3339(),
+        }
+        data = json.dumps(body, separators=(",", ":"), default=str).encode()
+        if len(data) > self.payloads.limit:
+            body["task"]["input"] = await self.payloads.put(
+                action.task.input, f"{action.task.run_id}/{action.task.step_id}/dead"
+            )
+            data = json.dumps(body, separators=(",", ":"), default=str).encode()
+        await self.js.publish(p.dead_subject(action.task.task, action.task.run_id), data)
+
+    async def _snapshot(self, state: RunState) -> None:
+        body = json.dumps(run_summary(state), default=str).encode()
+        await self._kv_runs.put(state.run_id, body)
+
+    def _set_timer(self, run_id: str, t: SetTimer) -> None:
+        key = (run_id, t.kind, t.step_id, t.map_index, t.seqno)
+        if key in self._timers:
+            return
+        delay = max(0.0, t.at - time.time())
+        loop = asyncio.get_running_loop()
+        self._timers[key] = loop.call_later(delay, self._fire, key, run_id, t)
+
+    def _fire(self, key: tuple, run_id: str, t: SetTimer) -> None:
+        self._timers.pop(key, None)
+        state = self.runs.get(run_id)
+        if state is None or state.terminal:
+            return
+        timer = Timer(time.time(), t.kind, run_id, t.step_id, t.map_index, t.seqno)
+        state, actions = advance(self.run_defs[run_id], state, timer)
+        self.runs[run_id] = state
+        self.execute(state, actions)
+
+    # -- waiting -------------------------------------------------------------------------
+
+    def _wake(self, run_id: str) -> None:
+        for fut in self._waiters.pop(run_id, ()):
+            if not fut.done():
+                fut.set_result(self.runs[run_id])
+
+    async def wait(self, run_id: str) -> RunState:
+        state = self.runs.get(run_id)
+        if state is not None and state.terminal:
+            return state
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(run_id, []).append(fut)
+        return await fut
+
+    async def record_start(self, state_summary: dict[str, Any]) -> None:
+        body = json.dumps(state_summary, default=str).encode()
+        await self._kv_runs.put(state_summary["run_id"], body)
+
+
+def run_summary(state: RunState) -> dict[str, Any]:
+    """What ``workflow_runs`` KV keeps of a run (a convenience; history is the authority)."""
+    return {
+        "run_id": state.run_id,
+        "workflow": state.workflow,
+        "version": state.version,
+        "status": state.status,
+        "started_at": p.format_time(state.started_at),
+        "ended_at": p.format_time(state.ended_at) if state.ended_at else None,
+        "error": state.error,
+        "steps": {sid: st.status for sid, st in state.steps.items()},
+    }

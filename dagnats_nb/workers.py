@@ -1,0 +1,362 @@
+"""Workers pull tasks of one task type and publish the step's events. They never touch run state.
+
+Each task type has one durable pull consumer on TASK_QUEUES (``worker-{task}``, filter
+``task.{task}.>``), shared by every worker of that type in any process, with
+``MaxAckPending`` = the handler's concurrency. A task is acknowledged only after its result
+event is stored, so a worker that dies mid-task loses nothing: the task is delivered again
+after the ack wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import os
+import socket
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from nats.aio.client import Client as NATS
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js import JetStreamContext
+from nats.js import api as js_api
+from nats.js.errors import FetchTimeoutError, NotFoundError
+
+from . import protocol as p
+from .stores import PayloadStore
+from .task import Continue, Handler, Permanent, RetryAfter, TaskContext
+
+log = logging.getLogger("dagnats_nb.workers")
+
+HEARTBEAT_EVERY = 30.0  # seconds between puts to the workers KV (its TTL is 60 s)
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname().split('.')[0]}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+def describe_error(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class TaskWorker:
+    """Runs one handler over the tasks of its type."""
+
+    def __init__(
+        self,
+        nc: NATS,
+        js: JetStreamContext,
+        payloads: PayloadStore,
+        handler: Handler,
+        worker_id: str,
+        ack_wait: float,
+        executor: ThreadPoolExecutor,
+    ) -> None:
+        self.nc = nc
+        self.js = js
+        self.payloads = payloads
+        self.handler = handler
+        self.worker_id = worker_id
+        self.ack_wait = ack_wait
+        self.executor = executor
+        self.inflight = 0
+        self.completed = 0
+        self.failed = 0
+        self._slots = asyncio.Semaphore(handler.concurrency)
+        self._tasks: set[asyncio.Task] = set()
+        self._loop_task: asyncio.Task | None = None
+        self._stopping = False
+
+    async def start(self) -> None:
+        durable = p.consumer_name(self.handler.task)
+        cfg = js_api.ConsumerConfig(
+            durable_name=durable,
+            filter_subject=p.task_filter(self.handler.task),
+            ack_policy=js_api.AckPolicy.EXPLICIT,
+            ack_wait=self.ack_wait,
+            max_ack_pending=self.handler.concurrency,
+            max_deliver=-1,
+        )
+        try:
+            info = await self.js.consumer_info(p.TASK_STREAM, durable)
+        except NotFoundError:
+            await self.js.add_consumer(p.TASK_STREAM, cfg)
+        else:
+            c = info.config
+            if c.max_ack_pending != cfg.max_ack_pending or c.ack_wait != cfg.ack_wait:
+                await self.js.add_consumer(p.TASK_STREAM, cfg)  # updates in place
+        self._loop = asyncio.get_running_loop()
+        self._psub = await self.js.pull_subscribe_bind(durable, stream=p.TASK_STREAM)
+        self._loop_task = asyncio.create_task(self._pull_loop(), name=f"pull-{durable}")
+
+    async def stop(self, drain_timeout: float = 5.0) -> None:
+        """Stop pulling; give in-flight tasks ``drain_timeout`` seconds, then release them."""
+        self._stopping = True
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._loop_task
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=drain_timeout)
+            for t in pending:
+                t.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=1.0)
+        with contextlib.suppress(Exception):
+            await self._psub.unsubscribe()
+
+    async def _pull_loop(self) -> None:
+        while not self._stopping:
+            await self._slots.acquire()
+            free = 1
+            while free < 256 and self._slots._value > 0:  # take every free slot at once
+                await self._slots.acquire()
+                free += 1
+            try:
+                msgs = await self._psub.fetch(free, timeout=5.0)
+            except (TimeoutError, FetchTimeoutError, NatsTimeout):
+                msgs = []
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # connection trouble: back off and try again
+                log.warning("fetch for task %s failed: %s", self.handler.task, exc)
+                msgs = []
+                await asyncio.sleep(0.5)
+            for _ in range(free - len(msgs)):
+                self._slots.release()
+            for msg in msgs:
+                task = asyncio.create_task(self._run(msg))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, msg) -> None:
+        self.inflight += 1
+        try:
+            await self._handle(msg)
+        finally:
+            self.inflight -= 1
+            self._slots.release()
+
+    async def _handle(self, msg) -> None:
+        try:
+            task = p.TaskPayload.decode(msg.data)
+        except (ValueError, KeyError) as exc:
+            log.error("dropping malformed task on %s: %s", msg.subject, exc)
+            await msg.term()
+            return
+        try:
+            value = await self.payloads.expand(task.input)
+        except Exception as exc:
+            await self._report(msg, task, p.STEP_FAILED, failure(exc, p.RETRIABLE))
+            return
+        beat = functools.partial(self._beat_now, msg)
+        ctx = TaskContext(
+            input=value,
+            run_id=task.run_id,
+            step_id=task.step_id,
+            task=self.handler.task,
+            attempt=task.attempt,
+            iteration=task.iteration,
+            workflow_name=task.workflow_name,
+            worker_id=self.worker_id,
+            map_index=task.map_index,
+            metadata=task.metadata,
+            _beat=beat,
+        )
+        await self._announce(self._event(task, p.STEP_STARTED, None))
+        beater = asyncio.create_task(self._heartbeat(msg))
+        t0 = time.perf_counter()
+        try:
+            result = await self._call(ctx, task.timeout_s)
+        except asyncio.CancelledError:
+            beater.cancel()
+            if self._stopping:  # released for another worker, not failed
+                with contextlib.suppress(Exception):
+                    await msg.nak()
+            raise
+        except TimeoutError:
+            beater.cancel()
+            err = f"step '{task.step_id}' timed out after {task.timeout_s:g}s"
+            await self._report(
+                msg, task, p.STEP_FAILED, {"error": err, "failure_type": p.RETRIABLE}
+            )
+            return
+        except Permanent as exc:
+            beater.cancel()
+            await self._report(msg, task, p.STEP_FAILED, failure(exc, p.NON_RETRIABLE))
+            return
+        except RetryAfter as exc:
+            beater.cancel()
+            payload = failure(exc, p.RETRY_AFTER)
+            payload["retry_after_ms"] = int(exc.seconds * 1000)
+            await self._report(msg, task, p.STEP_FAILED, payload)
+            return
+        except Exception as exc:
+            beater.cancel()
+            await self._report(msg, task, p.STEP_FAILED, failure(exc, p.RETRIABLE))
+            return
+        beater.cancel()
+        elapsed_ms = round((time.perf_counter() - t0) * 1000, 3)
+        kind = p.STEP_COMPLETED
+        if isinstance(result, Continue):
+            kind, result = p.STEP_CONTINUE, result.output
+        try:
+            encoded = json.dumps(result, separators=(",", ":"), allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            err = (
+                f"step '{task.step_id}' returned a value that is not JSON-serialisable "
+                f"({exc}): return dicts, lists, strings, numbers, booleans or None"
+            )
+            await self._report(
+                msg, task, p.STEP_FAILED, {"error": err, "failure_type": p.NON_RETRIABLE}
+            )
+            return
+        prefix = f"{task.run_id}/{task.step_id}/output"
+        output = await self.payloads.shrink(result, len(encoded), prefix)
+        payload: dict[str, Any] = {"output": output, "duration_ms": elapsed_ms}
+        if task.iteration:
+            payload["iteration"] = task.iteration
+        if task.map_index is not None and kind == p.STEP_COMPLETED:
+            kind = p.MAP_INSTANCE_COMPLETED
+        await self._report(msg, task, kind, payload)
+
+    async def _call(self, ctx: TaskContext, timeout: float | None) -> Any:
+        fn = self.handler.fn
+        if self.handler.is_async:
+            coro = fn(ctx)
+        else:
+            loop = asyncio.get_running_loop()
+            coro = loop.run_in_executor(self.executor, fn, ctx)
+        if timeout:
+            return await asyncio.wait_for(coro, timeout)
+        return await coro
+
+    def _event(self, task: p.TaskPayload, kind: str, payload: dict | None) -> p.Event:
+        payload = dict(payload or {})
+        if task.map_index is not None:
+            payload["map_index"] = task.map_index
+        if task.iteration and "iteration" not in payload:
+            payload["iteration"] = task.iteration
+        return p.Event(
+            type=kind,
+            run_id=task.run_id,
+            step_id=task.step_id,
+            payload=payload or None,
+            worker_id=self.worker_id,
+            attempt_number=task.attempt,
+        )
+
+    async def _report(self, msg, task: p.TaskPayload, kind: str, payload: dict) -> None:
+        """Store the result event, then acknowledge the task (never the other way round)."""
+        event = self._event(task, kind, payload)
+        try:
+            await self.js.publish(
+                p.history_subject(task.run_id),
+                event.encode(),
+                headers={"Nats-Msg-Id": event.msg_id},
+            )
+        except Exception as exc:
+            log.error(
+                "cannot record %s of %s: %s; the task will run again", kind, task.task_id, exc
+            )
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=1.0)
+            return
+        if kind == p.STEP_FAILED:
+            self.failed += 1
+        else:
+            self.completed += 1
+        await msg.ack()
+
+    async def _announce(self, event: p.Event) -> None:
+        """Publish without waiting for the ack, but in order on the wire (before the result)."""
+        try:
+            fut = await self.js.publish_async(
+                p.history_subject(event.run_id),
+                event.encode(),
+                headers={"Nats-Msg-Id": event.msg_id},
+            )
+        except Exception as exc:
+            log.warning("cannot announce %s: %s", event.type, exc)
+            return
+        fut.add_done_callback(_ignore_result)
+
+    def _beat_now(self, msg) -> None:
+        """``ctx.heartbeat()``: callable from the engine loop or a handler thread."""
+        asyncio.run_coroutine_threadsafe(msg.in_progress(), self._loop)
+
+    async def _heartbeat(self, msg) -> None:
+        """Keep a long task ours: ``in_progress`` every third of the ack wait."""
+        every = max(0.2, self.ack_wait / 3)
+        while True:
+            await asyncio.sleep(every)
+            with contextlib.suppress(Exception):
+                await msg.in_progress()
+
+
+def _ignore_result(fut: asyncio.Future) -> None:
+    if not fut.cancelled():
+        fut.exception()
+
+
+def failure(exc: BaseException, kind: str) -> dict[str, Any]:
+    return {"error": describe_error(exc), "failure_type": kind}
+
+
+class WorkerRegistry:
+    """Registers this process's workers in the ``workers`` KV bucket, re-put every 30 s."""
+
+    def __init__(self, js: JetStreamContext, worker_id: str) -> None:
+        self.js = js
+        self.worker_id = worker_id
+        self.started_at = p.now_rfc3339()
+        self.tasks: dict[str, TaskWorker] = {}
+        self._task: asyncio.Task | None = None
+        self._kv = None
+
+    async def start(self) -> None:
+        self._kv = await self.js.key_value("workers")
+        await self.beat()
+        self._task = asyncio.create_task(self._loop())
+
+    async def beat(self) -> None:
+        if self._kv is None:
+            return
+        body = {
+            "worker_id": self.worker_id,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "tasks": {
+                name: {
+                    "concurrency": w.handler.concurrency,
+                    "inflight": w.inflight,
+                    "completed": w.completed,
+                    "failed": w.failed,
+                }
+                for name, w in self.tasks.items()
+            },
+            "started_at": self.started_at,
+            "heartbeat_at": p.now_rfc3339(),
+        }
+        await self._kv.put(self.worker_id, json.dumps(body).encode())
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_EVERY)
+            try:
+                await self.beat()
+            except Exception as exc:
+                log.warning("worker heartbeat failed: %s", exc)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        if self._kv is not None:
+            with contextlib.suppress(Exception):
+                await self._kv.delete(self.worker_id)

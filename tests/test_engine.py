@@ -1,0 +1,614 @@
+"""The engine through its public Python API, on a real embedded nats-server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+
+import pytest
+
+import dagnats_nb as dn
+from dagnats_nb import protocol as p
+
+
+def test_hello_world_conformance_file_runs_end_to_end(engine, conformance):
+    @engine.task("greet")
+    async def greet(ctx):
+        return {"msg": "hello " + ctx.input["name"]}
+
+    @engine.task("uppercase")
+    def uppercase(ctx):
+        return {"msg": ctx.input["msg"].upper()}
+
+    engine.register(conformance / "hello-world.json")
+    run = engine.run("hello-world", input={"name": "ada"}, timeout=20)
+
+    assert run.status == "completed"
+    assert run.output == {"msg": "HELLO ADA"}
+    assert run.error is None
+    runs = engine.runs()
+    assert {"run_id", "workflow", "status", "started_at", "ended_at", "error"} <= set(runs.columns)
+    row = runs.set_index("run_id").loc[run.id]
+    assert row["workflow"] == "hello-world" and row["status"] == "completed"
+    events = engine.events(run.id)
+    assert {"seq", "time", "type", "step_id", "attempt", "worker_id", "payload"} <= set(
+        events.columns
+    )
+    types = list(events["type"])
+    assert types[0] == "workflow.started" and types[-1] == "workflow.completed"
+    assert types.count("step.completed") == 2
+    assert list(events["seq"]) == sorted(events["seq"])
+
+
+def test_retry_errors_conformance_file_honours_the_exponential_delays(engine, conformance):
+    attempts: list[float] = []
+
+    @engine.task("fetch")
+    def fetch(ctx):
+        attempts.append(time.monotonic())
+        if len(attempts) <= 2:
+            raise ConnectionError(f"flaky upstream, attempt {ctx.attempt}")
+        return {"rows": 3}
+
+    @engine.task("process")
+    def process(ctx):
+        return {"processed": ctx.input["rows"]}
+
+    @engine.task("report-error")
+    def report_error(ctx):
+        raise AssertionError("on_failure must not run when fetch succeeds")
+
+    engine.register(conformance / "retry-errors.json")
+    run = engine.run("retry-errors", timeout=30)
+
+    assert run.status == "completed", run.error
+    assert run.output == {"processed": 3}
+    assert len(attempts) == 3
+    # initial_delay 1s, multiplier 2: at least 1 s then 2 s between attempts.
+    assert attempts[1] - attempts[0] >= 1.0
+    assert attempts[2] - attempts[1] >= 2.0
+    steps = engine.steps(run.id).set_index("step_id")
+    assert steps.loc["fetch", "attempt"] == 3
+    assert steps.loc["report-error", "status"] == "pending"
+    failed = engine.events(run.id).query("type == 'step.failed'")
+    assert list(failed["attempt"]) == [1, 2]
+    assert "flaky upstream, attempt 1" in failed.iloc[0]["payload"]["error"]
+
+
+def dead_letters(engine) -> list[dict]:
+    async def read():
+        js = engine._js
+        info = await js.stream_info(p.DEAD_STREAM)
+        out = []
+        for seq in range(info.state.first_seq, info.state.last_seq + 1):
+            msg = await js.get_msg(p.DEAD_STREAM, seq)
+            out.append({"subject": msg.subject, **json.loads(msg.data)})
+        return out
+
+    return engine._call(read())
+
+
+def test_exhausted_retries_dead_letter_the_task_and_run_on_failure(engine, conformance):
+    calls: list[int] = []
+    handled: list[dict] = []
+
+    @engine.task("fetch")
+    def fetch(ctx):
+        calls.append(ctx.attempt)
+        raise ValueError("upstream says no")
+
+    @engine.task("process")
+    def process(ctx):
+        raise AssertionError("process must not run")
+
+    @engine.task("report-error")
+    def report_error(ctx):
+        handled.append(ctx.input)
+        return {"reported": True}
+
+    engine.register(conformance / "retry-errors.json")
+    run = engine.start_run("retry-errors", input={"source": "s3://bucket/a"})
+    run.wait(timeout=30)
+
+    assert calls == [1, 2, 3, 4]  # max_attempts 3 = three retries after the first attempt
+    assert run.status == "failed"
+    assert "step 'fetch' failed: ValueError: upstream says no" in run.error
+    assert handled == [
+        {
+            "step_id": "fetch",
+            "error": "ValueError: upstream says no",
+            "input": {"source": "s3://bucket/a"},
+        }
+    ]
+    letters = dead_letters(engine)
+    assert len(letters) == 1
+    letter = letters[0]
+    assert letter["subject"] == f"dead.fetch.{run.id}"
+    assert letter["attempts"] == 4
+    assert letter["error"] == "ValueError: upstream says no"
+    assert letter["task"]["input"] == {"source": "s3://bucket/a"}
+    assert letter["task"]["step_id"] == "fetch"
+    steps = engine.steps(run.id).set_index("step_id")
+    assert steps.loc["report-error", "status"] == "completed"
+    assert steps.loc["process", "status"] == "pending"
+
+
+def test_permanent_failure_skips_retries(engine):
+    calls = []
+
+    @engine.task("charge")
+    def charge(ctx):
+        calls.append(ctx.attempt)
+        raise dn.Permanent("card declined")
+
+    wf = {
+        "name": "pay",
+        "default_retry": {"max_attempts": 5, "strategy": "fixed", "initial_delay": "10ms"},
+        "steps": [{"id": "charge", "task": "charge"}],
+    }
+    run = engine.run(wf, timeout=20)
+    assert run.status == "failed"
+    assert calls == [1]
+    assert "Permanent: card declined" in run.error
+    assert dead_letters(engine)[0]["attempts"] == 1
+
+
+def test_retry_after_asks_for_an_exact_delay(engine):
+    seen: list[float] = []
+
+    @engine.task("call")
+    def call(ctx):
+        seen.append(time.monotonic())
+        if ctx.attempt == 1:
+            raise dn.RetryAfter(0.7, "429 too many requests")
+        return "ok"
+
+    wf = {
+        "name": "throttled",
+        "steps": [
+            {
+                "id": "call",
+                "task": "call",
+                "retry": {"max_attempts": 2, "strategy": "fixed", "initial_delay": "10ms"},
+            }
+        ],
+    }
+    run = engine.run(wf, timeout=20)
+    assert run.status == "completed" and run.output == "ok"
+    assert seen[1] - seen[0] >= 0.7
+    failed = engine.events(run.id).query("type == 'step.failed'").iloc[0]["payload"]
+    assert failed["failure_type"] == "retry_after" and failed["retry_after_ms"] == 700
+
+
+def test_skip_if_skips_and_downstream_steps_still_run(engine):
+    @engine.task("check")
+    def check(ctx):
+        return {"status": "ok", "count": 3}
+
+    @engine.task("fix")
+    def fix(ctx):
+        raise AssertionError("fix must be skipped")
+
+    @engine.task("notify")
+    def notify(ctx):
+        return {"seen": ctx.input}
+
+    wf = {
+        "name": "skipper",
+        "steps": [
+            {"id": "check", "task": "check"},
+            {
+                "id": "fix",
+                "task": "fix",
+                "depends_on": ["check"],
+                "skip_if": {"step_id": "check", "field": "status", "op": "==", "value": "ok"},
+            },
+            {"id": "notify", "task": "notify", "depends_on": ["check", "fix"]},
+        ],
+    }
+    run = engine.run(wf, timeout=20)
+    assert run.status == "completed", run.error
+    assert run.output == {"seen": {"check": {"status": "ok", "count": 3}, "fix": None}}
+    steps = engine.steps(run.id).set_index("step_id")
+    assert steps.loc["fix", "status"] == "skipped"
+    assert "step.skipped" in set(engine.events(run.id)["type"])
+
+
+def test_map_over_1000_items_returns_outputs_in_order(engine):
+    @engine.task("numbers")
+    def numbers(ctx):
+        return list(range(1000))
+
+    @engine.task("square", concurrency=64)
+    async def square(ctx):
+        await asyncio.sleep(0.001 * (ctx.input % 3))  # finish out of order
+        return ctx.input * ctx.input
+
+    @engine.task("total")
+    def total(ctx):
+        return {"n": len(ctx.input), "first": ctx.input[:3], "last": ctx.input[-1]}
+
+    wf = {
+        "name": "squares",
+        "steps": [
+            {"id": "numbers", "task": "numbers"},
+            {
+                "id": "square",
+                "task": "square",
+                "type": "map",
+                "depends_on": ["numbers"],
+                "config": {"max_items": 1000},
+            },
+            {"id": "total", "task": "total", "depends_on": ["square"]},
+        ],
+    }
+    run = engine.run(wf, timeout=120)
+    assert run.status == "completed", run.error
+    assert run.output == {"n": 1000, "first": [0, 1, 4], "last": 999 * 999}
+    state = engine.run_state(run.id)["state"]
+    assert state.step("square").output == [i * i for i in range(1000)]
+    assert engine.steps(run.id).set_index("step_id").loc["square", "items"] == "1000/1000"
+
+
+def test_map_fails_fast_and_over_max_items(engine, conformance):
+    @engine.task("fetch-urls")
+    def fetch_urls(ctx):
+        return [f"https://img/{i}.png" for i in range(ctx.input["n"])]
+
+    @engine.task("resize-image")
+    def resize(ctx):
+        if ctx.input.endswith("/3.png"):
+            raise dn.Permanent("corrupt image")
+        return ctx.input.replace(".png", "-small.png")
+
+    @engine.task("build-gallery")
+    def gallery(ctx):
+        return {"images": ctx.input}
+
+    engine.register(conformance / "map-step.json")  # max_items 10
+    ok = engine.run("image-pipeline", input={"n": 3}, timeout=20)
+    assert ok.status == "completed", ok.error
+    assert ok.output == {"images": [f"https://img/{i}-small.png" for i in range(3)]}
+
+    bad = engine.run("image-pipeline", input={"n": 5}, timeout=20)
+    assert bad.status == "failed"
+    assert "item 3: Permanent: corrupt image" in bad.error
+
+    big = engine.run("image-pipeline", input={"n": 11}, timeout=20)
+    assert big.status == "failed"
+    assert "got 11 items, more than max_items 10" in big.error
+
+
+def test_agent_loop_conformance_file_stops_at_max_iterations(engine, conformance):
+    seen = []
+
+    @engine.task("counter")
+    def counter(ctx):
+        seen.append((ctx.iteration, ctx.input))
+        return dn.Continue({"count": (ctx.input or {}).get("count", 0) + 1})
+
+    engine.register(conformance / "agent-loop.json")  # max_iterations 10, loop_delay 1s
+    t0 = time.monotonic()
+    run = engine.run("agent-loop", input={"count": 0}, timeout=60)
+    assert run.status == "completed", run.error
+    assert run.output == {"count": 10}
+    assert [i for i, _ in seen] == list(range(10))
+    assert seen[3][1] == {"count": 3}
+    assert time.monotonic() - t0 >= 9.0  # nine 1 s pauses between ten iterations
+    done = engine.events(run.id).query("type == 'step.completed'").iloc[-1]["payload"]
+    assert done["stopped"] == "max_iterations"
+
+
+def test_agent_loop_stops_when_the_handler_returns_a_plain_value(engine):
+    @engine.task("think")
+    def think(ctx):
+        n = ctx.input["n"] + 1
+        return {"n": n, "done": True} if n >= 4 else dn.Continue({"n": n})
+
+    wf = {
+        "name": "loop",
+        "steps": [
+            {"id": "think", "task": "think", "type": "agent_loop", "loop": {"max_iterations": 50}}
+        ],
+    }
+    run = engine.run(wf, input={"n": 0}, timeout=20)
+    assert run.output == {"n": 4, "done": True}
+
+
+def test_agent_loop_max_duration(engine):
+    @engine.task("spin")
+    async def spin(ctx):
+        await asyncio.sleep(0.1)
+        return dn.Continue(ctx.iteration)
+
+    wf = {
+        "name": "spin",
+        "steps": [
+            {
+                "id": "spin",
+                "task": "spin",
+                "type": "agent_loop",
+                "loop": {"max_iterations": 1000, "max_duration": "600ms"},
+            }
+        ],
+    }
+    run = engine.run(wf, timeout=20)
+    assert run.status == "completed"
+    assert 3 <= run.output <= 8
+    last = engine.events(run.id).query("type == 'step.completed'").iloc[-1]["payload"]
+    assert last["stopped"] == "max_duration"
+
+
+def test_step_timeout_is_enforced_and_retried(engine):
+    calls = []
+
+    @engine.task("slow")
+    async def slow(ctx):
+        calls.append(ctx.attempt)
+        if ctx.attempt == 1:
+            await asyncio.sleep(5)
+        return "fast enough"
+
+    wf = {
+        "name": "slowpoke",
+        "steps": [
+            {
+                "id": "slow",
+                "task": "slow",
+                "timeout": "300ms",
+                "retry": {"max_attempts": 1, "strategy": "fixed", "initial_delay": "10ms"},
+            }
+        ],
+    }
+    run = engine.run(wf, timeout=20)
+    assert run.status == "completed" and run.output == "fast enough"
+    failed = engine.events(run.id).query("type == 'step.failed'").iloc[0]["payload"]
+    assert "timed out after 0.3s" in failed["error"]
+
+
+def test_workflow_timeout_fails_the_run(engine):
+    @engine.task("nap")
+    async def nap(ctx):
+        await asyncio.sleep(10)
+
+    wf = {"name": "sleepy", "timeout": "500ms", "steps": [{"id": "nap", "task": "nap"}]}
+    run = engine.run(wf, timeout=20)
+    assert run.status == "failed"
+    assert "workflow 'sleepy' timed out after 0.5s" in run.error
+
+
+def test_concurrency_max_steps_limits_parallel_steps(engine):
+    running = 0
+    peak = 0
+    lock = threading.Lock()
+
+    @engine.task("work", concurrency=16)
+    async def work(ctx):
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        await asyncio.sleep(0.05)
+        with lock:
+            running -= 1
+        return ctx.input
+
+    wf = {
+        "name": "limited",
+        "concurrency": {"max_steps": 2},
+        "steps": [{"id": f"s{i}", "task": "work"} for i in range(6)],
+    }
+    run = engine.run(wf, input=1, timeout=20)
+    assert run.status == "completed"
+    assert run.output == {f"s{i}": 1 for i in range(6)}
+    assert peak == 2
+
+
+def test_unserialisable_output_fails_the_step_with_a_clear_message(engine):
+    @engine.task("bad")
+    def bad(ctx):
+        return {"when": object()}
+
+    wf = {
+        "name": "unserialisable",
+        "default_retry": {"max_attempts": 3, "strategy": "fixed", "initial_delay": "10ms"},
+        "steps": [{"id": "bad", "task": "bad"}],
+    }
+    run = engine.run(wf, timeout=20)
+    assert run.status == "failed"
+    assert "step 'bad' returned a value that is not JSON-serialisable" in run.error
+    assert len(engine.events(run.id).query("type == 'step.failed'")) == 1  # not retried
+
+
+def test_unserialisable_input_is_refused(engine):
+    engine.register({"name": "one", "steps": [{"id": "a", "task": "a"}]})
+    with pytest.raises(dn.RunError, match="input of workflow 'one' is not JSON-serialisable"):
+        engine.start_run("one", input={"x": {1, 2}})
+
+
+def test_outputs_larger_than_a_message_go_through_the_object_store(engine):
+    big = "x" * (3 * 1024 * 1024)
+
+    @engine.task("make")
+    def make(ctx):
+        return {"blob": big}
+
+    @engine.task("measure")
+    def measure(ctx):
+        return {"len": len(ctx.input["blob"]), "blob": ctx.input["blob"]}
+
+    wf = {
+        "name": "big",
+        "steps": [
+            {"id": "make", "task": "make"},
+            {"id": "measure", "task": "measure", "depends_on": ["make"]},
+        ],
+    }
+    run = engine.run(wf, timeout=60)
+    assert run.status == "completed", run.error
+    assert run.output["len"] == len(big)
+    assert run.output["blob"] == big
+    done = engine.events(run.id).query("type == 'step.completed'")
+    assert all(p.is_ref(x["output"]) for x in done["payload"])
+
+
+def test_missing_handler_leaves_the_task_pending_in_status(engine):
+    engine.register({"name": "orphan", "steps": [{"id": "a", "task": "nobody-home"}]})
+    run = engine.start_run("orphan")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        status = engine.status()
+        if status["pending_tasks"].get("nobody-home"):
+            break
+        time.sleep(0.05)
+    assert status["pending_tasks"] == {"nobody-home": 1}
+    assert status["tasks_without_worker"] == ["nobody-home"]
+    assert run.status == "running"
+
+    @engine.task("nobody-home")
+    def late(ctx):
+        return "finally"
+
+    assert run.wait(timeout=20).output == "finally"
+
+
+def test_cancel_ends_the_run(engine):
+    gate = threading.Event()
+
+    @engine.task("block")
+    def block(ctx):
+        gate.wait(10)
+        return "late"
+
+    @engine.task("after")
+    def after(ctx):
+        raise AssertionError("must not run after cancel")
+
+    wf = {
+        "name": "cancellable",
+        "steps": [
+            {"id": "block", "task": "block"},
+            {"id": "after", "task": "after", "depends_on": ["block"]},
+        ],
+    }
+    run = engine.start_run(wf)
+    time.sleep(0.3)
+    run.cancel()
+    run.wait(timeout=10)
+    gate.set()
+    assert run.status == "cancelled"
+    assert run.error == "cancelled by user"
+    time.sleep(0.3)
+    assert engine.steps(run.id).set_index("step_id").loc["after", "status"] == "pending"
+
+
+def test_wait_times_out_with_a_clear_message(engine):
+    engine.register({"name": "never", "steps": [{"id": "a", "task": "nobody"}]})
+    run = engine.start_run("never")
+    with pytest.raises(dn.RunTimeout, match="is still running after 0.3s"):
+        run.wait(timeout=0.3)
+
+
+def test_long_handler_heartbeats_and_is_not_redelivered(engine):
+    calls = []
+
+    @engine.task("long")
+    def long(ctx):  # ack_wait is 2 s in the fixture
+        calls.append(ctx.attempt)
+        time.sleep(5)
+        return "done"
+
+    run = engine.run({"name": "long", "steps": [{"id": "l", "task": "long"}]}, timeout=30)
+    assert run.output == "done"
+    assert calls == [1]
+
+
+def test_unknown_workflow_is_a_clear_error(engine):
+    with pytest.raises(dn.WorkflowError, match="workflow 'nope' is not registered"):
+        engine.start_run("nope")
+
+
+def test_async_twins_work_from_another_event_loop(engine):
+    @engine.task("echo")
+    async def echo(ctx):
+        return ctx.input
+
+    async def main():
+        await engine.register_async({"name": "echo", "steps": [{"id": "e", "task": "echo"}]})
+        run = await engine.run_async("echo", input={"v": 1}, timeout=20)
+        runs = await engine.runs_async()
+        events = await engine.events_async(run.id)
+        return run, runs, events
+
+    run, runs, events = asyncio.run(main())
+    assert run.output == {"v": 1}
+    assert run.id in set(runs["run_id"])
+    assert events["type"].iloc[-1] == "workflow.completed"
+
+
+def test_blocking_call_from_an_async_handler_is_a_clear_error(engine):
+    @engine.task("naughty")
+    async def naughty(ctx):
+        engine.status()  # a blocking method, on the engine thread
+
+    run = engine.run({"name": "naughty", "steps": [{"id": "n", "task": "naughty"}]}, timeout=20)
+    assert run.status == "failed"
+    assert "use its *_async twin" in run.error
+
+
+def test_restart_replays_history_and_keeps_runs(tmp_path):
+    data = tmp_path / "engine"
+    with dn.Engine.start(data_dir=data) as eng:
+
+        @eng.task("inc")
+        def inc(ctx):
+            return ctx.input + 1
+
+        wf = {
+            "name": "inc2",
+            "steps": [{"id": "a", "task": "inc"}, {"id": "b", "task": "inc", "depends_on": ["a"]}],
+        }
+        ids = [eng.run(wf, input=i, timeout=20).id for i in range(5)]
+
+    with dn.Engine.start(data_dir=data) as eng:
+        status = eng.status()
+        assert status["orchestrator"]["replayed_events"] >= 5 * 8
+        runs = eng.runs().set_index("run_id")
+        assert set(ids) <= set(runs.index)
+        assert all(runs.loc[ids, "status"] == "completed")
+        assert [eng.get_run(r).output for r in ids] == [2, 3, 4, 5, 6]
+
+
+def test_connect_from_another_engine_object_reads_status_and_runs(engine):
+    @engine.task("echo")
+    async def echo(ctx):
+        return ctx.input
+
+    engine.register({"name": "echo", "steps": [{"id": "e", "task": "echo"}]})
+    done = engine.run("echo", input="hi", timeout=20)
+    other = dn.Engine.connect(data_dir=engine.settings.data_dir)
+    try:
+        runs = other.runs()
+        assert done.id in set(runs["run_id"])
+        started = other.start_run("echo", input="from outside")
+        started.wait(timeout=20)
+        assert started.status == "completed"
+        assert engine.get_run(started.id).output == "from outside"
+        assert other.status()["url"] == engine.url
+    finally:
+        other.stop()
+
+
+def test_second_engine_on_one_data_dir_names_the_holder(engine):
+    import os
+
+    with pytest.raises(dn.EngineLocked, match=str(os.getpid())):
+        dn.Engine.start(data_dir=engine.settings.data_dir)
+
+
+def test_missing_server_binary_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("DAGNATS_NATS_SERVER", str(tmp_path / "no-such-nats-server"))
+    with pytest.raises(dn.ServerError, match="nats-server"):
+        dn.Engine.start(data_dir=tmp_path / "e")
