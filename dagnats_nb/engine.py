@@ -7,13 +7,14 @@ loop (top-level ``await`` in Jupyter included).
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
 import logging
 import os
 import secrets
 import time
+import weakref
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from .run import Run, RunTimeout
 from .server import EmbeddedServer, read_engine_info
 from .stores import DefinitionStore, PayloadStore
 from .task import make_handler
+from .threads import DaemonThreadPool
 from .views import events_frame, runs_frame, steps_frame
 from .workers import TaskWorker, WorkerRegistry, new_worker_id
 
@@ -62,7 +64,7 @@ class Engine:
         self.orchestrator: Orchestrator | None = None
         self.registry: WorkerRegistry | None = None
         self.workers: dict[str, TaskWorker] = {}
-        self._executor: ThreadPoolExecutor | None = None
+        self._executor: DaemonThreadPool | None = None
         self.started_at: float | None = None
 
     # -- life cycle ---------------------------------------------------------------------
@@ -130,7 +132,8 @@ class Engine:
                 self.server = EmbeddedServer(self.settings).start()
                 self.url = self.server.url
             self._loop = LoopThread()
-            self._executor = ThreadPoolExecutor(32, thread_name_prefix="dagnats-handler")
+            self._executor = DaemonThreadPool(32)
+            atexit.register(_stop_at_exit, weakref.ref(self))
             self._loop.call(self._boot_async(), timeout=120)
         except BaseException:
             self.stop()
@@ -141,6 +144,9 @@ class Engine:
         try:
             self._nc = await nats.connect(
                 self.url,
+                error_cb=_on_nats_error,
+                disconnected_cb=_on_disconnect,
+                reconnected_cb=_on_reconnect,
                 name=f"dagnats-nb {self.worker_id}",
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.5,
@@ -220,6 +226,11 @@ class Engine:
         self._call(self._add_worker(handler))
 
     async def _add_worker(self, handler) -> None:
+        if not handler.is_async:
+            sync = sum(
+                w.handler.concurrency for w in self.workers.values() if not w.handler.is_async
+            )
+            self._executor.max_workers = max(32, sync + handler.concurrency)
         old = self.workers.pop(handler.task, None)
         if old is not None:
             await old.stop(drain_timeout=1.0)
@@ -498,6 +509,24 @@ class Engine:
         mode = "embedded" if self.embedded else "attached"
         state = "running" if self.running else "stopped"
         return f"<Engine {mode} {state} url={self.url} data_dir={self.settings.data_dir}>"
+
+
+def _stop_at_exit(ref: weakref.ref) -> None:
+    eng = ref()
+    if eng is not None and eng.running:
+        eng.stop()
+
+
+async def _on_nats_error(exc: Exception) -> None:
+    log.debug("nats: %s", exc)
+
+
+async def _on_disconnect() -> None:
+    log.info("disconnected from NATS; reconnecting")
+
+
+async def _on_reconnect() -> None:
+    log.info("reconnected to NATS")
 
 
 def _looks_like_definition(text: str) -> bool:

@@ -18,7 +18,7 @@ import os
 import socket
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor
 from typing import Any
 
 from nats.aio.client import Client as NATS
@@ -56,7 +56,7 @@ class TaskWorker:
         handler: Handler,
         worker_id: str,
         ack_wait: float,
-        executor: ThreadPoolExecutor,
+        executor: Executor,
     ) -> None:
         self.nc = nc
         self.js = js

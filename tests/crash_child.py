@@ -1,0 +1,59 @@
+"""Child process of the crash-recovery test: runs an engine with runs in flight, then waits
+to be SIGKILLed. Prints one JSON line once the runs are in the state the test needs."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import dagnats_nb as dn
+
+WORKFLOW = {
+    "name": "crashy",
+    "steps": [
+        {"id": "a", "task": "quick"},
+        {"id": "b", "task": "slow", "depends_on": ["a"]},
+        {"id": "c", "task": "flaky",
+         "retry": {"max_attempts": 2, "strategy": "fixed", "initial_delay": "5s"}},
+        {"id": "d", "task": "quick", "depends_on": ["b", "c"]},
+    ],
+}
+
+
+def main(data_dir: str, runs: int) -> None:
+    eng = dn.Engine.start(data_dir=data_dir, ack_wait="2s")
+
+    @eng.task("quick")
+    def quick(ctx):
+        return {"step": ctx.step_id, "input": ctx.input}
+
+    @eng.task("slow", concurrency=8)
+    def slow(ctx):
+        time.sleep(600)
+
+    @eng.task("flaky")
+    def flaky(ctx):
+        raise ConnectionError("first attempt always fails")
+
+    eng.register(WORKFLOW)
+    ids = [eng.start_run("crashy", input={"n": i}).id for i in range(runs)]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        states = [eng.run_state(r)["state"] for r in ids]
+        if all(
+            s.step("a").status == "completed"
+            and s.step("b").status == "running"
+            and s.step("c").status == "retrying"
+            for s in states
+        ):
+            break
+        time.sleep(0.05)
+    else:
+        raise SystemExit("runs never reached the wanted state")
+    print(json.dumps({"runs": ids, "server_pid": eng.server.pid}), flush=True)
+    time.sleep(600)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]))

@@ -1,0 +1,83 @@
+"""A SIGKILLed engine loses no run: a new engine on the same data_dir finishes them all."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import dagnats_nb as dn
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_sigkill_mid_run_then_restart_finishes_every_run(tmp_path):
+    data = tmp_path / "engine"
+    child = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("crash_child.py")), str(data), "4"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = child.stdout.readline()
+        assert line, f"child exited early with {child.wait()}"
+        info = json.loads(line)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    server_pid = info["server_pid"]
+    deadline = time.monotonic() + 5
+    while pid_alive(server_pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not pid_alive(server_pid), "nats-server outlived its SIGKILLed parent"
+
+    calls: Counter = Counter()
+    with dn.Engine.start(data_dir=data, ack_wait="2s") as eng:
+
+        @eng.task("quick")
+        def quick(ctx):
+            calls[ctx.step_id] += 1
+            return {"step": ctx.step_id, "input": ctx.input}
+
+        @eng.task("slow")
+        def slow(ctx):
+            calls["b"] += 1
+            return "slow done"
+
+        @eng.task("flaky")
+        def flaky(ctx):
+            calls["c"] += 1
+            assert ctx.attempt == 2
+            return "flaky done"
+
+        runs = [eng.get_run(r) for r in info["runs"]]
+        t0 = time.monotonic()
+        for run in runs:
+            run.wait(timeout=60)
+        recovery = time.monotonic() - t0
+        for run in runs:
+            assert run.status == "completed", run.error
+            assert run.output == {"step": "d", "input": {"b": "slow done", "c": "flaky done"}}
+            steps = eng.steps(run.id).set_index("step_id")
+            assert list(steps["status"]) == ["completed"] * 4
+            assert steps.loc["a", "attempt"] == 1
+            assert steps.loc["c", "attempt"] == 2
+            events = eng.events(run.id)
+            completions = Counter(events.query("type == 'step.completed'")["step_id"])
+            assert completions["a"] == 1 and completions["d"] == 1
+        # Step a finished before the crash and never runs again; b (in flight) and c (retry
+        # pending) run once more each per run; d runs once per run.
+        assert calls == {"b": 4, "c": 4, "d": 4}
+        assert recovery < 60
+    assert not os.path.exists(data / "engine.json")
