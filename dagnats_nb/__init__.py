@@ -1,12 +1,12 @@
 """dagnats-nb: a durable DAG workflow engine on NATS JetStream, with the notebook as its console.
 
-    import dagnats_nb as dn
-    with dn.Engine.start(data_dir=".dagnats") as eng:
-        @eng.task("greet")
-        async def greet(ctx):
-            return {"msg": "hello " + ctx.input["name"]}
-        eng.register("workflow.json")
-        run = eng.run("hello-world", input={"name": "ada"})
+import dagnats_nb as dn
+with dn.Engine.start(data_dir=".dagnats") as eng:
+    @eng.task("greet")
+    async def greet(ctx):
+        return {"msg": "hello " + ctx.input["name"]}
+    eng.register("workflow.json")
+    run = eng.run("hello-world", input={"name": "ada"})
 """
 
 from .dag import WorkflowDef, load_workflow

@@ -27,7 +27,8 @@ from .config import Settings, load_settings
 from .dag import WorkflowDef, load_workflow
 from .errors import DagnatsError, RunError, ServerError
 from .loop import LoopThread
-from .orchestrator import Orchestrator, store_error
+from .orchestrator import Orchestrator
+from .resources import store_error
 from .run import Run, RunTimeout
 from .server import EmbeddedServer, read_engine_info
 from .stores import DefinitionStore, PayloadStore
@@ -242,11 +243,16 @@ class Engine:
             self.worker_id,
             self.settings.ack_wait.total_seconds(),
             self._executor,
+            on_fault=self._store_full,
         )
         await w.start()
         self.workers[handler.task] = w
         self.registry.tasks[handler.task] = w
         await self.registry.beat()
+
+    def _store_full(self, message: str) -> None:
+        if self.orchestrator is not None:
+            self.orchestrator.report_fault(message, store_full=True)
 
     def register(self, definition: WorkflowDef | dict | str | os.PathLike) -> WorkflowDef:
         """Validate and store a workflow (a WorkflowDef, dict, JSON/YAML text or file path)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -18,7 +19,6 @@ from typing import Any
 import nats.errors
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
-from nats.js.errors import APIError
 
 from . import protocol as p
 from .dag import WorkflowDef
@@ -32,25 +32,11 @@ from .dag.state import (
     SetTimer,
     Timer,
 )
+from .errors import RunError
+from .resources import store_error
 from .stores import DefinitionStore, PayloadStore
 
 log = logging.getLogger("dagnats_nb.orchestrator")
-
-
-def store_error(exc: BaseException) -> str | None:
-    """A clear message when JetStream refused a write because the store is full."""
-    if isinstance(exc, APIError) and exc.err_code in (10047, 10028, 10023, 10077):
-        return (
-            f"JetStream storage is full ({exc.description}): raise max_store_bytes, "
-            "set runs_max_age, or delete old runs"
-        )
-    text = str(exc).lower()
-    if "insufficient" in text or "resources" in text or "maximum bytes" in text:
-        return (
-            f"JetStream storage is full ({exc}): raise max_store_bytes, set runs_max_age, "
-            "or delete old runs"
-        )
-    return None
 
 
 class Orchestrator:
@@ -73,6 +59,7 @@ class Orchestrator:
         self.replay_seconds = 0.0
         self.last_seq = 0
         self.errors: deque[str] = deque(maxlen=50)
+        self.store_full: str | None = None
         self._waiters: dict[str, list[asyncio.Future]] = {}
         self._timers: dict[tuple, asyncio.TimerHandle] = {}
         self._replay_until = 0
@@ -80,15 +67,12 @@ class Orchestrator:
         self._sub = None
         self._kv_runs = None
         self._pending: set[asyncio.Future] = set()
-        self._queue: asyncio.Queue = asyncio.Queue()
-        self._consumer: asyncio.Task | None = None
 
     async def start(self) -> None:
         self._kv_runs = await self.js.key_value("workflow_runs")
         info = await self.js.stream_info(p.HISTORY_STREAM)
         self._replay_until = info.state.last_seq
         self._replay_started = time.perf_counter()
-        self._consumer = asyncio.create_task(self._consume())
         self._sub = await self.js.subscribe(
             "history.>",
             stream=p.HISTORY_STREAM,
@@ -109,8 +93,6 @@ class Orchestrator:
             with contextlib.suppress(nats.errors.Error, ValueError):
                 await self._sub.unsubscribe()
             self._sub = None
-        if self._consumer is not None:
-            self._consumer.cancel()
         if self._pending:
             await asyncio.wait(self._pending, timeout=5)
         for futs in self._waiters.values():
@@ -121,25 +103,18 @@ class Orchestrator:
     # -- consuming -----------------------------------------------------------------------
 
     async def _on_msg(self, msg) -> None:
-        self._queue.put_nowait(msg)
-
-    async def _consume(self) -> None:
-        while True:
-            msg = await self._queue.get()
-            try:
-                seq = msg.metadata.sequence.stream
-                event = p.Event.decode(msg.data, seq=seq)
-                await self.apply(event)
-            except Exception as exc:  # one bad event must not stop the engine
-                log.exception("cannot apply history message: %s", exc)
-                self.errors.append(f"history message skipped: {exc}")
-                seq = getattr(getattr(msg, "metadata", None), "sequence", None)
-                seq = seq.stream if seq else 0
-            self.last_seq = max(self.last_seq, seq)
-            if self.replaying:
-                self.replayed_events += 1
-                if seq >= self._replay_until:
-                    await self._end_replay()
+        seq = 0
+        try:
+            seq = msg.metadata.sequence.stream
+            await self.apply(p.Event.decode(msg.data, seq=seq))
+        except Exception as exc:  # one bad event must not stop the engine
+            log.exception("cannot apply history message %s: %s", seq, exc)
+            self.errors.append(f"history message {seq} skipped: {exc}")
+        self.last_seq = max(self.last_seq, seq)
+        if self.replaying:
+            self.replayed_events += 1
+            if seq >= self._replay_until:
+                await self._end_replay()
 
     async def apply(self, event: p.Event) -> None:
         run_id = event.run_id
@@ -158,7 +133,7 @@ class Orchestrator:
             state, actions = advance(defn, old, event)
         self.runs[run_id] = state
         if not self.replaying:
-            self.execute(state, actions)
+            await self.execute(state, actions)
         elif state.terminal:
             self._wake(run_id)
 
@@ -169,17 +144,19 @@ class Orchestrator:
         self.replay_seconds = time.perf_counter() - self._replay_started
         for run_id, state in self.runs.items():
             if state.outbox or not state.terminal:
-                self.execute(state, resume(self.run_defs[run_id], state))
+                await self.execute(state, resume(self.run_defs[run_id], state))
         self.ready.set()
 
     # -- actions -------------------------------------------------------------------------
 
-    def execute(self, state: RunState, actions: list) -> None:
+    async def execute(self, state: RunState, actions: list) -> None:
+        """Perform the core's actions, in order. Publishes are pipelined: each is written at
+        once and its ack handled when it comes (a failure is reported as a fault)."""
         for action in actions:
             if isinstance(action, Publish):
-                self._track(self._publish_event(action.event))
+                await self._publish_event(action.event)
             elif isinstance(action, Dispatch):
-                self._track(self._dispatch(action.task, action.queued))
+                await self._dispatch(action.task, action.queued)
             elif isinstance(action, SetTimer):
                 self._set_timer(state.run_id, action)
             elif isinstance(action, DeadLetter):
@@ -193,21 +170,24 @@ class Orchestrator:
         self._pending.add(task)
         task.add_done_callback(self._done)
 
-    def _done(self, task: asyncio.Future) -> None:
-        self._pending.discard(task)
-        if task.cancelled():
+    def _done(self, fut: asyncio.Future) -> None:
+        self._pending.discard(fut)
+        if fut.cancelled():
             return
-        exc = task.exception()
+        exc = fut.exception()
         if exc is not None:
-            msg = store_error(exc) or f"{type(exc).__name__}: {exc}"
-            log.error("orchestrator action failed: %s", msg)
-            self.errors.append(msg)
+            full = store_error(exc)
+            if full:
+                self.report_fault(full, store_full=True)
+            else:
+                self.report_fault(f"{type(exc).__name__}: {exc}")
 
     async def _publish_event(self, event: p.Event) -> None:
-        data = event.encode()
-        await self.js.publish(
-            p.history_subject(event.run_id), data, headers={"Nats-Msg-Id": event.msg_id}
+        ack = await self.js.publish_async(
+            p.history_subject(event.run_id), event.encode(), headers={"Nats-Msg-Id": event.msg_id}
         )
+        self._pending.add(ack)
+        ack.add_done_callback(self._done)
 
     async def _dispatch(self, task: p.TaskPayload, queued: p.Event) -> None:
         data = task.encode()
@@ -215,13 +195,19 @@ class Orchestrator:
             ref = await self.payloads.put(task.input, f"{task.run_id}/{task.step_id}/input")
             wire = task.to_wire()
             wire["input"] = ref
-            data = json.dumps(wire, separators=(",", ":")).encode()
-        await self.js.publish(
+            data = p.dumps(wire)
+        ack = await self.js.publish_async(
             p.task_subject(task.task, task.run_id), data, headers={"Nats-Msg-Id": task.msg_id}
         )
-        # Only after the task is stored: a crash in between leaves the step.queued event in
+        self._pending.add(ack)
+        ack.add_done_callback(functools.partial(self._task_stored, queued))
+
+    def _task_stored(self, queued: p.Event, ack: asyncio.Future) -> None:
+        # step.queued only after its task is stored: a crash in between leaves the event in
         # the run's outbox, and resume dispatches again.
-        await self._publish_event(queued)
+        self._done(ack)
+        if not ack.cancelled() and ack.exception() is None:
+            self._track(self._publish_event(queued))
 
     async def _dead_letter(self, action: DeadLetter) -> None:
         body = {
@@ -258,7 +244,18 @@ class Orchestrator:
         timer = Timer(time.time(), t.kind, run_id, t.step_id, t.map_index, t.seqno)
         state, actions = advance(self.run_defs[run_id], state, timer)
         self.runs[run_id] = state
-        self.execute(state, actions)
+        self._track(self.execute(state, actions))
+
+    def report_fault(self, message: str, *, store_full: bool = False) -> None:
+        """Record an engine fault; a full store also ends every wait with that message."""
+        log.error("%s", message)
+        self.errors.append(message)
+        if store_full:
+            self.store_full = message
+            for run_id in list(self._waiters):
+                for fut in self._waiters.pop(run_id):
+                    if not fut.done():
+                        fut.set_exception(RunError(message))
 
     # -- waiting -------------------------------------------------------------------------
 
@@ -271,6 +268,8 @@ class Orchestrator:
         state = self.runs.get(run_id)
         if state is not None and state.terminal:
             return state
+        if self.store_full:
+            raise RunError(self.store_full)
         fut = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(run_id, []).append(fut)
         return await fut

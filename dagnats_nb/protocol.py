@@ -39,7 +39,9 @@ from .dag.events import (  # the wire vocabulary, re-exported
     WORKFLOW_STARTED,
     Event,
     TaskPayload,
+    dumps,
     format_time,
+    loads,
     now_rfc3339,
     parse_time,
 )
@@ -96,6 +98,7 @@ def is_ref(value: Any) -> bool:
     """True for a stand-in of a value kept in the ``payloads`` object store."""
     return isinstance(value, dict) and "$ref" in value and len(value) == 2 and "size" in value
 
+
 __all__ = [
     "AGENT_LOOP_ITERATION",
     "DEAD_STREAM",
@@ -127,7 +130,9 @@ __all__ = [
     "_BAD_TOKEN",
     "consumer_name",
     "dead_subject",
+    "dumps",
     "format_time",
+    "loads",
     "history_subject",
     "is_ref",
     "is_token",

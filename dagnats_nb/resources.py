@@ -10,7 +10,7 @@ from typing import Any
 
 from nats.js import JetStreamContext
 from nats.js import api as js_api
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import APIError, BadRequestError, NotFoundError
 
 from . import protocol as p
 
@@ -124,3 +124,19 @@ async def ensure(
         await js.object_store(p.PAYLOAD_BUCKET)
     except NotFoundError:
         await js.create_object_store(p.PAYLOAD_BUCKET, replicas=replicas)
+
+
+def store_error(exc: BaseException) -> str | None:
+    """A clear message when JetStream refused a write because the store is full."""
+    if isinstance(exc, APIError) and exc.err_code in (10047, 10028, 10023, 10077):
+        return (
+            f"JetStream storage is full ({exc.description}): raise max_store_bytes, "
+            "set runs_max_age, or delete old runs"
+        )
+    text = str(exc).lower()
+    if "insufficient" in text or "resources" in text or "maximum bytes" in text:
+        return (
+            f"JetStream storage is full ({exc}): raise max_store_bytes, set runs_max_age, "
+            "or delete old runs"
+        )
+    return None

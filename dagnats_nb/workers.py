@@ -18,6 +18,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any
 
@@ -28,6 +29,7 @@ from nats.js import api as js_api
 from nats.js.errors import FetchTimeoutError, NotFoundError
 
 from . import protocol as p
+from .resources import store_error
 from .stores import PayloadStore
 from .task import Continue, Handler, Permanent, RetryAfter, TaskContext
 
@@ -57,6 +59,7 @@ class TaskWorker:
         worker_id: str,
         ack_wait: float,
         executor: Executor,
+        on_fault: Callable[[str], None] | None = None,
     ) -> None:
         self.nc = nc
         self.js = js
@@ -65,6 +68,7 @@ class TaskWorker:
         self.worker_id = worker_id
         self.ack_wait = ack_wait
         self.executor = executor
+        self.on_fault = on_fault
         self.inflight = 0
         self.completed = 0
         self.failed = 0
@@ -92,6 +96,7 @@ class TaskWorker:
             if c.max_ack_pending != cfg.max_ack_pending or c.ack_wait != cfg.ack_wait:
                 await self.js.add_consumer(p.TASK_STREAM, cfg)  # updates in place
         self._loop = asyncio.get_running_loop()
+        self._is_async = self.handler.is_async
         self._psub = await self.js.pull_subscribe_bind(durable, stream=p.TASK_STREAM)
         self._loop_task = asyncio.create_task(self._pull_loop(), name=f"pull-{durable}")
 
@@ -170,7 +175,7 @@ class TaskWorker:
             _beat=beat,
         )
         await self._announce(self._event(task, p.STEP_STARTED, None))
-        beater = asyncio.create_task(self._heartbeat(msg))
+        beater = _Heartbeat(self._loop, msg, max(0.2, self.ack_wait / 3))
         t0 = time.perf_counter()
         try:
             result = await self._call(ctx, task.timeout_s)
@@ -207,7 +212,7 @@ class TaskWorker:
         if isinstance(result, Continue):
             kind, result = p.STEP_CONTINUE, result.output
         try:
-            encoded = json.dumps(result, separators=(",", ":"), allow_nan=False)
+            encoded = p.dumps(result)
         except (TypeError, ValueError) as exc:
             err = (
                 f"step '{task.step_id}' returned a value that is not JSON-serialisable "
@@ -228,7 +233,7 @@ class TaskWorker:
 
     async def _call(self, ctx: TaskContext, timeout: float | None) -> Any:
         fn = self.handler.fn
-        if self.handler.is_async:
+        if self._is_async:
             coro = fn(ctx)
         else:
             loop = asyncio.get_running_loop()
@@ -256,12 +261,16 @@ class TaskWorker:
         """Store the result event, then acknowledge the task (never the other way round)."""
         event = self._event(task, kind, payload)
         try:
-            await self.js.publish(
+            ack = await self.js.publish_async(
                 p.history_subject(task.run_id),
                 event.encode(),
                 headers={"Nats-Msg-Id": event.msg_id},
             )
+            await asyncio.wait_for(ack, 30)
         except Exception as exc:
+            full = store_error(exc)
+            if full and self.on_fault is not None:
+                self.on_fault(full)
             log.error(
                 "cannot record %s of %s: %s; the task will run again", kind, task.task_id, exc
             )
@@ -291,13 +300,26 @@ class TaskWorker:
         """``ctx.heartbeat()``: callable from the engine loop or a handler thread."""
         asyncio.run_coroutine_threadsafe(msg.in_progress(), self._loop)
 
-    async def _heartbeat(self, msg) -> None:
-        """Keep a long task ours: ``in_progress`` every third of the ack wait."""
-        every = max(0.2, self.ack_wait / 3)
-        while True:
-            await asyncio.sleep(every)
-            with contextlib.suppress(Exception):
-                await msg.in_progress()
+
+class _Heartbeat:
+    """Keeps a long task ours: ``in_progress`` every third of the ack wait. A timer, not a
+    task, so the many sub-millisecond tasks cost nothing here."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, msg, every: float) -> None:
+        self.loop, self.msg, self.every = loop, msg, every
+        self.handle = loop.call_later(every, self._beat)
+        self.sending: asyncio.Task | None = None
+
+    def _beat(self) -> None:
+        self.sending = self.loop.create_task(self._send())
+        self.handle = self.loop.call_later(self.every, self._beat)
+
+    async def _send(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.msg.in_progress()
+
+    def cancel(self) -> None:
+        self.handle.cancel()
 
 
 def _ignore_result(fut: asyncio.Future) -> None:

@@ -612,3 +612,34 @@ def test_missing_server_binary_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("DAGNATS_NATS_SERVER", str(tmp_path / "no-such-nats-server"))
     with pytest.raises(dn.ServerError, match="nats-server"):
         dn.Engine.start(data_dir=tmp_path / "e")
+
+
+def test_full_store_is_a_clear_error_and_recorded_runs_survive(tmp_path):
+    data = tmp_path / "engine"
+    wf = {"name": "bulky", "steps": [{"id": "make", "task": "make"}]}
+    completed: list[str] = []
+    with dn.Engine.start(data_dir=data, max_store_bytes="4MiB", ack_wait="2s") as eng:
+
+        @eng.task("make")
+        def make(ctx):
+            return {"n": ctx.input, "blob": "y" * 300_000}
+
+        eng.register(wf)
+        with pytest.raises(dn.RunError, match="storage is full .*raise max_store_bytes"):
+            for i in range(40):
+                run = eng.start_run("bulky", input=i)
+                run.wait(timeout=20)
+                completed.append(run.id)
+        assert len(completed) >= 3
+
+    with dn.Engine.start(data_dir=data, max_store_bytes="64MiB", ack_wait="2s") as eng:
+
+        @eng.task("make")
+        def make_again(ctx):
+            return {"n": ctx.input, "blob": "z"}
+
+        runs = eng.runs().set_index("run_id")
+        assert all(runs.loc[completed, "status"] == "completed")
+        assert [eng.get_run(r).output["n"] for r in completed] == list(range(len(completed)))
+        for run_id in runs.index:  # a run caught by the full store finishes now
+            assert eng.get_run(run_id).wait(timeout=30).status == "completed"

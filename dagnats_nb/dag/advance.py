@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import events as ev
-from .events import Event, TaskPayload, format_time
+from .events import Event, TaskPayload, dumps, format_time
 from .model import AgentLoopConfig, MapConfig, StepDef, WorkflowDef
 from .state import (
     COMPLETED,
@@ -249,9 +249,27 @@ class _Tx:
         elif e.type == ev.WORKFLOW_FAILED:
             self.end_run(RUN_FAILED, error=payload.get("error", "failed"), publish=False)
         else:
-            self.end_run(RUN_COMPLETED, output=payload.get("output"), publish=False)
+            output = payload["output"] if "output" in payload else run_output(self.defn, s)
+            self.end_run(RUN_COMPLETED, output=output, publish=False)
 
     def on_queued(self, e: Event) -> None:
+        if self.catch_up(e) or e.map_index is not None:
+            return
+        cur = self.state.step(e.step_id)
+        if cur.status == PENDING:
+            # Dispatched by a run whose decision event we never saw: accept it.
+            st = self.st(e.step_id)
+            st.status, st.attempt, st.iteration = QUEUED, e.attempt_number, e.iteration or 0
+            st.queued_at = st.first_at = self.now
+            st.input = resolve_input(self.defn, self.state, e.step_id)
+
+    def catch_up(self, e: Event) -> bool:
+        """Apply a timer's decision (retry, loop) this state has not seen; True if it did.
+
+        A timer is not an event: its step.queued event carries the decision. A worker's
+        report on the new attempt or iteration proves it too, and can come first: the task
+        is stored before its step.queued event, and a crash in between loses the latter.
+        """
         idx = e.map_index
         if idx is not None:
             m = self.state.step(e.step_id).map
@@ -259,27 +277,22 @@ class _Tx:
             if inst is not None and inst.status == RETRYING and e.attempt_number > inst.attempt:
                 inst = self.st(e.step_id).map.active[idx]
                 inst.status, inst.attempt, inst.due_at = QUEUED, e.attempt_number, None
-            return
+                return True
+            return False
         cur = self.state.step(e.step_id)
-        if cur.status in STEP_TERMINAL:
-            return
-        # A timer decision (retry, loop) is not an event: its step.queued carries it.
         newer = (e.iteration or 0, e.attempt_number) > (cur.iteration, cur.attempt)
-        if cur.status in (RETRYING, WAITING) and newer:
-            st = self.st(e.step_id)
-            if cur.status == WAITING:
-                st.input = st.output
-                st.output = None
-            st.status, st.attempt, st.iteration = QUEUED, e.attempt_number, e.iteration or 0
-            st.due_at, st.queued_at = None, self.now
-        elif cur.status == PENDING:
-            # Dispatched by a run whose decision event we never saw: accept it.
-            st = self.st(e.step_id)
-            st.status, st.attempt, st.iteration = QUEUED, e.attempt_number, e.iteration or 0
-            st.queued_at = st.first_at = self.now
-            st.input = resolve_input(self.defn, self.state, e.step_id)
+        if cur.status not in (RETRYING, WAITING) or not newer:
+            return False
+        st = self.st(e.step_id)
+        if cur.status == WAITING:
+            st.input = st.output
+            st.output = None
+        st.status, st.attempt, st.iteration = QUEUED, e.attempt_number, e.iteration or 0
+        st.due_at, st.queued_at = None, self.now
+        return True
 
     def on_started(self, e: Event) -> None:
+        self.catch_up(e)
         cur = self.state.step(e.step_id)
         idx = e.map_index
         if idx is not None:
@@ -296,6 +309,7 @@ class _Tx:
             st.worker_id = e.worker_id
 
     def on_completed(self, e: Event) -> None:
+        self.catch_up(e)
         cur = self.state.step(e.step_id)
         if cur.status in STEP_TERMINAL:
             return  # a duplicate delivery: applied once
@@ -308,6 +322,7 @@ class _Tx:
         self.schedule()
 
     def on_failed(self, e: Event) -> None:
+        self.catch_up(e)
         cur = self.state.step(e.step_id)
         if cur.status in STEP_TERMINAL:
             return
@@ -338,6 +353,7 @@ class _Tx:
         self.actions.append(SetTimer(st.due_at, "retry", e.step_id, None, st.attempt))
 
     def on_continue(self, e: Event) -> None:
+        self.catch_up(e)
         cur = self.state.step(e.step_id)
         if cur.status in STEP_TERMINAL or cur.status == WAITING:
             return
@@ -368,25 +384,28 @@ class _Tx:
             self.dispatch(e.step_id, attempt=1, iteration=nxt)
 
     def on_timer(self, t: Timer) -> None:
+        """Publish the timer's decision and leave the state alone: a timer is not an event,
+        so the state changes when the decision's event comes back (``catch_up``,
+        ``on_run_terminal``), in the same place in the history as on replay."""
         s = self.state
         if s.terminal:
             return
         if t.kind == "run_timeout":
             timeout = self.defn.timeout.total_seconds() if self.defn.timeout else 0
-            self.end_run(RUN_FAILED, error=f"workflow '{s.workflow}' timed out after {timeout:g}s")
+            error = f"workflow '{s.workflow}' timed out after {timeout:g}s"
+            self.publish(self.event(ev.WORKFLOW_FAILED, payload={"error": error}))
             return
         cur = s.step(t.step_id)
         if t.kind == "loop" and cur.status == WAITING and cur.iteration + 1 == t.seqno:
-            st = self.st(t.step_id)
-            st.input, st.output = st.output, None
-            self.dispatch(t.step_id, attempt=1, iteration=t.seqno)
+            self.publish_task(t.step_id, cur.output, 1, t.seqno)
         elif t.kind == "retry" and t.map_index is None:
             if cur.status == RETRYING and cur.attempt == t.seqno:
-                self.dispatch(t.step_id, attempt=cur.attempt + 1, iteration=cur.iteration)
+                self.publish_task(t.step_id, cur.input, cur.attempt + 1, cur.iteration)
         elif t.kind == "retry" and cur.map is not None:
             inst = cur.map.active.get(t.map_index)
             if inst is not None and inst.status == RETRYING and inst.attempt == t.seqno:
-                self.dispatch_instance(t.step_id, t.map_index, inst.attempt + 1)
+                value = cur.input[t.map_index]
+                self.publish_task(t.step_id, value, inst.attempt + 1, 0, t.map_index)
 
     # -- decisions ---------------------------------------------------------------------
 
@@ -402,11 +421,13 @@ class _Tx:
         return policy.delay(attempt).total_seconds()
 
     def active_count(self) -> int:
+        """Slots in use: a step (or map instance) waiting for its retry or its loop delay
+        keeps its slot, since its timer dispatches it again without asking."""
         n = 0
         for st in self.state.steps.values():
             if st.map is not None and st.status in STEP_ACTIVE:
-                n += sum(1 for i in st.map.active.values() if i.status in STEP_ACTIVE)
-            elif st.status in STEP_ACTIVE:
+                n += len(st.map.active)
+            elif st.status in STEP_ACTIVE or st.status in (RETRYING, WAITING):
                 n += 1
         return n
 
@@ -441,6 +462,8 @@ class _Tx:
                 if self.free_slots() <= 0:
                     break
                 self.start_step(step)
+                if s.terminal:  # a map step that cannot start failed the run
+                    return
         self.fill_maps()
         self.maybe_finish()
 
@@ -496,16 +519,25 @@ class _Tx:
         st.due_at, st.queued_at, st.error = None, self.now, None
         if st.first_at is None:
             st.first_at = self.now
-        task = self.task(step_id, st.input, attempt, iteration)
-        payload = {"iteration": iteration} if iteration else None
-        self.publish(self.event(ev.STEP_QUEUED, step_id, payload, attempt), task)
+        self.publish_task(step_id, st.input, attempt, iteration)
 
     def dispatch_instance(self, step_id: str, idx: int, attempt: int) -> None:
         st = self.st(step_id)
         st.map.active[idx] = Instance(status=QUEUED, attempt=attempt)
-        task = self.task(step_id, st.input[idx], attempt, 0, idx)
-        queued = self.event(ev.STEP_QUEUED, step_id, {"map_index": idx}, attempt)
-        self.publish(queued, task)
+        self.publish_task(step_id, st.input[idx], attempt, 0, idx)
+
+    def publish_task(
+        self, step_id: str, value: Any, attempt: int, iteration: int, idx: int | None = None
+    ) -> None:
+        """Dispatch a task and its step.queued event (the state is the caller's business)."""
+        task = self.task(step_id, value, attempt, iteration, idx)
+        if idx is not None:
+            payload: dict[str, Any] | None = {"map_index": idx}
+        else:
+            payload = {"iteration": iteration} if iteration else None
+        queued = self.event(ev.STEP_QUEUED, step_id, payload, attempt)
+        if queued.msg_id not in self.state.outbox:  # a timer that fires twice
+            self.publish(queued, task)
 
     def task(
         self, step_id: str, value: Any, attempt: int, iteration: int, idx: int | None = None
@@ -611,9 +643,21 @@ class _Tx:
                 RUN_COMPLETED: ev.WORKFLOW_COMPLETED,
                 RUN_FAILED: ev.WORKFLOW_FAILED,
             }[status]
-            payload = {"output": output} if status == RUN_COMPLETED else {"error": error}
+            if status == RUN_COMPLETED:
+                payload = {"output": output} if _small(output) else {"output_steps": True}
+            else:
+                payload = {"error": error}
             self.publish(self.event(type_, payload=payload))
         self.actions.append(RunEnded(status))
+
+
+SMALL_OUTPUT = 4096
+
+
+def _small(value: Any) -> bool:
+    """Whether a run's output is small enough to repeat in its workflow.completed event
+    (a large one is already stored once, in its steps' events)."""
+    return len(dumps(value)) <= SMALL_OUTPUT
 
 
 def replay(defn: WorkflowDef, events: Iterable[Event]) -> RunState | None:

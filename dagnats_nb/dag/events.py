@@ -7,10 +7,25 @@ id, agent-loop iterations append ``n{iteration}``; a map instance's task id is
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+
+import orjson
+
+_JSON_OPTIONS = orjson.OPT_NON_STR_KEYS
+
+
+def dumps(value: Any) -> bytes:
+    """Compact JSON (orjson: several times faster than the stdlib on the hot path).
+
+    Differences from ``json.dumps`` a handler may notice: NaN and infinities become ``null``,
+    integers beyond 64 bits are refused.
+    """
+    return orjson.dumps(value, option=_JSON_OPTIONS)
+
+
+loads = orjson.loads
 
 # Event types (WIRE.md) plus two of ours: step.skipped, step.map.instance.failed use the
 # same envelope.
@@ -90,11 +105,11 @@ class Event:
         return out
 
     def encode(self) -> bytes:
-        return json.dumps(self.to_wire(), separators=(",", ":")).encode()
+        return dumps(self.to_wire())
 
     @classmethod
     def decode(cls, data: bytes, seq: int = 0) -> Event:
-        raw = json.loads(data)
+        raw = loads(data)
         return cls(
             type=raw["type"],
             run_id=raw["run_id"],
@@ -166,11 +181,11 @@ class TaskPayload:
         return out
 
     def encode(self) -> bytes:
-        return json.dumps(self.to_wire(), separators=(",", ":")).encode()
+        return dumps(self.to_wire())
 
     @classmethod
     def decode(cls, data: bytes) -> TaskPayload:
-        raw = json.loads(data)
+        raw = loads(data)
         return cls(
             run_id=raw["run_id"],
             step_id=raw["step_id"],

@@ -1,0 +1,95 @@
+"""``benchmarks/engine.py --quick`` runs and reports every figure with a plausible value.
+
+Benchmarks are not timed tests: the targets are reported by the script, never judged here.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "engine.py"
+
+# (section, key, low, high): each figure must be a number within these loose bounds.
+FIGURES = [
+    ("raw", "publish_async_per_s", 100, 10_000_000),
+    ("raw", "publish_sync_per_s", 10, 10_000_000),
+    ("raw", "fetch_ack_per_s", 100, 10_000_000),
+    ("raw", "fetch_ack_sync_per_s", 10, 10_000_000),
+    ("raw", "fetch_ack_sync_gathered_per_s", 10, 10_000_000),
+    ("raw", "kv_put_per_s", 10, 10_000_000),
+    ("raw", "kv_put_pipelined_per_s", 10, 10_000_000),
+    ("engine", "steps_per_s", 1, 10_000_000),
+    ("engine", "runs_per_s", 0.1, 1_000_000),
+    ("engine", "step_latency_p50_ms", 0.001, 60_000),
+    ("engine", "step_latency_p99_ms", 0.001, 60_000),
+    ("engine", "step_latency_p50_low_load_ms", 0.001, 60_000),
+    ("engine", "events_per_run", 12, 200),  # 10 steps x (queued, started, completed) + 2
+    ("engine", "bytes_per_event", 50, 10_000),
+    ("memory", "tracemalloc_bytes_per_run", 1, 1_000_000),
+    ("memory", "rss_bytes_per_run", -1_000_000, 10_000_000),  # RSS can even shrink
+    ("memory", "tracemalloc_bytes_per_completed_run", 1, 10_000_000),
+    ("memory", "start_runs_per_s", 1, 10_000_000),
+    ("replay", "history_events", 1_000, 10_000_000),
+    ("replay", "time_to_ready_s", 0.001, 600),
+    ("replay", "events_replayed", 1_000, 10_000_000),
+    ("replay", "replay_seconds", 0.0001, 600),
+    ("replay", "replay_events_per_s", 10, 100_000_000),
+]
+TARGETS = [
+    "engine_steps_per_s",
+    "step_latency_p50_low_load_ms",
+    "bytes_per_event",
+    "bytes_per_active_run",
+    "restart_100k_events_ready_s",
+]
+
+
+@pytest.fixture(scope="module")
+def report() -> dict:
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize(("section", "key", "low", "high"), FIGURES)
+def test_quick_run_reports_the_figure(report, section, key, low, high):
+    value = report[section][key]
+    assert isinstance(value, int | float) and not isinstance(value, bool), (section, key, value)
+    assert low <= value <= high, f"{section}.{key} = {value} is not plausible"
+
+
+@pytest.mark.timeout(300)
+def test_quick_run_is_consistent(report):
+    engine, replay = report["engine"], report["replay"]
+    assert report["mode"] == "quick"
+    assert engine["failed_runs"] == 0
+    assert engine["runs"] == report["sizes"]["engine_runs"]
+    assert engine["step_latency_p99_ms"] >= engine["step_latency_p50_ms"]
+    assert engine["loaded"]["samples"] == engine["runs"] * 10
+    assert replay["events_replayed"] == replay["history_events"]
+    assert replay["time_to_ready_s"] >= replay["replay_seconds"]
+    assert replay["runs_held_after_restart"] == replay["runs"]
+    assert report["memory"]["active_runs_held"] >= report["memory"]["runs"]
+
+
+@pytest.mark.timeout(300)
+def test_quick_run_reports_targets_and_machine(report):
+    for name in TARGETS:
+        target = report["targets"][name]
+        assert {"target", "measured", "met"} <= set(target), name
+        assert isinstance(target["met"], bool)
+    machine = report["machine"]
+    assert machine["cpu_count"] >= 1
+    for key in ("python", "nats_server", "nats_py"):
+        assert machine[key], key

@@ -1,0 +1,150 @@
+"""The ``dagnats`` command, run as a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+CLI = [sys.executable, "-m", "dagnats_nb.cli"]
+UNSUPPORTED = {
+    "http-respond.json": "workflow 'http-echo' step 'respond': step type 'respond' is not "
+    "supported yet",
+    "sub-workflow.json": "workflow 'order-pipeline' step 'process-payment': step type "
+    "'sub_workflow' is not supported yet",
+}
+
+
+def dagnats(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_validate_accepts_every_runnable_conformance_file(conformance):
+    files = sorted(p for p in conformance.glob("*.json") if p.name != "workflow-schema.json")
+    runnable = [str(p) for p in files if p.name not in UNSUPPORTED]
+    result = dagnats("workflow", "validate", *runnable)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count(": ok (") == len(runnable) == 8
+
+
+@pytest.mark.parametrize("name", sorted(UNSUPPORTED))
+def test_validate_names_the_unsupported_step_type(conformance, name):
+    result = dagnats("workflow", "validate", str(conformance / name))
+    assert result.returncode == 1
+    expected = f"{conformance / name}: {UNSUPPORTED[name]} (supported: agent_loop, map, normal)"
+    assert result.stderr.strip() == expected
+
+
+def test_validate_prints_one_line_per_problem(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "name: loopy\n"
+        "steps:\n"
+        "  - {id: a, task: t, depends_on: [c]}\n"
+        "  - {id: b, task: t, depends_on: [a], on_failure: nobody}\n"
+        "  - {id: c, task: t, depends_on: [b]}\n"
+        "  - {id: d, task: t, depends_on: [ghost]}\n"
+    )
+    result = dagnats("workflow", "validate", str(bad))
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 3, lines
+    assert all(line.startswith(f"{bad}: workflow 'loopy'") for line in lines)
+    text = result.stderr
+    assert "step 'b': field 'on_failure'" in text and "nobody" in text
+    assert "step 'd': field 'depends_on'" in text and "ghost" in text
+    assert "cycle between steps" in text
+
+
+def test_validate_missing_file(tmp_path):
+    result = dagnats("workflow", "validate", str(tmp_path / "nope.json"))
+    assert result.returncode == 1
+    assert "nope.json" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_status_without_an_engine_is_a_clear_error(tmp_path):
+    result = dagnats("status", "--data-dir", str(tmp_path / "none"))
+    assert result.returncode == 1
+    assert result.stderr.startswith("dagnats: no engine is running on")
+    assert "Traceback" not in result.stderr
+
+
+def test_status_reports_streams_workers_and_pending_tasks(engine):
+    @engine.task("served")
+    def served(ctx):
+        return 1
+
+    engine.register({"name": "orphan", "steps": [{"id": "a", "task": "unserved"}]})
+    engine.start_run("orphan")
+    data_dir = str(engine.settings.data_dir)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        status = json.loads(dagnats("status", "--data-dir", data_dir, "--json").stdout)
+        if status["pending_tasks"].get("unserved"):
+            break
+        time.sleep(0.1)
+    assert status["url"] == engine.url and status["connected"] is True
+    assert {s["stream"] for s in status["streams"]} >= {"WORKFLOW_HISTORY", "TASK_QUEUES"}
+    history = next(s for s in status["streams"] if s["stream"] == "WORKFLOW_HISTORY")
+    assert history["messages"] >= 2 and history["bytes"] > 0
+    assert status["pending_tasks"] == {"unserved": 1}
+    assert [w["worker_id"] for w in status["workers"]] == [engine.worker_id]
+    assert "served" in status["workers"][0]["tasks"]
+
+    text = dagnats("status", "--data-dir", data_dir)
+    assert text.returncode == 0
+    first = text.stdout.splitlines()[0]
+    assert first == "WARNING: 1 task(s) of type 'unserved' wait and no worker serves 'unserved'"
+    assert "WORKFLOW_HISTORY" in text.stdout and "pending tasks: unserved=1" in text.stdout
+
+
+def test_bad_setting_is_one_line(tmp_path):
+    result = dagnats("serve", "--data-dir", str(tmp_path), "--set", "max_store_bytes=-5")
+    assert result.returncode == 1
+    assert result.stderr.startswith("dagnats: max_store_bytes")
+    assert "(from argument)" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_serve_runs_until_sigterm_and_stops_cleanly(tmp_path):
+    data = tmp_path / "served"
+    proc = subprocess.Popen(
+        [*CLI, "serve", "--data-dir", str(data), "--set", "monitor_port=0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        first = proc.stdout.readline()
+        assert first.startswith("dagnats engine serving on nats://127.0.0.1:"), (
+            first + proc.stderr.read()
+        )
+        info = json.loads((data / "engine.json").read_text())
+        assert info["monitor_url"].startswith("http://127.0.0.1:")
+        status = dagnats("status", "--data-dir", str(data), "--json")
+        assert status.returncode == 0 and json.loads(status.stdout)["connected"] is True
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "dagnats engine stopped" in out
+    assert not (data / "engine.json").exists()
+    assert not Path(f"/proc/{info['server_pid']}").exists()
+
+
+def test_demo_runs_the_pipeline_and_prints_runs_and_steps():
+    result = dagnats("demo", "--runs", "2", timeout=120)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert out.count("doc-digest  completed") == 2
+    for step in ("fetch", "analyze", "rank", "stats", "alert", "report"):
+        assert f"{step}" in out
+    assert "8/8" in out  # the map step's elements
+    assert "bytes per event" in out
