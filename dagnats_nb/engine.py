@@ -266,10 +266,18 @@ class Engine:
         return defn
 
     def workflow(self, name: str) -> WorkflowDef:
+        """The latest registered definition of ``name``."""
         return self._call(self.defs.get(name))[1]
 
+    async def workflow_async(self, name: str) -> WorkflowDef:
+        return (await self._call_async(self.defs.get(name)))[1]
+
     def workflows(self) -> list[str]:
+        """Names of the registered workflows."""
         return self._call(self.defs.names())
+
+    async def workflows_async(self) -> list[str]:
+        return await self._call_async(self.defs.names())
 
     # -- runs ----------------------------------------------------------------------------
 
@@ -328,10 +336,14 @@ class Engine:
         return await run.wait_async(timeout)
 
     def get_run(self, run_id: str) -> Run:
+        """A handle on an existing run."""
         summary = self.run_state(run_id)
         if summary is None:
             raise RunError(f"no run with id {run_id}: list runs with eng.runs()")
         return Run(self, run_id, summary["workflow"])
+
+    async def get_run_async(self, run_id: str) -> Run:
+        return await asyncio.to_thread(self.get_run, run_id)
 
     def run_state(self, run_id: str) -> dict[str, Any] | None:
         """The run's summary: status, output, error, steps (None when unknown)."""
@@ -350,11 +362,19 @@ class Engine:
         return self._call(self._kv_run(run_id))
 
     async def _kv_run(self, run_id: str) -> dict[str, Any] | None:
+        """An attached engine's view of a run: the KV summary written when it ended, else
+        ``running`` while its history exists."""
         kv = await self._js.key_value("workflow_runs")
         try:
             entry = await kv.get(run_id)
         except (KeyNotFoundError, NotFoundError):
-            return None
+            subject = p.history_subject(run_id)
+            info = await self._js.stream_info(p.HISTORY_STREAM, subjects_filter=subject)
+            if not (info.state.subjects or {}).get(subject):
+                return None
+            first = (await self.history(run_id, limit=1))[0]
+            workflow = (first.payload or {}).get("workflow")
+            return {"run_id": run_id, "workflow": workflow, "status": "running", "error": None}
         return json.loads(entry.value)
 
     async def wait_run(self, run_id: str, timeout: float | None) -> None:
@@ -412,7 +432,10 @@ class Engine:
             raise RunError(f"no run with id {run_id} in this engine")
         return steps_frame(self.orchestrator.run_defs[run_id], summary["state"])
 
-    async def history(self, run_id: str) -> list[p.Event]:
+    async def steps_async(self, run_id: str):
+        return await asyncio.to_thread(self.steps, run_id)
+
+    async def history(self, run_id: str, limit: int | None = None) -> list[p.Event]:
         subject = p.history_subject(run_id)
         info = await self._js.stream_info(p.HISTORY_STREAM, subjects_filter=subject)
         count = (info.state.subjects or {}).get(subject, 0)
@@ -424,7 +447,7 @@ class Engine:
             while True:
                 msg = await sub.next_msg(timeout=5)
                 out.append(p.Event.decode(msg.data, seq=msg.metadata.sequence.stream))
-                if msg.metadata.num_pending == 0:
+                if msg.metadata.num_pending == 0 or len(out) == limit:
                     break
         finally:
             await sub.unsubscribe()

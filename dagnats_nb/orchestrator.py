@@ -19,6 +19,7 @@ from typing import Any
 import nats.errors
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
+from nats.js.errors import KeyWrongLastSequenceError
 
 from . import protocol as p
 from .dag import WorkflowDef
@@ -225,8 +226,14 @@ class Orchestrator:
         await self.js.publish(p.dead_subject(action.task.task, action.task.run_id), data)
 
     async def _snapshot(self, state: RunState) -> None:
-        body = json.dumps(run_summary(state), default=str).encode()
-        await self._kv_runs.put(state.run_id, body)
+        """Write the run's summary to KV ``workflow_runs`` with an optimistic revision check:
+        create it, or update exactly the revision read (a concurrent writer makes it fail)."""
+        body = p.dumps(run_summary(state))
+        try:
+            await self._kv_runs.create(state.run_id, body)
+        except KeyWrongLastSequenceError:
+            entry = await self._kv_runs.get(state.run_id)
+            await self._kv_runs.update(state.run_id, body, last=entry.revision)
 
     def _set_timer(self, run_id: str, t: SetTimer) -> None:
         key = (run_id, t.kind, t.step_id, t.map_index, t.seqno)
@@ -273,10 +280,6 @@ class Orchestrator:
         fut = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(run_id, []).append(fut)
         return await fut
-
-    async def record_start(self, state_summary: dict[str, Any]) -> None:
-        body = json.dumps(state_summary, default=str).encode()
-        await self._kv_runs.put(state_summary["run_id"], body)
 
 
 def run_summary(state: RunState) -> dict[str, Any]:

@@ -43,6 +43,12 @@ class Run:
         value = self._summary().get("output")
         return self.engine._call(self.engine.expand(value)) if value is not None else None
 
+    async def output_async(self) -> Any:
+        value = self._summary().get("output")
+        return (
+            await self.engine._call_async(self.engine.expand(value)) if value is not None else None
+        )
+
     @property
     def error(self) -> str | None:
         return self._summary().get("error")

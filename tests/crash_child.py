@@ -14,8 +14,11 @@ WORKFLOW = {
     "steps": [
         {"id": "a", "task": "quick"},
         {"id": "b", "task": "slow", "depends_on": ["a"]},
-        {"id": "c", "task": "flaky",
-         "retry": {"max_attempts": 2, "strategy": "fixed", "initial_delay": "5s"}},
+        {
+            "id": "c",
+            "task": "flaky",
+            "retry": {"max_attempts": 2, "strategy": "fixed", "initial_delay": "5s"},
+        },
         {"id": "d", "task": "quick", "depends_on": ["b", "c"]},
     ],
 }

@@ -643,3 +643,26 @@ def test_full_store_is_a_clear_error_and_recorded_runs_survive(tmp_path):
         assert [eng.get_run(r).output["n"] for r in completed] == list(range(len(completed)))
         for run_id in runs.index:  # a run caught by the full store finishes now
             assert eng.get_run(run_id).wait(timeout=30).status == "completed"
+
+
+def test_attached_engine_sees_a_running_run_then_its_end(engine):
+    gate = threading.Event()
+
+    @engine.task("hold")
+    def hold(ctx):
+        gate.wait(10)
+        return "released"
+
+    engine.register({"name": "held", "steps": [{"id": "h", "task": "hold"}]})
+    other = dn.Engine.connect(data_dir=engine.settings.data_dir)
+    try:
+        run = other.start_run("held")
+        deadline = time.monotonic() + 10
+        while run.status != "running" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert run.status == "running"
+        gate.set()
+        assert run.wait(timeout=20).status == "completed"
+        assert other.get_run(run.id).workflow == "held"
+    finally:
+        other.stop()
