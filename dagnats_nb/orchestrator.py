@@ -106,7 +106,7 @@ class Orchestrator:
     async def _on_msg(self, msg) -> None:
         seq = 0
         try:
-            seq = msg.metadata.sequence.stream
+            seq = stream_seq(msg)
             await self.apply(p.Event.decode(msg.data, seq=seq))
         except Exception as exc:  # one bad event must not stop the engine
             log.exception("cannot apply history message %s: %s", seq, exc)
@@ -280,6 +280,15 @@ class Orchestrator:
         fut = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(run_id, []).append(fut)
         return await fut
+
+
+def stream_seq(msg) -> int:
+    """The stream sequence of a JetStream message, read from its reply subject without
+    parsing the rest of the metadata (the orchestrator's hot path)."""
+    tokens = msg.reply.split(".", 9)
+    if len(tokens) == 9:  # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>
+        return int(tokens[5])
+    return msg.metadata.sequence.stream  # v2 form, with domain and account hash
 
 
 def run_summary(state: RunState) -> dict[str, Any]:
