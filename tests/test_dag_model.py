@@ -804,3 +804,21 @@ def test_syntax_errors_in_text_name_the_line():
 def test_top_level_must_be_a_mapping(text):
     with pytest.raises(WorkflowError, match="a workflow is a mapping"):
         load_workflow(text)
+
+
+def test_a_step_may_not_depend_on_a_failure_handler():
+    from dagnats_nb.dag import load_workflow
+    from dagnats_nb.errors import WorkflowError
+
+    wf = {
+        "name": "w",
+        "steps": [
+            {"id": "work", "task": "t", "on_failure": "alert"},
+            {"id": "alert", "task": "a"},
+            {"id": "after", "task": "t", "depends_on": ["alert"]},
+        ],
+    }
+    with pytest.raises(WorkflowError) as info:
+        load_workflow(wf)
+    assert "workflow 'w' step 'after': field 'depends_on'" in str(info.value)
+    assert "'alert' is an on_failure/compensate handler" in str(info.value)

@@ -125,6 +125,8 @@ def resume(defn: WorkflowDef, state: RunState) -> list[Action]:
     """What a run still needs after replay: undelivered decisions and pending timers."""
     actions: list[Action] = []
     for event, task in state.outbox.values():
+        if task is not None and state.terminal:
+            continue  # a finished run dispatches no more work
         actions.append(Dispatch(task, event) if task is not None else Publish(event))
     if state.terminal:
         return actions
@@ -302,7 +304,8 @@ class _Tx:
             if cur.status == QUEUED:
                 self.st(e.step_id).status = RUNNING
             return
-        if cur.status in (QUEUED, PENDING) and e.attempt_number in (0, cur.attempt):
+        same = e.attempt_number in (0, cur.attempt) and (e.iteration or 0) == cur.iteration
+        if cur.status in (QUEUED, PENDING) and same:
             st = self.st(e.step_id)
             st.status = RUNNING
             st.started_at = self.now
@@ -318,6 +321,8 @@ class _Tx:
         if idx is not None:
             self.instance_completed(e.step_id, idx, output)
             return
+        if (e.iteration or 0) != cur.iteration:
+            return  # an earlier loop iteration's late report (its attempt is 1 again)
         self.complete_step(e.step_id, output, worker_id=e.worker_id)
         self.schedule()
 
@@ -342,8 +347,9 @@ class _Tx:
             inst.status, inst.due_at = RETRYING, self.now + delay
             self.actions.append(SetTimer(inst.due_at, "retry", e.step_id, idx, inst.attempt))
             return
-        if cur.status == RETRYING or e.attempt_number not in (0, cur.attempt):
-            return  # stale: an earlier attempt's late report
+        stale = e.attempt_number not in (0, cur.attempt) or (e.iteration or 0) != cur.iteration
+        if cur.status == RETRYING or stale:
+            return  # stale: an earlier attempt's (or loop iteration's) late report
         delay = self.retry_delay(e.step_id, cur.attempt, kind, payload)
         if delay is None:
             self.fail_step(e.step_id, error, cur.attempt)
@@ -638,6 +644,10 @@ class _Tx:
             if cur.status not in STEP_TERMINAL:
                 st = self.st(sid)
                 st.status, st.due_at = "cancelled", None
+        # Tasks decided earlier in this transaction are for steps just cancelled.
+        for a in [a for a in self.actions if isinstance(a, Dispatch)]:
+            self.actions.remove(a)
+            del self.outbox()[a.queued.msg_id]
         if publish:
             type_ = {
                 RUN_COMPLETED: ev.WORKFLOW_COMPLETED,

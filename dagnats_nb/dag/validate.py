@@ -254,6 +254,7 @@ def _step_problems(
     if s.retries is not None and s.retries < 0:
         out.append(problem(name, label, "retries", f"must be >= 0, got {s.retries}"))
     seen: set[str] = set()
+    handlers = {t for x in defn.steps for t in (x.on_failure, x.compensate) if t}
     for dep in s.depends_on:
         if dep == s.id:
             out.append(problem(name, label, "depends_on", "a step may not depend on itself"))
@@ -261,6 +262,12 @@ def _step_problems(
             out.append(problem(name, label, "depends_on", f"unknown step '{dep}'"))
         elif dep in seen:
             out.append(problem(name, label, "depends_on", f"lists '{dep}' twice"))
+        elif dep in handlers:
+            why = (
+                f"'{dep}' is an on_failure/compensate handler, which runs only on failure, so "
+                "this step would never start; depend on the step it handles instead"
+            )
+            out.append(problem(name, label, "depends_on", why))
         seen.add(dep)
     for key in ("on_failure", "compensate"):
         target = getattr(s, key)
