@@ -395,6 +395,19 @@ class Engine:
             p.history_subject(run_id), event.encode(), headers={"Nats-Msg-Id": event.msg_id}
         )
 
+    def watch(self, run_id: str, callback: Callable[[Any], None]) -> Callable[[], None]:
+        """Call ``callback(state)`` (a ``dag.state.RunState``) on the engine thread after
+        every change of the run, and once at once; returns ``unwatch()``. Keep the callback
+        quick and thread-safe: it runs on the engine loop."""
+        self._need_orchestrator("watch a run")
+
+        async def subscribe() -> Callable[[], None]:
+            unwatch = self.orchestrator.watch(run_id, callback)
+            loop = asyncio.get_running_loop()
+            return lambda: loop.call_soon_threadsafe(unwatch)
+
+        return self._call(subscribe())
+
     def runs(self):
         """All runs as a DataFrame (run_id, workflow, status, started_at, ended_at, error...)."""
         if self.orchestrator is not None:

@@ -14,6 +14,7 @@ import json
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import nats.errors
@@ -62,6 +63,7 @@ class Orchestrator:
         self.errors: deque[str] = deque(maxlen=50)
         self.store_full: str | None = None
         self._waiters: dict[str, list[asyncio.Future]] = {}
+        self._watchers: dict[str, list[Callable[[RunState], None]]] = {}
         self._timers: dict[tuple, asyncio.TimerHandle] = {}
         self._replay_until = 0
         self._replay_started = 0.0
@@ -134,6 +136,7 @@ class Orchestrator:
             state, actions = advance(defn, old, event)
         self.runs[run_id] = state
         if not self.replaying:
+            self._notify(run_id, state)
             await self.execute(state, actions)
         elif state.terminal:
             self._wake(run_id)
@@ -251,6 +254,7 @@ class Orchestrator:
         timer = Timer(time.time(), t.kind, run_id, t.step_id, t.map_index, t.seqno)
         state, actions = advance(self.run_defs[run_id], state, timer)
         self.runs[run_id] = state
+        self._notify(run_id, state)
         self._track(self.execute(state, actions))
 
     def report_fault(self, message: str, *, store_full: bool = False) -> None:
@@ -263,6 +267,35 @@ class Orchestrator:
                 for fut in self._waiters.pop(run_id):
                     if not fut.done():
                         fut.set_exception(RunError(message))
+
+    # -- watching ------------------------------------------------------------------------
+
+    def watch(self, run_id: str, callback) -> Callable[[], None]:
+        """Call ``callback(state)`` on the engine loop after each change of the run's state
+        (and once at once with the current state). Returns a function that stops it."""
+        self._watchers.setdefault(run_id, []).append(callback)
+        state = self.runs.get(run_id)
+        if state is not None:
+            self._safe_call(callback, state)
+
+        def unwatch() -> None:
+            callbacks = self._watchers.get(run_id, [])
+            if callback in callbacks:
+                callbacks.remove(callback)
+            if not callbacks:
+                self._watchers.pop(run_id, None)
+
+        return unwatch
+
+    def _notify(self, run_id: str, state: RunState) -> None:
+        for callback in self._watchers.get(run_id, ()):
+            self._safe_call(callback, state)
+
+    def _safe_call(self, callback, state: RunState) -> None:
+        try:
+            callback(state)
+        except Exception as exc:  # a broken view must not break the engine
+            log.warning("run watcher %r failed: %s", callback, exc)
 
     # -- waiting -------------------------------------------------------------------------
 

@@ -667,3 +667,33 @@ def test_attached_engine_sees_a_running_run_then_its_end(engine):
         assert other.get_run(run.id).workflow == "held"
     finally:
         other.stop()
+
+
+def test_watch_reports_each_state_change_of_a_run(engine):
+    @engine.task("step")
+    async def step(ctx):
+        await asyncio.sleep(0.05)
+        return ctx.input
+
+    engine.register(
+        {
+            "name": "watched",
+            "steps": [
+                {"id": "a", "task": "step"},
+                {"id": "b", "task": "step", "depends_on": ["a"]},
+            ],
+        }
+    )
+    seen: list[tuple[str, str, str]] = []
+    run = engine.start_run("watched", input=1)
+    unwatch = engine.watch(
+        run.id, lambda s: seen.append((s.status, s.step("a").status, s.step("b").status))
+    )
+    run.wait(timeout=20)
+    time.sleep(0.1)
+    unwatch()
+    assert seen[-1] == ("completed", "completed", "completed")
+    assert ("running", "completed", "queued") in seen or ("running", "completed", "running") in seen
+    n = len(seen)
+    engine.run("watched", input=2, timeout=20)
+    assert len(seen) == n  # unwatched
