@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import nats
+import nats.errors
 from nats.js.errors import APIError, KeyNotFoundError, NotFoundError
 
 from . import protocol as p
@@ -188,14 +189,22 @@ class Engine:
         await asyncio.to_thread(self.stop)
 
     async def _stop_async(self) -> None:
-        for w in list(self.workers.values()):
-            await w.stop()
+        # Without a connection there is nothing to drain or deregister: do not wait for it.
+        online = self._nc is not None and self._nc.is_connected
+        parts = [w.stop(drain_timeout=5.0 if online else 0.0) for w in self.workers.values()]
         if self.registry is not None:
-            await self.registry.stop()
+            parts.append(self.registry.stop())
         if self.orchestrator is not None:
-            await self.orchestrator.stop()
+            parts.append(self.orchestrator.stop())
+        for part in parts:
+            try:
+                await asyncio.wait_for(part, 15 if online else 1)
+            except Exception as exc:
+                log.debug("engine stop: %s", exc)
         if self._nc is not None and not self._nc.is_closed:
             try:
+                if not self._nc.is_connected:
+                    raise ConnectionError("not connected")
                 await asyncio.wait_for(self._nc.drain(), 5)
             except Exception:
                 await self._nc.close()
@@ -536,16 +545,39 @@ class Engine:
             )
 
     def _call(self, coro, timeout: float | None = None):
-        if self._loop is None or not self._loop.alive:
-            coro.close()
-            raise DagnatsError("the engine is stopped: start it again with Engine.start()")
-        return self._loop.call(coro, timeout)
+        self._check_alive(coro)
+        try:
+            return self._loop.call(coro, timeout)
+        except nats.errors.Error as exc:
+            raise self._nats_failure(exc) from None
 
     async def _call_async(self, coro):
+        self._check_alive(coro)
+        try:
+            return await self._loop.call_async(coro)
+        except nats.errors.Error as exc:
+            raise self._nats_failure(exc) from None
+
+    def _check_alive(self, coro) -> None:
         if self._loop is None or not self._loop.alive:
             coro.close()
             raise DagnatsError("the engine is stopped: start it again with Engine.start()")
-        return await self._loop.call_async(coro)
+        if self.server is not None and not self.server.running:
+            coro.close()
+            raise self._nats_failure(None)
+
+    def _nats_failure(self, exc: Exception | None) -> ServerError:
+        """One line for a NATS failure: whose, and what to do."""
+        why = f" ({exc})" if exc is not None and str(exc) else ""
+        if self.server is not None and not self.server.running:
+            return ServerError(
+                f"the embedded nats-server has exited{why}: its log is "
+                f"{self.server.log_path}; stop this engine and start it again (runs resume)"
+            )
+        return ServerError(
+            f"NATS at {self.url} did not answer{why}: check that the server runs "
+            "(`dagnats status`) and try again"
+        )
 
     def __repr__(self) -> str:
         mode = "embedded" if self.embedded else "attached"

@@ -1831,3 +1831,17 @@ def test_advance_and_resume_never_mutate_their_input_on_random_runs(sc: Scenario
         before = copy.deepcopy(state)
         resume(sc.defn, state)
         assert state == before
+
+
+def test_clone_copies_every_field_of_the_state_classes():
+    import dataclasses
+
+    from dagnats_nb.dag import state as st
+
+    for cls in (st.Instance, st.MapState, st.StepState, st.RunState):
+        values = {}
+        for i, f in enumerate(dataclasses.fields(cls)):
+            values[f.name] = f"v{i}"  # a distinct, non-default value in every field
+        obj = cls(**values)
+        twin = obj.clone()
+        assert twin == obj and twin is not obj, cls.__name__

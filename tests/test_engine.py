@@ -697,3 +697,32 @@ def test_watch_reports_each_state_change_of_a_run(engine):
     n = len(seen)
     engine.run("watched", input=2, timeout=20)
     assert len(seen) == n  # unwatched
+
+
+def test_dead_server_is_one_clear_line_and_runs_resume_after_restart(tmp_path):
+    import os
+    import signal
+
+    data = tmp_path / "engine"
+    eng = dn.Engine.start(data_dir=data, ack_wait="2s")
+    eng.register({"name": "later", "steps": [{"id": "a", "task": "later"}]})
+    waiting = eng.start_run("later", input=41)
+    time.sleep(0.3)
+    os.kill(eng.server.pid, signal.SIGKILL)
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    with pytest.raises(dn.ServerError, match="the embedded nats-server has exited") as info:
+        eng.start_run("later")
+    assert "nats-server.log" in str(info.value)
+    assert time.monotonic() - t0 < 2
+    t0 = time.monotonic()
+    eng.stop()
+    assert time.monotonic() - t0 < 5
+
+    with dn.Engine.start(data_dir=data, ack_wait="2s") as again:
+
+        @again.task("later")
+        def later(ctx):
+            return ctx.input + 1
+
+        assert again.get_run(waiting.id).wait(timeout=20).output == 42

@@ -12,7 +12,6 @@ written to the history as events; until such an event comes back it waits in
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -168,7 +167,7 @@ class _Tx:
         self.defn = defn
         self.plan = plan(defn)
         self.now = now
-        self.state = copy.copy(state)
+        self.state = state.clone()
         self.state.steps = dict(state.steps)
         self._owned: set[str] = set()
         self._outbox_copied = False
@@ -180,11 +179,11 @@ class _Tx:
         """The step's state, copied on first write in this transaction."""
         if step_id not in self._owned:
             old = self.state.steps.get(step_id)
-            new = copy.copy(old) if old is not None else StepState()
+            new = old.clone() if old is not None else StepState()
             if new.map is not None:
-                m = copy.copy(new.map)
+                m = new.map.clone()
                 m.outputs = list(m.outputs)
-                m.active = {k: copy.copy(v) for k, v in m.active.items()}
+                m.active = {k: v.clone() for k, v in m.active.items()}
                 new.map = m
             self.state.steps[step_id] = new
             self._owned.add(step_id)
