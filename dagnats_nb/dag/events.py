@@ -7,8 +7,9 @@ id, agent-loop iterations append ``n{iteration}``; a map instance's task id is
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -54,7 +55,8 @@ RETRY_AFTER = "retry_after"
 
 
 def now_rfc3339() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    """The current time as RFC 3339 UTC with microseconds (``2026-11-26T11:25:32.945335Z``)."""
+    return format_time(time.time())
 
 
 def parse_time(value: str) -> float:
@@ -62,8 +64,22 @@ def parse_time(value: str) -> float:
     return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
+_second: tuple[int, str] = (-1, "")  # the last whole second formatted, shared by threads
+
+
 def format_time(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    """POSIX seconds -> RFC 3339 UTC with microseconds. Called for every event: the
+    formatted second is cached, so most calls are one f-string."""
+    global _second
+    secs = int(ts // 1)
+    micros = round((ts - secs) * 1_000_000)
+    if micros == 1_000_000:
+        secs, micros = secs + 1, 0
+    cached = _second
+    if cached[0] != secs:
+        cached = (secs, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)))
+        _second = cached
+    return f"{cached[1]}.{micros:06d}Z"
 
 
 @dataclass(slots=True)

@@ -1,0 +1,73 @@
+"""The event envelope and task payload of WIRE.md: encoding, message ids, timestamps."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dagnats_nb import protocol as p
+from dagnats_nb.dag.events import Event, TaskPayload, format_time, parse_time
+
+
+@given(st.floats(min_value=0, max_value=4e9, allow_nan=False))
+def test_format_time_matches_datetime_isoformat(ts):
+    expected = datetime.fromtimestamp(ts, UTC).isoformat(timespec="microseconds")
+    assert format_time(ts) == expected.replace("+00:00", "Z")
+    assert abs(parse_time(format_time(ts)) - ts) <= 1e-6 + 1e-9 * ts
+
+
+def test_envelope_omits_empty_fields_and_round_trips():
+    run = Event(type=p.WORKFLOW_STARTED, run_id="r1", timestamp="2026-01-01T00:00:00.000000Z")
+    assert json.loads(run.encode()) == {
+        "type": "workflow.started",
+        "run_id": "r1",
+        "timestamp": "2026-01-01T00:00:00.000000Z",
+    }
+    step = Event(
+        type=p.STEP_FAILED,
+        run_id="r1",
+        step_id="fetch",
+        payload={"error": "boom", "failure_type": "retriable"},
+        worker_id="w1",
+        attempt_number=2,
+    )
+    back = Event.decode(step.encode(), seq=7)
+    assert back.to_wire() == step.to_wire() and back.seq == 7
+
+
+def test_message_ids_follow_wire_md():
+    assert Event(type="workflow.started", run_id="r").msg_id == "r.workflow.started"
+    assert Event(type="step.completed", run_id="r", step_id="s").msg_id == "r.s.step.completed"
+    assert (
+        Event(type="step.failed", run_id="r", step_id="s", attempt_number=3).msg_id
+        == "r.s.step.failed.3"
+    )
+    inst = Event(
+        type="step.queued", run_id="r", step_id="m", payload={"map_index": 4}, attempt_number=1
+    )
+    assert inst.msg_id == "r.m.i4.step.queued.1"
+    loop = Event(
+        type="step.continue", run_id="r", step_id="l", payload={"iteration": 2}, attempt_number=1
+    )
+    assert loop.msg_id == "r.l.step.continue.1.n2"
+
+
+def test_task_payload_wire_form():
+    task = TaskPayload(
+        run_id="r", step_id="s", task="t", input={"a": 1}, workflow_name="w", attempt=2, map_index=3
+    )
+    wire = json.loads(task.encode())
+    assert wire["task_id"] == "r.s.3" and wire["attempt"] == 2 and wire["input"] == {"a": 1}
+    assert wire["workflow_name"] == "w" and wire["iteration"] == 0
+    assert TaskPayload.decode(task.encode()) == task
+    assert p.task_subject("t", "r") == "task.t.r" and p.history_subject("r") == "history.r"
+    assert p.dead_subject("t", "r") == "dead.t.r" and p.stream_subject("r", "s") == "stream.r.s"
+
+
+def test_subject_tokens():
+    assert p.is_token("fetch-urls") and p.is_token("report_error")
+    for bad in ("a.b", "a*", "a>", "a b", ""):
+        assert not p.is_token(bad)
