@@ -193,6 +193,16 @@ OptionalDuration = Annotated[timedelta | None, BeforeValidator(_to_optional_dura
 Port = Annotated[int, Field(ge=0, le=65535)]
 OptionalStr = Annotated[str | None, BeforeValidator(_to_optional_str)]
 StrList = Annotated[list[str], BeforeValidator(_to_list)]
+Rate = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
+
+
+def _to_llm_provider(value: Any) -> str | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if not isinstance(value, str) or value.strip().lower() not in ("openai", "simulated"):
+        raise ValueError("unknown llm provider")
+    return value.strip().lower()
 
 
 def _key(default: Any, hint: str) -> Any:
@@ -229,6 +239,31 @@ class Settings(BaseModel):
     ack_wait: Duration = _key(timedelta(seconds=30), "must be a positive duration such as 30s")
     log_level: Annotated[str, BeforeValidator(_to_log_level)] = _key(
         "warn", "must be one of debug, info, warn, error"
+    )
+    # The built-in `llm` task type (dagnats_nb.llm). With no llm_provider, the provider is
+    # openai when llm_base_url, llm_api_key or OPENAI_API_KEY is set, else the simulator.
+    llm_enabled: bool = _key(True, "must be true or false")
+    llm_provider: Annotated[str | None, BeforeValidator(_to_llm_provider)] = _key(
+        None, "must be openai or simulated (or unset to choose from the other llm_* keys)"
+    )
+    llm_base_url: OptionalStr = _key(None, "must be a URL such as http://localhost:11434/v1")
+    llm_api_key: OptionalStr = _key(None, "must be an API key (OPENAI_API_KEY is read if unset)")
+    llm_model: str = _key("gpt-4o-mini", "must be a model name such as gpt-4o-mini")
+    llm_concurrency: Annotated[int, Field(ge=1, le=100_000)] = _key(
+        32, "must be a whole number of calls in flight, at least 1"
+    )
+    llm_timeout: Duration = _key(timedelta(seconds=60), "must be a positive duration such as 60s")
+    llm_rpm: Rate = _key(0.0, "must be requests per minute (a number, 0 for no limit)")
+    llm_tpm: Rate = _key(0.0, "must be tokens per minute (a number, 0 for no limit)")
+    llm_sim_seed: int = _key(0, "must be a whole number")
+    llm_sim_latency_ms: Rate = _key(800.0, "must be a median latency in milliseconds, >= 0")
+    llm_sim_latency_sigma: Rate = _key(0.5, "must be the log-normal sigma, >= 0 (0: fixed)")
+    llm_sim_tokens_per_s: Rate = _key(40.0, "must be tokens per second, >= 0 (0: all at once)")
+    llm_sim_429_rate: Fraction = _key(0.0, "must be a fraction of calls from 0 to 1")
+    llm_sim_500_rate: Fraction = _key(0.0, "must be a fraction of calls from 0 to 1")
+    llm_sim_timeout_rate: Fraction = _key(0.0, "must be a fraction of calls from 0 to 1")
+    llm_sim_retry_after: Duration = _key(
+        timedelta(seconds=1), "must be a positive duration such as 1s"
     )
 
     _sources: dict[str, str] = PrivateAttr(default_factory=dict)

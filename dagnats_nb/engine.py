@@ -68,6 +68,7 @@ class Engine:
         self.workers: dict[str, TaskWorker] = {}
         self._executor: DaemonThreadPool | None = None
         self.started_at: float | None = None
+        self.llm = None  # the built-in llm task type (dagnats_nb.llm.LLMService)
 
     # -- life cycle ---------------------------------------------------------------------
 
@@ -171,6 +172,8 @@ class Engine:
         await self.orchestrator.start()
         self.registry = WorkerRegistry(self._js, self.worker_id)
         await self.registry.start()
+        if s.llm_enabled:
+            await self._start_llm()
 
     def stop(self) -> None:
         """Stop workers (in-flight tasks get a few seconds), orchestrator and server."""
@@ -201,6 +204,8 @@ class Engine:
                 await asyncio.wait_for(part, 15 if online else 1)
             except Exception as exc:
                 log.debug("engine stop: %s", exc)
+        if self.llm is not None:
+            await self.llm.close()
         if self._nc is not None and not self._nc.is_closed:
             try:
                 if not self._nc.is_connected:
@@ -477,6 +482,37 @@ class Engine:
 
     async def expand(self, value: Any) -> Any:
         return await self.payloads.expand(value)
+
+    # -- llm -----------------------------------------------------------------------------
+
+    async def _start_llm(self) -> None:
+        from .llm import LLMService
+
+        self.llm = LLMService(self.settings, self._nc, self._js, self.worker_id, self._run_def)
+        handler = make_handler("llm", self.llm.handle, self.settings.llm_concurrency)
+        await self._add_worker(handler)
+
+    async def _run_def(self, run_id: str, workflow: str) -> WorkflowDef:
+        defn = self.orchestrator.run_defs.get(run_id) if self.orchestrator else None
+        return defn if defn is not None else (await self.defs.get(workflow))[1]
+
+    def llm_usage(self, run_id: str | None = None):
+        """LLM calls per run, step and model (calls, tokens, latency p50/p95, errors,
+        retries) as a DataFrame, read from TELEMETRY; ``llm_calls`` has one row per call."""
+        from .llm import read_calls, usage_frame
+
+        return usage_frame(self._call(read_calls(self._js, run_id)))
+
+    async def llm_usage_async(self, run_id: str | None = None):
+        from .llm import read_calls, usage_frame
+
+        return usage_frame(await self._call_async(read_calls(self._js, run_id)))
+
+    def llm_calls(self, run_id: str | None = None):
+        """Every recorded LLM call as a DataFrame (status, latency_ms, tokens, error...)."""
+        from .llm import calls_frame, read_calls
+
+        return calls_frame(self._call(read_calls(self._js, run_id)))
 
     # -- status --------------------------------------------------------------------------
 

@@ -85,6 +85,13 @@ class Run:
     async def cancel_async(self, reason: str = "cancelled by user") -> None:
         await self.engine._call_async(self.engine.cancel_run(self.id, reason))
 
+    def stream(self, step_id: str, *, map_index: int | None = None, timeout: float | None = None):
+        """The tokens of a streaming ``llm`` step as they arrive (``for t in run.stream(...)``
+        or ``async for``); live only: tokens sent before the call are not replayed."""
+        from .llm.streaming import TokenStream
+
+        return TokenStream(self.engine, self.id, step_id, map_index=map_index, timeout=timeout)
+
     def events(self):
         return self.engine.events(self.id)
 

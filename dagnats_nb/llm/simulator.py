@@ -1,0 +1,163 @@
+"""The offline LLM simulator: a provider that calls nothing and is named as a simulator
+everywhere (its replies' ``model`` is ``simulated:<model>``).
+
+Deterministic for a seed: a call's latency, failure and reply are drawn from a generator
+seeded with the seed, the request and the step's attempt number, so the same request gets
+the same answer whatever else runs concurrently, and a retry may fare differently.
+
+- latency: log-normal with median ``latency_ms`` and ``sigma`` (0: always ``latency_ms``);
+  it is the whole reply's latency, or the first token's when streaming, after which tokens
+  follow at ``tokens_per_s`` (0: all at once);
+- failures: ``rate_429`` (HTTP 429 with ``Retry-After: retry_after``), ``rate_500`` and
+  ``rate_timeout`` (the call hangs for the timeout), each a fraction of calls;
+- replies: words drawn from the prompt; a JSON reply is ``{"label", "confidence"}`` with the
+  label drawn from a list written as ``one of: a, b, c`` in the prompt when there is one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import math
+import random
+import re
+from dataclasses import dataclass
+
+from .providers import ChatRequest, Completion, OnToken, ProviderError
+
+PREFIX = "simulated:"
+_WORD = re.compile(r"[A-Za-z][A-Za-z'-]{2,}")
+_CHOICES = re.compile(r"one of:?\s*([^.\n]+)", re.IGNORECASE)
+_FILLER = ["the", "a", "of", "and", "to", "in", "is", "that", "for", "it", "with", "as", "on"]
+
+
+@dataclass(frozen=True, slots=True)
+class SimulatorSettings:
+    seed: int = 0
+    latency_ms: float = 800.0
+    sigma: float = 0.5
+    tokens_per_s: float = 40.0
+    rate_429: float = 0.0
+    rate_500: float = 0.0
+    rate_timeout: float = 0.0
+    retry_after: float = 1.0
+    timeout: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What one simulated call will do."""
+
+    outcome: str  # ok | rate_limited | unavailable | timeout
+    latency_s: float
+    words: tuple[str, ...]
+    reply: str
+
+
+class SimulatedProvider:
+    """A provider that answers from a seeded generator after a simulated delay."""
+
+    name = "simulated"
+
+    def __init__(self, settings: SimulatorSettings) -> None:
+        self.settings = settings
+
+    async def close(self) -> None:
+        return None
+
+    def plan(self, req: ChatRequest) -> Plan:
+        """Draw the call's outcome, latency and reply (pure and deterministic)."""
+        s = self.settings
+        key = json.dumps(
+            [
+                s.seed,
+                req.model,
+                req.messages,
+                req.temperature,
+                req.max_tokens,
+                req.json,
+                req.attempt,
+            ],
+            sort_keys=True,
+        )
+        rng = random.Random(hashlib.sha256(key.encode()).digest())
+        u = rng.random()
+        latency = s.latency_ms / 1000
+        if s.sigma > 0:
+            latency *= math.exp(rng.gauss(0.0, s.sigma))
+        if u < s.rate_429:
+            outcome = "rate_limited"
+        elif u < s.rate_429 + s.rate_500:
+            outcome = "unavailable"
+        elif u < s.rate_429 + s.rate_500 + s.rate_timeout:
+            outcome = "timeout"
+        else:
+            outcome = "ok"
+        prompt = req.messages[-1]["content"] if req.messages else ""
+        if req.json:
+            reply = _json_reply(rng, prompt)
+            words = tuple(re.findall(r"\S+\s*", reply))
+        else:
+            words = _words(rng, prompt, req.max_tokens)
+            reply = "".join(words)
+        return Plan(outcome, latency, words, reply)
+
+    async def complete(self, req: ChatRequest, on_token: OnToken | None) -> Completion:
+        s = self.settings
+        plan = self.plan(req)
+        model = PREFIX + req.model
+        if plan.outcome == "timeout":
+            await asyncio.sleep(s.timeout)
+            raise ProviderError("timeout", f"simulator: {model} timed out after {s.timeout:g}s")
+        if plan.outcome == "rate_limited":
+            await asyncio.sleep(min(plan.latency_s, 0.05))
+            raise ProviderError(
+                "rate_limited",
+                f"simulator replied HTTP 429: rate limit of {model} reached",
+                status=429,
+                retry_after=s.retry_after,
+            )
+        await asyncio.sleep(plan.latency_s)
+        if plan.outcome == "unavailable":
+            raise ProviderError(
+                "unavailable", f"simulator replied HTTP 500: {model} failed", status=500
+            )
+        if req.stream and on_token is not None:
+            gap = 1 / s.tokens_per_s if s.tokens_per_s > 0 else 0.0
+            for i, word in enumerate(plan.words):
+                if i and gap:
+                    await asyncio.sleep(gap)
+                await on_token(word)
+        prompt_chars = sum(len(m.get("content", "")) for m in req.messages)
+        finish = "stop"
+        if req.max_tokens is not None and len(plan.words) >= req.max_tokens and not req.json:
+            finish = "length"
+        return Completion(
+            text=plan.reply,
+            model=model,
+            prompt_tokens=max(1, math.ceil(prompt_chars / 4)),
+            completion_tokens=len(plan.words),
+            finish_reason=finish,
+        )
+
+
+def _words(rng: random.Random, prompt: str, max_tokens: int | None) -> tuple[str, ...]:
+    vocab = _WORD.findall(prompt) or ["simulated", "reply"]
+    n = rng.randint(8, 32)
+    if max_tokens is not None:
+        n = min(n, max_tokens)
+    picked = [rng.choice(vocab) if rng.random() < 0.7 else rng.choice(_FILLER) for _ in range(n)]
+    if picked:
+        picked[0] = picked[0][:1].upper() + picked[0][1:]
+    return tuple(w + ("." if i == len(picked) - 1 else " ") for i, w in enumerate(picked))
+
+
+def _json_reply(rng: random.Random, prompt: str) -> str:
+    match = _CHOICES.search(prompt)
+    choices = ["positive", "negative", "neutral"]
+    if match:
+        found = [c.strip(" '\"`*") for c in re.split(r",|\bor\b", match.group(1))]
+        choices = [c for c in found if c] or choices
+    label = rng.choice(choices)
+    return json.dumps({"label": label, "confidence": round(rng.uniform(0.5, 0.99), 2)})
