@@ -1,0 +1,1 @@
+"""Read-only views of a running engine: stats, health, sizing, plots."""

@@ -1,0 +1,325 @@
+"""Disk and memory sizing of a dagnats engine, from a workload (pure: no I/O).
+
+It starts from the production checklist's rules of thumb and can be calibrated with what a
+live engine measured:
+
+- ``WORKFLOW_HISTORY``: ~500 bytes per event; ~12 events for a 10-step workflow (so
+  1 M completed ten-step workflows ~ 6 GiB);
+- ``TASK_QUEUES``: work-queue retention, so proportional to in-flight tasks;
+- ``DEAD_LETTERS``: failed tasks, kept 30 days; ``TELEMETRY``: capped at 1 GiB / 7 days;
+- memory: ~2 KiB per active run in the engine, the largest payload × ``MaxAckPending`` in
+  the workers, at least 256 MiB for ``nats-server``;
+- the minimums table: development / small (< 100 concurrent runs) / medium (< 10,000) /
+  large.
+
+Where the checklist is silent (our choices): events per run = 2 run events + events per
+step × steps (the rule's 12 for 10 steps gives 1.0 per step), each retry adds 2 events
+(``step.failed`` + ``step.queued``); a task message is its payload + 300 bytes of envelope; a
+dead letter is its payload + 400 bytes; a ``workflow_runs`` KV summary is ~300 bytes per run
+and is kept (like the history) for ``runs_max_age``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from ..errors import DagnatsError
+
+KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
+DAY = 86400.0
+
+RULE_BYTES_PER_EVENT = 500.0
+RULE_EVENTS_PER_STEP = 1.0  # with RUN_EVENTS: ~12 events for a 10-step workflow
+RUN_EVENTS = 2.0  # workflow.started + workflow.completed/failed
+EVENTS_PER_RETRY = 2.0
+RULE_BYTES_PER_ACTIVE_RUN = 2 * KiB
+NATS_MIN_MEMORY = 256 * MiB
+TASK_ENVELOPE = 300
+DEAD_ENVELOPE = 400
+DEAD_LETTER_DAYS = 30.0
+TELEMETRY_CAP = 1 * GiB
+TELEMETRY_DAYS = 7.0
+KV_RUN_SUMMARY = 300
+
+
+class SizingError(DagnatsError):
+    """A sizing parameter is out of range."""
+
+
+@dataclass(frozen=True, slots=True)
+class Tier:
+    name: str
+    max_concurrent_runs: float  # exclusive upper bound
+    cpu: str
+    memory_bytes: int
+    disk_bytes: int
+
+
+TIERS: tuple[Tier, ...] = (
+    Tier("development", 10, "1 core", 512 * MiB, 1 * GiB),
+    Tier("small", 100, "2 cores", 2 * GiB, 20 * GiB),
+    Tier("medium", 10_000, "4 cores", 8 * GiB, 100 * GiB),
+    Tier("large", math.inf, "8+ cores", 16 * GiB, 500 * GiB),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Calibration:
+    """Per-event and per-run figures: the rules of thumb, or what an engine measured."""
+
+    bytes_per_event: float = RULE_BYTES_PER_EVENT
+    events_per_step: float = RULE_EVENTS_PER_STEP
+    run_events: float = RUN_EVENTS
+    bytes_per_active_run: float = RULE_BYTES_PER_ACTIVE_RUN
+    source: str = "rule of thumb"
+
+    @classmethod
+    def measured(
+        cls,
+        *,
+        bytes_per_event: float,
+        events_per_run: float,
+        steps: int,
+        bytes_per_active_run: float | None = None,
+        runs: int | None = None,
+    ) -> Calibration:
+        """A calibration from a workflow that ran: its events per run and bytes per event."""
+        _positive(bytes_per_event=bytes_per_event, events_per_run=events_per_run, steps=steps)
+        per_step = max(0.0, (events_per_run - RUN_EVENTS) / steps)
+        what = f"measured ({runs} runs)" if runs else "measured"
+        return cls(
+            bytes_per_event=bytes_per_event,
+            events_per_step=per_step,
+            bytes_per_active_run=bytes_per_active_run or RULE_BYTES_PER_ACTIVE_RUN,
+            source=what,
+        )
+
+    def events_per_run(self, steps: int, retry_rate: float = 0.0) -> float:
+        return self.run_events + steps * (self.events_per_step + retry_rate * EVENTS_PER_RETRY)
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    """What the engine is asked to do. Sizes in bytes, durations in days."""
+
+    runs_per_day: float
+    steps: int = 10
+    payload_bytes: int = 1 * KiB
+    largest_payload_bytes: int | None = None  # default: 4 × payload_bytes
+    retry_rate: float = 0.0  # retries per step (0.1 = one step in ten retries once)
+    failure_rate: float = 0.0  # share of runs that dead-letter a task
+    concurrent_runs: int = 10
+    in_flight_tasks: int = 32
+    max_ack_pending: int = 64
+    history_max_age_days: float | None = None  # runs_max_age
+    history_max_bytes: int | None = None
+    telemetry_bytes_per_step: float = 0.0
+    max_store_bytes: int = 10 * GiB
+
+    def __post_init__(self) -> None:
+        _positive(steps=self.steps, max_store_bytes=self.max_store_bytes)
+        _not_negative(
+            runs_per_day=self.runs_per_day,
+            payload_bytes=self.payload_bytes,
+            retry_rate=self.retry_rate,
+            concurrent_runs=self.concurrent_runs,
+            in_flight_tasks=self.in_flight_tasks,
+            max_ack_pending=self.max_ack_pending,
+            telemetry_bytes_per_step=self.telemetry_bytes_per_step,
+        )
+        if not 0.0 <= self.failure_rate <= 1.0:
+            raise SizingError(f"failure_rate = {self.failure_rate}: must be between 0 and 1")
+        for key in ("history_max_age_days", "history_max_bytes", "largest_payload_bytes"):
+            value = getattr(self, key)
+            if value is not None and value <= 0:
+                raise SizingError(f"{key} = {value}: must be positive, or None for no limit")
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    """Disk per stream (at ``days``), growth, memory, the recommended tier."""
+
+    workload: Workload
+    calibration: Calibration
+    days: float
+    events_per_run: float
+    history_bytes_per_day: float
+    streams: dict[str, float] = field(default_factory=dict)  # bytes at ``days``
+    memory: dict[str, float] = field(default_factory=dict)  # bytes
+    days_until_cap: float | None = None  # None: the store never fills
+    tier: Tier = TIERS[0]
+
+    @property
+    def disk_bytes(self) -> float:
+        return sum(self.streams.values())
+
+    @property
+    def memory_bytes(self) -> float:
+        return sum(self.memory.values())
+
+    @property
+    def store_share(self) -> float:
+        return self.disk_bytes / self.workload.max_store_bytes
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per stream and memory item (for a DataFrame)."""
+        out: list[dict[str, Any]] = [
+            {"kind": "disk", "item": name, "bytes": b, "GiB": b / GiB}
+            for name, b in self.streams.items()
+        ]
+        out += [
+            {"kind": "memory", "item": name, "bytes": b, "GiB": b / GiB}
+            for name, b in self.memory.items()
+        ]
+        return out
+
+    def to_frame(self):
+        import pandas as pd
+
+        return pd.DataFrame(self.rows(), columns=["kind", "item", "bytes", "GiB"])
+
+
+def estimate(
+    workload: Workload, calibration: Calibration | None = None, days: float = 30.0
+) -> Estimate:
+    """Disk and memory of ``workload`` after ``days`` days of running."""
+    _positive(days=days)
+    cal = calibration or Calibration()
+    w = workload
+    per_run = cal.events_per_run(w.steps, w.retry_rate)
+    history_day = w.runs_per_day * per_run * cal.bytes_per_event
+    largest = w.largest_payload_bytes or 4 * w.payload_bytes
+    memory = {
+        "engine (active runs)": w.concurrent_runs * cal.bytes_per_active_run,
+        "workers (largest payload x MaxAckPending)": float(largest * w.max_ack_pending),
+        "nats-server": float(NATS_MIN_MEMORY),
+    }
+    est = Estimate(
+        workload=w,
+        calibration=cal,
+        days=days,
+        events_per_run=per_run,
+        history_bytes_per_day=history_day,
+        streams=stream_bytes(w, history_day, days),
+        memory=memory,
+    )
+    return replace(est, days_until_cap=days_until_cap(w, history_day), tier=recommend_tier(est))
+
+
+def stream_bytes(w: Workload, history_day: float, days: float) -> dict[str, float]:
+    """Bytes each stream holds after ``days`` days (history growing ``history_day``/day)."""
+    return {
+        "WORKFLOW_HISTORY": retained(
+            history_day, days, w.history_max_age_days, w.history_max_bytes
+        ),
+        "TASK_QUEUES": float(w.in_flight_tasks * (w.payload_bytes + TASK_ENVELOPE)),
+        "DEAD_LETTERS": retained(
+            w.runs_per_day * w.failure_rate * (w.payload_bytes + DEAD_ENVELOPE),
+            days,
+            DEAD_LETTER_DAYS,
+            None,
+        ),
+        "TELEMETRY": retained(
+            w.runs_per_day * w.steps * w.telemetry_bytes_per_step,
+            days,
+            TELEMETRY_DAYS,
+            TELEMETRY_CAP,
+        ),
+        "KV_workflow_runs": retained(
+            w.runs_per_day * KV_RUN_SUMMARY, days, w.history_max_age_days, None
+        ),
+    }
+
+
+def retained(
+    per_day: float, days: float, max_age_days: float | None, max_bytes: float | None
+) -> float:
+    """Bytes a stream holds after ``days`` days of ``per_day`` growth under its limits."""
+    held = per_day * (min(days, max_age_days) if max_age_days else days)
+    return float(min(held, max_bytes) if max_bytes else held)
+
+
+def days_until_cap(w: Workload, history_day: float) -> float | None:
+    """Days until the streams together reach ``max_store_bytes``; None when limits keep them
+    below it for ever. The total only grows with time, so bisection finds the day."""
+
+    def total(days: float) -> float:
+        return sum(stream_bytes(w, history_day, days).values())
+
+    horizon = 1e7  # days: past every retention limit
+    if total(horizon) < w.max_store_bytes:
+        return None
+    lo, hi = 0.0, horizon
+    for _ in range(80):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if total(mid) < w.max_store_bytes else (lo, mid)
+    return hi
+
+
+def disk_over_time(
+    workload: Workload,
+    calibration: Calibration | None = None,
+    days: float = 365.0,
+    points: int = 60,
+) -> list[tuple[float, float]]:
+    """``(day, total disk bytes)`` from day 0 to ``days``, for plots."""
+    cal = calibration or Calibration()
+    w = workload
+    history_day = w.runs_per_day * cal.events_per_run(w.steps, w.retry_rate) * cal.bytes_per_event
+    step = days / max(1, points - 1)
+    return [(i * step, sum(stream_bytes(w, history_day, i * step).values())) for i in range(points)]
+
+
+def recommend_tier(est: Estimate) -> Tier:
+    """The smallest tier of the checklist's minimums that fits runs, memory and disk."""
+    for tier in TIERS:
+        if (
+            est.workload.concurrent_runs < tier.max_concurrent_runs
+            and est.memory_bytes <= tier.memory_bytes
+            and est.disk_bytes <= tier.disk_bytes
+        ):
+            return tier
+    return TIERS[-1]
+
+
+def compare(measured: Calibration, steps: int = 10) -> list[dict[str, Any]]:
+    """Rows "rule of thumb vs measured" for a workflow of ``steps`` steps."""
+    rule = Calibration()
+    rows = []
+    for item, r, m in (
+        ("bytes per event", rule.bytes_per_event, measured.bytes_per_event),
+        (
+            f"events per run ({steps} steps)",
+            rule.events_per_run(steps),
+            measured.events_per_run(steps),
+        ),
+        (
+            f"bytes per run ({steps} steps)",
+            rule.events_per_run(steps) * rule.bytes_per_event,
+            measured.events_per_run(steps) * measured.bytes_per_event,
+        ),
+        ("bytes per active run (memory)", rule.bytes_per_active_run, measured.bytes_per_active_run),
+    ):
+        rows.append(
+            {
+                "item": item,
+                "rule_of_thumb": r,
+                "measured": m,
+                "measured_over_rule": m / r if r else math.nan,
+            }
+        )
+    return rows
+
+
+def _positive(**values: float) -> None:
+    for key, value in values.items():
+        if not value > 0:
+            raise SizingError(f"{key} = {value}: must be positive")
+
+
+def _not_negative(**values: float) -> None:
+    for key, value in values.items():
+        if value < 0:
+            raise SizingError(f"{key} = {value}: must not be negative")
