@@ -23,6 +23,11 @@ from .errors import (
 from .run import Run, RunTimeout
 from .task import Continue, Permanent, RetryAfter, TaskContext
 
+# isort: split
+# After `.task`: `dn.task` is the decorator of the kernel's default engine, not the module.
+from .default import engine, start_engine, stop_engine, task
+from .notebook import load_ipython_extension, unload_ipython_extension
+
 __all__ = [
     "ConfigError",
     "Continue",
@@ -40,7 +45,17 @@ __all__ = [
     "WorkflowDef",
     "WorkflowError",
     "load_workflow",
+    "engine",
+    "load_ipython_extension",
     "new_run_id",
+    "start_engine",
+    "stop_engine",
+    "task",
+    "unload_ipython_extension",
 ]
 
 __version__ = "0.1.0"
+
+from .notebook import register_if_ipython  # noqa: E402
+
+register_if_ipython()

@@ -1,0 +1,110 @@
+"""The live run view's model (frames over time), its widgets and the static rendering."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from IPython.core.interactiveshell import InteractiveShell
+
+import dagnats_nb as dn
+from dagnats_nb.dag.edges import load_edges
+from dagnats_nb.notebook import render
+from dagnats_nb.notebook.live import RunView
+from dagnats_nb.notebook.render import Frame, StepView
+
+RANK = {"pending": 0, "queued": 1, "running": 2, "retrying": 2, "completed": 3, "failed": 3}
+
+
+@pytest.fixture
+def eng(engine):
+    @engine.task("items")
+    def items(ctx):
+        return list(range(ctx.input["n"]))
+
+    @engine.task("work", concurrency=2)
+    async def work(ctx):
+        import asyncio
+
+        await asyncio.sleep(0.05)
+        if ctx.input == "boom":
+            raise dn.Permanent("element boom is broken")
+        return ctx.input
+
+    @engine.task("report")
+    def report(ctx):
+        return len(ctx.input)
+
+    engine.register(load_edges("items -> work -> report\nwork: type=map", "fan"))
+    return engine
+
+
+def test_frames_follow_the_run_throttled_to_ten_per_second(eng):
+    run = eng.start_run("fan", {"n": 20})
+    view = RunView(eng, run, interval=0.1).start()
+    final = view.wait(30)
+    assert final is not None and final.status == "completed"
+    assert final.progress == 1.0 and final.last_error is None
+    assert {s.status for s in final.steps.values()} == {"completed"}
+    frames = view.frames
+    # each step only moves forward: pending -> queued -> running -> completed
+    for sid in ("items", "work", "report"):
+        ranks = [RANK[f.steps[sid].status] for f in frames]
+        assert ranks == sorted(ranks), (sid, [f.steps[sid].status for f in frames])
+    # the map's instances were seen progressing (20 x 50 ms, 2 at a time: ~0.5 s)
+    partial = [f.steps["work"].done for f in frames if f.steps["work"].count == 20]
+    assert any(0 < done < 20 for done in partial), partial
+    progress = [f.progress for f in frames]
+    assert progress == sorted(progress) and 0 < progress[len(progress) // 2] < 1
+    # throttled: live frames at least ~0.1 s apart (the final one is published at once)
+    gaps = [b.at - a.at for a, b in zip(frames[:-2], frames[1:-1], strict=True)]
+    assert all(g >= 0.09 for g in gaps), gaps
+    span = frames[-1].at - frames[0].at
+    assert len(frames) <= span * 10 + 2
+    assert frames[-1].elapsed > 0.4
+
+
+def test_widgets_end_as_a_static_rendering(eng, capsys):
+    InteractiveShell.instance()  # display() publishes through the shell
+    run = eng.start_run("fan", {"n": 6})
+    view = RunView(eng, run, interval=0.05, widgets=True).start()
+    assert view.wait(30).status == "completed"
+    w = view._widgets
+    assert w["bar"].value == 1.0 and w["bar"].bar_style == "success"
+    assert "completed" in w["header"].value
+    assert w["drawing"].value.count('data-status="completed"') == 3
+    assert "6/6" in w["drawing"].value
+    assert all(x.comm is None for x in w.values())  # closed once the run ended
+    out = capsys.readouterr().out
+    assert f"run {run.id} of fan: completed" in out  # the display was replaced (text form)
+
+
+def test_a_failed_run_shows_its_last_error(eng):
+    run = eng.start_run("fan", {"n": 0})
+    run.wait(10)
+    run = eng.start_run("fan", None)  # items fails: input is not a mapping
+    view = RunView(eng, run, interval=0.05).start()
+    final = view.wait(30)
+    assert final.status == "failed"
+    assert final.steps["items"].status == "failed" and final.last_error
+    html = render.run_html(view.defn, final)
+    assert 'data-status="failed"' in html and "color:#b91c1c" in html
+
+
+def test_a_view_of_an_ended_run_is_final_at_once(eng):
+    run = eng.run("fan", {"n": 2}, timeout=10)
+    view = RunView(eng, run).start()
+    assert view.done.is_set() and view.final.status == "completed" and view.updates == 1
+
+
+def test_layers_and_drawing_need_no_graphviz():
+    d = load_edges("a -> [b, c] -> d\nc -> e\nlone", "w")
+    assert render.layers(d) == [["a", "lone"], ["b", "c"], ["d", "e"]]
+    frame = Frame("r1", "w", "running", {s: StepView() for s in d.step_ids}, at=time.time())
+    frame.steps["a"] = StepView("completed")
+    frame.steps["b"] = StepView("running", done=3, count=4)
+    svg = render.dag_svg(d, frame)
+    assert svg.startswith("<svg") and svg.count("marker-end=") == 5
+    assert 'data-step="b" data-status="running"' in svg and "running 3/4" in svg
+    assert frame.progress == pytest.approx((1 + 0.75) / 6)
+    assert "a | lone" in render.workflow_text(d)

@@ -1,0 +1,259 @@
+"""``%dagnats`` / ``%%dagnats`` through IPython's InteractiveShell, on a real engine."""
+
+from __future__ import annotations
+
+import time
+
+import pandas as pd
+import pytest
+from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
+from traitlets.config import Config
+
+import dagnats_nb as dn
+from dagnats_nb import default
+from dagnats_nb.dag.state import STEP_TERMINAL
+from dagnats_nb.errors import DagnatsError, WorkflowError
+from dagnats_nb.notebook.reprs import Status
+from dagnats_nb.views import EVENT_COLUMNS, RUN_COLUMNS, STEP_COLUMNS
+
+
+@pytest.fixture(scope="module")
+def ip():
+    """A testing shell as JupySQL's: no history; the extension loaded."""
+    cfg = Config()
+    cfg.HistoryManager.enabled = False
+    shell = InteractiveShell.instance(config=cfg)
+    shell.run_line_magic("load_ext", "dagnats_nb")
+    yield shell
+    shell.run_line_magic("unload_ext", "dagnats_nb")
+
+
+@pytest.fixture(scope="module")
+def eng(ip, tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("magics") / "engine"
+    engine = ip.run_line_magic("dagnats", f"start --data-dir {data_dir} --set ack_wait=2s")
+
+    @dn.task("fetch")
+    def fetch(ctx):
+        return list(range(ctx.input["n"]))
+
+    @dn.task("double")
+    async def double(ctx):
+        return ctx.input * 2
+
+    @dn.task("report")
+    def report(ctx):
+        return {"total": sum(ctx.input)}
+
+    @dn.task("slow")
+    def slow(ctx):
+        time.sleep(0.3)
+        return ctx.input
+
+    @dn.task("broken")
+    def broken(ctx):
+        raise dn.Permanent("the document is unreadable")
+
+    ip.run_cell_magic("dagnats", "workflow digest", "fetch -> double -> report\ndouble: type=map")
+    ip.run_cell_magic("dagnats", "workflow naps", "slow -> [s2, s3]\ns2: task=slow\ns3: task=slow")
+    ip.run_cell_magic("dagnats", "workflow doomed", "broken")
+    yield engine
+
+
+def run_cell(ip, capsys, cell: str):
+    result = ip.run_cell(cell)
+    out = capsys.readouterr()
+    return result, out.out + out.err
+
+
+def test_start_is_idempotent_and_returns_the_engine(ip, eng):
+    assert isinstance(eng, dn.Engine) and eng.running
+    assert ip.run_line_magic("dagnats", "start") is eng
+    assert dn.engine() is eng
+    with pytest.raises(DagnatsError, match="already runs on"):
+        ip.run_line_magic("dagnats", "start --data-dir /tmp/elsewhere")
+    html = ip.display_formatter.format(eng)[0]["text/html"]
+    assert eng.url in html and "WORKFLOW_HISTORY" in html and str(eng.settings.data_dir) in html
+
+
+def test_workflow_cell_registers_and_shows_the_dag(ip, eng):
+    d = ip.run_cell_magic("dagnats", "workflow sketch --version 3 -o wf", "a -> [b, c] -> d\n")
+    assert ip.user_ns["wf"] is d and d.version == "3"
+    assert eng.workflow("sketch").step("d").depends_on == ["b", "c"]
+    data = ip.display_formatter.format(d)[0]
+    assert "<svg" in data["text/html"] and data["text/html"].count("dagnats-step") == 4
+    assert "workflow sketch v3 (4 steps)" in data["text/plain"]
+
+
+def test_workflow_cell_takes_json_and_yaml_with_namespace_values(ip, eng):
+    ip.user_ns["task_name"] = "report"
+    ip.run_cell_magic(
+        "dagnats",
+        "workflow from-json",
+        '{"steps": [{"id": "only", "task": "{task_name}", "timeout": "5s"}]}',
+    )
+    assert eng.workflow("from-json").step("only").task == "report"
+    yaml_body = "steps:\n  - id: one\n    task: {task_name}\n"
+    assert ip.run_cell_magic("dagnats", "workflow from-yaml", yaml_body).step("one").task == (
+        "report"
+    )
+    with pytest.raises(WorkflowError, match="the cell names it 'other'"):
+        ip.run_cell_magic("dagnats", "workflow mine", '{"name": "other", "steps": []}')
+
+
+def test_run_waits_stores_with_o_and_takes_input_from_a_variable(ip, eng):
+    ip.user_ns["doc"] = {"n": 4}
+    run = ip.run_line_magic("dagnats", "run digest --input $doc -o r")
+    assert ip.user_ns["r"] is run
+    assert run.status == "completed" and run.output == {"total": 12}
+    ip.user_ns["k"] = 3
+    assert ip.run_line_magic("dagnats", "run digest --input {dict(n=k)}").output == {"total": 6}
+    assert ip.run_line_magic("dagnats", "run digest --input '{\"n\": 2}'").output == {"total": 2}
+    assert ip.run_line_magic("dagnats", 'run digest --input {"n": 1}').output == {"total": 0}
+    text = ip.display_formatter.format(run)[0]
+    assert "completed" in text["text/plain"] and "double" in text["text/plain"]
+    assert "completed" in text["text/html"] and "<table" in text["text/html"]
+
+
+def test_run_no_wait_returns_at_once(ip, eng):
+    t0 = time.monotonic()
+    run = ip.run_line_magic("dagnats", "run naps --input 1 --no-wait")
+    assert time.monotonic() - t0 < 0.3
+    assert not run.done
+    assert run.wait(10).status == "completed"
+
+
+def test_runs_with_filters(ip, eng):
+    ip.run_line_magic("dagnats", 'run digest --input {"n": 2}')
+    df = ip.run_line_magic("dagnats", "runs")
+    assert isinstance(df, pd.DataFrame) and list(df.columns) == RUN_COLUMNS
+    digest = ip.run_line_magic("dagnats", "runs --workflow digest --status completed")
+    assert len(digest) >= 1 and set(digest["workflow"]) == {"digest"}
+    last = ip.run_line_magic("dagnats", "runs --limit 1 -o last_runs")
+    assert len(last) == 1 and ip.user_ns["last_runs"] is last
+    assert last["run_id"].iloc[0] == df["run_id"].iloc[-1]
+
+
+def test_steps_and_events_of_a_run_by_id_last_or_variable(ip, eng):
+    run = ip.run_line_magic("dagnats", 'run digest --input {"n": 3}')
+    ip.user_ns["the_run"] = run
+    steps = ip.run_line_magic("dagnats", "steps $the_run")
+    assert list(steps.columns) == STEP_COLUMNS
+    assert steps.set_index("step_id").loc["double", "items"] == "3/3"
+    events = ip.run_line_magic("dagnats", f"events {run.id} -o ev")
+    assert list(events.columns) == EVENT_COLUMNS and ip.user_ns["ev"] is events
+    assert events["type"].iloc[0] == "workflow.started"
+    assert events["type"].iloc[-1] == "workflow.completed"
+    assert ip.run_line_magic("dagnats", "events last")["seq"].tolist() == events["seq"].tolist()
+
+
+def test_cancel(ip, eng, capsys):
+    run = ip.run_line_magic("dagnats", "run naps --input 1 --no-wait")
+    cancelled = ip.run_line_magic("dagnats", f"cancel {run.id}")
+    assert cancelled.wait(10).status == "cancelled"
+    assert f"run {run.id} cancelled" in capsys.readouterr().out
+    with pytest.raises(DagnatsError, match="already ended cancelled"):
+        ip.run_line_magic("dagnats", f"cancel {run.id}")
+
+
+def test_dlq_lists_steps_that_failed_for_good(ip, eng):
+    run = ip.run_line_magic("dagnats", "run doomed")
+    assert run.status == "failed"
+    deadline = time.monotonic() + 10
+    while True:
+        df = ip.run_line_magic("dagnats", "dlq --limit 5")
+        if run.id in set(df["run_id"]) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert list(df.columns) == [
+        "seq",
+        "failed_at",
+        "task",
+        "run_id",
+        "step_id",
+        "map_index",
+        "attempts",
+        "error",
+    ]
+    row = df[df["run_id"] == run.id].iloc[0]
+    assert row["task"] == "broken" and "unreadable" in row["error"]
+
+
+def test_status_workflows_config(ip, eng):
+    status = ip.run_line_magic("dagnats", "status")
+    assert isinstance(status, Status)
+    streams = status.to_pandas()
+    assert list(streams.columns) == ["stream", "messages", "bytes"]
+    assert "WORKFLOW_HISTORY" in set(streams["stream"])
+    assert "WORKFLOW_HISTORY" in status._repr_html_() and "WORKFLOW_HISTORY" in repr(status)
+    wfs = ip.run_line_magic("dagnats", "workflows")
+    assert list(wfs.columns) == ["workflow", "version", "steps", "tasks", "roots", "terminal"]
+    row = wfs.set_index("workflow").loc["digest"]
+    assert row["steps"] == 3 and row["roots"] == "fetch" and row["terminal"] == "report"
+    cfg = ip.run_line_magic("dagnats", "config")
+    assert list(cfg.columns) == ["key", "value", "source"]
+    assert cfg.set_index("key").loc["ack_wait", "source"] == "argument"
+
+
+def test_help(ip, capsys):
+    ip.run_line_magic("dagnats", "help")
+    out = capsys.readouterr().out
+    assert "%%dagnats workflow NAME" in out and "fetch -> [summarize, classify]" in out
+    assert "edge syntax" in ip.find_line_magic("dagnats").__doc__
+
+
+@pytest.mark.parametrize(
+    ("body", "line"),
+    [
+        ("fetch -> [a, b\n", "workflow 'w' line 2: unclosed group"),
+        ("a -> b\nc: retry=1\n", "workflow 'w' line 3 step 'c': unknown step 'c'"),
+        ("a -> b\n\nb -> a\n", "workflow 'w' line 4: cycle between steps a -> b -> a"),
+    ],
+)
+def test_edge_syntax_errors_are_one_line_and_fail_the_cell(ip, capsys, body, line):
+    result, out = run_cell(ip, capsys, f"%%dagnats workflow w\n{body}")
+    assert not result.success and isinstance(result.error_in_exec, WorkflowError)
+    assert line in out
+    assert "Traceback" not in out and len(out.strip().splitlines()) == 1
+
+
+def test_short_errors_off_brings_the_traceback_back(ip, capsys):
+    ip.run_line_magic("config", "Dagnats.short_errors = False")
+    try:
+        result, out = run_cell(ip, capsys, "%%dagnats workflow w\na -> a\n")
+    finally:
+        ip.run_line_magic("config", "Dagnats.short_errors = True")
+    assert not result.success
+    assert "Traceback" in out and "cannot depend on itself" in out
+
+
+def test_user_errors_of_the_line_magic(ip, eng, capsys):
+    with pytest.raises(UsageError):
+        ip.run_line_magic("dagnats", "nonsense")
+    with pytest.raises(DagnatsError, match="no variable 'nope'"):
+        ip.run_line_magic("dagnats", "run digest --input $nope")
+    with pytest.raises(DagnatsError, match="neither JSON nor a Python literal"):
+        ip.run_line_magic("dagnats", "run digest --input hello")
+    with pytest.raises(DagnatsError, match="is a cell magic"):
+        ip.run_line_magic("dagnats", "workflow x")
+    result, out = run_cell(ip, capsys, "%dagnats run no-such-workflow")
+    assert not result.success and "Traceback" not in out and "no-such-workflow" in out
+
+
+def test_stop_then_commands_say_how_to_start(ip, tmp_path, capsys):
+    """Last in this module: stops the module's engine."""
+    ip.run_line_magic("dagnats", "stop")
+    assert "engine stopped" in capsys.readouterr().out
+    with pytest.raises(DagnatsError, match="run %dagnats start"):
+        ip.run_line_magic("dagnats", "runs")
+    eng = ip.run_line_magic("dagnats", f"start --data-dir {tmp_path / 'again'}")
+    assert sorted(eng.workers)[-5:]  # handlers registered with @dn.task come back
+    assert {"fetch", "double", "report"} <= set(eng.workers)
+    ip.run_line_magic("unload_ext", "dagnats_nb")
+    assert not eng.running and default.current() is None
+    ip.run_line_magic("load_ext", "dagnats_nb")
+
+
+def test_terminal_states_are_what_the_view_calls_done():
+    assert {"completed", "failed", "skipped", "cancelled"} == set(STEP_TERMINAL)
