@@ -144,7 +144,10 @@ def test_demo_runs_the_pipeline_and_prints_runs_and_steps():
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert out.count("doc-digest  completed") == 2
-    for step in ("fetch", "analyze", "rank", "stats", "alert", "report"):
+    for step in ("docs", "summarise", "collect", "classify", "aggregate", "digest"):
         assert f"{step}" in out
-    assert "8/8" in out  # the map step's elements
+    assert "50/50" in out  # the map steps' elements
+    assert "the offline simulator" in out and "simulated:gpt-4o-mini" in out
+    usage = out.split("LLM usage (from TELEMETRY):")[1]
+    assert usage.count(" summarise simulated:gpt-4o-mini ") == 2  # one row per run
     assert "bytes per event" in out
