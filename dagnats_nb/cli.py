@@ -97,6 +97,32 @@ def format_status(status: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+STATS = {
+    "streams": "stream_stats",
+    "consumers": "consumer_lag",
+    "kv": "kv_stats",
+    "account": "account",
+}
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from .engine import Engine
+
+    eng = Engine.connect(config=args.config, **_overrides(args))
+    try:
+        df = getattr(eng, STATS[args.what])()
+    finally:
+        eng.stop()
+    if args.json:
+        print(df.to_json(orient="records", date_format="iso", indent=2))
+    else:
+        import pandas as pd
+
+        with pd.option_context("display.width", 200, "display.max_columns", None):
+            print(df.to_string(index=False))
+    return 0
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from .dag import load_workflow
 
@@ -132,6 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
     _settings_args(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(fn=cmd_status)
+    p = sub.add_parser("stats", help="JetStream statistics of the engine on a data dir")
+    p.add_argument("what", choices=sorted(STATS), help="which table")
+    _settings_args(p)
+    p.add_argument("--json", action="store_true", help="print JSON records")
+    p.set_defaults(fn=cmd_stats)
     wf = sub.add_parser("workflow", help="workflow files").add_subparsers(dest="wf", required=True)
     p = wf.add_parser("validate", help="check workflow files (exit 1 on any problem)")
     p.add_argument("files", nargs="+")

@@ -28,6 +28,7 @@ from .config import Settings, load_settings
 from .dag import WorkflowDef, load_workflow
 from .errors import DagnatsError, RunError, ServerError
 from .loop import LoopThread
+from .observe import stats
 from .orchestrator import Orchestrator
 from .resources import store_error
 from .run import Run, RunTimeout
@@ -36,7 +37,7 @@ from .stores import DefinitionStore, PayloadStore
 from .task import make_handler
 from .threads import DaemonThreadPool
 from .views import events_frame, runs_frame, steps_frame
-from .workers import TaskWorker, WorkerRegistry, new_worker_id
+from .workers import TaskWorker, WorkerRegistry, ensure_task_consumer, new_worker_id
 
 log = logging.getLogger("dagnats_nb")
 
@@ -269,15 +270,25 @@ class Engine:
             self.orchestrator.report_fault(message, store_full=True)
 
     def register(self, definition: WorkflowDef | dict | str | os.PathLike) -> WorkflowDef:
-        """Validate and store a workflow (a WorkflowDef, dict, JSON/YAML text or file path)."""
+        """Validate and store a workflow (a WorkflowDef, dict, JSON/YAML text or file path).
+
+        The task consumers of its steps are created too, so tasks waiting for a worker show
+        in ``consumer_lag()`` before any worker exists."""
         defn = load_workflow(definition)
-        self._call(self.defs.put(defn))
+        self._call(self._register(defn))
         return defn
 
     async def register_async(self, definition: Any) -> WorkflowDef:
         defn = load_workflow(definition)
-        await self._call_async(self.defs.put(defn))
+        await self._call_async(self._register(defn))
         return defn
+
+    async def _register(self, defn: WorkflowDef) -> str:
+        h = await self.defs.put(defn)
+        ack_wait = self.settings.ack_wait.total_seconds()
+        for task in sorted({s.task for s in defn.steps if s.task}):
+            await ensure_task_consumer(self._js, task, ack_wait)
+        return h
 
     def workflow(self, name: str) -> WorkflowDef:
         """The latest registered definition of ``name``."""
@@ -311,7 +322,7 @@ class Engine:
             h, defn = await self.defs.get(workflow)
         else:
             defn = load_workflow(workflow)
-            h = await self.defs.put(defn)
+            h = await self._register(defn)
         run_id = run_id or new_run_id()
         if not p.is_token(run_id):
             raise RunError(f"run id {run_id!r} cannot be used in a NATS subject")
@@ -513,6 +524,43 @@ class Engine:
         from .llm import calls_frame, read_calls
 
         return calls_frame(self._call(read_calls(self._js, run_id)))
+
+    # -- stats (read-only views; see dagnats_nb.observe.stats) ------------------------
+
+    def stream_stats(self):
+        """Per stream: messages, bytes, first/last sequence and time, subjects, consumers,
+        limits, retention, storage, share of ``max_store_bytes``, dedup window."""
+        return self._frame(stats.stream_rows(self._nc, self.settings.max_store_bytes))
+
+    def consumer_lag(self):
+        """Per consumer: stream, filter, pending, ack pending, redelivered, waiting pulls,
+        last delivered/acked sequence, last active."""
+        return self._frame(stats.consumer_rows(self._nc))
+
+    def kv_stats(self):
+        """Per KV bucket: keys, values, bytes, history, TTL."""
+        return self._frame(stats.kv_rows(self._nc))
+
+    def account(self):
+        """JetStream account usage against its limits and ``max_store_bytes``."""
+        return self._frame(stats.account_rows(self._nc, self.settings.max_store_bytes))
+
+    async def stream_stats_async(self):
+        return await asyncio.to_thread(self.stream_stats)
+
+    async def consumer_lag_async(self):
+        return await asyncio.to_thread(self.consumer_lag)
+
+    async def kv_stats_async(self):
+        return await asyncio.to_thread(self.kv_stats)
+
+    async def account_async(self):
+        return await asyncio.to_thread(self.account)
+
+    def _frame(self, rows_coro):
+        import pandas as pd
+
+        return pd.DataFrame(self._call(rows_coro))
 
     # -- status --------------------------------------------------------------------------
 

@@ -41,6 +41,40 @@ HEARTBEAT_EVERY = 30.0  # seconds between puts to the workers KV (its TTL is 60 
 ANNOUNCE_AFTER = 0.02
 
 
+async def ensure_task_consumer(
+    js: JetStreamContext,
+    task: str,
+    ack_wait: float,
+    max_ack_pending: int | None = None,
+) -> str:
+    """The durable pull consumer of a task type, created or updated; its name.
+
+    ``max_ack_pending`` None keeps an existing consumer as it is (the engine creates the
+    consumers of a workflow's task types at registration, so their lag shows before any
+    worker exists; a worker then sets its concurrency).
+    """
+    durable = p.consumer_name(task)
+    cfg = js_api.ConsumerConfig(
+        durable_name=durable,
+        filter_subject=p.task_filter(task),
+        ack_policy=js_api.AckPolicy.EXPLICIT,
+        ack_wait=ack_wait,
+        max_ack_pending=max_ack_pending or 1,
+        max_deliver=-1,
+    )
+    try:
+        info = await js.consumer_info(p.TASK_STREAM, durable)
+    except NotFoundError:
+        await js.add_consumer(p.TASK_STREAM, cfg)
+        return durable
+    c = info.config
+    if max_ack_pending is not None and (
+        c.max_ack_pending != cfg.max_ack_pending or c.ack_wait != cfg.ack_wait
+    ):
+        await js.add_consumer(p.TASK_STREAM, cfg)  # updates in place
+    return durable
+
+
 def new_worker_id() -> str:
     return f"{socket.gethostname().split('.')[0]}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
@@ -81,23 +115,9 @@ class TaskWorker:
         self._stopping = False
 
     async def start(self) -> None:
-        durable = p.consumer_name(self.handler.task)
-        cfg = js_api.ConsumerConfig(
-            durable_name=durable,
-            filter_subject=p.task_filter(self.handler.task),
-            ack_policy=js_api.AckPolicy.EXPLICIT,
-            ack_wait=self.ack_wait,
-            max_ack_pending=self.handler.concurrency,
-            max_deliver=-1,
+        durable = await ensure_task_consumer(
+            self.js, self.handler.task, self.ack_wait, self.handler.concurrency
         )
-        try:
-            info = await self.js.consumer_info(p.TASK_STREAM, durable)
-        except NotFoundError:
-            await self.js.add_consumer(p.TASK_STREAM, cfg)
-        else:
-            c = info.config
-            if c.max_ack_pending != cfg.max_ack_pending or c.ack_wait != cfg.ack_wait:
-                await self.js.add_consumer(p.TASK_STREAM, cfg)  # updates in place
         self._loop = asyncio.get_running_loop()
         self._is_async = self.handler.is_async
         self._psub = await self.js.pull_subscribe_bind(durable, stream=p.TASK_STREAM)

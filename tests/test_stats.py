@@ -1,0 +1,130 @@
+"""Stream, consumer, KV and account statistics of a live engine (issue 5)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+
+def wait_for(predicate, timeout=15.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value is not None:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("condition not reached")
+
+
+def test_stream_stats_count_the_exact_events_of_a_known_workload(engine):
+    @engine.task("inc")
+    async def inc(ctx):
+        return ctx.input + 1
+
+    k, n = 3, 5
+    wf = {
+        "name": "chain",
+        "steps": [
+            {"id": f"s{i}", "task": "inc", **({"depends_on": [f"s{i - 1}"]} if i else {})}
+            for i in range(k)
+        ],
+    }
+    engine.register(wf)
+    for i in range(n):
+        assert engine.run("chain", input=i, timeout=20).output == i + k
+    df = engine.stream_stats().set_index("stream")
+    # per run: workflow.started + (step.queued + step.completed) per step + workflow.completed
+    # (fast handlers publish no step.started)
+    assert df.loc["WORKFLOW_HISTORY", "messages"] == n * (2 + 2 * k)
+    assert df.loc["WORKFLOW_HISTORY", "subjects"] == n  # one subject per run
+    assert df.loc["WORKFLOW_HISTORY", "dedup_window_s"] == 5.0
+    assert df.loc["TASK_QUEUES", "messages"] == 0 and df.loc["TASK_QUEUES", "retention"] == (
+        "workqueue"
+    )
+    assert df.loc["DEAD_LETTERS", "max_age_s"] == 30 * 86400
+    assert df.loc["TELEMETRY", "max_bytes"] == 1 << 30
+    assert df.loc["STICKY_TASKS", "storage"] == "memory"
+    share = df.loc["WORKFLOW_HISTORY", "store_share"]
+    assert share == pytest.approx(df.loc["WORKFLOW_HISTORY", "bytes"] / (10 << 30))
+    assert df.loc["WORKFLOW_HISTORY", "first_time"] <= df.loc["WORKFLOW_HISTORY", "last_time"]
+    assert {"KV_workflow_defs", "KV_workflow_runs"} <= set(df.index)
+
+
+def test_consumer_lag_shows_waiting_tasks_then_drains_when_a_worker_starts(engine):
+    engine.register({"name": "slow-start", "steps": [{"id": "a", "task": "later"}]})
+    runs = [engine.start_run("slow-start", input=i) for i in range(4)]
+
+    def lag():
+        df = engine.consumer_lag().set_index("consumer")
+        return df.loc["worker-later"] if df.loc["worker-later", "pending"] == 4 else None
+
+    row = wait_for(lag)
+    assert row["stream"] == "TASK_QUEUES" and row["filter"] == "task.later.>"
+    assert row["ack_pending"] == 0 and row["durable"]
+
+    @engine.task("later", concurrency=4)
+    async def later(ctx):
+        return ctx.input
+
+    assert [r.wait(timeout=20).output for r in runs] == [0, 1, 2, 3]
+    df = engine.consumer_lag().set_index("consumer")
+    assert df.loc["worker-later", "pending"] == 0
+    assert df.loc["worker-later", "ack_pending"] == 0
+    assert df.loc["worker-later", "max_ack_pending"] == 4
+    assert df.loc["worker-later", "last_acked_seq"] >= 4
+
+
+def test_kv_stats_and_account(engine):
+    engine.register({"name": "one", "steps": [{"id": "a", "task": "a"}]})
+    kv = engine.kv_stats().set_index("bucket")
+    assert kv.loc["workflow_defs", "keys"] == 2  # latest pointer + the version
+    assert kv.loc["workers", "ttl_s"] == 60.0
+    assert kv.loc["sticky_bindings", "ttl_s"] == 25 * 3600.0
+    acct = engine.account().set_index("item")
+    used = acct.loc["file storage vs max_store_bytes"]
+    assert used["limit"] == 10 << 30 and 0 < used["used"] < used["limit"]
+    assert used["share"] == pytest.approx(used["used"] / used["limit"])
+    assert acct.loc["streams", "used"] >= 10
+
+
+def test_stats_cli_prints_json_records(engine):
+    import json
+    import subprocess
+    import sys
+
+    engine.register({"name": "one", "steps": [{"id": "a", "task": "nobody"}]})
+    engine.start_run("one")
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dagnats_nb.cli",
+            "stats",
+            "consumers",
+            "--json",
+            "--data-dir",
+            str(engine.settings.data_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    rows = {r["consumer"]: r for r in json.loads(out.stdout)}
+    assert rows["worker-nobody"]["filter"] == "task.nobody.>"
+    text = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dagnats_nb.cli",
+            "stats",
+            "streams",
+            "--data-dir",
+            str(engine.settings.data_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert text.returncode == 0 and "WORKFLOW_HISTORY" in text.stdout
