@@ -10,7 +10,8 @@ the same answer whatever else runs concurrently, and a retry may fare differentl
   follow at ``tokens_per_s`` (0: all at once);
 - failures: ``rate_429`` (HTTP 429 with ``Retry-After: retry_after``), ``rate_500`` and
   ``rate_timeout`` (the call hangs for the timeout), each a fraction of calls;
-- replies: words drawn from the prompt; a JSON reply is ``{"label", "confidence"}`` with the
+- replies: words drawn from the prompt (from its text after the last ``:`` when that has
+  five words or more); a JSON reply is ``{"label", "confidence"}`` with the
   label drawn from a list written as ``one of: a, b, c`` in the prompt when there is one.
 """
 
@@ -143,7 +144,8 @@ class SimulatedProvider:
 
 
 def _words(rng: random.Random, prompt: str, max_tokens: int | None) -> tuple[str, ...]:
-    vocab = _WORD.findall(prompt) or ["simulated", "reply"]
+    tail = _WORD.findall(prompt.rpartition(":")[2])  # the text after "Summarise this:"
+    vocab = tail if len(tail) >= 5 else _WORD.findall(prompt) or ["simulated", "reply"]
     n = rng.randint(8, 32)
     if max_tokens is not None:
         n = min(n, max_tokens)
