@@ -108,3 +108,17 @@ def test_layers_and_drawing_need_no_graphviz():
     assert 'data-step="b" data-status="running"' in svg and "running 3/4" in svg
     assert frame.progress == pytest.approx((1 + 0.75) / 6)
     assert "a | lone" in render.workflow_text(d)
+
+
+def test_stopping_a_view_leaves_its_last_frame_with_a_note(eng):
+    run = eng.start_run("fan", {"n": 40})
+    view = RunView(eng, run, interval=0.05).start()
+    deadline = time.monotonic() + 10
+    while not view.frames and time.monotonic() < deadline:
+        time.sleep(0.01)
+    view.stop()
+    assert view.done.is_set() and view.final.status == "running"
+    assert "no longer follows the run" in view.final.last_error
+    count = view.updates
+    assert run.wait(30).status == "completed"
+    assert view.updates == count  # nothing published after the stop

@@ -241,6 +241,14 @@ def test_user_errors_of_the_line_magic(ip, eng, capsys):
     assert not result.success and "Traceback" not in out and "no-such-workflow" in out
 
 
+def test_watch_returns_the_run_at_once(ip, eng):
+    run = ip.run_line_magic("dagnats", "run naps --input 1 --no-wait")
+    assert ip.run_line_magic("dagnats", f"watch {run.id}").id == run.id
+    html = ip.display_formatter.format(run)[0]["text/html"]
+    assert 'data-status="' in html and "<table" not in html  # one line while it runs
+    run.wait(10)
+
+
 def test_stop_then_commands_say_how_to_start(ip, tmp_path, capsys):
     """Last in this module: stops the module's engine."""
     ip.run_line_magic("dagnats", "stop")

@@ -13,6 +13,7 @@ expect display updates to come from.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import threading
 import time
@@ -86,11 +87,24 @@ class RunView:
         """The last frame, once the run has ended."""
         return self.frames[-1] if self.done.is_set() and self.frames else None
 
-    def stop(self) -> None:
-        """Stop following the run (the widget stays as it is)."""
+    def stop(self, note: str = "the engine stopped: this view no longer follows the run") -> None:
+        """Stop following the run; the widget is replaced by a static rendering of the last
+        frame with ``note``."""
         if self._unwatch is not None:
-            self._unwatch()
+            with contextlib.suppress(RuntimeError):  # the engine's loop is already closed
+                self._unwatch()
             self._unwatch = None
+        if self.done.is_set() or self._finished:
+            return
+        self._finished = True
+        frame = self._latest
+        if frame is not None:
+            frame.error = frame.error or note
+            self._publish(frame, final=True)
+        elif self._widgets is not None:
+            for w in self._widgets.values():
+                w.close()
+        self.done.set()
 
     # -- engine thread -------------------------------------------------------------------
 

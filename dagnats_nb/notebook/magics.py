@@ -35,6 +35,7 @@ HELP = """\
   run WF [--input JSON|$var] [--no-wait] [--timeout S]       start a run, live view
   steps RUN_ID | events RUN_ID             a run's steps / history (DataFrame)
   cancel RUN_ID                            cancel a run
+  watch RUN_ID                             a live view of a run (returns at once)
   dlq [--limit N]                          dead letters (DataFrame)
   config                                   settings and where they come from (DataFrame)
   help                                     this text
@@ -86,7 +87,7 @@ def _parser() -> MagicArgumentParser:
     s.add_argument("--input")
     s.add_argument("--no-wait", action="store_true")
     s.add_argument("--timeout", type=float)
-    for name in ("steps", "events", "cancel"):
+    for name in ("steps", "events", "cancel", "watch"):
         cmd(name).add_argument("run_id")
     cmd("dlq").add_argument("--limit", type=int, default=100)
     cmd("config")
@@ -178,16 +179,28 @@ class Dagnats(Magics):
             workflow = load_workflow(workflow)
         defn = workflow if isinstance(workflow, WorkflowDef) else eng.workflow(workflow)
         run = eng.start_run(defn if isinstance(workflow, WorkflowDef) else workflow, data)
-        view = None
-        if in_kernel(self.shell):
-            view = RunView(eng, run, defn, interval=self.live_interval, widgets=True).start()
-            self.views[run.id] = view
+        view = self._follow(run, defn)
         if args.no_wait:
             return run
         run.wait(self.run_timeout if args.timeout is None else args.timeout)
         if view is not None:
             view.wait(10)  # the final rendering is out before the cell ends
         return run
+
+    def _watch(self, args: Any, ex: Expander, cell: Any) -> Run:
+        run = console.resolve_run(ex.value(args.run_id))
+        self._follow(run, None)
+        return run
+
+    def _follow(self, run: Run, defn: WorkflowDef | None) -> RunView | None:
+        """A live view of ``run`` when the shell is a kernel with widgets."""
+        if not in_kernel(self.shell):
+            return None
+        for run_id in [k for k, v in self.views.items() if v.done.is_set()]:
+            del self.views[run_id]
+        view = RunView(run.engine, run, defn, interval=self.live_interval, widgets=True)
+        self.views[run.id] = view.start()
+        return view
 
     def _steps(self, args: Any, ex: Expander, cell: Any) -> Any:
         return console.steps(ex.value(args.run_id))

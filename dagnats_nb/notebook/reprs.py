@@ -67,11 +67,12 @@ def run_html(run: Run) -> str:
     if not run.engine.running:
         return f"<code>{html.escape(repr(run))}</code> (engine stopped)"
     defn, frame = snapshot(run)
+    if not frame.terminal:  # a moment's snapshot: one line (a live view shows the rest)
+        return f'<div class="dagnats-run" data-status="{frame.status}">' + (
+            render.run_header_html(frame) + "</div>"
+        )
     head = render.run_html(None, frame, _output(run, frame))
-    table = ""
-    if defn is not None:
-        table = _steps_table(run)
-    return head + table
+    return head + (_steps_table(run) if defn is not None else "")
 
 
 def _steps_table(run: Run) -> str:
