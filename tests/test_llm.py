@@ -355,3 +355,12 @@ def test_usage_frame_groups_calls():
     assert (row["prompt_tokens"], row["completion_tokens"]) == (10, 10)
     assert row["latency_p50_ms"] == 20.0 and 28 <= row["latency_p95_ms"] <= 30
     assert list(usage_frame([]).columns)[:3] == ["run_id", "step_id", "model"]
+
+
+def test_simulated_timeout_hangs_for_the_timeout():
+    sim = SimulatedProvider(SimulatorSettings(latency_ms=1, rate_timeout=1, timeout=0.2))
+    t0 = time.perf_counter()
+    with pytest.raises(ProviderError) as info:
+        asyncio.run(sim.complete(_req(1), None))
+    assert info.value.kind == "timeout" and time.perf_counter() - t0 >= 0.2
+    assert "timed out after 0.2s" in str(info.value)

@@ -273,3 +273,34 @@ def test_per_step_provider_override(eng, server):
     run = eng.run(one_step("ask-sim", cfg), input="hello there world")
     assert run.status == "completed", run.error
     assert run.output["model"] == "simulated:tiny" and not server.requests
+
+
+def test_stream_of_one_map_instance(eng, server):
+    server.reset()
+    server.script.extend(
+        Reply(text=f"reply number {i} here", delay=0.4, chunk_delay=0.01) for i in range(3)
+    )
+    wf = {
+        "name": "ask-map-stream",
+        "steps": [
+            {"id": "items", "task": "llm-items"},
+            {
+                "id": "ask",
+                "task": "llm",
+                "type": "map",
+                "depends_on": ["items"],
+                "config": {"prompt": "{input}", "stream": True},
+            },
+        ],
+    }
+
+    @eng.task("llm-items")
+    def items(ctx):
+        return ["a", "b", "c"]
+
+    run = eng.start_run(wf)
+    tokens = list(run.stream("ask", map_index=1, timeout=10))
+    run.wait(10)
+    assert run.status == "completed", run.error
+    assert "".join(tokens) == run.output[1]["text"]
+    assert len(tokens) == 4 and len({o["text"] for o in run.output}) == 3
