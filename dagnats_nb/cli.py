@@ -77,9 +77,12 @@ def format_status(status: dict[str, Any]) -> str:
         f"engine   {status['url']}  ({'connected' if status['connected'] else 'DISCONNECTED'})",
         f"data_dir {status['data_dir']}",
     ]
-    for t in status.get("tasks_without_worker", []):
-        n = status["pending_tasks"][t]
-        lines.insert(0, f"WARNING: {n} task(s) of type '{t}' wait and no worker serves '{t}'")
+    warnings = [
+        f"{h['level'].upper()}: {h['check']} of {h['subject']} is {h['value']} "
+        f"(threshold {h['threshold']}): {h['action']}"
+        for h in status.get("health", [])
+    ]
+    lines = warnings + lines
     lines.append("")
     lines.append(f"{'stream':<18}{'messages':>10}{'bytes':>14}")
     for s in status["streams"]:

@@ -240,6 +240,24 @@ class Settings(BaseModel):
     log_level: Annotated[str, BeforeValidator(_to_log_level)] = _key(
         "warn", "must be one of debug, info, warn, error"
     )
+    # Health thresholds (the production checklist's) and the HTTP /health, /ready endpoints.
+    health_consumer_pending: Annotated[int, Field(ge=0)] = _key(
+        1000, "must be a number of pending tasks, >= 0"
+    )
+    health_dlq_per_min: Rate = _key(1.0, "must be dead letters per minute, >= 0")
+    health_dlq_window: Duration = _key(
+        timedelta(minutes=5), "must be a positive duration such as 5m"
+    )
+    health_store_share: Fraction = _key(0.8, "must be a fraction of max_store_bytes, 0 to 1")
+    health_worker_gap: Duration = _key(
+        timedelta(seconds=60), "must be a positive duration such as 60s"
+    )
+    health_orchestrator_lag: Annotated[int, Field(ge=0)] = _key(
+        500, "must be a number of history events, >= 0"
+    )
+    http_addr: OptionalStr = _key(
+        None, "must be host:port such as 127.0.0.1:8080 (port 0: a free one), or unset for off"
+    )
     # The built-in `llm` task type (dagnats_nb.llm). With no llm_provider, the provider is
     # openai when llm_base_url, llm_api_key or OPENAI_API_KEY is set, else the simulator.
     llm_enabled: bool = _key(True, "must be true or false")

@@ -99,7 +99,10 @@ def test_status_reports_streams_workers_and_pending_tasks(engine):
     text = dagnats("status", "--data-dir", data_dir)
     assert text.returncode == 0
     first = text.stdout.splitlines()[0]
-    assert first == "WARNING: 1 task(s) of type 'unserved' wait and no worker serves 'unserved'"
+    assert first == (
+        "WARNING: consumer pending of worker-unserved is 1 (threshold 1000): "
+        "no worker serves task 'unserved': register a handler for it"
+    )
     assert "WORKFLOW_HISTORY" in text.stdout and "pending tasks: unserved=1" in text.stdout
 
 

@@ -1,0 +1,173 @@
+"""Health rules of the production checklist, evaluated on a snapshot of the engine (pure).
+
+Each rule gives rows ``{check, level, subject, value, threshold, action}``; ``level`` is
+``ok``, ``warning`` or ``critical``. The engine gathers the :class:`Snapshot` (I/O); this
+module only decides.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+OK, WARNING, CRITICAL = "ok", "warning", "critical"
+COLUMNS = ["check", "level", "subject", "value", "threshold", "action"]
+LEVEL_ORDER = {CRITICAL: 0, WARNING: 1, OK: 2}
+
+
+@dataclass(frozen=True, slots=True)
+class Thresholds:
+    consumer_pending: int = 1000
+    dlq_per_min: float = 1.0
+    dlq_window_s: float = 300.0
+    store_share: float = 0.8
+    worker_gap_s: float = 60.0
+    orchestrator_lag: int = 500
+
+    @classmethod
+    def from_settings(cls, s: Any) -> Thresholds:
+        return cls(
+            consumer_pending=s.health_consumer_pending,
+            dlq_per_min=s.health_dlq_per_min,
+            dlq_window_s=s.health_dlq_window.total_seconds(),
+            store_share=s.health_store_share,
+            worker_gap_s=s.health_worker_gap.total_seconds(),
+            orchestrator_lag=s.health_orchestrator_lag,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    now: float
+    consumers: list[dict[str, Any]]  # observe.stats.consumer_rows of TASK_QUEUES
+    store_bytes: int  # JetStream file storage in use
+    max_store_bytes: int
+    dlq_samples: list[tuple[float, int]]  # (time, DEAD_LETTERS messages), oldest first
+    workers: list[dict[str, Any]]  # entries of the workers KV (heartbeat_at as POSIX s)
+    history_last_seq: int | None = None
+    orchestrator_seq: int | None = None  # None: no orchestrator in this process
+    served_tasks: set[str] = field(default_factory=set)
+
+
+def evaluate(snap: Snapshot, t: Thresholds) -> list[dict[str, Any]]:
+    """Every rule's rows, warnings and criticals first."""
+    rows = (
+        consumer_pending(snap, t)
+        + dead_letters(snap, t)
+        + storage(snap, t)
+        + worker_heartbeats(snap, t)
+        + orchestrator_lag(snap, t)
+    )
+    return sorted(rows, key=lambda r: LEVEL_ORDER[r["level"]])
+
+
+def _row(check: str, level: str, subject: str, value: Any, threshold: Any, action: str):
+    return {
+        "check": check,
+        "level": level,
+        "subject": subject,
+        "value": value,
+        "threshold": threshold,
+        "action": action if level != OK else "",
+    }
+
+
+def consumer_pending(snap: Snapshot, t: Thresholds) -> list[dict[str, Any]]:
+    rows = []
+    for c in snap.consumers:
+        task = (c.get("consumer") or "").removeprefix("worker-")
+        pending = c.get("pending", 0)
+        if pending > t.consumer_pending:
+            level = WARNING
+            action = f"add workers for task '{task}' or raise its concurrency"
+        elif pending and snap.served_tasks is not None and task not in snap.served_tasks:
+            level = WARNING
+            action = f"no worker serves task '{task}': register a handler for it"
+        else:
+            level, action = OK, ""
+        rows.append(
+            _row(
+                "consumer pending",
+                level,
+                c.get("consumer", ""),
+                pending,
+                t.consumer_pending,
+                action,
+            )
+        )
+    return rows
+
+
+def dlq_rate(samples: list[tuple[float, int]], window_s: float, now: float) -> float | None:
+    """Dead letters per minute over the last ``window_s`` seconds (None: too few samples)."""
+    recent = [(ts, n) for ts, n in samples if now - ts <= window_s]
+    if len(recent) < 2 or recent[-1][0] <= recent[0][0]:
+        return None
+    (t0, n0), (t1, n1) = recent[0], recent[-1]
+    return max(0.0, (n1 - n0) / (t1 - t0) * 60.0)
+
+
+def dead_letters(snap: Snapshot, t: Thresholds) -> list[dict[str, Any]]:
+    rate = dlq_rate(snap.dlq_samples, t.dlq_window_s, snap.now)
+    steady = rate is not None and rate >= t.dlq_per_min and t.dlq_per_min > 0
+    return [
+        _row(
+            "dead letters per minute",
+            WARNING if steady else OK,
+            "DEAD_LETTERS",
+            None if rate is None else round(rate, 3),
+            t.dlq_per_min,
+            "tasks fail for good steadily: look at eng.dlq() / DEAD_LETTERS and fix the cause",
+        )
+    ]
+
+
+def storage(snap: Snapshot, t: Thresholds) -> list[dict[str, Any]]:
+    share = snap.store_bytes / snap.max_store_bytes if snap.max_store_bytes else 0.0
+    level = CRITICAL if share >= 0.95 else WARNING if share > t.store_share else OK
+    return [
+        _row(
+            "storage share of max_store_bytes",
+            level,
+            "JetStream file store",
+            round(share, 4),
+            t.store_share,
+            "raise max_store_bytes, set runs_max_age / history_max_bytes, or delete old runs",
+        )
+    ]
+
+
+def worker_heartbeats(snap: Snapshot, t: Thresholds) -> list[dict[str, Any]]:
+    rows = []
+    for w in snap.workers:
+        gap = snap.now - w.get("heartbeat_at", snap.now)
+        level = WARNING if gap > t.worker_gap_s else OK
+        rows.append(
+            _row(
+                "worker heartbeat gap (s)",
+                level,
+                w.get("worker_id", "?"),
+                round(gap, 1),
+                t.worker_gap_s,
+                "the worker stopped heartbeating: check its process; its tasks are "
+                "redelivered after ack_wait",
+            )
+        )
+    return rows
+
+
+def orchestrator_lag(snap: Snapshot, t: Thresholds) -> list[dict[str, Any]]:
+    if snap.orchestrator_seq is None or snap.history_last_seq is None:
+        return []
+    lag = max(0, snap.history_last_seq - snap.orchestrator_seq)
+    return [
+        _row(
+            "orchestrator lag (events)",
+            WARNING if lag > t.orchestrator_lag else OK,
+            "WORKFLOW_HISTORY",
+            lag,
+            t.orchestrator_lag,
+            "the orchestrator falls behind the history: it is CPU-bound; fewer runs in "
+            "flight, or faster handlers in other processes",
+        )
+    ]
