@@ -70,6 +70,7 @@ class Engine:
         self.workers: dict[str, TaskWorker] = {}
         self._executor: DaemonThreadPool | None = None
         self.started_at: float | None = None
+        self._dlq_samples: deque[tuple[float, int]] = deque(maxlen=1000)
         self.llm = None  # the built-in llm task type (dagnats_nb.llm.LLMService)
 
     # -- life cycle ---------------------------------------------------------------------
