@@ -14,7 +14,6 @@ import os
 import secrets
 import time
 import weakref
-from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from .config import Settings, load_settings
 from .dag import WorkflowDef, load_workflow
 from .errors import DagnatsError, RunError, ServerError
 from .loop import LoopThread
-from .observe import health, stats
+from .observe import stats
 from .orchestrator import Orchestrator
 from .resources import store_error
 from .run import Run, RunTimeout
@@ -70,7 +69,6 @@ class Engine:
         self.workers: dict[str, TaskWorker] = {}
         self._executor: DaemonThreadPool | None = None
         self.started_at: float | None = None
-        self._dlq_samples: deque[tuple[float, int]] = deque(maxlen=1000)
         self.llm = None  # the built-in llm task type (dagnats_nb.llm.LLMService)
 
     # -- life cycle ---------------------------------------------------------------------
@@ -512,20 +510,27 @@ class Engine:
     def llm_usage(self, run_id: str | None = None):
         """LLM calls per run, step and model (calls, tokens, latency p50/p95, errors,
         retries) as a DataFrame, read from TELEMETRY; ``llm_calls`` has one row per call."""
-        from .llm import read_calls, usage_frame
+        from .llm import usage_frame
 
-        return usage_frame(self._call(read_calls(self._js, run_id)))
+        return usage_frame(self._call(self._llm_records(run_id)))
 
     async def llm_usage_async(self, run_id: str | None = None):
-        from .llm import read_calls, usage_frame
+        from .llm import usage_frame
 
-        return usage_frame(await self._call_async(read_calls(self._js, run_id)))
+        return usage_frame(await self._call_async(self._llm_records(run_id)))
 
     def llm_calls(self, run_id: str | None = None):
         """Every recorded LLM call as a DataFrame (status, latency_ms, tokens, error...)."""
-        from .llm import calls_frame, read_calls
+        from .llm import calls_frame
 
-        return calls_frame(self._call(read_calls(self._js, run_id)))
+        return calls_frame(self._call(self._llm_records(run_id)))
+
+    async def _llm_records(self, run_id: str | None) -> list[dict[str, Any]]:
+        from .llm import read_calls
+
+        if self.llm is not None:  # this engine's calls not yet stored
+            await self.llm.recorder.flush(wait=True)
+        return await read_calls(self._js, run_id)
 
     # -- stats (read-only views; see dagnats_nb.observe.stats) ------------------------
 
@@ -588,7 +593,17 @@ class Engine:
         for subject, n in (info.state.subjects or {}).items():
             task = subject.split(".")[1]
             pending[task] = pending.get(task, 0) + n
-        workers = await self._workers()
+        workers = []
+        kv = await self._js.key_value("workers")
+        try:
+            keys = await kv.keys()
+        except NotFoundError:
+            keys = []
+        for k in keys:
+            try:
+                workers.append(json.loads((await kv.get(k)).value))
+            except (KeyNotFoundError, NotFoundError):
+                continue
         served = {t for w in workers for t in w.get("tasks", {})}
         out = {
             "url": self.url,
@@ -609,58 +624,7 @@ class Engine:
                 "replay_seconds": round(o.replay_seconds, 3),
                 "errors": list(o.errors)[-5:],
             }
-        out["health"] = [r for r in await self._health_rows() if r["level"] != health.OK]
         return out
-
-    async def _workers(self) -> list[dict[str, Any]]:
-        """The entries of the ``workers`` KV bucket (live workers of every process)."""
-        workers = []
-        kv = await self._js.key_value("workers")
-        try:
-            keys = await kv.keys()
-        except NotFoundError:
-            keys = []
-        for k in keys:
-            try:
-                workers.append(json.loads((await kv.get(k)).value))
-            except (KeyNotFoundError, NotFoundError):
-                continue
-        return workers
-
-    def health(self):
-        """The checklist's health rules as a table (check, level, subject, value, threshold,
-        action), warnings first. Thresholds are the ``health_*`` settings."""
-        import pandas as pd
-
-        return pd.DataFrame(self._call(self._health_rows()), columns=health.COLUMNS)
-
-    async def health_async(self):
-        return await asyncio.to_thread(self.health)
-
-    async def _health_rows(self) -> list[dict[str, Any]]:
-        # The history's end and the orchestrator's position, read at the same moment.
-        history = await stats.api(self._nc, f"STREAM.INFO.{p.HISTORY_STREAM}")
-        applied = self.orchestrator.last_seq if self.orchestrator else None
-        consumers = [c for c in await stats.consumer_rows(self._nc) if c["stream"] == p.TASK_STREAM]
-        account = await stats.api(self._nc, "INFO")
-        dead = await stats.api(self._nc, f"STREAM.INFO.{p.DEAD_STREAM}")
-        now = time.time()
-        self._dlq_samples.append((now, dead["state"].get("messages", 0)))
-        workers = await self._workers()
-        for w in workers:
-            w["heartbeat_at"] = p.parse_time(w["heartbeat_at"]) if w.get("heartbeat_at") else now
-        snap = health.Snapshot(
-            now=now,
-            consumers=consumers,
-            store_bytes=account.get("storage", 0),
-            max_store_bytes=self.settings.max_store_bytes,
-            dlq_samples=list(self._dlq_samples),
-            workers=workers,
-            history_last_seq=history["state"].get("last_seq", 0),
-            orchestrator_seq=applied,
-            served_tasks={t for w in workers for t in w.get("tasks", {})},
-        )
-        return health.evaluate(snap, health.Thresholds.from_settings(self.settings))
 
     # -- plumbing ------------------------------------------------------------------------
 

@@ -143,6 +143,7 @@ class LLMService:
         return prov
 
     async def close(self) -> None:
+        await self.recorder.flush(wait=True)
         for prov in self._providers.values():
             await prov.close()
         self._providers.clear()
@@ -216,7 +217,7 @@ class LLMService:
             await self._failed(record, t0, "bad_json", None, str(exc), tokens, done)
             raise
         record.update(_usage(done), model=done.model, status="ok", latency_ms=latency_ms)
-        await self.recorder.record(record)
+        self.recorder.record(record)
         if tokens is not None:
             await tokens.done(finish_reason=done.finish_reason)
         out.update(
@@ -248,7 +249,7 @@ class LLMService:
         )
         if done is not None:
             record.update(_usage(done), model=done.model)
-        await self.recorder.record(record)
+        self.recorder.record(record)
         if tokens is not None:
             await tokens.done(error=error[:500])
 

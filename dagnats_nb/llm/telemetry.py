@@ -5,7 +5,10 @@ A record is JSON: ``ts``, ``run_id``, ``step_id``, ``map_index``, ``attempt``, `
 ``provider``, ``model``, ``status`` (ok, rate_limited, unavailable, timeout, rejected,
 bad_json, bad_template), ``http_status``, ``latency_ms``, ``prompt_tokens``,
 ``completion_tokens``, ``rate_wait_ms``, ``stream``, ``error``, ``worker_id``. A call whose
-``attempt`` is above 1 is a retry.
+``attempt`` is above 1 is a retry. Records go out in batches, one message
+``{"calls": [record, ...]}`` at most every 50 ms or 200 calls (a message per call would add
+a JetStream publish and its ack to every call on the engine thread); a reader also accepts
+single records.
 """
 
 from __future__ import annotations
@@ -37,22 +40,59 @@ USAGE_COLUMNS = [
 ]
 
 
+FLUSH_AFTER = 0.05
+MAX_BATCH = 200
+
+
 class CallRecorder:
-    """Publishes call records without waiting for their acks (a lost record is logged)."""
+    """Collects call records and publishes them in batches without waiting for the acks
+    (a lost batch is logged). Lives on the engine loop."""
 
     def __init__(self, js: JetStreamContext) -> None:
         self.js = js
-        self.published = 0
+        self.recorded = 0
+        self._batch: list[dict[str, Any]] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._acks: set[asyncio.Future] = set()
+        self._tasks: set[asyncio.Task] = set()
 
-    async def record(self, record: dict[str, Any]) -> None:
+    def record(self, record: dict[str, Any]) -> None:
         record.setdefault("ts", p.now_rfc3339())
-        try:
-            fut = await self.js.publish_async(SUBJECT, p.dumps(record))
-        except Exception as exc:
-            log.warning("cannot record an llm call on %s: %s", SUBJECT, exc)
-            return
-        self.published += 1
-        fut.add_done_callback(_log_failure)
+        self._batch.append(record)
+        self.recorded += 1
+        if len(self._batch) >= MAX_BATCH:
+            self._flush_soon()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(FLUSH_AFTER, self._flush_soon)
+
+    def _flush_soon(self) -> None:
+        task = asyncio.get_running_loop().create_task(self.flush())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def flush(self, wait: bool = False) -> None:
+        """Publish what is collected; with ``wait``, until every batch is stored."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        batch, self._batch = self._batch, []
+        if batch:
+            try:
+                fut = await self.js.publish_async(SUBJECT, p.dumps({"calls": batch}))
+            except Exception as exc:
+                log.warning("cannot record %d llm calls on %s: %s", len(batch), SUBJECT, exc)
+            else:
+                self._acks.add(fut)
+                fut.add_done_callback(self._acked)
+        if wait:
+            if self._tasks:
+                await asyncio.gather(*list(self._tasks), return_exceptions=True)
+            if self._acks:
+                await asyncio.gather(*list(self._acks), return_exceptions=True)
+
+    def _acked(self, fut: asyncio.Future) -> None:
+        self._acks.discard(fut)
+        _log_failure(fut)
 
 
 def _log_failure(fut: asyncio.Future) -> None:
@@ -71,11 +111,13 @@ async def read_calls(js: JetStreamContext, run_id: str | None = None) -> list[di
         while True:
             msg = await sub.next_msg(timeout=5)
             try:
-                rec = json.loads(msg.data)
+                data = json.loads(msg.data)
             except ValueError:
-                rec = None
-            if isinstance(rec, dict) and (run_id is None or rec.get("run_id") == run_id):
-                out.append(rec)
+                data = None
+            recs = data.get("calls", [data]) if isinstance(data, dict) else []
+            for rec in recs:
+                if isinstance(rec, dict) and (run_id is None or rec.get("run_id") == run_id):
+                    out.append(rec)
             if msg.metadata.num_pending == 0:
                 break
     finally:
