@@ -14,6 +14,7 @@ import os
 import secrets
 import time
 import weakref
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from .config import Settings, load_settings
 from .dag import WorkflowDef, load_workflow
 from .errors import DagnatsError, RunError, ServerError
 from .loop import LoopThread
-from .observe import stats
+from .observe import health, stats
 from .orchestrator import Orchestrator
 from .resources import store_error
 from .run import Run, RunTimeout
@@ -69,6 +70,7 @@ class Engine:
         self.workers: dict[str, TaskWorker] = {}
         self._executor: DaemonThreadPool | None = None
         self.started_at: float | None = None
+        self._dlq_samples: deque[tuple[float, int]] = deque(maxlen=1000)
         self.llm = None  # the built-in llm task type (dagnats_nb.llm.LLMService)
 
     # -- life cycle ---------------------------------------------------------------------
@@ -593,17 +595,7 @@ class Engine:
         for subject, n in (info.state.subjects or {}).items():
             task = subject.split(".")[1]
             pending[task] = pending.get(task, 0) + n
-        workers = []
-        kv = await self._js.key_value("workers")
-        try:
-            keys = await kv.keys()
-        except NotFoundError:
-            keys = []
-        for k in keys:
-            try:
-                workers.append(json.loads((await kv.get(k)).value))
-            except (KeyNotFoundError, NotFoundError):
-                continue
+        workers = await self._workers()
         served = {t for w in workers for t in w.get("tasks", {})}
         out = {
             "url": self.url,
@@ -624,7 +616,58 @@ class Engine:
                 "replay_seconds": round(o.replay_seconds, 3),
                 "errors": list(o.errors)[-5:],
             }
+        out["health"] = [r for r in await self._health_rows() if r["level"] != health.OK]
         return out
+
+    async def _workers(self) -> list[dict[str, Any]]:
+        """The entries of the ``workers`` KV bucket (live workers of every process)."""
+        workers = []
+        kv = await self._js.key_value("workers")
+        try:
+            keys = await kv.keys()
+        except NotFoundError:
+            keys = []
+        for k in keys:
+            try:
+                workers.append(json.loads((await kv.get(k)).value))
+            except (KeyNotFoundError, NotFoundError):
+                continue
+        return workers
+
+    def health(self):
+        """The checklist's health rules as a table (check, level, subject, value, threshold,
+        action), warnings first. Thresholds are the ``health_*`` settings."""
+        import pandas as pd
+
+        return pd.DataFrame(self._call(self._health_rows()), columns=health.COLUMNS)
+
+    async def health_async(self):
+        return await asyncio.to_thread(self.health)
+
+    async def _health_rows(self) -> list[dict[str, Any]]:
+        # The history's end and the orchestrator's position, read at the same moment.
+        history = await stats.api(self._nc, f"STREAM.INFO.{p.HISTORY_STREAM}")
+        applied = self.orchestrator.last_seq if self.orchestrator else None
+        consumers = [c for c in await stats.consumer_rows(self._nc) if c["stream"] == p.TASK_STREAM]
+        account = await stats.api(self._nc, "INFO")
+        dead = await stats.api(self._nc, f"STREAM.INFO.{p.DEAD_STREAM}")
+        now = time.time()
+        self._dlq_samples.append((now, dead["state"].get("messages", 0)))
+        workers = await self._workers()
+        for w in workers:
+            w["heartbeat_at"] = p.parse_time(w["heartbeat_at"]) if w.get("heartbeat_at") else now
+        snap = health.Snapshot(
+            now=now,
+            consumers=consumers,
+            store_bytes=account.get("storage", 0),
+            max_store_bytes=self.settings.max_store_bytes,
+            dlq_samples=list(self._dlq_samples),
+            workers=workers,
+            history_last_seq=history["state"].get("last_seq", 0),
+            orchestrator_seq=applied,
+            served_tasks={t for w in workers for t in w.get("tasks", {})},
+        )
+        return health.evaluate(snap, health.Thresholds.from_settings(self.settings))
 
     # -- plumbing ------------------------------------------------------------------------
 
