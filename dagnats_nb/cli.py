@@ -38,15 +38,21 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from .config import load_settings
     from .engine import Engine
 
-    eng = Engine.start(config=args.config, **_overrides(args))
+    settings = _overrides(args)
+    if load_settings(args.config, **settings).http_addr is None:
+        settings["http_addr"] = "127.0.0.1:0"  # /health and /ready are on for serve
+    eng = Engine.start(config=args.config, **settings)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     print(f"dagnats engine serving on {eng.url} (data_dir {eng.settings.data_dir})", flush=True)
     if eng.server and eng.server.monitor_url:
         print(f"monitoring on {eng.server.monitor_url}", flush=True)
+    if eng.http_url:
+        print(f"health on {eng.http_url}/health and {eng.http_url}/ready", flush=True)
     print("stop with Ctrl-C", flush=True)
     try:
         while not stop.wait(0.5):

@@ -28,6 +28,7 @@ from . import resources
 from .config import Settings, load_settings
 from .dag import WorkflowDef, load_workflow
 from .errors import DagnatsError, RunError, ServerError
+from .http import HTTPServer
 from .loop import LoopThread
 from .observe import health, stats
 from .orchestrator import Orchestrator
@@ -71,6 +72,14 @@ class Engine:
         self._executor: DaemonThreadPool | None = None
         self.started_at: float | None = None
         self._dlq_samples: deque[tuple[float, int]] = deque(maxlen=1000)
+        self._started = {
+            "server": False,
+            "resources": False,
+            "orchestrator": False,
+            "workers": False,
+        }
+        self.http: HTTPServer | None = None
+        self.http_url: str | None = None
         self.llm = None  # the built-in llm task type (dagnats_nb.llm.LLMService)
 
     # -- life cycle ---------------------------------------------------------------------
@@ -167,16 +176,50 @@ class Engine:
 
     async def _boot_async(self) -> None:
         await self._connect()
+        self._started["server"] = True
         s = self.settings
+        if s.http_addr:  # first, so /ready can say what start-up waits for
+            self.http = HTTPServer(
+                {("GET", "/health"): self._http_health, ("GET", "/ready"): self._http_ready}
+            )
+            self.http_url = await self.http.start(s.http_addr)
         max_age = s.runs_max_age.total_seconds() if s.runs_max_age else None
         streams = resources.streams_for(max_age, s.history_max_bytes, s.max_store_bytes)
         await resources.ensure(self._js, streams)
+        self._started["resources"] = True
         self.orchestrator = Orchestrator(self._nc, self._js, self.defs, self.payloads)
         await self.orchestrator.start()
+        self._started["orchestrator"] = True
         self.registry = WorkerRegistry(self._js, self.worker_id)
         await self.registry.start()
         if s.llm_enabled:
             await self._start_llm()
+        self._started["workers"] = True
+
+    async def _http_health(self, request) -> tuple[int, dict[str, Any]]:
+        """200 only if NATS is connected and JetStream answers."""
+        if self._nc is None or not self._nc.is_connected:
+            return 503, {"status": "unhealthy", "reason": f"not connected to NATS at {self.url}"}
+        try:
+            await asyncio.wait_for(stats.api(self._nc, "INFO"), 2)
+        except Exception as exc:
+            reason = f"JetStream does not answer: {type(exc).__name__}: {exc}"
+            return 503, {"status": "unhealthy", "reason": reason}
+        return 200, {"status": "healthy", "url": self.url}
+
+    async def _http_ready(self, request) -> tuple[int, dict[str, Any]]:
+        """200 only once server, resources, orchestrator replay and workers have started."""
+        waiting = [part for part, done in self._started.items() if not done]
+        if not waiting:
+            status, body = await self._http_health(request)
+            if status != 200:
+                return 503, {"status": "not ready", "reason": body["reason"]}
+            return 200, {"status": "ready", "components": dict(self._started)}
+        reason = f"waiting for {', '.join(waiting)}"
+        o = self.orchestrator
+        if o is not None and o.replaying:
+            reason += f" (replaying history: {o.replayed_events} events applied)"
+        return 503, {"status": "not ready", "reason": reason, "components": dict(self._started)}
 
     def stop(self) -> None:
         """Stop workers (in-flight tasks get a few seconds), orchestrator and server."""
@@ -195,6 +238,8 @@ class Engine:
         await asyncio.to_thread(self.stop)
 
     async def _stop_async(self) -> None:
+        if self.http is not None:
+            await self.http.stop()
         # Without a connection there is nothing to drain or deregister: do not wait for it.
         online = self._nc is not None and self._nc.is_connected
         parts = [w.stop(drain_timeout=5.0 if online else 0.0) for w in self.workers.values()]
