@@ -170,6 +170,7 @@ class _Tx:
         self.state = state.clone()
         self.state.steps = dict(state.steps)
         self._owned: set[str] = set()
+        self._owned_instances: set[tuple[str, int]] = set()
         self._outbox_copied = False
         self.actions: list[Action] = []
 
@@ -180,14 +181,23 @@ class _Tx:
         if step_id not in self._owned:
             old = self.state.steps.get(step_id)
             new = old.clone() if old is not None else StepState()
-            if new.map is not None:
+            if new.map is not None:  # instances are cloned one by one, by ``instance``
                 m = new.map.clone()
                 m.outputs = list(m.outputs)
-                m.active = {k: v.clone() for k, v in m.active.items()}
+                m.active = dict(m.active)
                 new.map = m
             self.state.steps[step_id] = new
             self._owned.add(step_id)
         return self.state.steps[step_id]
+
+    def instance(self, step_id: str, idx: int) -> Instance:
+        """A map instance's state, copied on first write in this transaction."""
+        key = (step_id, idx)
+        active = self.st(step_id).map.active
+        if key not in self._owned_instances:
+            active[idx] = active[idx].clone()
+            self._owned_instances.add(key)
+        return active[idx]
 
     def outbox(self) -> dict:
         if not self._outbox_copied:
@@ -276,7 +286,7 @@ class _Tx:
             m = self.state.step(e.step_id).map
             inst = m.active.get(idx) if m else None
             if inst is not None and inst.status == RETRYING and e.attempt_number > inst.attempt:
-                inst = self.st(e.step_id).map.active[idx]
+                inst = self.instance(e.step_id, idx)
                 inst.status, inst.attempt, inst.due_at = QUEUED, e.attempt_number, None
                 return True
             return False
@@ -299,7 +309,7 @@ class _Tx:
         if idx is not None:
             inst = cur.map.active.get(idx) if cur.map else None
             if inst is not None and inst.status == QUEUED and e.attempt_number == inst.attempt:
-                self.st(e.step_id).map.active[idx].status = RUNNING
+                self.instance(e.step_id, idx).status = RUNNING
             if cur.status == QUEUED:
                 self.st(e.step_id).status = RUNNING
             return
@@ -342,7 +352,7 @@ class _Tx:
             if delay is None:
                 self.fail_step(e.step_id, f"item {idx}: {error}", inst.attempt, idx)
                 return
-            inst = self.st(e.step_id).map.active[idx]
+            inst = self.instance(e.step_id, idx)
             inst.status, inst.due_at = RETRYING, self.now + delay
             self.actions.append(SetTimer(inst.due_at, "retry", e.step_id, idx, inst.attempt))
             return
@@ -529,6 +539,7 @@ class _Tx:
     def dispatch_instance(self, step_id: str, idx: int, attempt: int) -> None:
         st = self.st(step_id)
         st.map.active[idx] = Instance(status=QUEUED, attempt=attempt)
+        self._owned_instances.add((step_id, idx))
         self.publish_task(step_id, st.input[idx], attempt, 0, idx)
 
     def publish_task(
