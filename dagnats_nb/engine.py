@@ -30,7 +30,7 @@ from .dag import WorkflowDef, load_workflow
 from .errors import DagnatsError, RunError, ServerError
 from .http import HTTPServer
 from .loop import LoopThread
-from .observe import health, stats
+from .observe import health, monitor, stats
 from .orchestrator import Orchestrator
 from .resources import store_error
 from .run import Run, RunTimeout
@@ -610,6 +610,24 @@ class Engine:
 
     async def account_async(self):
         return await asyncio.to_thread(self.account)
+
+    def monitor(self, endpoint: str = "varz", **params: Any):
+        """A NATS monitoring endpoint (``varz``, ``jsz``, ``connz``, ``subsz``) flattened into
+        a DataFrame; ``params`` are its query parameters (e.g. ``subs=1``). Needs
+        ``monitor_port`` (a clear error says so when monitoring is off)."""
+        data = self._call(monitor.fetch(self.monitor_url, endpoint, params))
+        return monitor.flatten(endpoint, data)
+
+    async def monitor_async(self, endpoint: str = "varz", **params: Any):
+        return await asyncio.to_thread(self.monitor, endpoint, **params)
+
+    @property
+    def monitor_url(self) -> str | None:
+        """The NATS monitoring URL (None when ``monitor_port`` is unset)."""
+        if self.server is not None:
+            return self.server.monitor_url
+        info = read_engine_info(self.settings.data_dir) if not self.embedded else None
+        return (info or {}).get("monitor_url")
 
     def _frame(self, rows_coro):
         import pandas as pd
