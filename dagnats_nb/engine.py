@@ -30,7 +30,7 @@ from .dag import WorkflowDef, load_workflow
 from .errors import DagnatsError, RunError, ServerError
 from .http import HTTPServer
 from .loop import LoopThread
-from .observe import health, monitor, stats
+from .observe import health, monitor, sizing, stats
 from .orchestrator import Orchestrator
 from .resources import store_error
 from .run import Run, RunTimeout
@@ -620,6 +620,31 @@ class Engine:
 
     async def monitor_async(self, endpoint: str = "varz", **params: Any):
         return await asyncio.to_thread(self.monitor, endpoint, **params)
+
+    def sizing(
+        self, workflow: str | None = None, *, days: float = 30.0, **workload: Any
+    ) -> sizing.Report:
+        """Disk and memory estimate of a workload (``sizing.Workload`` fields as keywords,
+        e.g. ``runs_per_day=50_000``), calibrated with what this engine measured: bytes per
+        event on WORKFLOW_HISTORY and events per run of the finished runs (of ``workflow``
+        if given). With nothing run yet the rules of thumb are used."""
+        self._need_orchestrator("measure runs for sizing")
+        runs = [
+            (s.event_count, len(self.orchestrator.run_defs[r].steps))
+            for r, s in self.orchestrator.runs.items()
+            if s.terminal and (workflow is None or s.workflow == workflow)
+        ]
+        info = self._call(stats.api(self._nc, f"STREAM.INFO.{p.HISTORY_STREAM}"))["state"]
+        cal = sizing.calibrate(runs, info.get("bytes", 0), info.get("messages", 0))
+        if workflow is not None and "steps" not in workload:
+            workload["steps"] = len(self.workflow(workflow).steps)
+        workload.setdefault("runs_per_day", 1000)
+        workload.setdefault("max_store_bytes", self.settings.max_store_bytes)
+        if self.settings.runs_max_age and "history_max_age_days" not in workload:
+            workload["history_max_age_days"] = self.settings.runs_max_age.total_seconds() / 86400
+        w = sizing.Workload(**workload)
+        est = sizing.estimate(w, cal, days)
+        return sizing.Report(est, est.calibration, sizing.compare(est.calibration, w.steps))
 
     @property
     def monitor_url(self) -> str | None:

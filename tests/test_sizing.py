@@ -121,3 +121,40 @@ def test_estimate_frame():
     assert list(df.columns) == ["kind", "item", "bytes", "GiB"]
     assert set(df["kind"]) == {"disk", "memory"}
     assert math.isclose(df.query("kind == 'disk'")["bytes"].sum(), est.disk_bytes)
+
+
+def test_calibrated_engine_predicts_a_fresh_workload_within_ten_percent(engine):
+    @engine.task("work")
+    async def work(ctx):
+        return {"n": ctx.input["n"], "text": "payload " * (ctx.input["n"] % 7)}
+
+    steps = 5
+    wf = {
+        "name": "five",
+        "steps": [
+            {"id": f"s{i}", "task": "work", **({"depends_on": [f"s{i - 1}"]} if i else {})}
+            for i in range(steps)
+        ],
+    }
+    engine.register(wf)
+    before = engine.sizing("five", runs_per_day=1)
+    assert before.calibration.source == "rule of thumb"  # nothing ran yet
+    for i in range(20):
+        engine.run("five", input={"n": i}, timeout=20)
+    report = engine.sizing("five", runs_per_day=30, days=1)
+    assert report.calibration.source.startswith("measured (20 runs")
+    predicted = report.estimate.streams["WORKFLOW_HISTORY"]  # 30 runs in one day
+
+    def history_bytes():
+        return engine.stream_stats().set_index("stream").loc["WORKFLOW_HISTORY", "bytes"]
+
+    start = history_bytes()
+    for i in range(20, 50):
+        engine.run("five", input={"n": i}, timeout=20)
+    grown = history_bytes() - start
+    assert abs(predicted - grown) / grown < 0.10, (predicted, grown)
+    table = report.comparison_frame().set_index("item")
+    assert table.loc["bytes per event", "rule_of_thumb"] == 500
+    assert table.loc["events per run (5 steps)", "rule_of_thumb"] == 7
+    assert table.loc["events per run (5 steps)", "measured"] == pytest.approx(12)
+    assert "tier" in report._repr_html_()

@@ -323,3 +323,47 @@ def _not_negative(**values: float) -> None:
     for key, value in values.items():
         if value < 0:
             raise SizingError(f"{key} = {value}: must not be negative")
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """``eng.sizing()``: the estimate, the calibration it used, and rule vs measured."""
+
+    estimate: Estimate
+    calibration: Calibration
+    comparison: list[dict[str, Any]]
+
+    def comparison_frame(self):
+        import pandas as pd
+
+        return pd.DataFrame(
+            self.comparison, columns=["item", "rule_of_thumb", "measured", "measured_over_rule"]
+        )
+
+    def _repr_html_(self) -> str:
+        est = self.estimate
+        cap = "never" if est.days_until_cap is None else f"{est.days_until_cap:,.0f} days"
+        head = (
+            f"<p><b>{est.disk_bytes / GiB:,.2f} GiB</b> on disk after {est.days:g} days "
+            f"({est.store_share:.1%} of max_store_bytes; store full in {cap}); "
+            f"memory {est.memory_bytes / GiB:,.2f} GiB; tier <b>{est.tier.name}</b> "
+            f"({est.tier.cpu}); calibration: {self.calibration.source}</p>"
+        )
+        return head + est.to_frame().to_html() + self.comparison_frame().to_html()
+
+
+def calibrate(
+    runs: list[tuple[int, int]], stream_bytes: int, stream_messages: int
+) -> Calibration | None:
+    """A calibration from finished runs ``(events, steps)`` and the history's size; None when
+    nothing has run yet."""
+    if not runs or not stream_messages:
+        return None
+    per_step = [max(0.0, (events - RUN_EVENTS) / steps) for events, steps in runs if steps]
+    events = sum(e for e, _ in runs) / len(runs)
+    steps = sum(s for _, s in runs) / len(runs)
+    return Calibration(
+        bytes_per_event=stream_bytes / stream_messages,
+        events_per_step=sum(per_step) / len(per_step),
+        source=f"measured ({len(runs)} runs, {events:.1f} events per run of {steps:.1f} steps)",
+    )
