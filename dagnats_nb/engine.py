@@ -26,11 +26,11 @@ from nats.js.errors import APIError, KeyNotFoundError, NotFoundError
 from . import protocol as p
 from . import resources
 from .config import Settings, load_settings
-from .dag import WorkflowDef, load_workflow
+from .dag import WorkflowDef, load_workflow, parse_duration
 from .errors import DagnatsError, RunError, ServerError
 from .http import HTTPServer
 from .loop import LoopThread
-from .observe import health, monitor, sizing, stats
+from .observe import health, monitor, sampler, sizing, stats
 from .orchestrator import Orchestrator
 from .resources import store_error
 from .run import Run, RunTimeout
@@ -79,6 +79,7 @@ class Engine:
             "workers": False,
         }
         self.http: HTTPServer | None = None
+        self._sampler: sampler.Sampler | None = None
         self.http_url: str | None = None
         self.llm = None  # the built-in llm task type (dagnats_nb.llm.LLMService)
 
@@ -240,6 +241,8 @@ class Engine:
     async def _stop_async(self) -> None:
         if self.http is not None:
             await self.http.stop()
+        if self._sampler is not None:
+            await self._sampler.stop()
         # Without a connection there is nothing to drain or deregister: do not wait for it.
         online = self._nc is not None and self._nc.is_connected
         parts = [w.stop(drain_timeout=5.0 if online else 0.0) for w in self.workers.values()]
@@ -645,6 +648,30 @@ class Engine:
         w = sizing.Workload(**workload)
         est = sizing.estimate(w, cal, days)
         return sizing.Report(est, est.calibration, sizing.compare(est.calibration, w.steps))
+
+    def sample(self, every: float | str = "1s", keep: int = 3600) -> sampler.Sampler:
+        """Record stream sizes, consumer lag, dead letters and run/step rates every
+        ``every`` (seconds or a Go duration) in the background; ``.frame()`` is the time
+        series, ``.figure()`` its plots, ``.stop()`` ends it. One sampler per engine: a new
+        call replaces the previous one."""
+        seconds = every if isinstance(every, int | float) else parse_duration(every).total_seconds()
+        if self._sampler is not None:
+            self._call(self._sampler.stop())
+        s = sampler.Sampler(
+            lambda: sampler.collect_row(self._nc, self.orchestrator), float(seconds), keep
+        )
+
+        async def begin() -> None:
+            s.start()
+
+        self._call(begin())
+        self._sampler = s
+        return s
+
+    def stop_sampling(self) -> None:
+        if self._sampler is not None:
+            self._call(self._sampler.stop())
+            self._sampler = None
 
     @property
     def monitor_url(self) -> str | None:

@@ -13,7 +13,7 @@ import functools
 import json
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any
 
@@ -61,6 +61,9 @@ class Orchestrator:
         self.replay_seconds = 0.0
         self.last_seq = 0
         self.errors: deque[str] = deque(maxlen=50)
+        # Totals since start (replay included), for rates: steps_completed, steps_failed,
+        # runs_started, runs_completed, runs_failed, runs_cancelled.
+        self.counters: Counter[str] = Counter()
         self.store_full: str | None = None
         self._waiters: dict[str, list[asyncio.Future]] = {}
         self._watchers: dict[str, list[Callable[[RunState], None]]] = {}
@@ -134,6 +137,10 @@ class Orchestrator:
                 return  # history of a run whose start was trimmed by retention
             defn = self.run_defs[run_id]
             state, actions = advance(defn, old, event)
+            if state.terminal and not old.terminal:
+                self.counters[f"runs_{state.status}"] += 1
+        if event.type in COUNTED:
+            self.counters[COUNTED[event.type]] += 1
         self.runs[run_id] = state
         if not self.replaying:
             self._notify(run_id, state)
@@ -313,6 +320,14 @@ class Orchestrator:
         fut = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(run_id, []).append(fut)
         return await fut
+
+
+COUNTED = {
+    p.STEP_COMPLETED: "steps_completed",
+    p.MAP_INSTANCE_COMPLETED: "steps_completed",
+    p.STEP_FAILED: "steps_failed",
+    p.WORKFLOW_STARTED: "runs_started",
+}
 
 
 def stream_seq(msg) -> int:

@@ -1,0 +1,57 @@
+"""The background sampler: a time series of the engine's numbers, and its plots."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+import dagnats_nb as dn
+
+
+def test_sampler_records_streams_lag_rates_and_draws_them(engine):
+    engine.register(
+        {
+            "name": "pair",
+            "steps": [
+                {"id": "a", "task": "later"},
+                {"id": "b", "task": "later", "depends_on": ["a"]},
+            ],
+        }
+    )
+    s = engine.sample(every="100ms")
+    runs = [engine.start_run("pair", input=i) for i in range(6)]
+    time.sleep(0.5)  # tasks wait: lag builds up
+
+    @engine.task("later", concurrency=6)
+    async def later(ctx):
+        return ctx.input
+
+    for r in runs:
+        r.wait(timeout=20)
+    time.sleep(0.5)
+    engine.stop_sampling()
+    assert not s.running
+    df = s.frame()
+    assert len(df) >= 8
+    assert df.index.is_monotonic_increasing
+    assert df["pending.worker-later"].max() == 6 and df["pending.worker-later"].iloc[-1] == 0
+    assert df["bytes.WORKFLOW_HISTORY"].iloc[-1] > df["bytes.WORKFLOW_HISTORY"].iloc[0]
+    assert df["runs_ended"].iloc[-1] - df["runs_ended"].iloc[0] == 6
+    assert df["steps_completed"].iloc[-1] - df["steps_completed"].iloc[0] == 12
+    assert df["steps_per_s"].max() > 0 and (df["steps_per_s"] >= 0).all()
+    fig = s.figure()
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == [
+        "stream bytes",
+        "consumer lag (pending + ack pending)",
+        "throughput",
+        "DEAD_LETTERS size",
+    ]
+    lag_lines = {ln.get_label(): ln for ln in fig.axes[1].get_lines()}
+    assert max(lag_lines["worker-later"].get_ydata()) == 6
+
+
+def test_sampler_rejects_a_bad_interval(engine):
+    with pytest.raises(dn.DagnatsError, match="every = 0.0: must be a positive number of seconds"):
+        engine.sample(every=0)
