@@ -13,6 +13,7 @@ from llm_server import ChatServer, Reply
 
 import dagnats_nb as dn
 from dagnats_nb import protocol as p
+from dagnats_nb.llm import subscribe_tokens
 
 FAST_RETRY = {"max_attempts": 2, "strategy": "fixed", "initial_delay": "10ms"}
 
@@ -189,7 +190,7 @@ def test_async_stream_and_the_live_view_callback(eng, server):
         with lock:
             seen.append(chunk)
 
-    unsubscribe = dn.llm.subscribe_tokens(eng, run.id, "ask", on_chunk)
+    unsubscribe = subscribe_tokens(eng, run.id, "ask", on_chunk)
 
     async def collect():
         return [t async for t in run.stream("ask", timeout=10)]
