@@ -334,6 +334,8 @@ class Engine:
         return defn
 
     async def _register(self, defn: WorkflowDef) -> str:
+        if self.llm is not None:  # the built-in llm steps' options and templates
+            self.llm.check(defn, self.workers.get("llm"))
         h = await self.defs.put(defn)
         ack_wait = self.settings.ack_wait.total_seconds()
         for task in sorted({s.task for s in defn.steps if s.task}):

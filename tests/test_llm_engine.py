@@ -160,11 +160,6 @@ def test_a_missing_template_field_fails_permanently_naming_it(eng, server):
     assert len(failures(eng, run.id)) == 1 and not server.requests
 
 
-def test_bad_options_fail_permanently_naming_the_option(eng):
-    run = eng.run(one_step("ask-opt", {"prompt": "x", "temprature": 1}), input="x")
-    assert run.status == "failed" and "config 'temprature': Extra inputs" in run.error
-
-
 def test_streaming_tokens_arrive_live_and_in_the_output(eng, server):
     server.reset()
     server.script.append(Reply(text="alpha beta gamma delta", delay=0.3, chunk_delay=0.05))
@@ -305,3 +300,39 @@ def test_stream_of_one_map_instance(eng, server):
     assert run.status == "completed", run.error
     assert "".join(tokens) == run.output[1]["text"]
     assert len(tokens) == 4 and len({o["text"] for o in run.output}) == 3
+
+
+def test_register_refuses_invalid_llm_steps_one_line_each(eng):
+    wf = {
+        "name": "ask-bad",
+        "steps": [
+            {"id": "a", "task": "t"},
+            {"id": "b", "task": "llm", "depends_on": ["a"], "config": {"prompt": "{c.text}"}},
+            {"id": "c", "task": "llm", "config": {"prompt": "x", "temprature": 0}},
+            {"id": "d", "task": "llm", "config": {"prompt": 'reply {"x": 1}'}},
+        ],
+    }
+    with pytest.raises(dn.WorkflowError) as info:
+        eng.register(wf)
+    assert info.value.problems == [
+        "workflow 'ask-bad' step 'b': field 'config.prompt': template field 'c.text': 'c' is "
+        "neither 'input' nor a dependency of the step (it can use a, input)",
+        "workflow 'ask-bad' step 'c': field 'config': 'temprature': Extra inputs are not "
+        "permitted (llm options: prompt, model, system, temperature, max_tokens, "
+        "response_format, stream, provider)",
+        "workflow 'ask-bad' step 'd': field 'config.prompt': '{\"x\": 1}' at character 6 is "
+        "not a field such as {input.text}: write '{{' and '}}' for literal braces",
+    ]
+    with pytest.raises(dn.WorkflowError, match="step 'c': field 'config'"):
+        eng.start_run(wf)
+
+
+def test_a_custom_llm_handler_is_not_checked(tmp_path):
+    with dn.Engine.start(data_dir=tmp_path / "own", llm_provider="simulated") as e:
+
+        @e.task("llm")
+        def mine(ctx):
+            return {"echo": ctx.input}
+
+        run = e.run({"name": "own", "steps": [{"id": "s", "task": "llm"}]}, input=1)
+        assert run.status == "completed" and run.output == {"echo": 1}

@@ -23,12 +23,13 @@ from .. import protocol as p
 from ..config import Settings
 from ..dag import WorkflowDef
 from ..dag.model import MAP_KEYS, StepDef
+from ..dag.validate import problem, workflow_error
 from ..task import Permanent, TaskContext
 from .providers import ChatRequest, Completion, OpenAIProvider, Provider, ProviderError
 from .ratelimit import RateLimiter
 from .simulator import SimulatedProvider, SimulatorSettings
 from .telemetry import CallRecorder
-from .templates import TemplateError, render
+from .templates import TemplateError, fields, render
 
 TASK = "llm"
 PROVIDERS = ("openai", "simulated")
@@ -65,6 +66,14 @@ def default_provider(settings: Settings, env: Mapping[str, str] | None = None) -
     return "simulated"
 
 
+class BadOptions(Permanent):
+    """An llm step's ``config`` is invalid; ``why`` says how, without the step's name."""
+
+    def __init__(self, step_id: str, why: str) -> None:
+        super().__init__(f"step '{step_id}' (task llm): config {why}")
+        self.why = why
+
+
 def parse_options(step: StepDef) -> LLMOptions:
     """The step's llm options; a bad config is a :class:`Permanent` naming the step."""
     config = dict(step.config or {})
@@ -77,9 +86,44 @@ def parse_options(step: StepDef) -> LLMOptions:
             f"'{'.'.join(map(str, e['loc'])) or 'config'}': {e['msg']}" for e in exc.errors()
         )
         known = ", ".join(LLMOptions.model_fields)
-        raise Permanent(
-            f"step '{step.id}' (task llm): config {why} (llm options: {known})"
-        ) from None
+        raise BadOptions(step.id, f"{why} (llm options: {known})") from None
+
+
+def check_workflow(defn: WorkflowDef) -> list[str]:
+    """Problems of the workflow's ``llm`` steps, one line each: invalid options, malformed
+    templates, and template fields that are neither ``input`` nor a dependency."""
+    problems = []
+    for step in defn.steps:
+        if step.task != TASK:
+            continue
+        try:
+            opts = parse_options(step)
+        except BadOptions as exc:
+            problems.append(problem(defn.name, step.id, "config", exc.why))
+            continue
+        names = {"input"}
+        if step.type != "map":
+            names |= set(step.depends_on)
+        for key in ("system", "prompt"):
+            text = getattr(opts, key)
+            try:
+                paths = fields(text) if text else []
+            except TemplateError as exc:
+                problems.append(problem(defn.name, step.id, f"config.{key}", str(exc)))
+                continue
+            for path in paths:
+                root = path.split(".")[0]
+                if root not in names:
+                    problems.append(
+                        problem(
+                            defn.name,
+                            step.id,
+                            f"config.{key}",
+                            f"template field '{path}': '{root}' is neither 'input' nor a "
+                            f"dependency of the step (it can use {', '.join(sorted(names))})",
+                        )
+                    )
+    return problems
 
 
 def template_scope(step: StepDef, value: Any) -> dict[str, Any]:
@@ -141,6 +185,16 @@ class LLMService:
             self._providers[name] = prov
             self._limiters[name] = RateLimiter(s.llm_rpm, s.llm_tpm)
         return prov
+
+    def check(self, defn: WorkflowDef, worker: Any) -> None:
+        """Refuse a workflow whose ``llm`` steps are invalid, when ``worker`` (the engine's
+        ``llm`` worker) runs this built-in handler (a user's own ``llm`` handler has its
+        own options)."""
+        if worker is None or getattr(worker.handler, "fn", None) != self.handle:
+            return
+        problems = check_workflow(defn)
+        if problems:
+            raise workflow_error(problems)
 
     async def close(self) -> None:
         await self.recorder.flush(wait=True)

@@ -27,14 +27,26 @@ class TemplateError(Permanent):
 
 def render(template: str, scope: Mapping[str, Any]) -> str:
     """Fill ``template`` from ``scope`` (names such as ``input`` or a parent's step id)."""
-    out: list[str] = []
+    return "".join(
+        text if path is None else _show(lookup(path, scope)) for text, path in _parts(template)
+    )
+
+
+def fields(template: str) -> list[str]:
+    """The field paths a template names, in order; a malformed template raises."""
+    return [path for _, path in _parts(template) if path is not None]
+
+
+def _parts(template: str) -> list[tuple[str, str | None]]:
+    """The template as (literal text, None) and ("", field path) pieces."""
+    out: list[tuple[str, str | None]] = []
     pos = 0
     for m in _PART.finditer(template):
-        out.append(template[pos : m.start()])
+        out.append((template[pos : m.start()], None))
         pos = m.end()
         token = m.group(0)
         if token in ("{{", "}}"):
-            out.append(token[0])
+            out.append((token[0], None))
         elif token in ("{", "}"):
             raise TemplateError(
                 f"stray '{token}' at character {m.start()}: write '{token * 2}' for a literal brace"
@@ -45,14 +57,9 @@ def render(template: str, scope: Mapping[str, Any]) -> str:
                 "write '{{' and '}}' for literal braces"
             )
         else:
-            out.append(_show(lookup(m.group(1).strip(), scope)))
-    out.append(template[pos:])
-    return "".join(out)
-
-
-def fields(template: str) -> list[str]:
-    """The field paths a template names, in order."""
-    return [m.group(1).strip() for m in _PART.finditer(template) if m.group(1) is not None]
+            out.append(("", m.group(1).strip()))
+    out.append((template[pos:], None))
+    return out
 
 
 def lookup(path: str, scope: Mapping[str, Any]) -> Any:
