@@ -18,7 +18,9 @@ the same answer whatever else runs concurrently, and a retry may fare differentl
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
+import itertools
 import json
 import math
 import random
@@ -149,10 +151,20 @@ def _words(rng: random.Random, prompt: str, max_tokens: int | None) -> tuple[str
     n = rng.randint(8, 32)
     if max_tokens is not None:
         n = min(n, max_tokens)
-    picked = [rng.choice(vocab) if rng.random() < 0.7 else rng.choice(_FILLER) for _ in range(n)]
-    if picked:
-        picked[0] = picked[0][:1].upper() + picked[0][1:]
-    return tuple(w + ("." if i == len(picked) - 1 else " ") for i, w in enumerate(picked))
+    if n <= 0:
+        return ()
+    # 70 % words of the prompt, 30 % filler, in one draw
+    picked = rng.choices(vocab + _FILLER, cum_weights=_weights(len(vocab)), k=n)
+    picked[0] = picked[0][:1].upper() + picked[0][1:]
+    out = [w + " " for w in picked]
+    out[-1] = picked[-1] + "."
+    return tuple(out)
+
+
+@functools.lru_cache(maxsize=256)
+def _weights(vocab_size: int) -> list[float]:
+    each = [0.7 / vocab_size] * vocab_size + [0.3 / len(_FILLER)] * len(_FILLER)
+    return list(itertools.accumulate(each))
 
 
 def _json_reply(rng: random.Random, prompt: str) -> str:
