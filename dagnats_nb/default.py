@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from .config import Settings, load_settings
 from .engine import Engine
 from .errors import DagnatsError
 
@@ -48,13 +49,11 @@ def start_engine(
     with _lock:
         eng = current()
         if eng is not None:
-            wanted = data_dir is not None and os.path.abspath(data_dir) != str(
-                eng.settings.data_dir
-            )
-            if wanted or config is not None or settings:
+            differ = _differences(eng, data_dir, config, settings)
+            if differ:
                 raise DagnatsError(
-                    f"the engine already runs on {eng.settings.data_dir}: "
-                    "stop it first (%dagnats stop) to start one with other settings"
+                    f"the engine already runs on {eng.settings.data_dir} with other settings "
+                    f"({', '.join(differ)}): stop it first (%dagnats stop) to change them"
                 )
             return eng
         eng = Engine.start(data_dir, config, **settings)
@@ -66,6 +65,18 @@ def start_engine(
             raise
         _engine = eng
         return eng
+
+
+def _differences(eng: Engine, data_dir: Any, config: Any, settings: dict[str, Any]) -> list[str]:
+    """Keys asked for (explicitly, or by the config file) whose value the running engine
+    does not have: re-running a start cell with the same settings is fine."""
+    if data_dir is None and config is None and not settings:
+        return []
+    wanted = load_settings(config, data_dir=data_dir, **settings)
+    keys = set(settings) | ({"data_dir"} if data_dir is not None else set())
+    if config is not None:
+        keys |= set(Settings.model_fields)
+    return sorted(k for k in keys if getattr(wanted, k) != getattr(eng.settings, k))
 
 
 def stop_engine() -> bool:

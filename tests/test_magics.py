@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 
 import pandas as pd
@@ -12,7 +14,6 @@ from traitlets.config import Config
 
 import dagnats_nb as dn
 from dagnats_nb import default
-from dagnats_nb.dag.state import STEP_TERMINAL
 from dagnats_nb.errors import DagnatsError, WorkflowError
 from dagnats_nb.notebook.reprs import Status
 from dagnats_nb.views import EVENT_COLUMNS, RUN_COLUMNS, STEP_COLUMNS
@@ -71,8 +72,12 @@ def test_start_is_idempotent_and_returns_the_engine(ip, eng):
     assert isinstance(eng, dn.Engine) and eng.running
     assert ip.run_line_magic("dagnats", "start") is eng
     assert dn.engine() is eng
-    with pytest.raises(DagnatsError, match="already runs on"):
+    same = f"start --data-dir {eng.settings.data_dir} --set ack_wait=2s"
+    assert ip.run_line_magic("dagnats", same) is eng  # re-running a start cell is fine
+    with pytest.raises(DagnatsError, match=r"already runs on .* \(data_dir\)"):
         ip.run_line_magic("dagnats", "start --data-dir /tmp/elsewhere")
+    with pytest.raises(DagnatsError, match=r"other settings \(ack_wait\)"):
+        ip.run_line_magic("dagnats", "start --set ack_wait=5s")
     html = ip.display_formatter.format(eng)[0]["text/html"]
     assert eng.url in html and "WORKFLOW_HISTORY" in html and str(eng.settings.data_dir) in html
 
@@ -111,6 +116,11 @@ def test_run_waits_stores_with_o_and_takes_input_from_a_variable(ip, eng):
     assert ip.run_line_magic("dagnats", "run digest --input {dict(n=k)}").output == {"total": 6}
     assert ip.run_line_magic("dagnats", "run digest --input '{\"n\": 2}'").output == {"total": 2}
     assert ip.run_line_magic("dagnats", 'run digest --input {"n": 1}').output == {"total": 0}
+    ip.user_ns["who"] = "ada"  # a str variable is the input itself, not JSON text
+    assert ip.run_line_magic("dagnats", "run naps --input $who").output == {
+        "s2": "ada",
+        "s3": "ada",
+    }
     text = ip.display_formatter.format(run)[0]
     assert "completed" in text["text/plain"] and "double" in text["text/plain"]
     assert "completed" in text["text/html"] and "<table" in text["text/html"]
@@ -263,5 +273,39 @@ def test_stop_then_commands_say_how_to_start(ip, tmp_path, capsys):
     ip.run_line_magic("load_ext", "dagnats_nb")
 
 
-def test_terminal_states_are_what_the_view_calls_done():
-    assert {"completed", "failed", "skipped", "cancelled"} == set(STEP_TERMINAL)
+TERMINAL_SESSION = """\
+%load_ext dagnats_nb
+import dagnats_nb as dn
+from IPython.display import display
+eng = %dagnats start --data-dir {data_dir}
+display(eng)
+
+@dn.task("greet")
+def greet(ctx):
+    return "hello " + ctx.input
+
+wf = get_ipython().run_cell_magic("dagnats", "workflow hello", "greet")
+display(wf)
+run = %dagnats run hello --input '"ada"'
+display(run)
+%dagnats stop
+"""
+
+
+def test_plain_terminal_ipython_gets_text_and_no_widgets(tmp_path):
+    script = tmp_path / "session.ipy"
+    script.write_text(TERMINAL_SESSION.format(data_dir=tmp_path / "engine"))
+    result = subprocess.run(
+        [sys.executable, "-m", "IPython", "--quick", "--no-banner", str(script)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out
+    assert "dagnats engine (embedded, running)" in out
+    assert "workflow hello v1.0 (1 steps)" in out
+    assert "of hello: completed" in out and 'output: "hello ada"' in out
+    assert "engine stopped" in out
+    assert "Widget" not in out and "VBox" not in out

@@ -62,6 +62,7 @@ class Expander:
     def __init__(self, shell: Any) -> None:
         self.shell = shell
         self.objects: list[Any] = []
+        self.strings: set[str] = set()  # words that were a str variable or expression
 
     @property
     def ns(self) -> dict[str, Any]:
@@ -112,6 +113,7 @@ class Expander:
 
     def _keep(self, value: Any) -> str:
         if isinstance(value, str):
+            self.strings.add(value)
             return value
         self.objects.append(value)
         return f"{OBJECT}{len(self.objects) - 1}"

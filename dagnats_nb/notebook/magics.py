@@ -173,7 +173,9 @@ class Dagnats(Magics):
 
     def _run(self, args: Any, ex: Expander, cell: Any) -> Run:
         workflow = ex.value(args.workflow)
-        data = None if args.input is None else read_json_value(ex.value(args.input), "--input")
+        data = args.input
+        if data is not None and data not in ex.strings:  # a str variable is the input as is
+            data = read_json_value(ex.value(data), "--input")
         eng = default.engine(start=False)
         if isinstance(workflow, dict):
             workflow = load_workflow(workflow)
