@@ -40,6 +40,8 @@ class ChatServer:
         self.script: deque[Reply] = deque()
         self.requests: list[Seen] = []
         self.lock = threading.Lock()
+        self.inflight = 0
+        self.max_inflight = 0
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -56,10 +58,16 @@ class ChatServer:
                         Seen(time.monotonic(), self.path, dict(self.headers.items()), body)
                     )
                     reply = server.script.popleft() if server.script else Reply()
-                if reply.delay:
-                    time.sleep(reply.delay)
-                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                    server.answer(self, reply, body)
+                    server.inflight += 1
+                    server.max_inflight = max(server.max_inflight, server.inflight)
+                try:
+                    if reply.delay:
+                        time.sleep(reply.delay)
+                    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                        server.answer(self, reply, body)
+                finally:
+                    with server.lock:
+                        server.inflight -= 1
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
@@ -140,6 +148,7 @@ class ChatServer:
         with self.lock:
             self.script.clear()
             self.requests.clear()
+            self.max_inflight = 0
 
     def close(self) -> None:
         self.httpd.shutdown()

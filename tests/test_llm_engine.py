@@ -336,3 +336,65 @@ def test_a_custom_llm_handler_is_not_checked(tmp_path):
 
         run = e.run({"name": "own", "steps": [{"id": "s", "task": "llm"}]}, input=1)
         assert run.status == "completed" and run.output == {"echo": 1}
+
+
+def map_of(name: str, n: int, config: dict) -> dict:
+    return {
+        "name": name,
+        "steps": [
+            {"id": "items", "task": "llm-range"},
+            {"id": "ask", "task": "llm", "type": "map", "depends_on": ["items"], "config": config},
+        ],
+    }
+
+
+def test_concurrency_bounds_the_calls_in_flight(eng, server):
+    @eng.task("llm-range")
+    def items(ctx):
+        return list(range(ctx.input))
+
+    server.reset()
+    server.script.extend(Reply(delay=0.15) for _ in range(24))
+    t0 = time.monotonic()
+    run = eng.run(map_of("ask-many", 24, {"prompt": "{input}"}), input=24)
+    assert run.status == "completed", run.error
+    assert server.max_inflight == 8  # llm_concurrency: the consumer's MaxAckPending
+    assert time.monotonic() - t0 >= 3 * 0.15
+
+
+def test_a_call_longer_than_ack_wait_is_heartbeaten_not_redelivered(tmp_path, server):
+    server.reset()
+    server.script.append(Reply(text="slow but fine", delay=2.2))
+    with dn.Engine.start(
+        data_dir=tmp_path / "slow",
+        ack_wait="1s",
+        llm_provider="openai",
+        llm_base_url=server.url,
+        llm_timeout="10s",
+    ) as e:
+        run = e.run(one_step("ask-slow", {"prompt": "{input}"}), input="x", timeout=30)
+        assert run.status == "completed", run.error
+        assert run.output["text"] == "slow but fine"
+    assert len(server.requests) == 1
+
+
+def test_requests_per_minute_are_shared_by_all_steps(tmp_path):
+    with dn.Engine.start(
+        data_dir=tmp_path / "rpm",
+        llm_provider="simulated",
+        llm_sim_latency_ms=1,
+        llm_sim_latency_sigma=0,
+        llm_rpm=1200,  # 20 per second, at most one second's worth at once
+    ) as e:
+
+        @e.task("llm-range")
+        def items(ctx):
+            return list(range(ctx.input))
+
+        t0 = time.monotonic()
+        runs = [e.start_run(map_of("ask-rpm", 20, {"prompt": "n {input}"}), 20) for _ in range(2)]
+        assert all(r.wait(30).status == "completed" for r in runs)
+        took = time.monotonic() - t0
+        assert 0.9 <= took < 5, took  # 40 calls at 20/s after a burst of 20
+        waits = e.llm_calls()["rate_wait_ms"]
+        assert (waits > 0).sum() >= 15 and waits.max() >= 500
