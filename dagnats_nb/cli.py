@@ -134,15 +134,22 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from .dag import load_workflow
+    from .llm.handler import check_workflow
 
     failed = 0
     for path in args.files:
         try:
             defn = load_workflow(Path(path))
+            llm_problems = check_workflow(defn)  # built-in llm steps: options, templates
         except WorkflowError as exc:
             failed += 1
             problems = getattr(exc, "problems", None) or [str(exc)]
             for problem in problems:
+                print(f"{path}: {problem}", file=sys.stderr)
+            continue
+        if llm_problems:
+            failed += 1
+            for problem in llm_problems:
                 print(f"{path}: {problem}", file=sys.stderr)
             continue
         print(f"{path}: ok ({defn.name}, {len(defn.steps)} steps)")

@@ -364,3 +364,28 @@ def test_simulated_timeout_hangs_for_the_timeout():
         asyncio.run(sim.complete(_req(1), None))
     assert info.value.kind == "timeout" and time.perf_counter() - t0 >= 0.2
     assert "timed out after 0.2s" in str(info.value)
+
+
+def test_workflow_validate_checks_llm_steps(tmp_path):
+    import subprocess
+    import sys
+
+    bad = tmp_path / "llm.yaml"
+    bad.write_text(
+        "name: pipe\n"
+        "steps:\n"
+        "  - {id: a, task: t}\n"
+        "  - {id: b, task: llm, depends_on: [a], config: {prompt: '{a.text} {x.y}'}}\n"
+        "  - {id: c, task: llm, depends_on: [a], config: {prompt: hi, max_tokens: 0}}\n"
+    )
+    cmd = [sys.executable, "-m", "dagnats_nb.cli", "workflow", "validate", str(bad)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert lines == [
+        f"{bad}: workflow 'pipe' step 'b': field 'config.prompt': template field 'x.y': 'x' "
+        "is neither 'input' nor a dependency of the step (it can use a, input)",
+        f"{bad}: workflow 'pipe' step 'c': field 'config': 'max_tokens': Input should be "
+        "greater than 0 (llm options: prompt, model, system, temperature, max_tokens, "
+        "response_format, stream, provider)",
+    ]
