@@ -398,3 +398,15 @@ def test_requests_per_minute_are_shared_by_all_steps(tmp_path):
         assert 0.9 <= took < 5, took  # 40 calls at 20/s after a burst of 20
         waits = e.llm_calls()["rate_wait_ms"]
         assert (waits > 0).sum() >= 15 and waits.max() >= 500
+
+
+def test_a_step_timeout_cancels_the_call_and_records_it(eng, server):
+    server.reset()
+    server.script.extend([Reply(delay=0.7), Reply(text="in time")])
+    wf = one_step("ask-step-timeout", {"prompt": "{input}"})
+    wf["steps"][0]["timeout"] = "300ms"
+    run = eng.run(wf, input="x")
+    assert run.status == "completed", run.error
+    assert "timed out after 0.3s" in failures(eng, run.id)[0]["error"]
+    calls = eng.llm_calls(run.id)
+    assert list(calls.sort_values("attempt")["status"]) == ["cancelled", "ok"]

@@ -9,6 +9,7 @@ with ``model``, ``usage`` (``prompt_tokens``, ``completion_tokens``), ``latency_
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import os
@@ -259,6 +260,13 @@ class LLMService:
         except ProviderError as exc:
             await self._failed(record, t0, exc.kind, exc.status, str(exc), tokens)
             raise exc.signal() from None
+        except asyncio.CancelledError:  # the step's timeout, or the engine stopping
+            await self._failed(record, t0, "cancelled", None, "call cancelled", tokens)
+            raise
+        except Exception as exc:  # not a provider's answer: a bug here or in a library
+            err = f"{type(exc).__name__}: {exc}"
+            await self._failed(record, t0, "error", None, err, tokens)
+            raise
         latency_ms = round((time.perf_counter() - t0) * 1000, 1)
         out: dict[str, Any]
         try:

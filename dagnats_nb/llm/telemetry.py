@@ -3,7 +3,7 @@ table read back from it.
 
 A record is JSON: ``ts``, ``run_id``, ``step_id``, ``map_index``, ``attempt``, ``workflow``,
 ``provider``, ``model``, ``status`` (ok, rate_limited, unavailable, timeout, rejected,
-bad_json, bad_template), ``http_status``, ``latency_ms``, ``prompt_tokens``,
+bad_json, cancelled, error), ``http_status``, ``latency_ms``, ``prompt_tokens``,
 ``completion_tokens``, ``rate_wait_ms``, ``stream``, ``error``, ``worker_id``. A call whose
 ``attempt`` is above 1 is a retry. Records go out in batches, one message
 ``{"calls": [record, ...]}`` at most every 50 ms or 200 calls (a message per call would add
