@@ -2,13 +2,15 @@
 
 mybinder.org (repo2docker) reads only binder/: ``pip install -r binder/requirements.txt``
 from the repository root on the Python of ``binder/runtime.txt``. This test does the same
-with this machine's Python (pip's cache keeps it quick) and executes each notebook there.
+with that Python when this machine has it, else with this one (pip's cache keeps it quick),
+and executes each notebook there.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -44,9 +46,24 @@ def test_binder_declares_python_and_a_kernel_that_updates_widgets_from_threads()
     assert "ipykernel>=7.1" in lines and any(r.startswith("jupyterlab") for r in lines)
 
 
+def binder_python() -> str:
+    """The Python of runtime.txt when this machine has it (PATH or pyenv), else this one."""
+    version = (BINDER / "runtime.txt").read_text().strip().removeprefix("python-")
+    pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    candidates = [shutil.which(f"python{version}") or ""]
+    candidates += [str(p) for p in sorted(pyenv.glob(f"{version}.*/bin/python{version}"))]
+    for path in candidates:
+        if (
+            path
+            and subprocess.run([path, "-c", "import venv"], capture_output=True).returncode == 0
+        ):
+            return path
+    return sys.executable
+
+
 def test_a_fresh_binder_environment_executes_every_notebook(tmp_path):
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run([binder_python(), "-m", "venv", str(venv)], check=True)
     py = venv / "bin" / "python"
     env = {
         **os.environ,
