@@ -24,7 +24,7 @@ from nats.js.errors import KeyWrongLastSequenceError
 
 from . import protocol as p
 from .dag import WorkflowDef
-from .dag.advance import advance, resume, start
+from .dag.advance import advance, compact, resume, start
 from .dag.state import (
     DeadLetter,
     Dispatch,
@@ -147,6 +147,8 @@ class Orchestrator:
             await self.execute(state, actions)
         elif state.terminal:
             self._wake(run_id)
+        if state.terminal:
+            self.runs[run_id] = compact(state)
 
     async def _end_replay(self) -> None:
         if not self.replaying:

@@ -1845,3 +1845,43 @@ def test_clone_copies_every_field_of_the_state_classes():
         obj = cls(**values)
         twin = obj.clone()
         assert twin == obj and twin is not obj, cls.__name__
+
+
+def test_compact_keeps_what_views_need_and_drops_step_values():
+    from dagnats_nb.dag.advance import compact
+    from dagnats_nb.dag.state import MapState, RunState, StepState
+
+    running = RunState("r", "w", "1", "h", {"in": 1}, 0.0)
+    assert compact(running) is running
+    done = RunState(
+        "r",
+        "w",
+        "1",
+        "h",
+        {"in": 1},
+        0.0,
+        status="completed",
+        ended_at=2.0,
+        output={"o": 1},
+        steps={
+            "a": StepState(
+                status="completed",
+                attempt=2,
+                input={"x": 1},
+                output={"y": 2},
+                error=None,
+                worker_id="w1",
+                ended_at=1.0,
+            ),
+            "m": StepState(status="completed", map=MapState(3, [1, 2, 3], 3, 3), output=[1, 2, 3]),
+        },
+    )
+    lean = compact(done)
+    assert lean.output == {"o": 1} and lean.input == {"in": 1} and lean.status == "completed"
+    assert lean.step("a").status == "completed" and lean.step("a").attempt == 2
+    assert lean.step("a").input is None and lean.step("a").output is None
+    assert lean.step("a").worker_id == "w1" and lean.step("a").ended_at == 1.0
+    assert (lean.step("m").map.done, lean.step("m").map.count) == (3, 3)
+    assert lean.step("m").map.outputs == []
+    assert done.step("a").output == {"y": 2}  # the input state is untouched
+    assert compact(lean) is lean

@@ -226,8 +226,11 @@ def test_map_over_1000_items_returns_outputs_in_order(engine):
         await asyncio.sleep(0.001 * (ctx.input % 3))  # finish out of order
         return ctx.input * ctx.input
 
+    received: list = []
+
     @engine.task("total")
     def total(ctx):
+        received.append(ctx.input)
         return {"n": len(ctx.input), "first": ctx.input[:3], "last": ctx.input[-1]}
 
     wf = {
@@ -247,8 +250,7 @@ def test_map_over_1000_items_returns_outputs_in_order(engine):
     run = engine.run(wf, timeout=120)
     assert run.status == "completed", run.error
     assert run.output == {"n": 1000, "first": [0, 1, 4], "last": 999 * 999}
-    state = engine.run_state(run.id)["state"]
-    assert state.step("square").output == [i * i for i in range(1000)]
+    assert received == [[i * i for i in range(1000)]]
     assert engine.steps(run.id).set_index("step_id").loc["square", "items"] == "1000/1000"
 
 
