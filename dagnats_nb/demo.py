@@ -148,13 +148,18 @@ def register_handlers(eng: Any) -> None:
     def aggregate(ctx):
         docs, labels = ctx.input["collect"], ctx.input["classify"]
         rows = [
-            (d["id"], c["json"].get("label"), c["json"].get("confidence", 0))
+            {
+                "id": d["id"],
+                "summary": d["summary"][:80],
+                "label": c["json"].get("label"),
+                "confidence": c["json"].get("confidence", 0),
+            }
             for d, c in zip(docs, labels, strict=True)
         ]
-        counts = Counter(label for _, label, _ in rows)
-        negative = [r for r in rows if r[1] == "negative"]
-        worst = max(negative, key=lambda r: r[2])[0] if negative else None
-        return {"documents": len(rows), "counts": dict(counts), "worst": worst}
+        counts = Counter(r["label"] for r in rows)
+        negative = [r for r in rows if r["label"] == "negative"]
+        worst = max(negative, key=lambda r: r["confidence"])["id"] if negative else None
+        return {"documents": len(rows), "counts": dict(counts), "worst": worst, "rows": rows}
 
 
 def run_demo(data_dir: str | None = None, runs: int = 3) -> int:
