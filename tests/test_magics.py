@@ -259,18 +259,22 @@ def test_watch_returns_the_run_at_once(ip, eng):
     run.wait(10)
 
 
-def test_stop_then_commands_say_how_to_start(ip, tmp_path, capsys):
+def test_stop_then_commands_say_how_to_start(ip, eng, tmp_path, capsys):
     """Last in this module: stops the module's engine."""
     ip.run_line_magic("dagnats", "stop")
     assert "engine stopped" in capsys.readouterr().out
     with pytest.raises(DagnatsError, match="run %dagnats start"):
         ip.run_line_magic("dagnats", "runs")
-    eng = ip.run_line_magic("dagnats", f"start --data-dir {tmp_path / 'again'}")
-    assert sorted(eng.workers)[-5:]  # handlers registered with @dn.task come back
-    assert {"fetch", "double", "report"} <= set(eng.workers)
+    again = ip.run_line_magic("dagnats", f"start --data-dir {tmp_path / 'again'}")
+    assert not eng.running and again is not eng
+    assert {"fetch", "double", "report"} <= set(again.workers)  # @dn.task handlers come back
     ip.run_line_magic("unload_ext", "dagnats_nb")
-    assert not eng.running and default.current() is None
+    assert not again.running and default.current() is None
+    assert ip.find_line_magic("dagnats") is None
     ip.run_line_magic("load_ext", "dagnats_nb")
+    ip.extension_manager.loaded.discard("dagnats_nb")
+    ip.run_line_magic("load_ext", "dagnats_nb")  # loading twice registers one set of magics
+    assert sum(type(c).__name__ == "Dagnats" for c in ip.configurables) == 1
 
 
 TERMINAL_SESSION = """\

@@ -19,9 +19,8 @@ def load_ipython_extension(shell: Any) -> None:
     register_formatters(shell)
     if id(shell) in _loaded:
         return
-    magics = Dagnats(shell=shell)
+    magics = Dagnats(shell=shell)  # Magics.__init__ adds it to shell.configurables (%config)
     shell.register_magics(magics)
-    shell.configurables.append(magics)
     _loaded[id(shell)] = magics
 
 
@@ -35,7 +34,7 @@ def unload_ipython_extension(shell: Any) -> None:
             view.stop()
         shell.magics_manager.magics["line"].pop("dagnats", None)
         shell.magics_manager.magics["cell"].pop("dagnats", None)
-        if magics in shell.configurables:
+        while magics in shell.configurables:
             shell.configurables.remove(magics)
     default.stop_engine()
 
