@@ -81,7 +81,7 @@ class Observing:
         runs = [
             (s.event_count, len(self.orchestrator.run_defs[r].steps))
             for r, s in self.orchestrator.runs.items()
-            if s.terminal and (workflow is None or s.workflow == workflow)
+            if s.terminal and not s.outbox and (workflow is None or s.workflow == workflow)
         ]
         info = self._call(stats.api(self._nc, f"STREAM.INFO.{p.HISTORY_STREAM}"))["state"]
         cal = sizing.calibrate(runs, info.get("bytes", 0), info.get("messages", 0))

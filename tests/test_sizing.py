@@ -156,5 +156,6 @@ def test_calibrated_engine_predicts_a_fresh_workload_within_ten_percent(engine):
     table = report.comparison_frame().set_index("item")
     assert table.loc["bytes per event", "rule_of_thumb"] == 500
     assert table.loc["events per run (5 steps)", "rule_of_thumb"] == 7
-    assert table.loc["events per run (5 steps)", "measured"] == pytest.approx(12)
-    assert "tier" in report._repr_html_()
+    # 2 run events + queued and completed per step (+ started for a step slower than 20 ms)
+    assert 12 <= table.loc["events per run (5 steps)", "measured"] <= 12.5
+    assert "tier" in report._repr_html_() and "calibration: measured" in repr(report)

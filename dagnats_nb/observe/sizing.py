@@ -340,16 +340,30 @@ class Report:
             self.comparison, columns=["item", "rule_of_thumb", "measured", "measured_over_rule"]
         )
 
-    def _repr_html_(self) -> str:
+    def summary(self) -> str:
         est = self.estimate
         cap = "never" if est.days_until_cap is None else f"{est.days_until_cap:,.0f} days"
-        head = (
-            f"<p><b>{est.disk_bytes / GiB:,.2f} GiB</b> on disk after {est.days:g} days "
-            f"({est.store_share:.1%} of max_store_bytes; store full in {cap}); "
-            f"memory {est.memory_bytes / GiB:,.2f} GiB; tier <b>{est.tier.name}</b> "
-            f"({est.tier.cpu}); calibration: {self.calibration.source}</p>"
+        return (
+            f"{est.disk_bytes / GiB:,.2f} GiB on disk after {est.days:g} days "
+            f"({est.store_share:.1%} of max_store_bytes; store full in {cap}); memory "
+            f"{est.memory_bytes / GiB:,.2f} GiB; tier {est.tier.name} ({est.tier.cpu}); "
+            f"calibration: {self.calibration.source}"
         )
-        return head + est.to_frame().to_html() + self.comparison_frame().to_html()
+
+    def __repr__(self) -> str:
+        return (
+            f"{self.summary()}\n\n{self.estimate.to_frame().to_string(index=False)}\n\n"
+            f"{self.comparison_frame().to_string(index=False)}"
+        )
+
+    def _repr_html_(self) -> str:
+        import html
+
+        return (
+            f"<p>{html.escape(self.summary())}</p>"
+            + self.estimate.to_frame().to_html(index=False)
+            + self.comparison_frame().to_html(index=False)
+        )
 
 
 def calibrate(
