@@ -27,6 +27,7 @@ from . import protocol as p
 from . import resources
 from .config import Settings, load_settings
 from .dag import WorkflowDef, load_workflow
+from .dag.advance import replay
 from .engine_observe import Observing
 from .errors import DagnatsError, RunError, ServerError
 from .http import HTTPServer
@@ -500,6 +501,27 @@ class Engine(Observing):
 
     async def steps_async(self, run_id: str):
         return await asyncio.to_thread(self.steps, run_id)
+
+    def step_output(self, run_id: str, step_id: str) -> Any:
+        """One step's output (a map step: the list of its elements' outputs), rebuilt from
+        the run's history: finished runs keep only the run's output in memory."""
+        return self._call(self._step_output(run_id, step_id))
+
+    async def step_output_async(self, run_id: str, step_id: str) -> Any:
+        return await self._call_async(self._step_output(run_id, step_id))
+
+    async def _step_output(self, run_id: str, step_id: str) -> Any:
+        events = await self.history(run_id)
+        if not events or events[0].type != p.WORKFLOW_STARTED:
+            raise RunError(f"no history for run {run_id}: list runs with eng.runs()")
+        payload = events[0].payload or {}
+        _, defn = await self.defs.get(payload.get("workflow", ""), payload.get("def_hash"))
+        defn.step(step_id)  # names the workflow's steps when step_id is unknown
+        state = replay(defn, events)
+        st = state.step(step_id)
+        if st.status != "completed":
+            raise RunError(f"step '{step_id}' of run {run_id} is {st.status}: it has no output")
+        return await self.payloads.expand(st.output)
 
     async def history(self, run_id: str, limit: int | None = None) -> list[p.Event]:
         subject = p.history_subject(run_id)

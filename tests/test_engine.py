@@ -728,3 +728,34 @@ def test_dead_server_is_one_clear_line_and_runs_resume_after_restart(tmp_path):
             return ctx.input + 1
 
         assert again.get_run(waiting.id).wait(timeout=20).output == 42
+
+
+def test_step_output_of_a_finished_run_is_rebuilt_from_its_history(engine):
+    @engine.task("split")
+    def split(ctx):
+        return ctx.input.split()
+
+    @engine.task("upper")
+    async def upper(ctx):
+        return ctx.input.upper()
+
+    @engine.task("join")
+    def join(ctx):
+        return " ".join(ctx.input)
+
+    wf = {
+        "name": "shout",
+        "steps": [
+            {"id": "split", "task": "split"},
+            {"id": "upper", "task": "upper", "type": "map", "depends_on": ["split"]},
+            {"id": "join", "task": "join", "depends_on": ["upper"]},
+        ],
+    }
+    run = engine.run(wf, input="a b c", timeout=20)
+    assert run.output == "A B C"
+    assert engine.step_output(run.id, "split") == ["a", "b", "c"]
+    assert engine.step_output(run.id, "upper") == ["A", "B", "C"]
+    with pytest.raises(dn.WorkflowError, match="no step 'nope'"):
+        engine.step_output(run.id, "nope")
+    with pytest.raises(dn.RunError, match="no history for run missing"):
+        engine.step_output("missing", "split")
