@@ -122,3 +122,8 @@ def test_stopping_a_view_leaves_its_last_frame_with_a_note(eng):
     count = view.updates
     assert run.wait(30).status == "completed"
     assert view.updates == count  # nothing published after the stop
+
+
+def test_layers_follow_their_parents_to_avoid_crossings():
+    d = load_edges("a\nb\nb -> x\na -> y", "w")
+    assert render.layers(d) == [["a", "b"], ["y", "x"]]
