@@ -228,6 +228,20 @@ def test_edge_syntax_errors_are_one_line_and_fail_the_cell(ip, capsys, body, lin
     assert "Traceback" not in out and len(out.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize(
+    ("body", "line"),
+    [
+        ('{"steps": [\n  {"id": "a",}\n]}', "workflow 'w' cell line 3: invalid JSON"),
+        ("steps:\n  - id: a\n   task: b\n", "workflow 'w' cell line 4: invalid YAML"),
+        ("steps:\n  - id: a\n    task: b\n    retries: many\n", "step 'a': field 'retries'"),
+    ],
+)
+def test_json_and_yaml_bodies_report_the_cell_line(ip, capsys, body, line):
+    result, out = run_cell(ip, capsys, f"%%dagnats workflow w\n{body}")
+    assert not result.success and isinstance(result.error_in_exec, WorkflowError)
+    assert line in out and "Traceback" not in out
+
+
 def test_short_errors_off_brings_the_traceback_back(ip, capsys):
     ip.run_line_magic("config", "Dagnats.short_errors = False")
     try:
