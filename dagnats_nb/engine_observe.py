@@ -18,7 +18,7 @@ from nats.js.errors import KeyNotFoundError, NotFoundError
 from . import protocol as p
 from . import resources
 from .dag import parse_duration
-from .observe import health, monitor, sampler, sizing, stats
+from .observe import dashboard, health, monitor, sampler, sizing, stats
 from .server import read_engine_info
 
 
@@ -113,6 +113,12 @@ class Observing:
         self._call(begin())
         self._sampler = s
         return s
+
+    def dashboard(self, every: float | str = "1s", refresh: float = 2.0):
+        """A live dashboard (ipywidgets) of stream bytes, consumer lag, run and step rates
+        and dead letters, from a sampler started now; redrawn at most every ``refresh``
+        seconds. Without ipywidgets: the static figure. ``.stop()`` ends the redrawing."""
+        return dashboard.show(self.sample(every), refresh)
 
     def stop_sampling(self) -> None:
         if self._sampler is not None:

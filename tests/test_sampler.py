@@ -55,3 +55,26 @@ def test_sampler_records_streams_lag_rates_and_draws_them(engine):
 def test_sampler_rejects_a_bad_interval(engine):
     with pytest.raises(dn.DagnatsError, match="every = 0.0: must be a positive number of seconds"):
         engine.sample(every=0)
+
+
+def test_dashboard_redraws_while_runs_go_and_leaves_a_static_figure(engine):
+    @engine.task("tick")
+    async def tick(ctx):
+        return ctx.input
+
+    engine.register({"name": "ticks", "steps": [{"id": "t", "task": "tick"}]})
+    board = engine.dashboard(every="100ms", refresh=0.2)
+    for i in range(20):
+        engine.run("ticks", input=i, timeout=20)
+        time.sleep(0.05)
+    deadline = time.monotonic() + 20
+    while board.redraws < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)  # each redraw renders a figure (~0.4 s on a busy machine)
+    drawn = board.redraws
+    engine.stop_sampling()
+    fig = board.stop()
+    assert drawn >= 2
+    assert bytes(board.image.value).startswith(b"\x89PNG")
+    assert "samples every 0.1s" in board.caption.value
+    assert [ax.get_title() for ax in fig.axes][0] == "stream bytes"
+    assert board.redraw() is False  # nothing new after stop
