@@ -11,6 +11,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 import dagnats_nb as dn
 
 
@@ -43,7 +45,9 @@ def test_sigkill_mid_run_then_restart_finishes_every_run(tmp_path):
     assert not pid_alive(server_pid), "nats-server outlived its SIGKILLed parent"
 
     calls: Counter = Counter()
-    with dn.Engine.start(data_dir=data, ack_wait="2s") as eng:
+    with pytest.warns(UserWarning, match=f"cleaned stale engine.json left by pid {child.pid}"):
+        eng = dn.Engine.start(data_dir=data, ack_wait="2s")
+    with eng:
 
         @eng.task("quick")
         def quick(ctx):
