@@ -553,9 +553,11 @@ class Engine(Observing):
         handler = make_handler("llm", self.llm.handle, self.settings.llm_concurrency)
         await self._add_worker(handler)
 
-    async def _run_def(self, run_id: str, workflow: str) -> WorkflowDef:
+    async def _run_def(self, run_id: str, workflow: str, def_hash: str = "") -> WorkflowDef:
+        """The definition a run follows: the orchestrator's, else the version its tasks name
+        (a worker in another process), else the latest."""
         defn = self.orchestrator.run_defs.get(run_id) if self.orchestrator else None
-        return defn if defn is not None else (await self.defs.get(workflow))[1]
+        return defn if defn is not None else (await self.defs.get(workflow, def_hash or None))[1]
 
     def llm_usage(self, run_id: str | None = None):
         """LLM calls per run, step and model (calls, tokens, latency p50/p95, errors,

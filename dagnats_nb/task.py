@@ -45,6 +45,7 @@ class TaskContext:
     worker_id: str
     map_index: int | None = None
     metadata: dict[str, str] = field(default_factory=dict)
+    def_hash: str = ""  # the version of the workflow definition the run follows
     _beat: Callable[[], Any] | None = None
 
     def heartbeat(self) -> None:

@@ -208,6 +208,7 @@ class TaskWorker:
             worker_id=self.worker_id,
             map_index=task.map_index,
             metadata=task.metadata,
+            def_hash=task.def_hash,
             _beat=functools.partial(self._beat_now, msg),
         )
         t0 = time.perf_counter()

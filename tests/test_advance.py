@@ -398,7 +398,13 @@ def test_linear_run_dispatches_one_step_at_a_time_and_outputs_the_last():
     [d] = dispatches(actions)
     assert actions == [d]
     assert d.task == TaskPayload(
-        run_id=RUN, step_id="a", task="ta", input={"n": 1}, workflow_name="linear", attempt=1
+        run_id=RUN,
+        step_id="a",
+        task="ta",
+        input={"n": 1},
+        workflow_name="linear",
+        attempt=1,
+        def_hash="h",
     )
     assert d.queued.type == ev.STEP_QUEUED and d.queued.step_id == "a"
     assert d.queued.attempt_number == 1 and d.queued.msg_id == f"{RUN}.a.step.queued.1"
@@ -628,7 +634,13 @@ def test_non_retriable_fails_at_once_and_dead_letters_the_task():
     )
     state, actions = advance(defn, state, failed)
     task = TaskPayload(
-        run_id=RUN, step_id="s", task="t", input={"card": 4}, workflow_name="one", attempt=1
+        run_id=RUN,
+        step_id="s",
+        task="t",
+        input={"card": 4},
+        workflow_name="one",
+        attempt=1,
+        def_hash="h",
     )
     [published] = publishes(actions)
     assert actions == [DeadLetter(task, "declined", 1), Publish(published), RunEnded(RUN_FAILED)]

@@ -14,8 +14,23 @@ from dagnats_nb import protocol as p
 
 
 def test_hello_world_conformance_file_runs_end_to_end(engine, conformance):
+    seen: list = []
+
     @engine.task("greet")
     async def greet(ctx):
+        seen.append(
+            (
+                ctx.run_id,
+                ctx.step_id,
+                ctx.workflow_name,
+                ctx.attempt,
+                ctx.iteration,
+                ctx.map_index,
+                ctx.def_hash,
+                ctx.worker_id,
+            )
+        )
+        ctx.heartbeat()
         return {"msg": "hello " + ctx.input["name"]}
 
     @engine.task("uppercase")
@@ -28,6 +43,9 @@ def test_hello_world_conformance_file_runs_end_to_end(engine, conformance):
     assert run.status == "completed"
     assert run.output == {"msg": "HELLO ADA"}
     assert run.error is None
+    defn_hash = engine.run_state(run.id)["state"].def_hash
+    assert seen == [(run.id, "greet", "hello-world", 1, 0, None, defn_hash, engine.worker_id)]
+    assert len(defn_hash) == 16
     runs = engine.runs()
     assert {"run_id", "workflow", "status", "started_at", "ended_at", "error"} <= set(runs.columns)
     row = runs.set_index("run_id").loc[run.id]

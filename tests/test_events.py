@@ -65,6 +65,12 @@ def test_task_payload_wire_form():
     assert TaskPayload.decode(task.encode()) == task
     assert p.task_subject("t", "r") == "task.t.r" and p.history_subject("r") == "history.r"
     assert p.dead_subject("t", "r") == "dead.t.r" and p.stream_subject("r", "s") == "stream.r.s"
+    assert "def_hash" not in wire
+    pinned = TaskPayload(
+        run_id="r", step_id="s", task="t", input=1, workflow_name="w", def_hash="abc123"
+    )
+    assert json.loads(pinned.encode())["def_hash"] == "abc123"
+    assert TaskPayload.decode(pinned.encode()).def_hash == "abc123"
 
 
 def test_subject_tokens():

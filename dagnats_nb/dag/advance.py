@@ -570,6 +570,7 @@ class _Tx:
             map_index=idx,
             timeout_s=step.timeout.total_seconds() if step.timeout else None,
             metadata=dict(step.metadata or {}),
+            def_hash=self.state.def_hash,
         )
 
     def instance_completed(self, step_id: str, idx: int, output: Any) -> None:

@@ -167,6 +167,7 @@ class TaskPayload:
     map_index: int | None = None
     timeout_s: float | None = None
     metadata: dict[str, str] = field(default_factory=dict)
+    def_hash: str = ""  # the definition version the run follows (KV workflow_defs)
 
     @property
     def task_id(self) -> str:
@@ -194,6 +195,8 @@ class TaskPayload:
             out["timeout_s"] = self.timeout_s
         if self.metadata:
             out["metadata"] = self.metadata
+        if self.def_hash:
+            out["def_hash"] = self.def_hash
         return out
 
     def encode(self) -> bytes:
@@ -213,4 +216,5 @@ class TaskPayload:
             map_index=raw.get("map_index"),
             timeout_s=raw.get("timeout_s"),
             metadata=raw.get("metadata") or {},
+            def_hash=raw.get("def_hash", ""),
         )

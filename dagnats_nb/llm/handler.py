@@ -34,7 +34,7 @@ from .templates import TemplateError, fields, render
 
 TASK = "llm"
 PROVIDERS = ("openai", "simulated")
-ResolveDef = Callable[[str, str], Awaitable[WorkflowDef]]
+ResolveDef = Callable[[str, str, str], Awaitable[WorkflowDef]]  # run id, workflow, def hash
 _FENCE = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", re.DOTALL)
 
 
@@ -204,7 +204,7 @@ class LLMService:
         self._providers.clear()
 
     async def _step(self, ctx: TaskContext) -> tuple[StepDef, LLMOptions]:
-        defn = await self.resolve_def(ctx.run_id, ctx.workflow_name)
+        defn = await self.resolve_def(ctx.run_id, ctx.workflow_name, ctx.def_hash)
         key = (id(defn), ctx.step_id)
         hit = self._options.get(key)
         if hit is None:
