@@ -162,8 +162,13 @@ async def raw_ceiling(url: str, size: dict[str, int]) -> dict[str, Any]:
             got += len(msgs)
         await nc.flush()
         elapsed = time.perf_counter() - t
-        info = await js.consumer_info("BENCH", durable)
-        if info.num_ack_pending:
+        # flush() means the acks left this client; the server may still be applying them.
+        for _ in range(50):
+            info = await js.consumer_info("BENCH", durable)
+            if not info.num_ack_pending:
+                break
+            await asyncio.sleep(0.05)
+        else:
             raise RuntimeError(f"{durable}: {info.num_ack_pending} acks not processed")
         return rate(got, elapsed)
 

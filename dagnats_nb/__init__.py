@@ -20,8 +20,8 @@ from .errors import (
     UnsupportedStepType,
     WorkflowError,
 )
+from .handlers import Continue, Permanent, RetryAfter, TaskContext
 from .run import Run, RunTimeout
-from .task import Continue, Permanent, RetryAfter, TaskContext
 
 # isort: split
 # After `.task`: `dn.task` is the decorator of the kernel's default engine, not the module.

@@ -21,15 +21,17 @@ from typing import Any
 
 import nats
 import nats.errors
-from nats.js.errors import APIError, KeyNotFoundError, NotFoundError
+from nats.js.errors import APIError, KeyNotFoundError, NoKeysError, NotFoundError
 
 from . import protocol as p
 from . import resources
 from .config import Settings, load_settings
 from .dag import WorkflowDef, load_workflow
 from .dag.advance import replay
+from .dead_letters import dead_letters_frame, read_dead_letters
 from .engine_observe import Observing
 from .errors import DagnatsError, RunError, ServerError
+from .handlers import make_handler
 from .http import HTTPServer
 from .loop import LoopThread
 from .observe import sampler
@@ -38,7 +40,6 @@ from .resources import store_error
 from .run import Run, RunTimeout
 from .server import EmbeddedServer, read_engine_info
 from .stores import DefinitionStore, PayloadStore
-from .task import make_handler
 from .threads import DaemonThreadPool
 from .views import events_frame, runs_frame, steps_frame
 from .workers import TaskWorker, WorkerRegistry, ensure_task_consumer, new_worker_id
@@ -475,7 +476,7 @@ class Engine(Observing):
         kv = await self._js.key_value("workflow_runs")
         try:
             keys = await kv.keys()
-        except NotFoundError:
+        except (NotFoundError, NoKeysError):
             return []
         out = []
         for k in keys:
@@ -501,6 +502,14 @@ class Engine(Observing):
 
     async def steps_async(self, run_id: str):
         return await asyncio.to_thread(self.steps, run_id)
+
+    def dead_letters(self, limit: int = 100):
+        """The last ``limit`` dead letters (steps that failed for good) as a DataFrame:
+        seq, failed_at, task, run_id, step_id, map_index, attempts, error."""
+        return dead_letters_frame(self._call(read_dead_letters(self._js, limit)))
+
+    async def dead_letters_async(self, limit: int = 100):
+        return dead_letters_frame(await self._call_async(read_dead_letters(self._js, limit)))
 
     def step_output(self, run_id: str, step_id: str) -> Any:
         """One step's output (a map step: the list of its elements' outputs), rebuilt from

@@ -13,7 +13,7 @@ import time
 from collections import deque
 from typing import Any
 
-from nats.js.errors import KeyNotFoundError, NotFoundError
+from nats.js.errors import KeyNotFoundError, NoKeysError, NotFoundError
 
 from . import protocol as p
 from . import resources
@@ -192,7 +192,7 @@ class Observing:
         kv = await self._js.key_value("workers")
         try:
             keys = await kv.keys()
-        except NotFoundError:
+        except (NotFoundError, NoKeysError):
             keys = []
         for k in keys:
             try:

@@ -10,7 +10,7 @@ import uuid
 from typing import Any
 
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError, NotFoundError, ObjectNotFoundError
+from nats.js.errors import KeyNotFoundError, NoKeysError, NotFoundError, ObjectNotFoundError
 
 from . import protocol as p
 from .dag import WorkflowDef, load_workflow
@@ -91,7 +91,7 @@ class DefinitionStore:
         kv = await self._bucket()
         try:
             keys = await kv.keys()
-        except NotFoundError:
+        except (NotFoundError, NoKeysError):
             return []
         out = []
         for k in keys:

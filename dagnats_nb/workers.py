@@ -29,9 +29,9 @@ from nats.js import api as js_api
 from nats.js.errors import FetchTimeoutError, NotFoundError
 
 from . import protocol as p
+from .handlers import Continue, Handler, Permanent, RetryAfter, TaskContext
 from .resources import store_error
 from .stores import PayloadStore
-from .task import Continue, Handler, Permanent, RetryAfter, TaskContext
 
 log = logging.getLogger("dagnats_nb.workers")
 

@@ -141,6 +141,9 @@ def test_exhausted_retries_dead_letter_the_task_and_run_on_failure(engine, confo
         }
     ]
     letters = dead_letters(engine)
+    frame = engine.dead_letters()
+    assert list(frame["step_id"]) == ["fetch"] and list(frame["attempts"]) == [4]
+    assert list(frame["run_id"]) == [run.id] and frame["error"][0] == "ValueError: upstream says no"
     assert len(letters) == 1
     letter = letters[0]
     assert letter["subject"] == f"dead.fetch.{run.id}"

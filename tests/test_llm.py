@@ -12,6 +12,7 @@ from llm_server import ChatServer, Reply
 
 from dagnats_nb.config import load_settings
 from dagnats_nb.dag import load_workflow
+from dagnats_nb.handlers import Permanent, RetryAfter
 from dagnats_nb.llm import (
     ChatRequest,
     OpenAIProvider,
@@ -27,7 +28,6 @@ from dagnats_nb.llm import (
 from dagnats_nb.llm.handler import BadReply, parse_json_reply, template_scope
 from dagnats_nb.llm.providers import retry_after_seconds, sse_data
 from dagnats_nb.llm.ratelimit import RateLimiter
-from dagnats_nb.task import Permanent, RetryAfter
 
 # -- templates -------------------------------------------------------------------------
 

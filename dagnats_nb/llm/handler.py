@@ -25,7 +25,7 @@ from ..config import Settings
 from ..dag import WorkflowDef
 from ..dag.model import MAP_KEYS, StepDef
 from ..dag.validate import problem, workflow_error
-from ..task import Permanent, TaskContext
+from ..handlers import Permanent, TaskContext
 from .providers import ChatRequest, Completion, OpenAIProvider, Provider, ProviderError
 from .ratelimit import RateLimiter
 from .simulator import SimulatedProvider, SimulatorSettings

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import httpx
 
-from ..task import Permanent, RetryAfter
+from ..handlers import Permanent, RetryAfter
 
 OnToken = Callable[[str], Awaitable[None]]
 DEFAULT_BASE_URL = "https://api.openai.com/v1"

@@ -15,7 +15,6 @@ import pandas as pd
 from .. import default
 from ..config import load_settings
 from ..dag import WorkflowDef, load_workflow
-from ..dead_letters import dead_letters_frame, read_dead_letters
 from ..engine import Engine
 from ..errors import RunError
 from ..run import Run
@@ -132,8 +131,7 @@ def cancel(run_id: str | Run) -> Run:
 
 def dlq(limit: int = 100) -> pd.DataFrame:
     """Dead letters (steps that failed for good): time, task, run_id, step_id, attempts, error."""
-    eng = default.engine(start=False)
-    return dead_letters_frame(eng._call(read_dead_letters(eng._js, limit)))
+    return default.engine(start=False).dead_letters(limit)
 
 
 def config() -> pd.DataFrame:
