@@ -141,3 +141,20 @@ def config() -> pd.DataFrame:
     settings = eng.settings if eng is not None else load_settings()
     rows = [[k, "" if v is None else str(v), src] for k, v, src in settings.describe()]
     return pd.DataFrame(rows, columns=CONFIG_COLUMNS)
+
+
+def stats(what: str, **params: Any) -> Any:
+    """The engine's read-only views: streams, lag, kv, account, health, monitor, sizing."""
+    eng = default.engine(start=False)
+    if what == "monitor":
+        return eng.monitor(params.pop("endpoint"), **params)
+    if what == "sizing":
+        return eng.sizing(params.pop("workflow"), **params)
+    view = {
+        "streams": eng.stream_stats,
+        "lag": eng.consumer_lag,
+        "kv": eng.kv_stats,
+        "account": eng.account,
+        "health": eng.health,
+    }[what]
+    return view()

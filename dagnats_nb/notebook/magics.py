@@ -38,6 +38,11 @@ HELP = """\
   watch RUN_ID                             a live view of a run (returns at once)
   dlq [--limit N]                          dead letters (DataFrame)
   config                                   settings and where they come from (DataFrame)
+  streams | lag | kv | account             JetStream stats (DataFrames)
+  health                                   the checklist's health rules, warnings first
+  monitor [varz|jsz|connz|subsz]           NATS monitoring (needs monitor_port)
+  sizing [WF] [--runs-per-day N] [--days D] [--concurrent-runs N]
+                                           disk/memory estimate calibrated on this engine
   help                                     this text
 
   -o NAME / --save NAME stores the result in the namespace; RUN_ID may be `last` or $run.
@@ -91,6 +96,15 @@ def _parser() -> MagicArgumentParser:
         cmd(name).add_argument("run_id")
     cmd("dlq").add_argument("--limit", type=int, default=100)
     cmd("config")
+    for name in ("streams", "lag", "kv", "account", "health"):
+        cmd(name)
+    s = cmd("monitor")
+    s.add_argument("endpoint", nargs="?", default="varz", choices=["varz", "jsz", "connz", "subsz"])
+    s = cmd("sizing")
+    s.add_argument("workflow", nargs="?")
+    s.add_argument("--runs-per-day", type=float, default=1000.0)
+    s.add_argument("--days", type=float, default=30.0)
+    s.add_argument("--concurrent-runs", type=int)
     cmd("help", save=False)
     s = cmd("workflow")
     s.add_argument("name")
@@ -164,6 +178,34 @@ class Dagnats(Magics):
 
     def _status(self, args: Any, ex: Expander, cell: Any) -> Any:
         return console.status()
+
+    def _streams(self, args: Any, ex: Expander, cell: Any) -> Any:
+        return console.stats("streams")
+
+    def _lag(self, args: Any, ex: Expander, cell: Any) -> Any:
+        return console.stats("lag")
+
+    def _kv(self, args: Any, ex: Expander, cell: Any) -> Any:
+        return console.stats("kv")
+
+    def _account(self, args: Any, ex: Expander, cell: Any) -> Any:
+        return console.stats("account")
+
+    def _health(self, args: Any, ex: Expander, cell: Any) -> Any:
+        return console.stats("health")
+
+    def _monitor(self, args: Any, ex: Expander, cell: Any) -> Any:
+        return console.stats("monitor", endpoint=args.endpoint)
+
+    def _sizing(self, args: Any, ex: Expander, cell: Any) -> Any:
+        extra = {} if args.concurrent_runs is None else {"concurrent_runs": args.concurrent_runs}
+        return console.stats(
+            "sizing",
+            workflow=args.workflow,
+            runs_per_day=args.runs_per_day,
+            days=args.days,
+            **extra,
+        )
 
     def _workflows(self, args: Any, ex: Expander, cell: Any) -> Any:
         return console.workflows()

@@ -113,14 +113,17 @@ class Status:
     def _repr_html_(self) -> str:
         d = self.data
         conn = "connected" if d["connected"] else "DISCONNECTED"
-        warn = ""
-        if d.get("tasks_without_worker"):
-            names = ", ".join(d["tasks_without_worker"])
-            warn = f'<div style="color:#b91c1c">tasks waiting with no worker: {names}</div>'
+        warn = "".join(
+            f'<div style="color:#b91c1c">{html.escape(h["level"].upper())}: '
+            f"{html.escape(h['check'])} of {html.escape(str(h['subject']))} is "
+            f"{html.escape(str(h['value']))} (threshold {html.escape(str(h['threshold']))}): "
+            f"{html.escape(h['action'])}</div>"
+            for h in d.get("health", [])
+        )
         pending = ", ".join(f"{k}: {v}" for k, v in d.get("pending_tasks", {}).items() if v)
         return (
-            f"<div class='dagnats-status'><b>dagnats</b> {html.escape(str(d['url']))} ({conn})"
-            f" · data_dir {html.escape(d['data_dir'])}{warn}"
+            f"<div class='dagnats-status'>{warn}<b>dagnats</b> {html.escape(str(d['url']))} "
+            f"({conn}) · data_dir {html.escape(d['data_dir'])}"
             f"<div>pending tasks: {html.escape(pending or 'none')}</div>"
             f"{self.to_pandas().to_html(index=False)}{self.workers().to_html(index=False)}</div>"
         )
