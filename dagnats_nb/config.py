@@ -229,6 +229,9 @@ class Settings(BaseModel):
     )
     runs_max_age: OptionalDuration = _key(None, "must be a duration such as 720h, or 0 for none")
     history_max_bytes: OptionalSize = _key(None, "must be a size such as 1GiB, or 0 for none")
+    server_memory_limit: OptionalSize = _key(
+        None, "must be a size such as 256MiB (nats-server's GOMEMLIMIT), or 0 for none"
+    )
     sync_interval: Annotated[str | None, BeforeValidator(_to_sync_interval)] = _key(
         None, 'use "always" or a duration such as 2m'
     )

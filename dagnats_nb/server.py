@@ -209,6 +209,14 @@ class EmbeddedServer:
             self._process = None
             self.url = self.monitor_url = self.pid = None
 
+    def _env(self) -> dict[str, str] | None:
+        """The child's environment: ours, with GOMEMLIMIT when ``server_memory_limit`` is set
+        (a soft cap on nats-server's Go heap, for small machines such as Binder's)."""
+        limit = self.settings.server_memory_limit
+        if not limit:
+            return None
+        return {**os.environ, "GOMEMLIMIT": str(limit)}
+
     def _launch(self, binary: Path) -> _Supervisor:
         s = self.settings
         for _ in range(_PORT_ATTEMPTS):
@@ -217,7 +225,7 @@ class EmbeddedServer:
             _write_private(self.conf_path, self._conf_text(port, mport))
             offset = self.log_path.stat().st_size if self.log_path.exists() else 0
             argv = [str(binary), "-c", str(self.conf_path)]
-            proc, info = _Supervisor(argv, self.log_path, self.watchdog), None
+            proc, info = _Supervisor(argv, self.log_path, self.watchdog, self._env()), None
             try:
                 info = _wait_ready(proc, port, self.server_name, self.ready_timeout)
             finally:
@@ -294,7 +302,10 @@ def _shutdown(info_path: Path, proc: _Supervisor | None, lock_fd: int) -> None:
 class _Supervisor:
     """Spawns the server from a thread that lives as long as the server, and reaps it."""
 
-    def __init__(self, argv: list[str], log_path: Path, watchdog: bool) -> None:
+    def __init__(
+        self, argv: list[str], log_path: Path, watchdog: bool, env: dict[str, str] | None = None
+    ) -> None:
+        self.env = env
         python = [sys.executable, "-I", "-S", "-c"]
         if watchdog:
             argv = [*python, _WATCHDOG, *argv]
@@ -354,6 +365,7 @@ class _Supervisor:
                 stdout=subprocess.PIPE if self.watchdog else fd,
                 stderr=fd,
                 start_new_session=True,
+                env=self.env,
             )
         finally:
             os.close(fd)

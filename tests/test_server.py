@@ -342,3 +342,13 @@ def test_interrupt_spares_the_server_and_normal_exit_reaps_it(tmp_path: Path) ->
     assert child.returncode == 0
     assert process_gone(server_pid)
     assert read_engine_info(data_dir) is None
+
+
+@linux_only
+def test_server_memory_limit_reaches_the_server_as_gomemlimit(tmp_path: Path) -> None:
+    with EmbeddedServer(data_dir=tmp_path / "engine", server_memory_limit="256MiB") as server:
+        env = Path(f"/proc/{server.pid}/environ").read_bytes().split(b"\0")
+        assert b"GOMEMLIMIT=268435456" in env
+    with EmbeddedServer(data_dir=tmp_path / "other") as server:
+        env = Path(f"/proc/{server.pid}/environ").read_bytes().split(b"\0")
+        assert not any(e.startswith(b"GOMEMLIMIT=268435456") for e in env)
