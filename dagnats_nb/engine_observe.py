@@ -183,7 +183,8 @@ class Observing:
                 "replay_seconds": round(o.replay_seconds, 3),
                 "errors": list(o.errors)[-5:],
             }
-        out["health"] = [r for r in await self._health_rows() if r["level"] != health.OK]
+        rows = await self._health_rows(workers)
+        out["health"] = [r for r in rows if r["level"] != health.OK]
         return out
 
     async def _workers(self) -> list[dict[str, Any]]:
@@ -211,16 +212,20 @@ class Observing:
     async def health_async(self):
         return await asyncio.to_thread(self.health)
 
-    async def _health_rows(self) -> list[dict[str, Any]]:
+    async def _health_rows(
+        self, workers: list[dict[str, Any]] | None = None
+    ) -> list[dict[str, Any]]:
         # The history's end and the orchestrator's position, read at the same moment.
         history = await stats.api(self._nc, f"STREAM.INFO.{p.HISTORY_STREAM}")
         applied = self.orchestrator.last_seq if self.orchestrator else None
-        consumers = [c for c in await stats.consumer_rows(self._nc) if c["stream"] == p.TASK_STREAM]
+        consumers = await stats.consumer_rows(self._nc, [p.TASK_STREAM])
         account = await stats.api(self._nc, "INFO")
         dead = await stats.api(self._nc, f"STREAM.INFO.{p.DEAD_STREAM}")
         now = time.time()
         self._dlq_samples.append((now, dead["state"].get("messages", 0)))
-        workers = await self._workers()
+        if workers is None:
+            workers = await self._workers()
+        workers = [dict(w) for w in workers]  # heartbeat_at becomes POSIX seconds below
         for w in workers:
             w["heartbeat_at"] = p.parse_time(w["heartbeat_at"]) if w.get("heartbeat_at") else now
         snap = health.Snapshot(

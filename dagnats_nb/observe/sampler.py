@@ -88,9 +88,8 @@ async def collect_row(nc, orchestrator) -> dict[str, Any]:
         if s["kind"] == "engine":
             row[f"bytes.{s['stream']}"] = s["bytes"]
             row[f"messages.{s['stream']}"] = s["messages"]
-    for c in await stats.consumer_rows(nc):
-        if c["stream"] == p.TASK_STREAM:
-            row[f"pending.{c['consumer']}"] = c["pending"] + c["ack_pending"]
+    for c in await stats.consumer_rows(nc, [p.TASK_STREAM]):
+        row[f"pending.{c['consumer']}"] = c["pending"] + c["ack_pending"]
     row["dead_letters"] = row.get(f"messages.{p.DEAD_STREAM}", 0)
     if orchestrator is not None:
         counters = orchestrator.counters

@@ -189,7 +189,7 @@ def estimate(
     cal = calibration or Calibration()
     w = workload
     per_run = cal.events_per_run(w.steps, w.retry_rate)
-    history_day = w.runs_per_day * per_run * cal.bytes_per_event
+    history_day = history_per_day(w, cal)
     largest = w.largest_payload_bytes or 4 * w.payload_bytes
     memory = {
         "engine (active runs)": w.concurrent_runs * cal.bytes_per_active_run,
@@ -206,6 +206,11 @@ def estimate(
         memory=memory,
     )
     return replace(est, days_until_cap=days_until_cap(w, history_day), tier=recommend_tier(est))
+
+
+def history_per_day(w: Workload, cal: Calibration) -> float:
+    """Bytes ``WORKFLOW_HISTORY`` grows by per day."""
+    return w.runs_per_day * cal.events_per_run(w.steps, w.retry_rate) * cal.bytes_per_event
 
 
 def stream_bytes(w: Workload, history_day: float, days: float) -> dict[str, float]:
@@ -267,7 +272,7 @@ def disk_over_time(
     """``(day, total disk bytes)`` from day 0 to ``days``, for plots."""
     cal = calibration or Calibration()
     w = workload
-    history_day = w.runs_per_day * cal.events_per_run(w.steps, w.retry_rate) * cal.bytes_per_event
+    history_day = history_per_day(w, cal)
     step = days / max(1, points - 1)
     return [(i * step, sum(stream_bytes(w, history_day, i * step).values())) for i in range(points)]
 

@@ -90,10 +90,11 @@ async def stream_rows(nc: NATS, max_store_bytes: int | None = None) -> list[dict
     return rows
 
 
-async def consumer_rows(nc: NATS) -> list[dict[str, Any]]:
-    """Per consumer of every stream: pending, ack pending, redelivered, waiting pulls..."""
+async def consumer_rows(nc: NATS, streams: list[str] | None = None) -> list[dict[str, Any]]:
+    """Per consumer of ``streams`` (default: every stream): pending, ack pending,
+    redelivered, waiting pulls..."""
     rows = []
-    for stream in await stream_names(nc):
+    for stream in streams if streams is not None else await stream_names(nc):
         offset = 0
         while True:
             page = await api(nc, f"CONSUMER.LIST.{stream}", {"offset": offset})
