@@ -58,6 +58,7 @@ _POWERS = {"k": 1, "m": 2, "g": 3, "t": 4, "p": 5}
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
 _NANOS = dict(ns=1, us=10**3, ms=10**6, s=10**9, m=60 * 10**9, h=3600 * 10**9)
 _NANOS |= {"µs": 10**3, "μs": 10**3}
+SECRET_KEYS = frozenset({"llm_api_key", "webhook_secret", "bridge_token"})
 _LOG_LEVELS = dict(debug="debug", info="info", warn="warn", warning="warn", error="error")
 
 
@@ -238,7 +239,15 @@ class Settings(BaseModel):
     leaf_remotes: StrList = _key(
         [], "must be a list of URLs such as nats-leaf://host:7422 (comma-separated in env)"
     )
-    leaf_credentials: OptionalStr = _key(None, "must be the path of a .creds file")
+    leaf_credentials: OptionalStr = _key(
+        None, "must be the path of a .creds file, or its content (-----BEGIN ...)"
+    )
+    jetstream_domain: OptionalStr = _key(
+        None, "must be a JetStream domain name (leaf mode: the embedded server's domain)"
+    )
+    nats_jetstream_replicas: Annotated[int, Field(ge=1, le=5)] = _key(
+        1, "must be the stream replica count, 1 to 5 (3 on a three-server cluster)"
+    )
     ack_wait: Duration = _key(timedelta(seconds=30), "must be a positive duration such as 30s")
     log_level: Annotated[str, BeforeValidator(_to_log_level)] = _key(
         "warn", "must be one of debug, info, warn, error"
@@ -261,6 +270,11 @@ class Settings(BaseModel):
     http_addr: OptionalStr = _key(
         None, "must be host:port such as 127.0.0.1:8080 (port 0: a free one), or unset for off"
     )
+    # Secured HTTP endpoints (need http_addr): webhooks need a secret (a trigger's own or
+    # this one), the worker bridge a bearer token; unset, they are off.
+    webhook_secret: OptionalStr = _key(None, "must be a shared secret string")
+    bridge_token: OptionalStr = _key(None, "must be a bearer token string")
+    webhook_max_body: Size = _key(1 << 20, "must be a positive size such as 1MiB")
     # The built-in `llm` task type (dagnats_nb.llm). With no llm_provider, the provider is
     # openai when llm_base_url, llm_api_key or OPENAI_API_KEY is set, else the simulator.
     llm_enabled: bool = _key(True, "must be true or false")
@@ -307,8 +321,16 @@ class Settings(BaseModel):
         return ARGUMENT_SOURCE if key in self.model_fields_set else DEFAULT_SOURCE
 
     def describe(self) -> list[tuple[str, Any, str]]:
-        """Every key as ``(key, value, source)``, in declaration order."""
-        return [(key, getattr(self, key), self.source(key)) for key in type(self).model_fields]
+        """Every key as ``(key, value, source)``, in declaration order; secrets that are set
+        show as ``***`` (and inline leaf credentials too)."""
+        return [(key, self.shown(key), self.source(key)) for key in type(self).model_fields]
+
+    def shown(self, key: str) -> Any:
+        """``key``'s value as it may be displayed: a secret that is set becomes ``***``."""
+        value = getattr(self, key)
+        if value and (key in SECRET_KEYS or (key == "leaf_credentials" and "\n" in value)):
+            return "***"
+        return value
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with ``changes`` validated and applied (their source is ``argument``)."""

@@ -273,3 +273,20 @@ def test_settings_are_frozen_and_replace_keeps_sources(tmp_path: Path) -> None:
     assert t.source("log_level") == "default"
     with pytest.raises(ConfigError, match=r"max_store_bytes = 0 \(from argument\)"):
         s.replace(max_store_bytes=0)
+
+
+def test_secrets_are_masked_in_describe_but_kept_in_settings():
+    creds = "-----BEGIN NATS USER JWT-----\nabc\n------END NATS USER JWT------\n"
+    s = load_settings(
+        env={"DAGNATS_WEBHOOK_SECRET": "hunter2", "DAGNATS_BRIDGE_TOKEN": "tok"},
+        llm_api_key="sk-1",
+        leaf_credentials=creds,
+    )
+    shown = {key: value for key, value, _ in s.describe()}
+    assert shown["webhook_secret"] == shown["bridge_token"] == shown["llm_api_key"] == "***"
+    assert shown["leaf_credentials"] == "***"
+    assert (s.webhook_secret, s.bridge_token, s.llm_api_key) == ("hunter2", "tok", "sk-1")
+    assert load_settings(leaf_credentials="/etc/leaf.creds").shown("leaf_credentials") == (
+        "/etc/leaf.creds"
+    )
+    assert shown["bridge_token"] != load_settings().shown("bridge_token")
