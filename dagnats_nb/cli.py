@@ -1,4 +1,4 @@
-"""The ``dagnats`` command: serve, status, workflow validate, demo."""
+"""The ``dagnats`` command: serve, status, workflow validate, demo, worker."""
 
 from __future__ import annotations
 
@@ -162,6 +162,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(data_dir=args.data_dir, runs=args.runs)
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    from .config import load_settings
+    from .worker_process import run_worker
+
+    if args.data_dir and args.nats_url:
+        raise DagnatsError("worker: pass --data-dir or --nats-url, not both")
+    settings = load_settings(args.config, **_overrides(args))
+    return run_worker(
+        settings,
+        args.module,
+        tasks=args.task or None,
+        concurrency=args.concurrency,
+        url=args.nats_url,
+        worker_id=args.worker_id,
+        drain_timeout=args.drain_timeout,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dagnats", description="A durable DAG workflow engine on NATS JetStream."
@@ -187,6 +205,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="keep the engine's data here (default: a temp dir)")
     p.add_argument("--runs", type=int, default=3, help="how many runs to start")
     p.set_defaults(fn=cmd_demo)
+    p = sub.add_parser("worker", help="run a module's @dn.task handlers against an engine")
+    p.add_argument("module", nargs="?", help="MODULE[:ATTR] (or a .py file) with the handlers")
+    p.add_argument("--task", action="append", help="only this task (repeatable; llm: built-in)")
+    p.add_argument("--concurrency", type=int, help="tasks in flight per handler")
+    p.add_argument("--nats-url", help="the engine's NATS URL (default: its data dir's)")
+    p.add_argument("--worker-id", help="id in the workers KV (default: host-pid-random)")
+    p.add_argument(
+        "--drain-timeout", type=float, default=10.0, help="seconds in-flight tasks get at stop"
+    )
+    _settings_args(p)
+    p.set_defaults(fn=cmd_worker)
     return parser
 
 

@@ -599,7 +599,7 @@ class Engine(Observing):
         if self.orchestrator is None:
             raise DagnatsError(
                 f"cannot {what} on an attached engine: handlers run in the engine started with "
-                "Engine.start() (or `dagnats worker` in a later version)"
+                "Engine.start(), or in a worker process: `dagnats worker MODULE`"
             )
 
     def _call(self, coro, timeout: float | None = None):
