@@ -132,6 +132,51 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dlq_list(args: argparse.Namespace) -> int:
+    from .engine import Engine
+
+    eng = Engine.connect(config=args.config, **_overrides(args))
+    try:
+        df = eng.dlq(args.workflow, args.run, limit=args.limit)
+    finally:
+        eng.stop()
+    if args.json:
+        print(df.to_json(orient="records", date_format="iso", indent=2))
+    elif df.empty:
+        print("no dead letters")
+    else:
+        import pandas as pd
+
+        with pd.option_context("display.width", 200, "display.max_colwidth", 60):
+            print(df.to_string(index=False))
+    return 0
+
+
+def cmd_dlq_replay(args: argparse.Namespace) -> int:
+    from .engine import Engine
+
+    if (args.seq is None) == (args.run is None):
+        raise DagnatsError("dlq replay: name a dead letter's SEQ or --run RUN_ID (one of them)")
+    eng = Engine.connect(config=args.config, **_overrides(args))
+    try:
+        rows = eng.dlq_replay(args.seq, run=args.run, dry_run=args.dry_run)
+    finally:
+        eng.stop()
+    for r in rows:
+        item = f" item {r['map_index']}" if r["map_index"] is not None else ""
+        what = f"run {r['run_id']} step '{r['step_id']}'{item} as attempt {r['attempt']}"
+        if args.dry_run:
+            print(f"would replay dead letter {r['seq']}: {what}")
+        elif r["status"] == "failed":
+            print(
+                f"replayed dead letter {r['seq']}: {what}; the run is still failed (no engine "
+                "has applied it yet: it resumes when the engine runs)"
+            )
+        else:
+            print(f"replayed dead letter {r['seq']}: {what}; the run is {r['status']}")
+    return 0
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from .dag import load_workflow
     from .llm.handler import check_workflow
@@ -154,6 +199,26 @@ def cmd_validate(args: argparse.Namespace) -> int:
             continue
         print(f"{path}: ok ({defn.name}, {len(defn.steps)} steps)")
     return 1 if failed else 0
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    from .backup import run_command
+    from .config import load_settings
+
+    settings = load_settings(args.config, **_overrides(args))
+    rows = run_command("backup", settings, args.dir, args.stream or None)
+    print(f"backed up {len(rows)} streams to {args.dir}")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from .backup import run_command
+    from .config import load_settings
+
+    settings = load_settings(args.config, **_overrides(args))
+    rows = run_command("restore", settings, args.dir, args.stream or None, args.force)
+    print(f"restored {len(rows)} streams from {args.dir} into {settings.data_dir}")
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -197,6 +262,34 @@ def build_parser() -> argparse.ArgumentParser:
     _settings_args(p)
     p.add_argument("--json", action="store_true", help="print JSON records")
     p.set_defaults(fn=cmd_stats)
+    dlq = sub.add_parser("dlq", help="dead letters: list, replay")
+    dlq_sub = dlq.add_subparsers(dest="dlq", required=True)
+    p = dlq_sub.add_parser("list", help="list dead letters (newest last)")
+    p.add_argument("--workflow", help="only this workflow's")
+    p.add_argument("--run", help="only this run's")
+    p.add_argument("--limit", type=int, default=1000, help="the last N of the stream")
+    _settings_args(p)
+    p.add_argument("--json", action="store_true", help="print JSON records")
+    p.set_defaults(fn=cmd_dlq_list)
+    p = dlq_sub.add_parser(
+        "replay", help="resume a failed run at its dead-lettered step (a new attempt)"
+    )
+    p.add_argument("seq", nargs="?", type=int, help="the dead letter's seq (dagnats dlq list)")
+    p.add_argument("--run", help="replay the newest dead letter of this run")
+    p.add_argument("--dry-run", action="store_true", help="show what would be replayed")
+    _settings_args(p)
+    p.set_defaults(fn=cmd_dlq_replay)
+    p = sub.add_parser("backup", help="snapshot the engine's streams to DIR/<STREAM>/")
+    p.add_argument("dir", metavar="DIR", help="backup directory (one folder per stream)")
+    p.add_argument("--stream", action="append", help="only this stream (repeatable)")
+    _settings_args(p)
+    p.set_defaults(fn=cmd_backup)
+    p = sub.add_parser("restore", help="restore the streams backed up in DIR (engine stopped)")
+    p.add_argument("dir", metavar="DIR", help="a directory written by `dagnats backup`")
+    p.add_argument("--force", action="store_true", help="replace streams that exist")
+    p.add_argument("--stream", action="append", help="only this stream (repeatable)")
+    _settings_args(p)
+    p.set_defaults(fn=cmd_restore)
     wf = sub.add_parser("workflow", help="workflow files").add_subparsers(dest="wf", required=True)
     p = wf.add_parser("validate", help="check workflow files (exit 1 on any problem)")
     p.add_argument("files", nargs="+")

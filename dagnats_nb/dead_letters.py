@@ -1,4 +1,13 @@
-"""Reading the DEAD_LETTERS stream: steps that failed for good, newest last."""
+"""The DEAD_LETTERS stream: steps that failed for good (newest last), and their replay.
+
+Replaying a dead letter does not put its task straight back on TASK_QUEUES (the run is
+``failed`` in its history, so a result would be ignored): it appends a ``step.replayed``
+event to the run's history. The orchestrator then reopens the run, dispatches the failed
+step again as a new attempt (and re-dispatches the steps the failure cancelled in flight),
+and the run goes on. The event is idempotent per dead letter (its message id names the step
+and the failed attempt), and a replay that no longer applies (the run is not failed any more)
+changes nothing. The dead letter itself stays in DEAD_LETTERS (30 days) as a record.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +18,19 @@ import pandas as pd
 from nats.js.errors import NotFoundError
 
 from . import protocol as p
+from .errors import RunError
 
-DLQ_COLUMNS = ["seq", "failed_at", "task", "run_id", "step_id", "map_index", "attempts", "error"]
+DLQ_COLUMNS = [
+    "seq",
+    "failed_at",
+    "workflow",
+    "task",
+    "run_id",
+    "step_id",
+    "map_index",
+    "attempts",
+    "error",
+]
 
 
 async def read_dead_letters(js: Any, limit: int = 100) -> list[dict[str, Any]]:
@@ -59,6 +79,7 @@ def dead_letters_frame(letters: list[dict[str, Any]]) -> pd.DataFrame:
             [
                 d.get("seq"),
                 pd.Timestamp(failed) if failed else None,
+                task.get("workflow_name"),
                 task.get("task"),
                 task.get("run_id"),
                 task.get("step_id"),
@@ -68,3 +89,54 @@ def dead_letters_frame(letters: list[dict[str, Any]]) -> pd.DataFrame:
             ]
         )
     return pd.DataFrame(rows, columns=DLQ_COLUMNS)
+
+
+def select(
+    letters: list[dict[str, Any]], workflow: str | None = None, run_id: str | None = None
+) -> list[dict[str, Any]]:
+    """The dead letters of ``workflow`` and/or ``run_id`` (None: any)."""
+    return [
+        d
+        for d in letters
+        if (workflow is None or (d.get("task") or {}).get("workflow_name") == workflow)
+        and (run_id is None or (d.get("task") or {}).get("run_id") == run_id)
+    ]
+
+
+async def read_dead_letter(js: Any, seq: int) -> dict[str, Any]:
+    """The dead letter stored at ``seq`` in DEAD_LETTERS (RunError when there is none)."""
+    try:
+        msg = await js.get_msg(p.DEAD_STREAM, seq)
+    except NotFoundError:
+        raise RunError(
+            f"no dead letter with seq {seq}: list them with `dagnats dlq list` or eng.dlq()"
+        ) from None
+    body = json.loads(msg.data)
+    body["seq"] = seq
+    if not isinstance(body.get("task"), dict) or not body["task"].get("run_id"):
+        raise RunError(f"dead letter {seq} holds no task: it cannot be replayed")
+    return body
+
+
+def replay_event(letter: dict[str, Any]) -> p.Event:
+    """The ``step.replayed`` event that resumes the run of ``letter`` at its failed step."""
+    task = letter["task"]
+    payload: dict[str, Any] = {"dead_letter_seq": letter["seq"]}
+    if task.get("map_index") is not None:
+        payload["map_index"] = task["map_index"]
+    return p.Event(
+        type=p.STEP_REPLAYED,
+        run_id=task["run_id"],
+        step_id=task["step_id"],
+        payload=payload,
+        attempt_number=int(letter.get("attempts") or task.get("attempt") or 1),
+    )
+
+
+def describe_replay(letter: dict[str, Any]) -> str:
+    task = letter["task"]
+    item = f" item {task['map_index']}" if task.get("map_index") is not None else ""
+    return (
+        f"dead letter {letter['seq']}: run {task['run_id']} ({task.get('workflow_name')}) "
+        f"step '{task['step_id']}'{item}, attempt {letter.get('attempts')}: {letter.get('error')}"
+    )

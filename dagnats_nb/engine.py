@@ -23,6 +23,7 @@ import nats
 import nats.errors
 from nats.js.errors import APIError, KeyNotFoundError, NoKeysError, NotFoundError
 
+from . import dead_letters as dlq
 from . import protocol as p
 from . import resources
 from .config import Settings, load_settings
@@ -505,11 +506,91 @@ class Engine(Observing):
 
     def dead_letters(self, limit: int = 100):
         """The last ``limit`` dead letters (steps that failed for good) as a DataFrame:
-        seq, failed_at, task, run_id, step_id, map_index, attempts, error."""
-        return dead_letters_frame(self._call(read_dead_letters(self._js, limit)))
+        seq, failed_at, workflow, task, run_id, step_id, map_index, attempts, error."""
+        return self.dlq(limit=limit)
 
     async def dead_letters_async(self, limit: int = 100):
-        return dead_letters_frame(await self._call_async(read_dead_letters(self._js, limit)))
+        return await self.dlq_async(limit=limit)
+
+    def dlq(self, workflow: str | None = None, run: str | None = None, *, limit: int = 1000):
+        """Dead letters as a DataFrame, newest last: the last ``limit`` of DEAD_LETTERS,
+        of one workflow and/or one run when named."""
+        letters = self._call(read_dead_letters(self._js, limit))
+        return dead_letters_frame(dlq.select(letters, workflow, run))
+
+    async def dlq_async(self, workflow: str | None = None, run: str | None = None, *, limit=1000):
+        letters = await self._call_async(read_dead_letters(self._js, limit))
+        return dead_letters_frame(dlq.select(letters, workflow, run))
+
+    def dlq_replay(
+        self,
+        seq: int | None = None,
+        *,
+        run: str | None = None,
+        dry_run: bool = False,
+        wait: float = 5.0,
+    ) -> list[dict[str, Any]]:
+        """Replay a dead letter (by ``seq``, or the newest of ``run``): its failed run resumes
+        at the failed step, as a new attempt. Returns what was (or, ``dry_run``, would be)
+        replayed and the run's status after up to ``wait`` seconds."""
+        return self._call(self._dlq_replay(seq, run, dry_run, wait))
+
+    async def dlq_replay_async(
+        self, seq: int | None = None, *, run: str | None = None, dry_run=False, wait=5.0
+    ) -> list[dict[str, Any]]:
+        return await self._call_async(self._dlq_replay(seq, run, dry_run, wait))
+
+    async def _dlq_replay(
+        self, seq: int | None, run: str | None, dry_run: bool, wait: float
+    ) -> list[dict[str, Any]]:
+        if (seq is None) == (run is None):
+            raise RunError("name one dead letter to replay: its seq, or run=RUN_ID")
+        if seq is not None:
+            letter = await dlq.read_dead_letter(self._js, seq)
+        else:
+            letters = dlq.select(await read_dead_letters(self._js, 100_000), run_id=run)
+            if not letters:
+                raise RunError(f"run {run} has no dead letters: list them with eng.dlq()")
+            letter = letters[-1]  # the newest: the failure that ended the run
+        task = letter["task"]
+        run_id, step_id = task["run_id"], task["step_id"]
+        status = await self._run_status(run_id)
+        if status != "failed":
+            raise RunError(
+                f"run {run_id} is {status or 'unknown'}, not failed: "
+                f"dead letter {letter['seq']} has nothing to resume"
+            )
+        row = {
+            "seq": letter["seq"],
+            "run_id": run_id,
+            "workflow": task.get("workflow_name"),
+            "step_id": step_id,
+            "map_index": task.get("map_index"),
+            "attempt": int(letter.get("attempts") or 0) + 1,
+            "replayed": False,
+            "status": status,
+        }
+        if dry_run:
+            return [row]
+        event = dlq.replay_event(letter)
+        await self._js.publish(
+            p.history_subject(run_id), event.encode(), headers={"Nats-Msg-Id": event.msg_id}
+        )
+        row["replayed"] = True
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            row["status"] = await self._run_status(run_id)
+            if row["status"] != "failed":
+                break
+            await asyncio.sleep(0.05)
+        return [row]
+
+    async def _run_status(self, run_id: str) -> str | None:
+        if self.orchestrator is not None:
+            state = self.orchestrator.runs.get(run_id)
+            return state.status if state is not None else None
+        summary = await self._kv_run(run_id)
+        return summary["status"] if summary else None
 
     def step_output(self, run_id: str, step_id: str) -> Any:
         """One step's output (a map step: the list of its elements' outputs), rebuilt from

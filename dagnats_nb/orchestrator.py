@@ -139,6 +139,10 @@ class Orchestrator:
             state, actions = advance(defn, old, event)
             if state.terminal and not old.terminal:
                 self.counters[f"runs_{state.status}"] += 1
+            elif old.terminal and not state.terminal:  # a dead-letter replay reopened it
+                self.counters["runs_reopened"] += 1
+                if not self.replaying:
+                    self._track(self._snapshot(state))
         if event.type in COUNTED:
             self.counters[COUNTED[event.type]] += 1
         self.runs[run_id] = state

@@ -179,6 +179,7 @@ def test_dlq_lists_steps_that_failed_for_good(ip, eng):
     assert list(df.columns) == [
         "seq",
         "failed_at",
+        "workflow",
         "task",
         "run_id",
         "step_id",
@@ -188,6 +189,21 @@ def test_dlq_lists_steps_that_failed_for_good(ip, eng):
     ]
     row = df[df["run_id"] == run.id].iloc[0]
     assert row["task"] == "broken" and "unreadable" in row["error"]
+    assert row["workflow"] == "doomed"
+    ip.user_ns["doomed_run"] = run
+    dry = ip.run_line_magic("dagnats", "dlq replay --run $doomed_run --dry-run")
+    assert list(dry["replayed"]) == [False] and list(dry["attempt"]) == [2]
+    done = ip.run_line_magic("dagnats", f"dlq replay {row['seq']}")
+    assert list(done["replayed"]) == [True] and list(done["run_id"]) == [run.id]
+    # the handler still fails for good: the replayed attempt is dead-lettered in turn
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        mine = ip.run_line_magic("dagnats", f"dlq --run {run.id}")
+        if len(mine) == 2:
+            break
+        time.sleep(0.05)
+    assert list(mine["attempts"]) == [1, 2]
+    assert ip.run_line_magic("dagnats", "dlq --workflow no-such-workflow").empty
 
 
 def test_status_workflows_config(ip, eng):

@@ -20,6 +20,7 @@ from . import events as ev
 from .events import Event, TaskPayload, dumps, format_time
 from .model import AgentLoopConfig, MapConfig, StepDef, WorkflowDef
 from .state import (
+    CANCELLED,
     COMPLETED,
     FAILED,
     PENDING,
@@ -28,6 +29,7 @@ from .state import (
     RUN_CANCELLED,
     RUN_COMPLETED,
     RUN_FAILED,
+    RUN_RUNNING,
     RUNNING,
     SKIPPED,
     STEP_ACTIVE,
@@ -130,7 +132,9 @@ def resume(defn: WorkflowDef, state: RunState) -> list[Action]:
     if state.terminal:
         return actions
     if defn.timeout:
-        actions.append(SetTimer(state.started_at + defn.timeout.total_seconds(), "run_timeout"))
+        since = state.resumed_at or state.started_at
+        deadline = since + defn.timeout.total_seconds()
+        actions.append(SetTimer(deadline, "run_timeout", seqno=state.reopened))
     for sid, st in state.steps.items():
         if st.status == RETRYING and st.due_at is not None:
             actions.append(SetTimer(st.due_at, "retry", sid, None, st.attempt))
@@ -236,6 +240,9 @@ class _Tx:
         if t in ev.RUN_TERMINAL_EVENTS:
             self.on_run_terminal(e)
             return
+        if t == ev.STEP_REPLAYED:
+            self.on_replayed(e)
+            return
         if s.terminal or not e.step_id or e.step_id not in self.plan.deps:
             return
         if t == ev.STEP_QUEUED:
@@ -326,6 +333,7 @@ class _Tx:
         if cur.status in STEP_TERMINAL:
             return  # a duplicate delivery: applied once
         output = (e.payload or {}).get("output")
+        self.bind(e.worker_id)
         idx = e.map_index
         if idx is not None:
             self.instance_completed(e.step_id, idx, output)
@@ -334,6 +342,47 @@ class _Tx:
             return  # an earlier loop iteration's late report (its attempt is 1 again)
         self.complete_step(e.step_id, output, worker_id=e.worker_id)
         self.schedule()
+
+    def bind(self, worker_id: str) -> None:
+        """Sticky workflows: the first worker to complete a step takes the run's later tasks."""
+        if self.defn.sticky and worker_id and not self.state.bound_worker:
+            self.state.bound_worker = worker_id
+
+    def on_replayed(self, e: Event) -> None:
+        """A dead letter replayed: a failed run resumes at its failed step (a new attempt),
+        and the steps its failure cancelled in flight are dispatched again. Anything else
+        (the run completed, the step not failed, a second replay) is a no-op."""
+        s = self.state
+        cur = s.step(e.step_id)
+        if s.status != RUN_FAILED or cur.status != FAILED or e.step_id not in self.plan.deps:
+            return
+        s.status, s.ended_at, s.error, s.output = RUN_RUNNING, None, None, None
+        s.reopened += 1
+        s.resumed_at = self.now
+        if e.step_id not in self.plan.handlers:
+            s.failure = None  # a replayed on_failure handler still ends the run failed
+        if self.defn.timeout:
+            deadline = self.now + self.defn.timeout.total_seconds()
+            self.actions.append(SetTimer(deadline, "run_timeout", seqno=s.reopened))
+        for sid, step in list(s.steps.items()):
+            if sid == e.step_id or step.status == CANCELLED:
+                self.reopen_step(sid)
+        self.schedule()
+
+    def reopen_step(self, step_id: str) -> None:
+        cur = self.state.step(step_id)
+        if cur.attempt == 0 and cur.map is None:  # never dispatched: pending again
+            del self.state.steps[step_id]
+            self._owned.discard(step_id)
+            return
+        st = self.st(step_id)
+        st.error, st.ended_at = None, None
+        if st.map is None:
+            self.dispatch(step_id, cur.attempt + 1, cur.iteration)
+            return
+        st.status = QUEUED
+        for idx, inst in list(st.map.active.items()):
+            self.dispatch_instance(step_id, idx, inst.attempt + 1)
 
     def on_failed(self, e: Event) -> None:
         self.catch_up(e)
@@ -406,9 +455,12 @@ class _Tx:
         if s.terminal:
             return
         if t.kind == "run_timeout":
+            if t.seqno != s.reopened:
+                return  # the deadline of the run before a replay reopened it
             timeout = self.defn.timeout.total_seconds() if self.defn.timeout else 0
             error = f"workflow '{s.workflow}' timed out after {timeout:g}s"
-            self.publish(self.event(ev.WORKFLOW_FAILED, payload={"error": error}))
+            payload = {"error": error}
+            self.publish(self.event(ev.WORKFLOW_FAILED, payload=payload, attempt=s.reopened))
             return
         cur = s.step(t.step_id)
         if t.kind == "loop" and cur.status == WAITING and cur.iteration + 1 == t.seqno:
@@ -654,7 +706,7 @@ class _Tx:
         for sid, cur in s.steps.items():
             if cur.status not in STEP_TERMINAL:
                 st = self.st(sid)
-                st.status, st.due_at = "cancelled", None
+                st.status, st.due_at = CANCELLED, None
         # Tasks decided earlier in this transaction are for steps just cancelled.
         for a in [a for a in self.actions if isinstance(a, Dispatch)]:
             self.actions.remove(a)
@@ -668,7 +720,7 @@ class _Tx:
                 payload = {"output": output} if _small(output) else {"output_steps": True}
             else:
                 payload = {"error": error}
-            self.publish(self.event(type_, payload=payload))
+            self.publish(self.event(type_, payload=payload, attempt=s.reopened))
         self.actions.append(RunEnded(status))
 
 
@@ -678,8 +730,11 @@ _NO_OUTBOX: dict = {}  # shared by compacted runs; advance copies before writing
 def compact(state: RunState) -> RunState:
     """A finished run without what only an unfinished run needs: step inputs and outputs
     (the run's own output stays), map outputs. Cuts a finished ten-step run from ~6 KB to
-    ~2 KB of memory; statuses, attempts, times and errors stay for views."""
-    if not state.terminal or state.outbox is _NO_OUTBOX:  # running, or compacted already
+    ~2 KB of memory; statuses, attempts, times and errors stay for views. A failed run is
+    kept whole: a dead-letter replay may resume it."""
+    if state.status != RUN_COMPLETED and state.status != RUN_CANCELLED:
+        return state  # running, or failed
+    if state.outbox is _NO_OUTBOX:  # compacted already
         return state
     out = state.clone()
     out.steps = {}

@@ -28,8 +28,8 @@ def dumps(value: Any) -> bytes:
 
 loads = orjson.loads
 
-# Event types (WIRE.md) plus two of ours: step.skipped, step.map.instance.failed use the
-# same envelope.
+# Event types (WIRE.md) plus ours, in the same envelope: step.skipped, and step.replayed
+# (a dead letter replayed: the failed run resumes at that step).
 WORKFLOW_STARTED = "workflow.started"
 WORKFLOW_COMPLETED = "workflow.completed"
 WORKFLOW_FAILED = "workflow.failed"
@@ -45,6 +45,7 @@ AGENT_LOOP_ITERATION = "agent.loop.iteration"
 MAP_STARTED = "step.map.started"
 MAP_INSTANCE_COMPLETED = "step.map.instance.completed"
 MAP_COMPLETED = "step.map.completed"
+STEP_REPLAYED = "step.replayed"
 
 RUN_TERMINAL_EVENTS = frozenset({WORKFLOW_COMPLETED, WORKFLOW_FAILED, WORKFLOW_CANCELLED})
 
@@ -140,7 +141,9 @@ class Event:
     @property
     def msg_id(self) -> str:
         """``Nats-Msg-Id`` of this event (WIRE.md), extended for map instances and loops."""
-        if not self.step_id:
+        if not self.step_id:  # a run reopened by a replay numbers its later run events
+            if self.attempt_number:
+                return f"{self.run_id}.{self.type}.{self.attempt_number}"
             return f"{self.run_id}.{self.type}"
         parts = [self.run_id, self.step_id]
         if self.map_index is not None:

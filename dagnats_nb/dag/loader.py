@@ -193,6 +193,8 @@ def workflow_to_dict(defn: WorkflowDef) -> dict[str, Any]:
             out[key] = copy.deepcopy(getattr(defn, key))
     if defn.triggers:
         out["triggers"] = copy.deepcopy(defn.triggers)
+    if defn.sticky:  # the reference's field; its published schema does not list it yet
+        out["sticky"] = defn.sticky
     return out
 
 

@@ -288,6 +288,9 @@ class WorkflowDef(_Model):
     input_schema: Any = None
     output_schema: Any = None
     triggers: list[dict[str, Any]] | None = None
+    # Worker affinity, the reference's WorkflowDef.Sticky (absent from its published schema):
+    # after the first completed step, a run's tasks go to the worker that completed it.
+    sticky: Literal["soft", "hard"] | None = None
 
     @model_validator(mode="before")
     @classmethod

@@ -117,6 +117,9 @@ class RunState:
     outbox: dict[str, tuple[Event, TaskPayload | None]] = field(default_factory=dict)
     last_seq: int = 0
     event_count: int = 0
+    reopened: int = 0  # times a dead-letter replay resumed the failed run
+    resumed_at: float | None = None  # the last reopening: the run's timeout counts from it
+    bound_worker: str = ""  # sticky workflows: the worker that completed the first step
 
     def clone(self) -> RunState:
         """A shallow copy (much faster than ``copy.copy`` on a slotted dataclass)."""
@@ -136,6 +139,9 @@ class RunState:
             self.outbox,
             self.last_seq,
             self.event_count,
+            self.reopened,
+            self.resumed_at,
+            self.bound_worker,
         )
 
     def step(self, step_id: str) -> StepState:

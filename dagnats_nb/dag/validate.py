@@ -134,6 +134,7 @@ def validate(defn: WorkflowDef) -> list[str]:
     for i, s in enumerate(defn.steps):
         out += _step_problems(defn, s, s.id or i, by_id)
     out += _trigger_problems(defn)
+    out += _sticky_problems(defn)
     for cycle in find_cycles(defn):
         out.append(problem(name, None, None, "cycle between steps " + " -> ".join(cycle)))
     return out
@@ -354,4 +355,20 @@ def _trigger_problems(defn: WorkflowDef) -> list[str]:
             for key in _TRIGGER_KINDS[kind]:
                 if key not in spec:
                     out.append(problem(defn.name, None, f"{field}.{kind}.{key}", "is required"))
+    return out
+
+
+def _sticky_problems(defn: WorkflowDef) -> list[str]:
+    """The reference's rules: hard affinity needs a timeout (a run waits for its worker),
+    and per-step worker groups would contradict the binding."""
+    if defn.sticky is None:
+        return []
+    out = []
+    if defn.sticky == "hard" and defn.timeout is None:
+        why = "hard affinity needs a workflow timeout (a run waits for its bound worker)"
+        out.append(problem(defn.name, None, "sticky", why))
+    for s in defn.steps:
+        if s.worker_group:
+            why = "sticky workflows cannot route steps to a worker_group; remove one of them"
+            out.append(problem(defn.name, s.id, "worker_group", why))
     return out

@@ -129,9 +129,21 @@ def cancel(run_id: str | Run) -> Run:
     return run
 
 
-def dlq(limit: int = 100) -> pd.DataFrame:
-    """Dead letters (steps that failed for good): time, task, run_id, step_id, attempts, error."""
-    return default.engine(start=False).dead_letters(limit)
+def dlq(
+    limit: int = 1000, *, workflow: str | None = None, run: str | Run | None = None
+) -> pd.DataFrame:
+    """Dead letters (steps that failed for good): seq, time, workflow, task, run_id, step_id,
+    attempts, error; of one workflow and/or run when named."""
+    run_id = resolve_run(run).id if run is not None else None
+    return default.engine(start=False).dlq(workflow, run_id, limit=limit)
+
+
+def dlq_replay(
+    seq: int | None = None, *, run: str | Run | None = None, dry_run: bool = False
+) -> list[dict]:
+    """Replay a dead letter (``seq``, or the newest of ``run``): the run resumes."""
+    run_id = resolve_run(run).id if run is not None else None
+    return default.engine(start=False).dlq_replay(seq, run=run_id, dry_run=dry_run)
 
 
 def config() -> pd.DataFrame:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pandas as pd
 import yaml
 from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_expand
 from IPython.core.magic_arguments import MagicArgumentParser
@@ -36,7 +37,8 @@ HELP = """\
   steps RUN_ID | events RUN_ID             a run's steps / history (DataFrame)
   cancel RUN_ID                            cancel a run
   watch RUN_ID                             a live view of a run (returns at once)
-  dlq [--limit N]                          dead letters (DataFrame)
+  dlq [--workflow W] [--run R] [--limit N] dead letters (DataFrame)
+  dlq replay SEQ | --run R [--dry-run]     resume a failed run at its dead-lettered step
   config                                   settings and where they come from (DataFrame)
   streams | lag | kv | account             JetStream stats (DataFrames)
   health                                   the checklist's health rules, warnings first
@@ -94,7 +96,13 @@ def _parser() -> MagicArgumentParser:
     s.add_argument("--timeout", type=float)
     for name in ("steps", "events", "cancel", "watch"):
         cmd(name).add_argument("run_id")
-    cmd("dlq").add_argument("--limit", type=int, default=100)
+    s = cmd("dlq")
+    s.add_argument("action", nargs="?", default="list", choices=["list", "replay"])
+    s.add_argument("seq", nargs="?", type=int)
+    s.add_argument("--workflow")
+    s.add_argument("--run")
+    s.add_argument("--limit", type=int, default=1000)
+    s.add_argument("--dry-run", action="store_true")
     cmd("config")
     for name in ("streams", "lag", "kv", "account", "health"):
         cmd(name)
@@ -258,7 +266,17 @@ class Dagnats(Magics):
         return run
 
     def _dlq(self, args: Any, ex: Expander, cell: Any) -> Any:
-        return console.dlq(args.limit)
+        run = ex.value(args.run) if args.run else None
+        if args.action == "list":
+            return console.dlq(args.limit, workflow=args.workflow, run=run)
+        rows = console.dlq_replay(args.seq, run=run, dry_run=args.dry_run)
+        for r in rows:
+            verb = "would replay" if args.dry_run else "replayed"
+            print(
+                f"{verb} dead letter {r['seq']}: run {r['run_id']} step '{r['step_id']}' "
+                f"as attempt {r['attempt']}" + ("" if args.dry_run else f"; run {r['status']}")
+            )
+        return pd.DataFrame(rows)
 
     def _config(self, args: Any, ex: Expander, cell: Any) -> Any:
         return console.config()
