@@ -634,6 +634,48 @@ class Engine(Observing):
     async def expand(self, value: Any) -> Any:
         return await self.payloads.expand(value)
 
+    # -- backup and restore (dagnats_nb.backup) -------------------------------------------
+
+    def backup(self, dir: str | os.PathLike, streams: list[str] | None = None, progress=None):
+        """Snapshot the engine's streams (default: history, task queues, definitions, runs)
+        to ``dir/<STREAM>/`` as ``nats stream backup`` does; a DataFrame, one row per stream
+        (stream, messages, bytes, first_seq, last_seq, seconds, mb_per_s). A progress bar
+        shows in Jupyter; ``progress(stream, done_bytes, total_bytes)`` replaces it."""
+        from . import backup as b
+
+        progress = progress or b.default_progress("backing up")
+        return b.results_frame(self._call(b.engine_backup(self, dir, streams, progress)))
+
+    async def backup_async(self, dir, streams=None, progress=None):
+        from . import backup as b
+
+        progress = progress or b.default_progress("backing up")
+        rows = await self._call_async(b.engine_backup(self, dir, streams, progress))
+        return b.results_frame(rows)
+
+    def restore(
+        self,
+        dir: str | os.PathLike,
+        force: bool = False,
+        streams: list[str] | None = None,
+        progress=None,
+    ):
+        """Restore the streams backed up in ``dir`` (or only ``streams``); existing streams
+        only with ``force``. The running engine pauses its workers and orchestrator, and
+        starts them again on the restored streams (runs are rebuilt by replay)."""
+        from . import backup as b
+
+        progress = progress or b.default_progress("restoring")
+        rows = self._call(b.engine_restore(self, dir, force, streams, progress))
+        return b.results_frame(rows)
+
+    async def restore_async(self, dir, force=False, streams=None, progress=None):
+        from . import backup as b
+
+        progress = progress or b.default_progress("restoring")
+        rows = await self._call_async(b.engine_restore(self, dir, force, streams, progress))
+        return b.results_frame(rows)
+
     # -- llm -----------------------------------------------------------------------------
 
     async def _start_llm(self) -> None:

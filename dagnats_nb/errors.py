@@ -40,3 +40,7 @@ class EngineLocked(ServerError):
 
 class RunError(DagnatsError):
     """A run could not be started, or failed while a caller waited on it."""
+
+
+class BackupError(DagnatsError):
+    """A stream backup or restore failed, or a backup folder is not usable."""
