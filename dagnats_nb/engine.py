@@ -26,6 +26,7 @@ from nats.js.errors import APIError, KeyNotFoundError, NoKeysError, NotFoundErro
 from . import dead_letters as dlq
 from . import protocol as p
 from . import resources
+from .bridge import Bridge
 from .config import Settings, load_settings
 from .dag import WorkflowDef, load_workflow
 from .dag.advance import replay
@@ -33,6 +34,7 @@ from .dead_letters import dead_letters_frame, read_dead_letters
 from .engine_observe import Observing
 from .errors import DagnatsError, RunError, ServerError
 from .handlers import make_handler
+from .hooks import Webhooks
 from .http import HTTPServer
 from .loop import LoopThread
 from .observe import sampler
@@ -83,6 +85,7 @@ class Engine(Observing):
             "workers": False,
         }
         self.http: HTTPServer | None = None
+        self.bridge: Bridge | None = None  # the HTTP worker bridge (bridge_token set)
         self._sampler: sampler.Sampler | None = None
         self.http_url: str | None = None
         self.llm = None  # the built-in llm task type (dagnats_nb.llm.LLMService)
@@ -184,9 +187,12 @@ class Engine(Observing):
         self._started["server"] = True
         s = self.settings
         if s.http_addr:  # first, so /ready can say what start-up waits for
-            self.http = HTTPServer(
-                {("GET", "/health"): self._http_health, ("GET", "/ready"): self._http_ready}
-            )
+            routes = {("GET", "/health"): self._http_health, ("GET", "/ready"): self._http_ready}
+            routes.update(Webhooks(self).routes())  # each trigger is off without a secret
+            if s.bridge_token:
+                self.bridge = Bridge(self)
+                routes.update(self.bridge.routes())
+            self.http = HTTPServer(routes)
             self.http_url = await self.http.start(s.http_addr)
         max_age = s.runs_max_age.total_seconds() if s.runs_max_age else None
         streams = resources.streams_for(max_age, s.history_max_bytes, s.max_store_bytes)
@@ -220,6 +226,8 @@ class Engine(Observing):
     async def _stop_async(self) -> None:
         if self.http is not None:
             await self.http.stop()
+        if self.bridge is not None:
+            await self.bridge.stop()
         if self._sampler is not None:
             await self._sampler.stop()
         # Without a connection there is nothing to drain or deregister: do not wait for it.

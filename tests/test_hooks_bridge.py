@@ -1,0 +1,495 @@
+"""Webhook triggers (HMAC-signed POST /hooks/{path}) and the HTTP worker bridge, through the
+real HTTP endpoint of a real engine. The bridge "workers" here are plain httpx clients,
+standing for workers written in another language."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import threading
+import time
+
+import httpx
+import pytest
+
+import dagnats_nb as dn
+from dagnats_nb import bridge as br
+from dagnats_nb import hooks
+from dagnats_nb.dag import load_workflow
+from dagnats_nb.http import match
+
+GLOBAL = "global-secret-for-tests"
+OWN = "trigger-own-secret-123"
+TOKEN = "bridge-token-for-tests"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def echo_wf(name: str, path: str, secret: str | None = None, **extra) -> dict:
+    hook: dict = {"path": path}
+    if secret:
+        hook["secret"] = secret
+    return {
+        "name": name,
+        "steps": [{"id": "echo", "task": "echo"}],
+        "triggers": [{"id": f"{name}-hook", "webhook": hook, **extra}],
+    }
+
+
+def one_step(name: str, task: str, **extra) -> dict:
+    return {"name": name, "steps": [{"id": "work", "task": task}], **extra}
+
+
+@pytest.fixture(scope="module")
+def eng(tmp_path_factory):
+    e = dn.Engine.start(
+        data_dir=tmp_path_factory.mktemp("hooks") / "e",
+        http_addr="127.0.0.1:0",
+        webhook_secret=GLOBAL,
+        bridge_token=TOKEN,
+        webhook_max_body="4KiB",
+        ack_wait="2s",
+        llm_enabled=False,
+    )
+
+    @e.task("echo")
+    def echo(ctx):
+        return ctx.input
+
+    e.register(echo_wf("on_push", "github/push"))
+    e.register(echo_wf("own_secret", "/own/", OWN))
+    e.register(echo_wf("disabled", "off", enabled=False))
+    try:
+        yield e
+    finally:
+        e.stop()
+
+
+@pytest.fixture(scope="module")
+def http(eng):
+    with httpx.Client(base_url=eng.http_url, timeout=70) as client:
+        yield client
+
+
+def post_hook(http, path: str, body: bytes, secret: str | None, header="X-Dagnats-Signature", **h):
+    headers = {"Content-Type": "application/json", **h}
+    if secret is not None:
+        headers[header] = hooks.sign(secret, body)
+    return http.post(f"/hooks/{path}", content=body, headers=headers)
+
+
+def run_ids(eng) -> set[str]:
+    return set(eng.runs()["run_id"])
+
+
+# -- pure parts -------------------------------------------------------------------------
+
+
+def test_signature_is_hmac_sha256_hex_and_checked_exactly():
+    body = b'{"a": 1}'
+    sig = hooks.sign("k", body)
+    assert sig.startswith("sha256=")
+    assert sig[7:] == hmac.new(b"k", body, hashlib.sha256).hexdigest()
+    assert hooks.verify("k", body, sig)
+    assert hooks.verify("k", body, sig.upper().replace("SHA256=", "sha256="))
+    assert not hooks.verify("k", body + b" ", sig)
+    assert not hooks.verify("other", body, sig)
+    assert not hooks.verify("k", body, sig.replace("sha256=", "sha1="))
+    assert not hooks.verify("k", body, None)
+    assert not hooks.verify("k", body, "")
+    assert not hooks.verify("", body, hooks.sign("", body))
+    assert hooks.signature({"x-hub-signature-256": "sha256=ab"}) == "sha256=ab"
+    both = {"x-dagnats-signature": "sha256=cd", "x-hub-signature-256": "sha256=ab"}
+    assert hooks.signature(both) == "sha256=cd"
+    assert hooks.signature({}) is None
+
+
+def test_webhook_index_by_path_skips_disabled_and_reports_a_path_used_twice():
+    a = load_workflow(echo_wf("a", "/x/y/", "s"))
+    b = load_workflow(echo_wf("b", "x/y"))
+    c = load_workflow(echo_wf("c", "z", enabled=False))
+    d = load_workflow({"name": "d", "steps": [{"id": "s", "task": "t"}]})
+    index, problems = hooks.webhook_index([b, a, c, d])
+    assert index == {"x/y": hooks.Hook("x/y", "a", "a-hook", "s")}
+    assert problems == [
+        "webhook path /hooks/x/y of workflow 'b' trigger 'b-hook' is already used by "
+        "workflow 'a': give one of them another path"
+    ]
+
+
+def test_body_and_delivery_id_parsing():
+    assert hooks.parse_body(b'{"k": [1, 2]}') == {"k": [1, 2]}
+    with pytest.raises(hooks.HookError, match="webhook body is not JSON"):
+        hooks.parse_body(b"k=v")
+    with pytest.raises(hooks.HookError, match="webhook body is not JSON"):
+        hooks.parse_body(b"\xff\xfe")
+    guid = "72d3162e-cc78-11e3-81ab-4c9367dc0958"
+    assert hooks.delivery_run_id({"x-github-delivery": guid}) == guid
+    assert hooks.delivery_run_id({"x-dagnats-delivery": "d1", "x-github-delivery": "d2"}) == "d1"
+    assert hooks.delivery_run_id({"x-dagnats-delivery": "a.b"}) is None
+    assert hooks.delivery_run_id({"x-dagnats-delivery": "x" * 129}) is None
+    assert hooks.delivery_run_id({}) is None
+
+
+def test_route_patterns():
+    assert match("/health", "/health") == {}
+    assert match("/health", "/health/") is None
+    assert match("/hooks/{path...}", "/hooks/a/b%20c/") == {"path": "a/b c"}
+    assert match("/hooks/{path...}", "/hooks/") is None
+    assert match("/v1/tasks/{task_id}/resolve", "/v1/tasks/R1.s.2/resolve") == {"task_id": "R1.s.2"}
+    assert match("/v1/tasks/{task_id}/resolve", "/v1/tasks//resolve") is None
+    assert match("/v1/tasks/{task_id}/resolve", "/v1/tasks/a/b/resolve") is None
+    assert match("/v1/tasks/{task_id}/resolve", "/v1/tasks/a") is None
+
+
+def test_bridge_request_parsing():
+    assert br.parse_poll(b'{"task_types": ["a", "b", "a"]}') == br.PollRequest(("a", "b"), 1, 5000)
+    capped = br.parse_poll(b'{"task_types": ["a"], "max_tasks": 9999, "timeout_ms": 999999}')
+    assert (capped.max_tasks, capped.timeout_ms) == (br.MAX_TASKS, br.MAX_TIMEOUT_MS)
+    bad = {
+        b"[]": "poll body must be a JSON object",
+        b"{nope": "poll body is not JSON",
+        b"{}": "field 'task_types' must be a non-empty list",
+        b'{"task_types": ["a.b"]}': "field 'task_types'",
+        b'{"task_types": ["a"], "max_tasks": 0}': "field 'max_tasks' must be an integer >= 1",
+        b'{"task_types": ["a"], "timeout_ms": "5s"}': "field 'timeout_ms' must be an integer",
+        b'{"task_types": ["a"], "worker_id": 3}': "field 'worker_id' must be a string",
+    }
+    for body, why in bad.items():
+        with pytest.raises(br.BridgeError, match=why):
+            br.parse_poll(body)
+    ok = br.parse_resolve(b'{"action": "fail", "failure_type": "retry_after", "retry_after_ms": 5}')
+    assert (ok.action, ok.failure_type, ok.retry_after_ms) == ("fail", "retry_after", 5)
+    assert br.failure_payload(ok) == {
+        "error": "failed by a bridge worker",
+        "failure_type": "retry_after",
+        "retry_after_ms": 5,
+    }
+    bad = {
+        b'{"action": "continue"}': "action continue is not supported by dagnats-nb",
+        b"{}": "field 'action' must be one of complete, fail, heartbeat",
+        b'{"action": "fail", "failure_type": "later"}': "field 'failure_type' must be one of",
+        b'{"action": "fail", "failure_type": "retry_after"}': "needs field 'retry_after_ms'",
+        b'{"action": "fail", "error": 5}': "field 'error' must be a string",
+        b'{"action": "complete", "duration_ms": -1}': "field 'duration_ms' must be a number",
+    }
+    for body, why in bad.items():
+        with pytest.raises(br.BridgeError, match=why):
+            br.parse_resolve(body)
+    assert br.bearer_ok("Bearer tok", "tok") and br.bearer_ok("bearer  tok ", "tok")
+    assert not br.bearer_ok("Bearer tok2", "tok") and not br.bearer_ok("Basic tok", "tok")
+    assert not br.bearer_ok(None, "tok") and not br.bearer_ok("Bearer ", "")
+
+
+# -- webhooks ---------------------------------------------------------------------------
+
+
+def test_valid_signature_starts_a_run_with_the_body_as_input(eng, http):
+    body = json.dumps({"ref": "refs/heads/main", "commits": [1, 2]}).encode()
+    resp = post_hook(http, "github/push", body, GLOBAL)
+    assert resp.status_code == 202, resp.text
+    reply = resp.json()
+    assert reply["workflow"] == "on_push" and reply["trigger"] == "on_push-hook"
+    run = dn.Run(eng, reply["run_id"], "on_push")
+    run.wait(10)
+    assert run.status == "completed"
+    assert run.output == {"ref": "refs/heads/main", "commits": [1, 2]}
+    # a leading or trailing slash on the request path is the same hook
+    resp = post_hook(http, "github/push/", b"[1]", GLOBAL)
+    assert resp.status_code == 202
+    assert dn.Run(eng, resp.json()["run_id"], "on_push").wait(10).output == [1]
+
+
+def test_missing_wrong_or_altered_signature_is_401_and_starts_no_run(eng, http):
+    before = run_ids(eng)
+    body = b'{"amount": 10}'
+    signed = hooks.sign(GLOBAL, body)
+    attempts = [
+        post_hook(http, "github/push", body, None),  # no signature
+        post_hook(http, "github/push", body, "not-the-secret"),  # wrong secret
+        post_hook(http, "github/push", body, OWN),  # another trigger's secret
+        # a captured valid signature replayed with another body
+        http.post(
+            "/hooks/github/push",
+            content=b'{"amount": 9999}',
+            headers={"X-Dagnats-Signature": signed},
+        ),
+        http.post("/hooks/github/push", content=body, headers={"X-Dagnats-Signature": signed[7:]}),
+        http.post("/hooks/github/push", content=body, headers={"X-Dagnats-Signature": "sha256="}),
+    ]
+    for resp in attempts:
+        assert resp.status_code == 401, resp.text
+        assert "missing or invalid signature" in resp.json()["error"]
+    time.sleep(0.5)  # a started run would show by now
+    assert run_ids(eng) == before
+
+
+def test_github_header_and_delivery_id_start_one_run(eng, http):
+    body = b'{"action": "opened"}'
+    delivery = "72d3162e-cc78-11e3-81ab-4c9367dc0958"
+    first = post_hook(
+        http,
+        "github/push",
+        body,
+        GLOBAL,
+        header="X-Hub-Signature-256",
+        **{"X-GitHub-Delivery": delivery},
+    )
+    assert first.status_code == 202, first.text
+    assert first.json()["run_id"] == delivery
+    assert dn.Run(eng, delivery, "on_push").wait(10).output == {"action": "opened"}
+    again = post_hook(
+        http,
+        "github/push",
+        body,
+        GLOBAL,
+        header="X-Hub-Signature-256",
+        **{"X-GitHub-Delivery": delivery},
+    )
+    assert again.status_code == 200 and again.json()["duplicate"] is True
+    assert sorted(eng.runs()["run_id"]).count(delivery) == 1
+    # GitHub's header is checked as strictly as ours
+    wrong = post_hook(http, "github/push", body, "nope", header="X-Hub-Signature-256")
+    assert wrong.status_code == 401
+
+
+def test_a_trigger_secret_replaces_the_global_one(eng, http):
+    before = run_ids(eng)
+    assert post_hook(http, "own", b"{}", GLOBAL).status_code == 401
+    time.sleep(0.3)
+    assert run_ids(eng) == before
+    resp = post_hook(http, "own", b'{"x": 1}', OWN)
+    assert resp.status_code == 202 and resp.json()["workflow"] == "own_secret"
+    assert dn.Run(eng, resp.json()["run_id"], "own_secret").wait(10).output == {"x": 1}
+
+
+def test_bad_requests_to_a_hook(eng, http):
+    before = run_ids(eng)
+    big = json.dumps({"pad": "x" * 5000}).encode()
+    resp = post_hook(http, "github/push", big, GLOBAL)
+    assert resp.status_code == 413 and "4096 bytes" in resp.json()["error"]
+
+    def chunks():  # no Content-Length: the limit holds while reading
+        yield big[:3000]
+        yield big[3000:]
+
+    chunked = http.post(
+        "/hooks/github/push",
+        content=chunks(),
+        headers={"X-Dagnats-Signature": hooks.sign(GLOBAL, big)},
+    )
+    assert chunked.status_code == 413
+    resp = post_hook(http, "github/push", b"ref=main", GLOBAL)
+    assert resp.status_code == 400 and "webhook body is not JSON" in resp.json()["error"]
+    assert post_hook(http, "nowhere", b"{}", GLOBAL).status_code == 404
+    assert post_hook(http, "off", b"{}", GLOBAL).status_code == 404  # enabled: false
+    assert http.get("/hooks/github/push").status_code == 405
+    assert http.get("/health").status_code == 200
+    time.sleep(0.3)
+    assert run_ids(eng) == before
+
+
+def test_a_hook_registered_elsewhere_is_found_in_kv(eng, http):
+    other = dn.Engine.connect(data_dir=eng.settings.data_dir)
+    try:
+        other.register(echo_wf("from_elsewhere", "elsewhere"))
+    finally:
+        other.stop()
+    time.sleep(hooks.REFRESH_EVERY)  # KV is re-read on a miss at most once a second
+    resp = post_hook(http, "elsewhere", b'"hi"', GLOBAL)
+    assert resp.status_code == 202, resp.text
+    assert dn.Run(eng, resp.json()["run_id"], "from_elsewhere").wait(10).output == "hi"
+
+
+def test_without_any_secret_hooks_are_off_and_without_a_token_the_bridge_is(tmp_path):
+    with dn.Engine.start(data_dir=tmp_path / "e", http_addr="127.0.0.1:0", llm_enabled=False) as e:
+
+        @e.task("echo")
+        def echo(ctx):
+            return ctx.input
+
+        e.register(echo_wf("plain", "plain"))
+        e.register(echo_wf("guarded", "guarded", OWN))
+        with httpx.Client(base_url=e.http_url, timeout=10) as http:
+            for secret in (None, "", GLOBAL):
+                assert post_hook(http, "plain", b"{}", secret).status_code == 404
+            resp = post_hook(http, "guarded", b"[2]", OWN)  # its own secret turns it on
+            assert resp.status_code == 202
+            assert dn.Run(e, resp.json()["run_id"], "guarded").wait(10).output == [2]
+            assert list(e.runs()["workflow"]) == ["guarded"]
+            poll = http.post("/v1/tasks/poll", json={"task_types": ["echo"]}, headers=AUTH)
+            assert poll.status_code == 404
+            assert http.post("/v1/tasks/x/resolve", json={}, headers=AUTH).status_code == 404
+        assert e.bridge is None
+
+
+# -- the worker bridge ------------------------------------------------------------------
+
+
+def poll(http, *types: str, n: int = 1, timeout_ms: int = 5000, **extra) -> list[dict]:
+    body = {"task_types": list(types), "max_tasks": n, "timeout_ms": timeout_ms, **extra}
+    resp = http.post("/v1/tasks/poll", json=body, headers=AUTH)
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
+def resolve(http, task_id: str, **body) -> httpx.Response:
+    return http.post(f"/v1/tasks/{task_id}/resolve", json=body, headers=AUTH)
+
+
+def test_bridge_refuses_a_missing_or_wrong_token(eng, http):
+    eng.register(one_step("guarded_queue", "ext_guard"))
+    run = eng.start_run("guarded_queue", {"n": 1})
+    body = {"task_types": ["ext_guard"], "timeout_ms": 200}
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"}):
+        resp = http.post("/v1/tasks/poll", json=body, headers=headers)
+        assert resp.status_code == 401 and resp.headers["www-authenticate"].startswith("Bearer")
+        assert "bearer token" in resp.json()["error"]
+        resp = http.post(
+            f"/v1/tasks/{run.id}.work/resolve", json={"action": "complete"}, headers=headers
+        )
+        assert resp.status_code == 401
+    assert run.status == "running"
+    [task] = poll(http, "ext_guard")  # the refused polls took nothing
+    assert task["run_id"] == run.id
+    assert resolve(http, task["task_id"], action="complete", output=1).status_code == 200
+    assert run.wait(10).output == 1
+
+
+def test_bridge_worker_completes_one_task_and_fails_another(eng, http):
+    eng.register(one_step("ext_ok_wf", "ext_ok"))
+    retry = {"max_attempts": 5, "strategy": "fixed", "initial_delay": "10ms"}
+    eng.register(one_step("ext_bad_wf", "ext_bad", default_retry=retry))
+    ok = eng.start_run("ext_ok_wf", {"name": "ada"})
+    bad = eng.start_run("ext_bad_wf", [1, 2])
+    tasks: list[dict] = []
+    deadline = time.monotonic() + 10
+    while len(tasks) < 2 and time.monotonic() < deadline:
+        tasks += poll(http, "ext_ok", "ext_bad", n=2, worker_id="go-worker-1")
+    by_run = {t["run_id"]: t for t in tasks}
+    assert set(by_run) == {ok.id, bad.id}
+    t_ok = by_run[ok.id]
+    assert t_ok == {
+        "task_id": f"{ok.id}.work",
+        "run_id": ok.id,
+        "step_id": "work",
+        "iteration": 0,
+        "attempt": 1,
+        "input": {"name": "ada"},
+        "task": "ext_ok",
+        "workflow_name": "ext_ok_wf",
+    }
+    resp = resolve(http, t_ok["task_id"], action="complete", output={"hi": "ada"}, duration_ms=12)
+    assert resp.status_code == 200 and resp.json()["status"] == "completed"
+    assert ok.wait(10).status == "completed" and ok.output == {"hi": "ada"}
+    events = eng.events(ok.id)
+    done = events[events["type"] == "step.completed"].iloc[0]
+    assert done["worker_id"] == "go-worker-1"
+    # the same task cannot be resolved twice
+    assert resolve(http, t_ok["task_id"], action="complete").status_code == 404
+
+    t_bad = by_run[bad.id]
+    assert t_bad["input"] == [1, 2]
+    resp = resolve(
+        http, t_bad["task_id"], action="fail", error="card declined", failure_type="non_retriable"
+    )
+    assert resp.status_code == 200 and resp.json()["status"] == "failed"
+    assert bad.wait(10).status == "failed"
+    assert "card declined" in bad.error
+    dead = eng.dead_letters()
+    row = dead[dead["run_id"] == bad.id]
+    assert len(row) == 1 and row.iloc[0]["attempts"] == 1
+
+
+def test_a_retriable_failure_is_retried_and_polled_again(eng, http):
+    retry = {"max_attempts": 3, "strategy": "fixed", "initial_delay": "10ms"}
+    eng.register(one_step("ext_retry_wf", "ext_retry", default_retry=retry))
+    run = eng.start_run("ext_retry_wf", "x")
+    [first] = poll(http, "ext_retry")
+    assert resolve(http, first["task_id"], action="fail", error="flaky").status_code == 200
+    [second] = poll(http, "ext_retry")
+    assert (second["task_id"], second["attempt"]) == (first["task_id"], 2)
+    assert resolve(http, second["task_id"], action="complete", output="y").status_code == 200
+    assert run.wait(10).output == "y"
+
+
+def test_heartbeat_keeps_a_task_past_the_ack_wait(eng, http):
+    eng.register(one_step("ext_slow_wf", "ext_slow"))
+    run = eng.start_run("ext_slow_wf", 7)
+    [task] = poll(http, "ext_slow")
+    stop = threading.Event()
+    beats: list[int] = []
+
+    def beat() -> None:
+        with httpx.Client(base_url=eng.http_url, timeout=10) as c:
+            while not stop.wait(0.5):
+                beats.append(resolve(c, task["task_id"], action="heartbeat").status_code)
+
+    beater = threading.Thread(target=beat)
+    beater.start()
+    try:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 3.5:  # ack_wait is 2 s
+            assert poll(http, "ext_slow", timeout_ms=500) == []  # not delivered again
+    finally:
+        stop.set()
+        beater.join()
+    assert beats and set(beats) == {200}
+    assert resolve(http, task["task_id"], action="complete", output=8).status_code == 200
+    assert run.wait(10).output == 8
+
+
+def test_an_unresolved_task_is_delivered_again_after_the_ack_wait(eng, http):
+    eng.register(one_step("ext_lost_wf", "ext_lost"))
+    run = eng.start_run("ext_lost_wf", "in")
+    [first] = poll(http, "ext_lost")
+    t0 = time.monotonic()
+    [again] = poll(http, "ext_lost", timeout_ms=6000)  # the first worker "died"
+    assert again["task_id"] == first["task_id"] and again["attempt"] == 1
+    assert 1.5 < time.monotonic() - t0 < 5
+    assert resolve(http, again["task_id"], action="complete", output="out").status_code == 200
+    assert run.wait(10).output == "out"
+
+
+def test_map_instances_through_the_bridge(eng, http):
+    wf = {
+        "name": "ext_map_wf",
+        "steps": [  # an in-kernel step, then a map step done by the bridge worker
+            {"id": "items", "task": "echo"},
+            {"id": "each", "task": "ext_map", "type": "map", "depends_on": ["items"]},
+        ],
+    }
+    eng.register(wf)
+    run = eng.start_run("ext_map_wf", [1, 2, 3])
+    tasks: list[dict] = []
+    while len(tasks) < 3:
+        tasks += poll(http, "ext_map", n=3)
+    assert sorted(t["map_index"] for t in tasks) == [0, 1, 2]
+    for t in tasks:
+        assert t["task_id"] == f"{run.id}.each.{t['map_index']}"
+        assert (
+            resolve(http, t["task_id"], action="complete", output=t["input"] * 10).status_code
+            == 200
+        )
+    assert run.wait(10).output == [10, 20, 30]
+
+
+def test_bridge_bad_requests(eng, http):
+    eng.register(one_step("ext_misc_wf", "ext_misc"))
+    run = eng.start_run("ext_misc_wf", None)
+    resp = resolve(http, "no-such-task", action="complete")
+    assert resp.status_code == 404 and "no polled task no-such-task" in resp.json()["error"]
+    resp = http.post("/v1/tasks/poll", content=b"{oops", headers=AUTH)
+    assert resp.status_code == 400 and "poll body is not JSON" in resp.json()["error"]
+    resp = http.post("/v1/tasks/poll", json={"max_tasks": 1}, headers=AUTH)
+    assert resp.status_code == 400 and "task_types" in resp.json()["error"]
+    [task] = poll(http, "ext_misc")
+    resp = resolve(http, task["task_id"], action="continue")
+    assert resp.status_code == 400
+    assert resp.json()["error"].startswith("action continue is not supported by dagnats-nb")
+    resp = resolve(http, task["task_id"], action="fail", failure_type="sometimes")
+    assert resp.status_code == 400
+    assert run.status == "running"  # a refused resolution changes nothing
+    assert resolve(http, task["task_id"], action="complete", output=None).status_code == 200
+    assert run.wait(10).status == "completed"
+    assert poll(http, "ext_misc", timeout_ms=0) == []
