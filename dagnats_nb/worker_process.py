@@ -182,7 +182,7 @@ class WorkerProcess:
             self._nc = await nats.connect(
                 self.url,
                 name=f"dagnats-worker {self.worker_id}",
-                max_reconnect_attempts=-1,
+                max_reconnect_attempts=3,  # at start; forever once connected (below)
                 reconnect_time_wait=0.5,
                 connect_timeout=5,
                 allow_reconnect=True,
@@ -191,7 +191,12 @@ class WorkerProcess:
                 reconnected_cb=_on_reconnect,
             )
         except Exception as exc:
-            raise ServerError(f"cannot connect to NATS at {self.url}: {exc}") from None
+            why = str(exc) or type(exc).__name__
+            raise ServerError(
+                f"cannot connect to NATS at {self.url} ({why}): check that the engine runs "
+                "(`dagnats status`) and the URL"
+            ) from None
+        self._nc.options["max_reconnect_attempts"] = -1  # ride out server restarts
         domain = self.settings.jetstream_domain
         self._js = self._nc.jetstream(domain=domain, timeout=10)
         try:
@@ -478,18 +483,22 @@ def run_worker(
         settings = settings.replace(llm_concurrency=concurrency)
     worker = WorkerProcess(settings, handlers, url=url, worker_id=worker_id, llm=llm)
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    worker.start()
-    tasks_text = ", ".join(f"{t} (x{c})" for t, c in worker.tasks.items())
-    print(f"dagnats worker {worker.worker_id} ready: {tasks_text} on {worker.url}", flush=True)
+    sigs = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in sigs}
     try:
-        while not stop.wait(0.5):
-            pass
+        worker.start()
+        tasks_text = ", ".join(f"{t} (x{c})" for t, c in worker.tasks.items())
+        print(f"dagnats worker {worker.worker_id} ready: {tasks_text} on {worker.url}", flush=True)
+        try:
+            while not stop.wait(0.5):
+                pass
+        finally:
+            inflight = sum(s["inflight"] for s in worker.stats().values())
+            print(f"dagnats worker {worker.worker_id} draining ({inflight} in flight)", flush=True)
+            worker.stop(drain_timeout)
+            done = sum(s["completed"] + s["failed"] for s in worker.stats().values())
+            print(f"dagnats worker {worker.worker_id} stopped after {done} tasks", flush=True)
     finally:
-        inflight = sum(s["inflight"] for s in worker.stats().values())
-        print(f"dagnats worker {worker.worker_id} draining ({inflight} in flight)", flush=True)
-        worker.stop(drain_timeout)
-        done = sum(s["completed"] + s["failed"] for s in worker.stats().values())
-        print(f"dagnats worker {worker.worker_id} stopped after {done} tasks", flush=True)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return 0
