@@ -301,7 +301,8 @@ def test_a_hook_registered_elsewhere_is_found_in_kv(eng, http):
     assert dn.Run(eng, resp.json()["run_id"], "from_elsewhere").wait(10).output == "hi"
 
 
-def test_without_any_secret_hooks_are_off_and_without_a_token_the_bridge_is(tmp_path):
+def test_without_any_secret_hooks_are_off_and_without_a_token_the_bridge_is(tmp_path, caplog):
+    caplog.set_level("WARNING", logger="dagnats_nb.hooks")
     with dn.Engine.start(data_dir=tmp_path / "e", http_addr="127.0.0.1:0", llm_enabled=False) as e:
 
         @e.task("echo")
@@ -313,6 +314,11 @@ def test_without_any_secret_hooks_are_off_and_without_a_token_the_bridge_is(tmp_
         with httpx.Client(base_url=e.http_url, timeout=10) as http:
             for secret in (None, "", GLOBAL):
                 assert post_hook(http, "plain", b"{}", secret).status_code == 404
+            off = [r.getMessage() for r in caplog.records if "is off" in r.getMessage()]
+            assert off == [
+                "webhook /hooks/plain (workflow 'plain' trigger 'plain-hook') is off: it has no "
+                "secret; set DAGNATS_WEBHOOK_SECRET or the trigger's webhook.secret"
+            ]  # said once
             resp = post_hook(http, "guarded", b"[2]", OWN)  # its own secret turns it on
             assert resp.status_code == 202
             assert dn.Run(e, resp.json()["run_id"], "guarded").wait(10).output == [2]
@@ -493,3 +499,21 @@ def test_bridge_bad_requests(eng, http):
     assert resolve(http, task["task_id"], action="complete", output=None).status_code == 200
     assert run.wait(10).status == "completed"
     assert poll(http, "ext_misc", timeout_ms=0) == []
+
+
+def test_a_stopping_bridge_gives_held_tasks_back_at_once(tmp_path):
+    opts = dict(http_addr="127.0.0.1:0", bridge_token=TOKEN, ack_wait="30s", llm_enabled=False)
+    with dn.Engine.start(data_dir=tmp_path / "e", **opts) as e:
+        e.register(one_step("held_wf", "ext_held"))
+        run = e.start_run("held_wf", "payload")
+        with httpx.Client(base_url=e.http_url, timeout=10) as http:
+            [task] = poll(http, "ext_held")
+            assert set(e.bridge.held) == {task["task_id"]}
+            e._call(e.bridge.stop())  # what Engine.stop does (a NATS server that lives on
+            assert e.bridge.held == {}  # then hands the task to another worker at once)
+            t0 = time.monotonic()
+            [again] = poll(http, "ext_held", timeout_ms=3000)
+            assert time.monotonic() - t0 < 1  # not after the 30 s ack wait
+            assert again["task_id"] == task["task_id"] and again["input"] == "payload"
+            assert resolve(http, again["task_id"], action="complete", output=1).status_code == 200
+        assert run.wait(10).output == 1
