@@ -119,9 +119,10 @@ class HTTPServer:
             head = await self._head(conn, reader)
             if head is None:
                 return
-            method = head.method.decode()
-            path = head.target.decode().split("?", 1)[0]
-            headers = {k.decode().lower(): v.decode() for k, v in head.headers}
+            method = head.method.decode("ascii", "replace")
+            path = head.target.decode("ascii", "replace").split("?", 1)[0]
+            # header values are bytes; latin-1 maps each to one character and never fails
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in head.headers}
             route, params, early = self.resolve(method, path)
             limit = route.max_body if route is not None else MAX_BODY
             declared = headers.get("content-length", "")

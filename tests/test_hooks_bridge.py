@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import socket
 import threading
 import time
 
@@ -287,6 +288,18 @@ def test_bad_requests_to_a_hook(eng, http):
     assert http.get("/health").status_code == 200
     time.sleep(0.3)
     assert run_ids(eng) == before
+
+
+def test_a_header_that_is_not_utf8_is_refused_not_crashed(eng, http):
+    body = b"{}"
+    with socket.create_connection(("127.0.0.1", httpx.URL(eng.http_url).port), timeout=5) as s:
+        s.sendall(
+            b"POST /hooks/github/push HTTP/1.1\r\nHost: x\r\nX-Dagnats-Signature: sha256=\xff\xfe"
+            b"\r\nContent-Length: 2\r\n\r\n" + body
+        )
+        reply = s.recv(65536)
+    assert reply.startswith(b"HTTP/1.1 401 ")
+    assert http.get("/health").status_code == 200
 
 
 def test_a_hook_registered_elsewhere_is_found_in_kv(eng, http):
