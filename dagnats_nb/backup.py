@@ -638,7 +638,8 @@ def default_progress(verb: str = "") -> Progress | None:
 
 
 def print_progress(verb: str, file=None) -> Progress:
-    """A callback printing one line per stream when it is done: bytes, seconds, MB/s."""
+    """A callback printing one line per stream when it is done: data file bytes, seconds,
+    MB/s of the file."""
     import sys
 
     starts: dict[str, float] = {}
@@ -648,7 +649,8 @@ def print_progress(verb: str, file=None) -> Progress:
         if done == total:
             secs = max(time.perf_counter() - starts[stream], 1e-9)
             print(
-                f"{verb} {stream}: {done} bytes in {secs:.2f} s ({done / MB / secs:.1f} MB/s)",
+                f"{verb} {stream}: {done} file bytes in {secs:.2f} s "
+                f"({done / MB / secs:.1f} MB/s of file)",
                 file=file or sys.stdout,
                 flush=True,
             )
@@ -763,10 +765,24 @@ def run_command(
             server = EmbeddedServer(settings).start()
             url = server.url
     try:
-        return asyncio.run(_command(action, url, settings, dir, streams, force))
+        rows = asyncio.run(_command(action, url, settings, dir, streams, force))
     finally:
         if server is not None:
             server.stop()
+    print(format_results(rows))
+    return rows
+
+
+def format_results(rows: list[StreamResult]) -> str:
+    """The results as a text table (stream bytes; MB/s of stream bytes)."""
+    head = f"{'stream':<20}{'messages':>10}{'bytes':>14}{'first_seq':>11}{'last_seq':>11}"
+    lines = [head + f"{'seconds':>9}{'MB/s':>9}"]
+    for r in rows:
+        lines.append(
+            f"{r.stream:<20}{r.messages:>10}{r.bytes:>14}{r.first_seq:>11}{r.last_seq:>11}"
+            f"{r.seconds:>9.2f}{r.mb_per_s:>9.1f}"
+        )
+    return "\n".join(lines)
 
 
 async def _command(action, url, settings, dir, streams, force) -> list[StreamResult]:

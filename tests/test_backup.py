@@ -170,7 +170,7 @@ def test_force_restore_on_the_running_engine_rewinds_it_and_it_keeps_working(bus
         await js.delete_stream("WORKFLOW_HISTORY")
 
     eng._call(drop(eng._js))  # lost in place: restore just that stream
-    df = eng.restore(tmp_path / "bk", streams=["WORKFLOW_HISTORY"])
+    df = eng.restore(tmp_path / "bk", streams=["WORKFLOW_HISTORY"], force=True)
     assert list(df["stream"]) == ["WORKFLOW_HISTORY"]
     assert summary(eng)[done[0].id][1] == "completed"
     assert eng.run("flow", {"x": 2}, timeout=20).output == {"x": 8}
@@ -192,6 +192,9 @@ def test_cli_round_trip_with_a_subprocess_and_refusal_without_force(tmp_path, ca
     assert proc.returncode == 0, proc.stderr
     assert "backed up WORKFLOW_HISTORY:" in proc.stdout and "MB/s" in proc.stdout
     assert "backed up 4 streams" in proc.stdout
+    table = proc.stdout.splitlines()[-6:-1]  # stream bytes, sequences and MB/s per stream
+    assert table[0].split()[:3] == ["stream", "messages", "bytes"]
+    assert [line.split()[0] for line in table[1:]] == list(b.DEFAULT_STREAMS)
     assert main(["restore", str(bk), "--data-dir", str(new)]) == 0
     out = capsys.readouterr().out
     assert out.count("restored ") == 5 and "into " + str(new) in out
