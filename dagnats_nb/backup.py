@@ -798,8 +798,9 @@ async def _command(action, url, settings, dir, streams, force) -> list[StreamRes
             progress = print_progress("backed up")
             return await backup_streams(nc, dir, streams, progress, api=api)
         progress = print_progress("restored")
+        scratch = None if settings.nats_url else settings.data_dir  # safety copies
         return await restore_streams(
-            nc, dir, force, progress, streams=streams, api=api, scratch=settings.data_dir
+            nc, dir, force, progress, streams=streams, api=api, scratch=scratch
         )
     finally:
         await nc.close()

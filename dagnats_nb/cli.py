@@ -217,7 +217,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
     settings = load_settings(args.config, **_overrides(args))
     rows = run_command("restore", settings, args.dir, args.stream or None, args.force)
-    print(f"restored {len(rows)} streams from {args.dir} into {settings.data_dir}")
+    target = settings.nats_url or settings.data_dir
+    print(f"restored {len(rows)} streams from {args.dir} into {target}")
     return 0
 
 

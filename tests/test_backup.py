@@ -379,3 +379,48 @@ def test_widget_progress_draws_bytes_per_stream():
     finally:
         IPython.display.display = real
     assert b.default_progress() is None  # not in a kernel
+
+
+@pytest.mark.timeout(60)
+def test_cli_through_nats_url_with_named_streams(tmp_path, capsys):
+    with EmbeddedServer(data_dir=tmp_path / "ext") as srv:
+
+        async def make():
+            nc = await nats.connect(srv.url)
+            js = nc.jetstream()
+            for name in ("ORDERS", "AUDIT"):
+                await js.add_stream(name=name, subjects=[f"{name.lower()}.>"])
+                for i in range(50):
+                    await js.publish(f"{name.lower()}.x", f"{name}-{i}".encode())
+            await nc.close()
+
+        asyncio.run(make())
+        before = stream_state(srv.url, ["ORDERS", "AUDIT"])
+        assert before["ORDERS"][0] == 50
+        common = ["--set", f"nats_url={srv.url}", "--data-dir", str(tmp_path / "unused")]
+        argv = ["backup", str(tmp_path / "bk"), "--stream", "ORDERS", "--stream", "AUDIT"]
+        assert main(argv + common) == 0
+        assert sorted(os.listdir(tmp_path / "bk")) == ["AUDIT", "ORDERS"]
+        assert main(["restore", str(tmp_path / "bk"), "--stream", "ORDERS", *common]) == 1
+        assert "stream ORDERS already exists" in capsys.readouterr().err
+        assert main(["restore", str(tmp_path / "bk"), "--force", *common]) == 0
+        assert stream_state(srv.url, ["ORDERS", "AUDIT"]) == before
+    assert not (tmp_path / "unused").exists()  # no embedded server was started there
+
+
+@pytest.mark.timeout(60)
+def test_engine_backup_shows_a_widget_bar_in_a_kernel(engine, tmp_path, monkeypatch):
+    import IPython
+    import IPython.display
+
+    class Kernel:
+        kernel = object()
+
+    shown = []
+    monkeypatch.setattr(IPython, "get_ipython", lambda: Kernel())
+    monkeypatch.setattr(IPython.display, "display", shown.append)
+    df = engine.backup(tmp_path / "bk", streams=["WORKFLOW_HISTORY", "KV_workflow_defs"])
+    assert len(shown) == 2  # one bar per stream
+    bar, label = shown[0].children
+    assert bar.bar_style == "success" and bar.value == bar.max == df["file_bytes"].iloc[0]
+    assert "done" in label.value and "MB/s" in label.value
