@@ -717,7 +717,8 @@ async def _resume(eng, handlers: list) -> None:
     s = eng.settings
     max_age = s.runs_max_age.total_seconds() if s.runs_max_age else None
     specs = resources.streams_for(max_age, s.history_max_bytes, s.max_store_bytes)
-    await resources.ensure(eng._js, specs)  # a stream that could not be restored: empty
+    replicas = getattr(s, "nats_jetstream_replicas", 1)
+    await resources.ensure(eng._js, specs, replicas=replicas)  # one not restored: empty
     eng.defs = DefinitionStore(eng._js)  # the restored definitions, not the cached ones
     eng.orchestrator = Orchestrator(eng._nc, eng._js, eng.defs, eng.payloads)
     await eng.orchestrator.start()  # replays the restored history

@@ -654,7 +654,9 @@ class Engine(Observing):
         progress = progress or b.default_progress("backing up")
         return b.results_frame(self._call(b.engine_backup(self, dir, streams, progress)))
 
-    async def backup_async(self, dir, streams=None, progress=None):
+    async def backup_async(
+        self, dir: str | os.PathLike, streams: list[str] | None = None, progress=None
+    ):
         from . import backup as b
 
         progress = progress or b.default_progress("backing up")
@@ -670,14 +672,21 @@ class Engine(Observing):
     ):
         """Restore the streams backed up in ``dir`` (or only ``streams``); existing streams
         only with ``force``. The running engine pauses its workers and orchestrator, and
-        starts them again on the restored streams (runs are rebuilt by replay)."""
+        starts them again on the restored streams (runs are rebuilt by replay; waits on
+        runs in progress end with CancelledError). Same DataFrame as :meth:`backup`."""
         from . import backup as b
 
         progress = progress or b.default_progress("restoring")
         rows = self._call(b.engine_restore(self, dir, force, streams, progress))
         return b.results_frame(rows)
 
-    async def restore_async(self, dir, force=False, streams=None, progress=None):
+    async def restore_async(
+        self,
+        dir: str | os.PathLike,
+        force: bool = False,
+        streams: list[str] | None = None,
+        progress=None,
+    ):
         from . import backup as b
 
         progress = progress or b.default_progress("restoring")

@@ -424,3 +424,19 @@ def test_engine_backup_shows_a_widget_bar_in_a_kernel(engine, tmp_path, monkeypa
     bar, label = shown[0].children
     assert bar.bar_style == "success" and bar.value == bar.max == df["file_bytes"].iloc[0]
     assert "done" in label.value and "MB/s" in label.value
+
+
+@pytest.mark.timeout(60)
+def test_async_twins_back_up_and_restore(engine, tmp_path):
+    add_handlers(engine, threading.Event())
+    first = engine.run(FLOW, {"x": 1}, timeout=20)
+
+    async def both():
+        df = await engine.backup_async(tmp_path / "bk", streams=["WORKFLOW_HISTORY"])
+        engine.run(FLOW, {"x": 2}, timeout=20)  # after the backup: rewound below
+        back = await engine.restore_async(tmp_path / "bk", force=True)
+        return df, back
+
+    df, back = asyncio.run(both())
+    assert row_state(df) == row_state(back)
+    assert list(summary(engine)) == [first.id]
