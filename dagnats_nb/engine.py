@@ -25,7 +25,7 @@ from nats.js.errors import APIError, KeyNotFoundError, NoKeysError, NotFoundErro
 
 from . import dead_letters as dlq
 from . import protocol as p
-from . import resources
+from . import cluster, resources
 from .bridge import Bridge
 from .config import Settings, load_settings
 from .dag import WorkflowDef, load_workflow
@@ -166,7 +166,7 @@ class Engine(Observing):
     async def _connect(self) -> None:
         try:
             self._nc = await nats.connect(
-                self.url,
+                cluster.server_list(self.url),
                 error_cb=_on_nats_error,
                 disconnected_cb=_on_disconnect,
                 reconnected_cb=_on_reconnect,
@@ -178,7 +178,9 @@ class Engine(Observing):
             )
         except Exception as exc:
             raise ServerError(f"cannot connect to NATS at {self.url}: {exc}") from exc
-        self._js = self._nc.jetstream(timeout=10)
+        # its own embedded server: local JetStream; elsewhere jetstream_domain, if set
+        domain = None if self.server is not None else self.settings.jetstream_domain
+        self._js = cluster.jetstream(self._nc, domain, timeout=10)
         self.defs = DefinitionStore(self._js)
         self.payloads = PayloadStore(self._js, self._nc.max_payload)
 
@@ -196,7 +198,7 @@ class Engine(Observing):
             self.http_url = await self.http.start(s.http_addr)
         max_age = s.runs_max_age.total_seconds() if s.runs_max_age else None
         streams = resources.streams_for(max_age, s.history_max_bytes, s.max_store_bytes)
-        await resources.ensure(self._js, streams)
+        await resources.ensure(self._js, streams, replicas=s.nats_jetstream_replicas)
         self._started["resources"] = True
         self.orchestrator = Orchestrator(self._nc, self._js, self.defs, self.payloads)
         await self.orchestrator.start()

@@ -86,6 +86,10 @@ class Orchestrator:
             cb=self._on_msg,
             pending_msgs_limit=-1,
             pending_bytes_limit=-1,
+            # nats-py recreates an ordered consumer from the last stream sequence it got
+            # after two missed heartbeats (its server died, as in a cluster's failover):
+            # 1 s heartbeats make that 2 s instead of 10.
+            idle_heartbeat=1.0,
         )
         if self._replay_until == 0 or info.state.messages == 0:
             await self._end_replay()
@@ -112,6 +116,9 @@ class Orchestrator:
         seq = 0
         try:
             seq = stream_seq(msg)
+            if seq <= self.last_seq:  # sent again by a recreated consumer: applied once
+                self.counters["history_redelivered"] += 1
+                return
             await self.apply(p.Event.decode(msg.data, seq=seq))
         except Exception as exc:  # one bad event must not stop the engine
             log.exception("cannot apply history message %s: %s", seq, exc)

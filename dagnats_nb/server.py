@@ -5,6 +5,13 @@ Choices:
 - Loopback only: the server listens on ``127.0.0.1`` (monitoring too, when enabled). A port
   of 0 is a free port picked just before the start; if another process takes it first
   (nats-server then fails with "address already in use") we pick again, up to 5 times.
+- Leaf node mode (``leaf_remotes``): the server also connects to a hub as a leaf node, its
+  JetStream gets a domain (``jetstream_domain``, default ``dagnats``) so the hub's clients
+  reach it with ``nc.jetstream(domain=...)``, and its client port listens on ``0.0.0.0``
+  (only in this mode; monitoring stays on loopback). Credentials: a path is used as is;
+  inline content goes to ``data_dir/leaf.creds`` (0600), removed at stop and at the next
+  start. A hub that does not answer at start is not an error (the engine works locally and
+  nats-server keeps connecting, every second): a warning names it.
 - Ready means: a TCP connection to the port gets an INFO line naming *our* server (its
   ``server_name`` derives from ``data_dir``), so a foreign listener is never taken for it.
 - One engine per ``data_dir``: ``engine.lock`` is held with ``flock`` for the engine's
@@ -48,6 +55,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from dagnats_nb import cluster
 from dagnats_nb.config import Settings
 from dagnats_nb.errors import EngineLocked, ServerError
 
@@ -160,6 +168,11 @@ class EmbeddedServer:
         self.pid: int | None = None
         self.started_at: datetime | None = None
         self.version: str | None = None
+        self.leaf_remotes: list[str] = list(self.settings.leaf_remotes)
+        leaf_domain = cluster.DEFAULT_LEAF_DOMAIN if self.leaf_remotes else None
+        self.domain: str | None = self.settings.jetstream_domain or leaf_domain
+        self.host = "0.0.0.0" if self.leaf_remotes else "127.0.0.1"
+        self.leaf_creds: Path | None = None
         self._lock = threading.Lock()
         self._finalizer: weakref.finalize | None = None
         self._process: _Supervisor | None = None
@@ -184,21 +197,32 @@ class EmbeddedServer:
         with self._lock:
             if self._finalizer is not None and self._finalizer.alive:
                 raise ServerError(f"{self} is already started; call stop() first")
-            if self.settings.leaf_remotes:
-                raise ServerError("leaf_remotes: leaf mode is not supported yet; unset it")
+            remotes = cluster.check_leaf_remotes(self.leaf_remotes)
             binary = find_nats_server()
             _make_private_dir(self.data_dir)
             lock_fd = _acquire_lock(self.data_dir)
-            info_path, proc = self.data_dir / ENGINE_JSON, None
+            info_path, proc, creds = self.data_dir / ENGINE_JSON, None, None
             try:
                 _clean_stale(self.data_dir, self.conf_path)
+                cluster.remove_leaf_credentials(self.data_dir)  # a crashed engine's
+                if remotes:
+                    self.leaf_creds, written = cluster.leaf_credentials_file(
+                        self.settings.leaf_credentials, self.data_dir
+                    )
+                    creds = self.leaf_creds if written else None
                 proc = self._launch(binary)
                 _write_private(info_path, json.dumps(self._engine_info(), indent=2))
             except BaseException:
-                _shutdown(info_path, proc, lock_fd)
+                _shutdown(info_path, proc, lock_fd, creds)
                 raise
             self._process = proc
-            self._finalizer = weakref.finalize(self, _shutdown, info_path, proc, lock_fd)
+            self._finalizer = weakref.finalize(self, _shutdown, info_path, proc, lock_fd, creds)
+        for url in cluster.unreachable(remotes):
+            warnings.warn(
+                f"leaf_remotes: the hub at {url} does not answer now; the engine runs locally "
+                "and nats-server keeps connecting to it (see nats-server.log)",
+                stacklevel=2,
+            )
         return self
 
     def stop(self) -> None:
@@ -248,7 +272,7 @@ class EmbeddedServer:
             key = "monitor_port" if "monitor" in in_use[0].lower() else "nats_port"
             if getattr(s, key):
                 raise ServerError(
-                    f"{key} = {getattr(s, key)} (from {s.source(key)}): 127.0.0.1:"
+                    f"{key} = {getattr(s, key)} (from {s.source(key)}): {self.host}:"
                     f"{getattr(s, key)} is already in use; choose another port, or 0 for a free one"
                 )
         raise ServerError(f"no free loopback port found in {_PORT_ATTEMPTS} attempts")
@@ -258,7 +282,7 @@ class EmbeddedServer:
         lines = [
             "# written by dagnats-nb at each start; edits are overwritten",
             f"server_name: {_quote(self.server_name)}",
-            f'listen: "127.0.0.1:{port}"',
+            f'listen: "{self.host}:{port}"',
             f"max_payload: {self.max_payload}",
         ]
         if monitor_port is not None:
@@ -272,7 +296,12 @@ class EmbeddedServer:
             lines.append(f"  max_memory_store: {s.max_memory_store}")
         if s.sync_interval is not None:
             lines.append(f"  sync_interval: {_quote(s.sync_interval)}")
-        return "\n".join([*lines, "}", ""])
+        if self.domain:
+            lines.append(f"  domain: {_quote(self.domain)}")
+        lines.append("}")
+        if self.leaf_remotes:
+            lines += cluster.leaf_block(self.leaf_remotes, self.leaf_creds, _quote)
+        return "\n".join([*lines, ""])
 
     def _engine_info(self) -> dict[str, Any]:
         assert self.started_at is not None
@@ -287,14 +316,21 @@ class EmbeddedServer:
             "server_name": self.server_name,
             "version": self.version,
             "log_file": str(self.log_path),
+            "jetstream_domain": self.domain,
+            "leaf_remotes": self.leaf_remotes,
         }
 
 
-def _shutdown(info_path: Path, proc: _Supervisor | None, lock_fd: int) -> None:
-    """Undo a start: remove engine.json, stop the server, release the lock."""
+def _shutdown(
+    info_path: Path, proc: _Supervisor | None, lock_fd: int, creds: Path | None = None
+) -> None:
+    """Undo a start: remove engine.json, stop the server, remove the leaf credentials file
+    dagnats wrote, release the lock."""
     info_path.unlink(missing_ok=True)
     if proc is not None:
         proc.stop()
+    if creds is not None:
+        creds.unlink(missing_ok=True)
     os.ftruncate(lock_fd, 0)
     os.close(lock_fd)
 

@@ -51,6 +51,7 @@ import nats
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, NoKeysError, NotFoundError
 
+from . import cluster
 from . import protocol as p
 from .config import Settings
 from .errors import DagnatsError, ServerError
@@ -180,7 +181,7 @@ class WorkerProcess:
     async def _start_async(self) -> None:
         try:
             self._nc = await nats.connect(
-                self.url,
+                cluster.server_list(self.url),
                 name=f"dagnats-worker {self.worker_id}",
                 max_reconnect_attempts=3,  # at start; forever once connected (below)
                 reconnect_time_wait=0.5,
@@ -198,7 +199,7 @@ class WorkerProcess:
             ) from None
         self._nc.options["max_reconnect_attempts"] = -1  # ride out server restarts
         domain = self.settings.jetstream_domain
-        self._js = self._nc.jetstream(domain=domain, timeout=10)
+        self._js = cluster.jetstream(self._nc, domain, timeout=10)  # KV writes cross a leaf
         try:
             await self._js.stream_info(p.TASK_STREAM)
         except NotFoundError:

@@ -291,11 +291,6 @@ def test_start_stop_lifecycle(tmp_path: Path) -> None:
     server.stop()
 
 
-def test_leaf_mode_is_not_supported_yet(tmp_path: Path) -> None:
-    with pytest.raises(ServerError, match="leaf mode is not supported yet"):
-        EmbeddedServer(data_dir=tmp_path / "engine", leaf_remotes=["nats-leaf://x:7422"]).start()
-
-
 @linux_only
 @pytest.mark.parametrize("watchdog", [False, True], ids=["pdeathsig", "watchdog"])
 def test_sigkill_of_the_engine_process_stops_the_server(tmp_path: Path, watchdog: bool) -> None:
