@@ -36,6 +36,7 @@ from .dag.state import (
 )
 from .errors import RunError
 from .resources import store_error
+from .sticky import FALLBACK_CHECK, StickyRouter, still_waiting
 from .stores import DefinitionStore, PayloadStore
 
 log = logging.getLogger("dagnats_nb.orchestrator")
@@ -76,6 +77,8 @@ class Orchestrator:
 
     async def start(self) -> None:
         self._kv_runs = await self.js.key_value("workflow_runs")
+        self.sticky = StickyRouter(self.js)
+        await self.sticky.start()
         info = await self.js.stream_info(p.HISTORY_STREAM)
         self._replay_until = info.state.last_seq
         self._replay_started = time.perf_counter()
@@ -150,6 +153,8 @@ class Orchestrator:
                 self.counters["runs_reopened"] += 1
                 if not self.replaying:
                     self._track(self._snapshot(state))
+            if state.bound_worker != old.bound_worker and not self.replaying:
+                self._track(self.sticky.bind(state))
         if event.type in COUNTED:
             self.counters[COUNTED[event.type]] += 1
         self.runs[run_id] = state
@@ -220,11 +225,36 @@ class Orchestrator:
             wire = task.to_wire()
             wire["input"] = ref
             data = p.dumps(wire)
-        ack = await self.js.publish_async(
-            p.task_subject(task.task, task.run_id), data, headers={"Nats-Msg-Id": task.msg_id}
-        )
+        subject = p.task_subject(task.task, task.run_id)
+        defn = self.run_defs.get(task.run_id)
+        if defn is not None and defn.sticky:
+            subject = await self.sticky.subject(defn, self.runs.get(task.run_id), task)
+            if defn.sticky == "soft" and subject.startswith("sticky."):
+                self._watch_sticky(task, data)
+        ack = await self.js.publish_async(subject, data, headers={"Nats-Msg-Id": task.msg_id})
         self._pending.add(ack)
         ack.add_done_callback(functools.partial(self._task_stored, queued))
+
+    def _watch_sticky(self, task: p.TaskPayload, data: bytes) -> None:
+        """A soft run's task sent to its bound worker: re-send it to the shared queue if that
+        worker disappears while the task waits."""
+        loop = asyncio.get_running_loop()
+        loop.call_later(FALLBACK_CHECK, lambda: self._track(self._sticky_fallback(task, data)))
+
+    async def _sticky_fallback(self, task: p.TaskPayload, data: bytes) -> None:
+        state = self.runs.get(task.run_id)
+        if self._sub is None or not still_waiting(state, task):
+            return
+        if await self.sticky.alive(state.bound_worker):
+            self._watch_sticky(task, data)
+            return
+        log.info(
+            "worker %s is gone: task %s goes to the shared queue", state.bound_worker, task.task_id
+        )
+        self.counters["sticky_fallbacks"] += 1
+        await self.js.publish(
+            p.task_subject(task.task, task.run_id), data, headers={"Nats-Msg-Id": task.msg_id}
+        )
 
     def _task_stored(self, queued: p.Event, ack: asyncio.Future) -> None:
         # step.queued only after its task is stored: a crash in between leaves the event in

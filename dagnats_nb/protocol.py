@@ -74,6 +74,21 @@ def task_filter(task: str) -> str:
     return f"task.{task}.>"
 
 
+def sticky_subject(task: str, worker_id: str, run_id: str) -> str:
+    """A task of a sticky run, for the worker the run is bound to (STICKY_TASKS)."""
+    return f"sticky.{task}.{worker_id}.{run_id}"
+
+
+def sticky_filter(task: str, worker_id: str) -> str:
+    return f"sticky.{task}.{worker_id}.>"
+
+
+def sticky_consumer_name(task: str, worker_id: str) -> str:
+    """One worker's durable consumer of its sticky tasks of one type (kept while idle for
+    STICKY_TASKS' max age, so a worker restarted with the same id finds its tasks)."""
+    return f"sticky-{task}-{worker_id}"
+
+
 def dead_subject(task: str, run_id: str) -> str:
     return f"dead.{task}.{run_id}"
 
@@ -141,6 +156,9 @@ __all__ = [
     "make_ref",
     "now_rfc3339",
     "parse_time",
+    "sticky_consumer_name",
+    "sticky_filter",
+    "sticky_subject",
     "stream_subject",
     "task_filter",
     "task_subject",

@@ -39,6 +39,7 @@ HEARTBEAT_EVERY = 30.0  # seconds between puts to the workers KV (its TTL is 60 
 # A step whose handler is still running after this long gets its step.started event;
 # faster steps go from queued to completed (three NATS messages fewer per step).
 ANNOUNCE_AFTER = 0.02
+STICKY_IDLE = 30 * 60.0  # a worker's sticky consumer outlives it by STICKY_TASKS' max age
 
 
 async def ensure_task_consumer(
@@ -112,6 +113,8 @@ class TaskWorker:
         self._slots = asyncio.Semaphore(handler.concurrency)
         self._tasks: set[asyncio.Task] = set()
         self._loop_task: asyncio.Task | None = None
+        self._sticky_task: asyncio.Task | None = None
+        self._ssub = None
         self._stopping = False
 
     async def start(self) -> None:
@@ -122,14 +125,63 @@ class TaskWorker:
         self._is_async = self.handler.is_async
         self._psub = await self.js.pull_subscribe_bind(durable, stream=p.TASK_STREAM)
         self._loop_task = asyncio.create_task(self._pull_loop(), name=f"pull-{durable}")
+        self._ssub = await self._sticky_subscription()
+        self._sticky_task = asyncio.create_task(self._sticky_loop(), name=f"sticky-{durable}")
+
+    async def _sticky_subscription(self):
+        """This worker's own queue on STICKY_TASKS: the tasks of runs bound to it."""
+        task, wid = self.handler.task, self.worker_id
+        cfg = js_api.ConsumerConfig(
+            durable_name=p.sticky_consumer_name(task, wid),
+            filter_subject=p.sticky_filter(task, wid),
+            ack_policy=js_api.AckPolicy.EXPLICIT,
+            ack_wait=self.ack_wait,
+            max_ack_pending=self.handler.concurrency,
+            max_deliver=-1,
+            inactive_threshold=STICKY_IDLE,
+        )
+        await self.js.add_consumer(p.STICKY_STREAM, cfg)
+        return await self.js.pull_subscribe_bind(cfg.durable_name, stream=p.STICKY_STREAM)
+
+    async def _sticky_loop(self) -> None:
+        """Take this worker's sticky tasks one at a time, each when a slot is free (the
+        shared loop holds the free slots while it waits; a sticky task waits for one, and
+        tells the server it is in progress meanwhile)."""
+        while not self._stopping:
+            try:
+                msgs = await self._ssub.fetch(1, timeout=5.0)
+            except (TimeoutError, FetchTimeoutError, NatsTimeout):
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("sticky fetch for task %s failed: %s", self.handler.task, exc)
+                await asyncio.sleep(0.5)
+                continue
+            for msg in msgs:
+                while True:
+                    try:
+                        await asyncio.wait_for(self._slots.acquire(), self.ack_wait / 3)
+                        break
+                    except TimeoutError:
+                        with contextlib.suppress(Exception):
+                            await msg.in_progress()
+                    except asyncio.CancelledError:  # stopping: release it for a restart
+                        with contextlib.suppress(Exception):
+                            await msg.nak()
+                        raise
+                task = asyncio.create_task(self._run(msg))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
 
     async def stop(self, drain_timeout: float = 5.0) -> None:
         """Stop pulling; give in-flight tasks ``drain_timeout`` seconds, then release them."""
         self._stopping = True
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._loop_task
+        for loop_task in (self._loop_task, self._sticky_task):
+            if loop_task is not None:
+                loop_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await loop_task
         if self._tasks:
             _, pending = await asyncio.wait(self._tasks, timeout=drain_timeout)
             for t in pending:
@@ -138,6 +190,9 @@ class TaskWorker:
                 await asyncio.wait(pending, timeout=1.0)
         with contextlib.suppress(Exception):
             await self._psub.unsubscribe()
+        if self._ssub is not None:
+            with contextlib.suppress(Exception):
+                await self._ssub.unsubscribe()
 
     async def _pull_loop(self) -> None:
         while not self._stopping:
