@@ -786,11 +786,21 @@ def format_results(rows: list[StreamResult]) -> str:
     return "\n".join(lines)
 
 
+async def _quiet(exc: Exception) -> None:  # the one-line BackupError says it
+    pass
+
+
 async def _command(action, url, settings, dir, streams, force) -> list[StreamResult]:
     import nats
 
     try:
-        nc = await nats.connect(url, connect_timeout=5, max_reconnect_attempts=2)
+        nc = await nats.connect(
+            url,
+            connect_timeout=5,
+            max_reconnect_attempts=1,  # 0 would retry forever in nats-py 2.16
+            reconnect_time_wait=0.2,
+            error_cb=_quiet,
+        )
     except Exception as exc:
         raise BackupError(f"cannot connect to NATS at {url}: {exc}") from None
     api = api_prefix(settings.jetstream_domain)

@@ -302,6 +302,11 @@ def test_layout_names_and_bad_folders(engine, tmp_path):
         engine.backup(root, streams=["WORKFLOW_HISTORY"])
     with pytest.raises(BackupError, match="is not valid"):
         engine.backup(tmp_path / "x", streams=["a.b"])
+    with pytest.raises(BackupError, match="a stream is named twice"):
+        engine.backup(tmp_path / "x", streams=["TASK_QUEUES", "TASK_QUEUES"])
+    dead = load_settings(data_dir=tmp_path / "d", nats_url="nats://127.0.0.1:1")
+    with pytest.raises(BackupError, match="cannot connect to NATS at nats://127.0.0.1:1"):
+        b.run_command("backup", dead, tmp_path / "x")
     with pytest.raises(BackupError, match="stream NOPE does not exist"):
         engine.backup(tmp_path / "y", streams=["NOPE"])
     assert not (tmp_path / "y" / "NOPE").exists()
