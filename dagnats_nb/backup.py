@@ -795,7 +795,7 @@ async def _command(action, url, settings, dir, streams, force) -> list[StreamRes
 
     try:
         nc = await nats.connect(
-            url,
+            [u.strip() for u in url.split(",") if u.strip()],  # nats_url may list a cluster
             connect_timeout=5,
             max_reconnect_attempts=1,  # 0 would retry forever in nats-py 2.16
             reconnect_time_wait=0.2,
