@@ -322,16 +322,17 @@ async def registered_concurrency(js, exclude: str | None = None) -> dict[str, in
 
 
 async def _release_buffered(w: TaskWorker) -> None:
-    """NAK the tasks a stopped worker received but never started (still in its client-side
-    buffer), so another worker takes them now rather than after the ack wait."""
-    psub = getattr(w, "_psub", None)
-    queue = getattr(getattr(psub, "_sub", None), "_pending_queue", None)
-    while queue is not None and not queue.empty():
-        msg = queue.get_nowait()
-        if JetStreamContext.is_status_msg(msg):
-            continue  # a pull request's status message, not a task
-        with contextlib.suppress(Exception):
-            await msg.nak()
+    """NAK the tasks a stopped worker received but never started (still in the client-side
+    buffers of its pull subscriptions: shared, and sticky when it has one), so another
+    worker takes them now rather than after the ack wait."""
+    for name in ("_psub", "_ssub"):
+        queue = getattr(getattr(getattr(w, name, None), "_sub", None), "_pending_queue", None)
+        while queue is not None and not queue.empty():
+            msg = queue.get_nowait()
+            if JetStreamContext.is_status_msg(msg):
+                continue  # a pull request's status message, not a task
+            with contextlib.suppress(Exception):
+                await msg.nak()
 
 
 def _on_fault(message: str) -> None:
