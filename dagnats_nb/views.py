@@ -120,4 +120,6 @@ def events_frame(events: Iterable[Event]) -> pd.DataFrame:
         ]
         for e in events
     ]
-    return pd.DataFrame(rows, columns=EVENT_COLUMNS)
+    df = pd.DataFrame(rows, columns=EVENT_COLUMNS)
+    df["attempt"] = df["attempt"].astype("Int64")  # whole numbers, <NA> for run events
+    return df

@@ -176,7 +176,8 @@ class Dagnats(Magics):
             if not sep or not key.strip():
                 raise DagnatsError(f"--set {item!r}: write KEY=VALUE, e.g. --set ack_wait=10s")
             overrides[key.strip()] = value.strip()
-        return console.start(args.data_dir, args.config, **overrides)
+        paths = [ex.value(w) if w is not None else None for w in (args.data_dir, args.config)]
+        return console.start(*paths, **overrides)
 
     def _stop(self, args: Any, ex: Expander, cell: Any) -> None:
         for view in self.views.values():
