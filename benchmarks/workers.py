@@ -2,16 +2,17 @@
 """Steps/s of a no-op workload with the engine's own worker and with 1, 2 and 4 worker
 processes (``dagnats worker``), and the raw NATS ceiling measured in the same run.
 
-    python benchmarks/workers.py [--quick] [--processes 0,1,2,4]
+    python benchmarks/workers.py [--quick] [--processes 0,1,2,4] [--in-flight N]
 
 Prints ONE JSON object on stdout (progress goes to stderr). Each case runs on a fresh
 engine: ``0`` registers the no-op handler in the engine (the in-kernel worker); ``N > 0``
 starts N ``dagnats worker benchmarks/noop_worker.py`` processes and registers nothing in the
 engine, so every task goes through another process. The workload is benchmarks/engine.py's:
-10-step linear runs of one shared task type ``noop`` (async, returns its input), 50 runs in
-flight, ``rounds`` times (steps/s is the median round). Per case: steps/s, runs/s, step latency, and CPU busy (CPU seconds / wall seconds)
-of the engine thread, the engine process, nats-server and each worker process, so the
-bound is visible. See benchmarks/README.md ("Worker processes").
+10-step linear runs of one shared task type ``noop`` (async, returns its input), 200 runs in
+flight (``--in-flight``), ``rounds`` times (steps/s is the median round). Per case: steps/s,
+runs/s, step latency, and CPU busy (CPU seconds / wall seconds) of the engine thread, the
+engine process, nats-server and each worker process, so the bound is visible. See
+benchmarks/README.md ("Worker processes").
 """
 
 from __future__ import annotations
@@ -43,8 +44,20 @@ from dagnats_nb import protocol as p  # noqa: E402
 from dagnats_nb.server import EmbeddedServer  # noqa: E402
 
 SIZES: dict[str, dict[str, Any]] = {
-    "full": {**bench.SIZES["full"], "warmup_runs": 50, "case_runs": 500, "rounds": 3},
-    "quick": {**bench.SIZES["quick"], "warmup_runs": 10, "case_runs": 150, "rounds": 1},
+    "full": {
+        **bench.SIZES["full"],
+        "warmup_runs": 50,
+        "case_runs": 500,
+        "rounds": 3,
+        "in_flight": 200,
+    },
+    "quick": {
+        **bench.SIZES["quick"],
+        "warmup_runs": 10,
+        "case_runs": 150,
+        "rounds": 1,
+        "in_flight": 200,
+    },
 }
 WORKFLOW = bench.LINEAR  # the workflow bench.drive runs
 log = bench.log
@@ -223,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small sizes (well under a minute)")
     ap.add_argument("--processes", default="0,1,2,4", help="cases, e.g. 0,1,2,4")
-    ap.add_argument("--in-flight", type=int, help="runs kept going at once (default 50)")
+    ap.add_argument("--in-flight", type=int, help="runs kept going at once (default 200)")
     args = ap.parse_args(argv)
     if args.in_flight:
         for size in SIZES.values():
