@@ -59,9 +59,9 @@ class Worker:
             return "(still running)"
         return self.proc.stderr.read()
 
-    def terminate(self, timeout: float = 30) -> tuple[int, str, str]:
+    def terminate(self, timeout: float = 30, sig=signal.SIGTERM) -> tuple[int, str, str]:
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.proc.send_signal(sig)
         out, err = self.proc.communicate(timeout=timeout)
         return self.proc.returncode, out, err
 
@@ -251,8 +251,9 @@ def test_handler_failures_behave_as_in_the_kernel(engine, tmp_path, workers):
     assert "not JSON-serialisable" in run.error
     events = engine.events(run.id)
     assert w.worker_id in set(events["worker_id"].dropna())
-    code, _, err = w.terminate()
+    code, out, err = w.terminate(sig=signal.SIGINT)  # Ctrl-C drains too
     assert code == 0, err
+    assert "stopped after 2 tasks" in out
 
 
 def test_importing_a_worker_module_starts_no_engine(tmp_path):
@@ -339,3 +340,26 @@ def test_a_module_that_starts_an_engine_is_refused(clean_registry, capsys, tmp_p
         dn.stop_engine()
     err = capsys.readouterr().err
     assert f"importing {module} started a dagnats engine: a worker module must only" in err
+
+
+def test_builtin_llm_handler_in_a_worker_process(tmp_path, workers):
+    with dn.Engine.start(data_dir=tmp_path / "e", ack_wait="2s", llm_enabled=False) as eng:
+        assert "llm" not in eng.workers  # so the worker process runs every llm step
+        w = Worker(
+            "--task", "llm", "--concurrency", "3", "--nats-url", eng.url,
+            "--set", "llm_sim_latency_ms=1", "--set", "llm_sim_tokens_per_s=0",
+            log=tmp_path / "calls.log",
+        )  # fmt: skip
+        workers.append(w)
+        w.wait_ready()
+        assert "llm (x3)" in w.ready
+        step = {"id": "ask", "task": "llm", "config": {"prompt": "hi {input}"}}
+        step["config"].update(provider="simulated", model="tiny")
+        run = eng.run({"name": "ask-wf", "steps": [step]}, input="there", timeout=20)
+        assert run.status == "completed", run.error
+        assert run.output["model"] == "simulated:tiny"
+        events = eng.events(run.id)
+        done = events[events["type"] == "step.completed"]
+        assert list(done["worker_id"]) == [w.worker_id]
+        code, _, err = w.terminate()
+        assert code == 0, err
