@@ -67,7 +67,15 @@ __all__ = [
     "results_frame",
 ]
 
-DEFAULT_STREAMS = ("WORKFLOW_HISTORY", "TASK_QUEUES", "KV_workflow_defs", "KV_workflow_runs")
+# The set plus the payload object store: a run's values larger than one message live
+# there as ``$ref``s, and a history restored without them could not rebuild those runs.
+DEFAULT_STREAMS = (
+    "WORKFLOW_HISTORY",
+    "TASK_QUEUES",
+    "KV_workflow_defs",
+    "KV_workflow_runs",
+    "OBJ_payloads",
+)
 DATA_NAMES = ("stream.tar.s2", "stream.arc.s2")
 BACKUP_JSON = "backup.json"
 CHUNK_SIZE = 128 * 1024  # snapshot chunk size asked of the server (1 KiB - 1 MiB)

@@ -31,6 +31,7 @@ FLOW = {
 }
 FAILING = {"name": "failing", "steps": [{"id": "charge", "task": "charge"}]}
 WAITING = {"name": "waiting", "steps": [{"id": "hold", "task": "hold"}]}
+BULKY = {"name": "bulky", "steps": [{"id": "render", "task": "render"}]}
 
 
 def add_handlers(eng: dn.Engine, gate: threading.Event) -> None:
@@ -41,6 +42,10 @@ def add_handlers(eng: dn.Engine, gate: threading.Event) -> None:
     @eng.task("charge")
     def charge(ctx):
         raise dn.Permanent("card declined")
+
+    @eng.task("render")
+    def render(ctx):  # larger than a message: kept in OBJ_payloads behind a $ref
+        return {"blob": "b" * 1_200_000, "n": ctx.input}
 
     @eng.task("hold")
     def hold(ctx):
@@ -88,6 +93,7 @@ def busy(tmp_path):
     try:
         add_handlers(eng, gate)
         done = [eng.run(FLOW, {"x": i}, timeout=20) for i in (1, 2)]
+        done.append(eng.run(BULKY, 3, timeout=20))
         failed = eng.run(FAILING, None, timeout=20)
         pending = eng.start_run(WAITING, "later")
         yield eng, gate, done, failed, pending
@@ -107,7 +113,7 @@ def wait_started(eng: dn.Engine, run_id: str) -> None:
 @pytest.mark.timeout(120)
 def test_backup_then_restore_into_a_new_data_dir_rebuilds_every_run(busy, tmp_path):
     eng, _, done, failed, pending = busy
-    assert [r.status for r in done] == ["completed", "completed"] and failed.status == "failed"
+    assert [r.status for r in done] == ["completed"] * 3 and failed.status == "failed"
     wait_started(eng, pending.id)
     before = summary(eng)
     before_out = outputs(eng, [r.id for r in done])
@@ -118,6 +124,7 @@ def test_backup_then_restore_into_a_new_data_dir_rebuilds_every_run(busy, tmp_pa
         "stream", "messages", "bytes", "first_seq", "last_seq", "seconds", "mb_per_s",
     ]  # fmt: skip
     assert (backed["mb_per_s"] > 0).all() and (backed["file_bytes"] > 0).all()
+    assert backed.set_index("stream").loc["OBJ_payloads", "bytes"] > 1_200_000
     live = stream_state(eng.url, b.DEFAULT_STREAMS)
     assert row_state(backed)["WORKFLOW_HISTORY"] == live["WORKFLOW_HISTORY"]
     assert row_state(backed)["TASK_QUEUES"][0] == 1  # the held task, not acked yet
@@ -157,7 +164,7 @@ def test_force_restore_on_the_running_engine_rewinds_it_and_it_keeps_working(bus
     assert later.id in summary(eng)  # refused before anything changed
     gate.set()
     df = eng.restore(tmp_path / "bk", force=True)
-    assert len(df) == 4 and (df["messages"] > 0).sum() >= 3
+    assert len(df) == 5 and (df["messages"] > 0).sum() >= 4
     after = summary(eng)
     assert later.id not in after
     assert after[done[0].id][1] == "completed" and after[failed.id][1] == "failed"
@@ -191,13 +198,14 @@ def test_cli_round_trip_with_a_subprocess_and_refusal_without_force(tmp_path, ca
     )
     assert proc.returncode == 0, proc.stderr
     assert "backed up WORKFLOW_HISTORY:" in proc.stdout and "MB/s" in proc.stdout
-    assert "backed up 4 streams" in proc.stdout
-    table = proc.stdout.splitlines()[-6:-1]  # stream bytes, sequences and MB/s per stream
+    assert f"backed up {len(b.DEFAULT_STREAMS)} streams" in proc.stdout
+    n = len(b.DEFAULT_STREAMS)  # the table: stream bytes, sequences and MB/s per stream
+    table = proc.stdout.splitlines()[-n - 2 : -1]
     assert table[0].split()[:3] == ["stream", "messages", "bytes"]
     assert [line.split()[0] for line in table[1:]] == list(b.DEFAULT_STREAMS)
     assert main(["restore", str(bk), "--data-dir", str(new)]) == 0
     out = capsys.readouterr().out
-    assert out.count("restored ") == 5 and "into " + str(new) in out
+    assert out.count("restored ") == n + 1 and "into " + str(new) in out
     # again: the streams exist now, so it refuses in one line and changes nothing
     assert main(["restore", str(bk), "--data-dir", str(new)]) == 1
     err = capsys.readouterr().err.strip()
@@ -229,7 +237,7 @@ def test_cli_restore_refuses_while_an_engine_runs_on_the_data_dir(engine, tmp_pa
     try:
         with pytest.raises(BackupError, match="cannot restore through an attached engine"):
             attached.restore(tmp_path / "bk", force=True)
-        assert len(attached.backup(tmp_path / "att")) == 4
+        assert len(attached.backup(tmp_path / "att")) == len(b.DEFAULT_STREAMS)
     finally:
         attached.stop()
 
