@@ -75,3 +75,12 @@ def test_format_detection():
     assert looks_like_edges("a -> b")
     assert not looks_like_edges('  {"name": "x"}')
     assert not looks_like_edges("name: x\nsteps:\n  - id: a\n")
+
+
+def test_workflow_sticky_key_and_its_validation():
+    assert load_edges("a -> b\nworkflow: sticky=hard timeout=1m", "w").sticky == "hard"
+    assert load_edges("a -> b", "w").sticky is None
+    with pytest.raises(WorkflowError, match="must be one of 'soft' or 'hard'"):
+        load_edges("a -> b\nworkflow: sticky=medium", "w")
+    with pytest.raises(WorkflowError, match="hard affinity needs a workflow timeout"):
+        load_edges("a -> b\nworkflow: sticky=hard", "w")

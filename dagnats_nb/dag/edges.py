@@ -55,6 +55,7 @@ WORKFLOW_KEYS: dict[str, str] = {
     "max_delay": "cap on the default retry delay",
     "timeout": "time limit of the whole run",
     "max_steps": "steps of one run queued or running at once",
+    "sticky": "worker affinity of a run's steps: soft or hard",
 }
 _INT_KEYS = ("retry", "concurrency", "max_items", "max_iterations", "max_steps")
 _STEP = re.compile(r"[A-Za-z0-9_-]+")
@@ -191,6 +192,8 @@ class _Parser:
             out["timeout"] = wf["timeout"]
         if "max_steps" in wf:
             out["concurrency"] = {"max_steps": int(wf["max_steps"])}
+        if "sticky" in wf:
+            out["sticky"] = wf["sticky"]
         return out
 
     def unknown(self, step: str, what: str = "unknown step") -> str:

@@ -63,7 +63,8 @@ HELP = """\
   step keys: task (default: the id), type (normal|map|agent_loop), retry, delay, backoff
   (fixed|linear|exponential), max_delay, timeout, concurrency, max_items, max_iterations,
   max_duration, loop_delay, on_failure, skip_if="parent.field == value", worker_group.
-  workflow keys: version, retry, delay, backoff, max_delay, timeout, max_steps.
+  workflow keys: version, retry, delay, backoff, max_delay, timeout, max_steps,
+  sticky (soft|hard).
   The body may use {var} from the namespace.
 """
 
