@@ -202,12 +202,14 @@ def check_leaf_remotes(remotes: list[str]) -> list[str]:
     """The leaf remote URLs, checked: scheme, host and port (ServerError naming the bad one)."""
     out = []
     for url in remotes:
+        parts = urlsplit(url.strip())
         try:
-            parts = urlsplit(url.strip())
             port = parts.port
-        except ValueError:
-            parts, port = None, None
-        if parts is None or parts.scheme not in _LEAF_SCHEMES or not parts.hostname:
+        except ValueError:  # not a number, or out of range
+            raise ConfigError(
+                f"leaf_remotes: {url!r} has a bad port: write {parts.scheme}://HOST:7422"
+            ) from None
+        if parts.scheme not in _LEAF_SCHEMES or not parts.hostname:
             raise ConfigError(
                 f"leaf_remotes: {url!r} is not a leaf node URL: write "
                 "nats-leaf://HOST:7422 (or tls://, ws://, wss://)"

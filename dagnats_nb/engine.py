@@ -171,13 +171,15 @@ class Engine(Observing):
                 disconnected_cb=_on_disconnect,
                 reconnected_cb=_on_reconnect,
                 name=f"dagnats-nb {self.worker_id}",
-                max_reconnect_attempts=-1,
+                max_reconnect_attempts=3,  # at start (a dead nats_url fails fast); then:
                 reconnect_time_wait=0.5,
                 connect_timeout=5,
                 allow_reconnect=True,
             )
         except Exception as exc:
-            raise ServerError(f"cannot connect to NATS at {self.url}: {exc}") from exc
+            why = str(exc) or type(exc).__name__
+            raise ServerError(f"cannot connect to NATS at {self.url}: {why}") from None
+        self._nc.options["max_reconnect_attempts"] = -1  # ride out a server's loss
         # its own embedded server: local JetStream; elsewhere jetstream_domain, if set
         domain = None if self.server is not None else self.settings.jetstream_domain
         self._js = cluster.jetstream(self._nc, domain, timeout=10)

@@ -1,0 +1,363 @@
+"""Beyond one machine, on real nats-server processes: an R3 cluster that loses a server
+mid-run, and the embedded server as a leaf node of a hub whose worker takes its tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import select
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import nats
+import pytest
+from nats.js.errors import NotFoundError, ServiceUnavailableError
+from nats_cluster import Cluster, hub
+from test_server import listening, non_loopback_ip
+
+import dagnats_nb as dn
+from dagnats_nb import protocol as p
+from dagnats_nb import resources
+from dagnats_nb.errors import ConfigError, ServerError
+from dagnats_nb.server import EmbeddedServer, read_engine_info
+
+ROOT = Path(__file__).resolve().parent.parent
+LOG_ENV = "DAGNATS_TEST_WORKER_LOG"  # tests/worker_tasks.py records its calls there
+CREDS = (
+    "-----BEGIN NATS USER JWT-----\neyJhbGciOiJlZDI1NTE5LW5rZXkifQ.e30.c2ln\n"
+    "------END NATS USER JWT------\n\n"
+    "-----BEGIN USER NKEY SEED-----\nSUAEXAMPLEEXAMPLEEXAMPLE\n------END USER NKEY SEED------\n"
+)
+
+
+class WorkerChild:
+    """``dagnats worker tests.worker_tasks:echo`` in a child process."""
+
+    def __init__(self, url: str, log: Path, *extra: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "dagnats_nb.cli", "worker", "tests.worker_tasks:echo"]
+            + ["--nats-url", url, "--worker-id", "child", *extra],
+            cwd=ROOT,
+            env={**os.environ, LOG_ENV: str(log)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def wait_ready(self, timeout: float = 30) -> str:
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        line = self.proc.stdout.readline() if ready else ""
+        if "ready:" not in line:
+            self.proc.kill()
+            raise AssertionError(f"worker not ready: {line!r} {self.proc.stderr.read()[-2000:]}")
+        return line
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def calls_in(log: Path) -> Counter:
+    """(run_id, step_id) -> how many times the worker child ran it."""
+    if not log.exists():
+        return Counter()
+    return Counter(tuple(line.split()[:2]) for line in log.read_text().splitlines())
+
+
+# -- an R3 cluster losing a server -----------------------------------------------------------
+
+
+CHAIN = {
+    "name": "chain",
+    "steps": [
+        {"id": "a", "task": "inc"},
+        {"id": "b", "task": "echo", "depends_on": ["a"]},
+        {"id": "c", "task": "inc_echo", "depends_on": ["b"]},
+    ],
+}
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    with Cluster(tmp_path / "cluster", size=3) as c:
+        yield c
+
+
+def test_r3_cluster_loses_a_server_mid_run_and_every_run_completes(cluster, tmp_path):
+    eng = dn.Engine.start(
+        data_dir=tmp_path / "e",
+        nats_url=cluster.url,
+        nats_jetstream_replicas=3,
+        ack_wait="2s",
+        llm_enabled=False,
+    )
+    log = tmp_path / "worker.log"
+    child = WorkerChild(cluster.url, log)
+    calls: Counter = Counter()
+    lock = threading.Lock()
+
+    def counted(ctx, n):
+        with lock:
+            calls[(ctx.run_id, ctx.step_id)] += 1
+        time.sleep(0.15)
+        return {"n": n + 1}
+
+    try:
+        assert eng.server is None and eng.url == cluster.url
+        eng.add_handler("inc", lambda ctx: counted(ctx, ctx.input["n"]), concurrency=3)
+        eng.add_handler("inc_echo", lambda ctx: counted(ctx, ctx.input["echo"]["n"]), concurrency=3)
+        eng.register(CHAIN)
+        assert "echo (x4)" in child.wait_ready() and cluster.url in child.proc.args
+
+        # Every stream, bucket and the payload store is replicated three times.
+        names = [s.name for s in resources.STREAMS] + [b.stream for b in resources.BUCKETS]
+        names.append(f"OBJ_{p.PAYLOAD_BUCKET}")
+        infos = {n: eng._call(eng._js.stream_info(n)) for n in names}
+        for name, info in infos.items():
+            assert info.config.num_replicas == 3, name
+            assert len(info.cluster.replicas or []) == 2, name
+
+        # The normal case: no step runs twice.
+        first = [eng.start_run("chain", {"n": i}) for i in range(6)]
+        for i, run in enumerate(first):
+            assert run.wait(30).status == "completed"
+            assert run.output == {"n": i + 2}
+        ids = {r.id for r in first}
+        assert sorted(v for k, v in calls.items() if k[0] in ids) == [1] * 12
+        assert sorted(v for k, v in calls_in(log).items() if k[0] in ids) == [1] * 6
+
+        # Kill (SIGKILL) the leader of WORKFLOW_HISTORY while 30 runs are under way.
+        runs = [eng.start_run("chain", {"n": i}) for i in range(30)]
+        deadline = time.monotonic() + 20
+        while sum(1 for k in calls if k[0] not in ids) < 10 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        leader = infos[p.HISTORY_STREAM].cluster.leader
+        victim = cluster.node(eng._call(eng._js.stream_info(p.HISTORY_STREAM)).cluster.leader)
+        killed_at = time.monotonic()
+        victim.kill()
+        unfinished = {r.id for r in runs if eng.run_state(r.id)["status"] == "running"}
+        assert len(unfinished) >= 10, "the workload ended before the kill: make it longer"
+
+        for i, run in enumerate(runs):
+            assert run.wait(60).status == "completed", (run.id, eng.run_state(run.id))
+            assert run.output == {"n": i + 2}
+        recovery = time.monotonic() - killed_at
+
+        # Every step ran; a second run of a step happens only for a task whose ack went to
+        # the dead server (redelivered after ack_wait): runs under way at the kill, and
+        # about as many as the tasks in flight then (concurrency 3 + 4 + 3).
+        ran = {(r.id, s) for r in runs for s in ("a", "c")}
+        assert ran <= set(calls)
+        assert {(r.id, "b") for r in runs} <= set(calls_in(log))
+        again = [k for k, v in (calls + calls_in(log)).items() for _ in range(v - 1)]
+        assert {run_id for run_id, _ in again} <= unfinished, again
+        twice = len(again)
+        assert twice <= 2 * (3 + 4 + 3), again
+
+        # The orchestrator applied each history event exactly once: its per-run event count
+        # equals the run's messages in WORKFLOW_HISTORY.
+        for run in runs:
+            state = eng.run_state(run.id)["state"]
+            assert state.event_count == len(eng._call(eng.history(run.id))), run.id
+
+        # The engine (server None) still answers status and health.
+        status = eng.status()
+        assert status["connected"] and status["url"] == cluster.url
+        assert {w["worker_id"] for w in status["workers"]} >= {"child", eng.worker_id}
+        assert not eng.health().empty
+        print(
+            f"\nkilled {victim.name} (history leader {leader} at creation); all runs done "
+            f"{recovery:.1f} s later; {twice} task(s) ran twice; engine on "
+            f"{eng._nc.connected_url.port}, redelivered history events skipped: "
+            f"{eng.orchestrator.counters['history_redelivered']}"
+        )
+    finally:
+        child.stop()
+        eng.stop()
+
+
+def test_nats_url_that_does_not_answer_is_one_line(tmp_path):
+    port = socket.socket()
+    port.bind(("127.0.0.1", 0))
+    url = f"nats://127.0.0.1:{port.getsockname()[1]}"
+    port.close()
+    with pytest.raises(ServerError, match=f"cannot connect to NATS at {url}"):
+        dn.Engine.start(data_dir=tmp_path / "e", nats_url=url)
+
+
+# -- leaf node mode --------------------------------------------------------------------------
+
+
+@pytest.fixture(params=[False, True], ids=["hub-without-jetstream", "hub-with-jetstream"])
+def hub_node(request, tmp_path):
+    node = hub(tmp_path / "hub", jetstream=request.param)
+    node.start()
+    node.wait_port()
+    node.jetstream = request.param
+    yield node
+    node.stop()
+
+
+def leaf_url(node) -> str:
+    return f"nats-leaf://127.0.0.1:{node.extra['leaf']}"
+
+
+def test_a_worker_on_the_hub_takes_the_leaf_engines_tasks(hub_node, tmp_path):
+    eng = dn.Engine.start(data_dir=tmp_path / "e", leaf_remotes=[leaf_url(hub_node)], ack_wait="2s")
+    log = tmp_path / "worker.log"
+    child = WorkerChild(hub_node.url, log, "--set", "jetstream_domain=dagnats")
+    try:
+        assert eng.server.domain == "dagnats"
+        conf = eng.server.conf_path.read_text()
+        assert 'domain: "dagnats"' in conf and leaf_url(hub_node) in conf
+        info = read_engine_info(eng.settings.data_dir)
+        assert info["leaf_remotes"] == [leaf_url(hub_node)]
+        assert info["jetstream_domain"] == "dagnats"
+        eng.register({"name": "via-hub", "steps": [{"id": "e", "task": "echo"}]})
+        ready = child.wait_ready()
+        assert hub_node.url in ready
+
+        run = eng.run("via-hub", {"x": 1}, timeout=30)
+        assert run.status == "completed"
+        assert run.output == {"echo": {"x": 1}, "pid": child.proc.pid}
+        assert calls_in(log) == Counter({(run.id, "e"): 1})
+        events = eng.events(run.id)
+        done = events[events["type"] == "step.completed"]
+        assert list(done["worker_id"]) == ["child"]
+        # Its registration (a KV write from the hub, through the domain mapping) arrived.
+        assert "child" in {w["worker_id"] for w in eng.status()["workers"]}
+        asyncio.run(_hub_sees_only_the_domain(hub_node))
+    finally:
+        child.stop()
+        eng.stop()
+
+
+async def _hub_sees_only_the_domain(node) -> None:
+    """Hub clients reach the engine's JetStream by its domain, never by the plain API."""
+    nc = await nats.connect(node.url)
+    try:
+        info = await nc.jetstream(domain="dagnats").stream_info(p.HISTORY_STREAM)
+        assert info.state.messages > 0
+        with pytest.raises((NotFoundError, ServiceUnavailableError, nats.errors.NoRespondersError)):
+            await nc.jetstream(timeout=2).stream_info(p.HISTORY_STREAM)
+    finally:
+        await nc.close()
+
+
+def connects(ip: str, port: int) -> bool:
+    try:
+        with socket.create_connection((ip, port), timeout=1) as sock:
+            return sock.makefile("rb").readline().startswith(b"INFO ")
+    except OSError:
+        return False
+
+
+def test_leaf_mode_listens_on_all_interfaces_and_standalone_on_loopback(tmp_path):
+    ip = non_loopback_ip()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        leaf = EmbeddedServer(
+            data_dir=tmp_path / "leaf", leaf_remotes=["nats-leaf://127.0.0.1:9"], monitor_port=0
+        ).start()
+    try:
+        alone = EmbeddedServer(data_dir=tmp_path / "alone").start()
+        try:
+            # 0.0.0.0 (Go may make it a dual-stack [::] socket): the wildcard address only
+            (wildcard,) = listening(leaf.port)
+            assert set(wildcard) == {"0"}, wildcard
+            assert listening(alone.port) == ["0100007F"]  # 127.0.0.1
+            assert listening(leaf.monitor_port) == ["0100007F"]  # monitoring stays local
+            assert leaf.url == f"nats://127.0.0.1:{leaf.port}"
+            for addr in filter(None, ("127.0.0.2", ip)):
+                assert connects(addr, leaf.port), addr
+                assert not connects(addr, alone.port), addr
+        finally:
+            alone.stop()
+    finally:
+        leaf.stop()
+    # A hub that does not answer at start: the engine runs locally, one warning names it.
+    messages = [str(w.message) for w in caught]
+    assert any("nats-leaf://127.0.0.1:9 does not answer now" in m for m in messages), messages
+
+
+def test_inline_credentials_become_a_private_file_removed_at_stop(tmp_path):
+    data_dir = tmp_path / "e"
+    data_dir.mkdir(mode=0o700)
+    stale = data_dir / "leaf.creds"
+    stale.write_text("left by a crashed engine")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        server = EmbeddedServer(
+            data_dir=data_dir, leaf_remotes=["nats-leaf://127.0.0.1:9"], leaf_credentials=CREDS
+        ).start()
+    try:
+        creds = server.leaf_creds
+        assert creds == data_dir / "leaf.creds"
+        assert stat.S_IMODE(creds.stat().st_mode) == 0o600
+        assert creds.read_text() == CREDS.strip() + "\n"
+        assert f'credentials: "{creds}"' in server.conf_path.read_text()
+        assert server.running
+    finally:
+        server.stop()
+    assert not creds.exists()
+    # A standalone start removes a stale file too.
+    stale.write_text("left by a crashed engine")
+    with EmbeddedServer(data_dir=data_dir) as server:
+        assert not stale.exists() and "leafnodes" not in server.conf_path.read_text()
+
+
+def test_a_credentials_path_is_used_as_is_and_kept(tmp_path):
+    path = tmp_path / "hub.creds"
+    path.write_text(CREDS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        server = EmbeddedServer(
+            data_dir=tmp_path / "e",
+            leaf_remotes=["nats-leaf://127.0.0.1:9"],
+            leaf_credentials=str(path),
+            jetstream_domain="edge1",
+        ).start()
+    with server:
+        assert server.leaf_creds == path.resolve()
+        conf = server.conf_path.read_text()
+        assert f'credentials: "{path.resolve()}"' in conf and 'domain: "edge1"' in conf
+    assert path.exists() and not (tmp_path / "e" / "leaf.creds").exists()
+
+
+@pytest.mark.parametrize(
+    "remotes, message",
+    [
+        (["hub:7422"], "leaf_remotes: 'hub:7422' is not a leaf node URL"),
+        (["http://hub:7422"], "leaf_remotes: 'http://hub:7422' is not a leaf node URL"),
+        (["nats-leaf://hub"], "leaf_remotes: 'nats-leaf://hub' has no port"),
+        (["nats-leaf://hub:99999"], "leaf_remotes: 'nats-leaf://hub:99999' has a bad port"),
+    ],
+)
+def test_bad_leaf_remote_is_one_line(tmp_path, remotes, message):
+    with pytest.raises(ConfigError, match=message):
+        dn.Engine.start(data_dir=tmp_path / "e", leaf_remotes=remotes)
+    assert not (tmp_path / "e" / "engine.json").exists()
+
+
+def test_missing_credentials_file_is_one_line(tmp_path):
+    missing = tmp_path / "nope.creds"
+    with pytest.raises(ServerError, match=f"leaf_credentials: {missing} is not a file"):
+        EmbeddedServer(
+            data_dir=tmp_path / "e",
+            leaf_remotes=["nats-leaf://127.0.0.1:9"],
+            leaf_credentials=str(missing),
+        ).start()
+    assert read_engine_info(tmp_path / "e") is None
