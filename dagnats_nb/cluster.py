@@ -195,6 +195,23 @@ class ClusterJetStream(JetStreamContext):
                         entry.outer.set_exception(exc)
 
 
+async def ensure_resources(js: JetStreamContext, streams: tuple, replicas: int, where: str) -> None:
+    """``resources.ensure`` with ``replicas``; a replica count the server cannot place is one
+    line naming ``nats_jetstream_replicas``."""
+    from . import resources
+
+    try:
+        await resources.ensure(js, streams, replicas=replicas)
+    except APIError as exc:
+        if exc.err_code not in (10074, 10005):  # not clustered / no suitable peers
+            raise
+        raise ConfigError(
+            f"nats_jetstream_replicas = {replicas}: NATS at {where} cannot place {replicas} "
+            f"replicas ({exc.description}); use 1 on a single server, at most the number of "
+            "servers of a cluster"
+        ) from None
+
+
 # -- leaf node mode -------------------------------------------------------------------------
 
 

@@ -23,9 +23,9 @@ import nats
 import nats.errors
 from nats.js.errors import APIError, KeyNotFoundError, NoKeysError, NotFoundError
 
+from . import cluster, resources
 from . import dead_letters as dlq
 from . import protocol as p
-from . import cluster, resources
 from .bridge import Bridge
 from .config import Settings, load_settings
 from .dag import WorkflowDef, load_workflow
@@ -45,6 +45,7 @@ from .server import EmbeddedServer, read_engine_info
 from .stores import DefinitionStore, PayloadStore
 from .threads import DaemonThreadPool
 from .views import events_frame, runs_frame, steps_frame
+from .worker_process import share_capacity
 from .workers import TaskWorker, WorkerRegistry, ensure_task_consumer, new_worker_id
 
 log = logging.getLogger("dagnats_nb")
@@ -200,7 +201,7 @@ class Engine(Observing):
             self.http_url = await self.http.start(s.http_addr)
         max_age = s.runs_max_age.total_seconds() if s.runs_max_age else None
         streams = resources.streams_for(max_age, s.history_max_bytes, s.max_store_bytes)
-        await resources.ensure(self._js, streams, replicas=s.nats_jetstream_replicas)
+        await cluster.ensure_resources(self._js, streams, s.nats_jetstream_replicas, self.url)
         self._started["resources"] = True
         self.orchestrator = Orchestrator(self._nc, self._js, self.defs, self.payloads)
         await self.orchestrator.start()
@@ -305,6 +306,7 @@ class Engine(Observing):
         self.workers[handler.task] = w
         self.registry.tasks[handler.task] = w
         await self.registry.beat()
+        await share_capacity(self._js, handler.task, self.settings.ack_wait.total_seconds())
 
     def _store_full(self, message: str) -> None:
         if self.orchestrator is not None:

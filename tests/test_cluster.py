@@ -100,6 +100,8 @@ def cluster(tmp_path):
 
 
 def test_r3_cluster_loses_a_server_mid_run_and_every_run_completes(cluster, tmp_path):
+    with pytest.raises(ConfigError, match="nats_jetstream_replicas = 5: NATS at .* cannot place"):
+        dn.Engine.start(data_dir=tmp_path / "x", nats_url=cluster.url, nats_jetstream_replicas=5)
     eng = dn.Engine.start(
         data_dir=tmp_path / "e",
         nats_url=cluster.url,
@@ -192,6 +194,12 @@ def test_r3_cluster_loses_a_server_mid_run_and_every_run_completes(cluster, tmp_
     finally:
         child.stop()
         eng.stop()
+
+
+def test_replicas_on_a_single_server_is_one_line(tmp_path):
+    with pytest.raises(ConfigError, match="nats_jetstream_replicas = 3: NATS at nats://127"):
+        dn.Engine.start(data_dir=tmp_path / "e", nats_jetstream_replicas=3)
+    assert read_engine_info(tmp_path / "e") is None  # its embedded server was stopped
 
 
 def test_nats_url_that_does_not_answer_is_one_line(tmp_path):
