@@ -301,6 +301,16 @@ class WorkerProcess:
         return (await self._defs.get(workflow, def_hash or None))[1]
 
 
+async def share_capacity(js, task: str, ack_wait: float) -> int:
+    """Set the task consumer's MaxAckPending to the sum of the concurrencies the live
+    workers declare for ``task`` in the ``workers`` KV (the engine calls this when it adds
+    a handler, so worker processes already running keep their share); the sum."""
+    total = (await registered_concurrency(js)).get(task, 0)
+    if total >= 1:
+        await ensure_task_consumer(js, task, ack_wait, total)
+    return total
+
+
 async def registered_concurrency(js, exclude: str | None = None) -> dict[str, int]:
     """Sum of the concurrency per task over the live entries of the ``workers`` KV."""
     kv = await js.key_value("workers")

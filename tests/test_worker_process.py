@@ -119,14 +119,6 @@ SLOW_SYNC = {"name": "slow-sync-wf", "steps": [{"id": "s", "task": "slow_sync"}]
 def test_two_worker_processes_and_the_kernel_share_one_queue(engine, tmp_path, workers):
     log = tmp_path / "calls.log"
     kernel_pid = os.getpid()
-
-    @engine.task("echo", concurrency=4)
-    async def echo(ctx):  # the in-kernel twin of worker_tasks.echo
-        await asyncio.sleep(0.005)
-        with log.open("a") as f:
-            f.write(f"{ctx.run_id} {ctx.step_id} {ctx.attempt} {kernel_pid} done\n")
-        return {"echo": ctx.input, "pid": kernel_pid}
-
     engine.register(ECHO)
     # one by its --task filter, one by an ATTR naming a dict {task: (fn, concurrency)}
     a = Worker(
@@ -137,6 +129,14 @@ def test_two_worker_processes_and_the_kernel_share_one_queue(engine, tmp_path, w
     a.wait_ready()
     b.wait_ready()
     assert "echo (x4)" in a.ready and "echo (x2)" in b.ready and engine.url in a.ready
+    assert consumer_config(engine, "echo").max_ack_pending == 4 + 2
+
+    @engine.task("echo", concurrency=4)  # the kernel joins after them: capacity adds up
+    async def echo(ctx):  # the in-kernel twin of worker_tasks.echo
+        await asyncio.sleep(0.005)
+        with log.open("a") as f:
+            f.write(f"{ctx.run_id} {ctx.step_id} {ctx.attempt} {kernel_pid} done\n")
+        return {"echo": ctx.input, "pid": kernel_pid}
 
     # both show in the workers KV with their tasks; the queue's capacity is their sum
     seen = registered(engine)
