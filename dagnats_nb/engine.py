@@ -46,7 +46,6 @@ from .stores import DefinitionStore, PayloadStore
 from .threads import DaemonThreadPool
 from .views import events_frame, runs_frame, steps_frame
 from .worker_process import share_capacity
-from .worker_process import share_capacity
 from .workers import TaskWorker, WorkerRegistry, ensure_task_consumer, new_worker_id
 
 log = logging.getLogger("dagnats_nb")
@@ -307,7 +306,6 @@ class Engine(Observing):
         self.workers[handler.task] = w
         self.registry.tasks[handler.task] = w
         await self.registry.beat()
-        await share_capacity(self._js, handler.task, self.settings.ack_wait.total_seconds())
         await share_capacity(self._js, handler.task, self.settings.ack_wait.total_seconds())
 
     def _store_full(self, message: str) -> None:
