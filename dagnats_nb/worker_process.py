@@ -13,6 +13,9 @@ Choices:
   then raises it to the sum of the concurrencies that the live workers of the ``workers`` KV
   declare for the task (its own included), again every heartbeat, and lowers it to the
   others' sum when it leaves: so two processes of concurrency 4 run 8 tasks at once.
+- **The engine moves.** A worker that found the engine through ``engine.json`` (no URL
+  given) reads it again while disconnected, and reconnects to the new URL when the engine
+  restarted on another port (the default ``nats_port: 0`` picks a new one at each start).
 - **ack wait.** A worker adopts the existing consumer's ack wait (the engine's setting), so
   the engine and its workers do not rewrite it back and forth; ``ack_wait`` of the worker's
   settings is used only when it creates the consumer.
@@ -71,6 +74,7 @@ from .workers import (
 log = logging.getLogger("dagnats_nb.worker")
 
 BUILTIN_LLM = "llm"
+FOLLOW_EVERY = 1.0  # seconds between looks at engine.json while disconnected
 
 HandlerMap = dict[str, tuple[Callable[..., Any], int | None]]
 
@@ -112,6 +116,8 @@ class WorkerProcess:
         self._js = None
         self._defs: DefinitionStore | None = None
         self._share_task: asyncio.Task | None = None
+        self._follow_task: asyncio.Task | None = None
+        self._follow = False
         self._closing = False
 
     # -- life cycle ----------------------------------------------------------------------
@@ -120,6 +126,7 @@ class WorkerProcess:
         """Connect and start taking tasks; raises a one-line DagnatsError when it cannot."""
         if self.running:
             return self
+        self._follow = not (self.url or self.settings.nats_url)  # the URL of engine.json
         self.url = self.url or self.settings.nats_url or self._engine_url()
         sync = sum(h.concurrency for h in self.handlers.values() if not h.is_async)
         self._executor = DaemonThreadPool(max(32, sync), name="dagnats-worker-handler")
@@ -235,11 +242,14 @@ class WorkerProcess:
         await self.registry.start()
         await self._share()
         self._share_task = asyncio.create_task(self._share_loop())
+        if self._follow:
+            self._follow_task = asyncio.create_task(self._follow_engine())
 
     async def _stop_async(self, drain_timeout: float) -> None:
         self._closing = True
-        if self._share_task is not None:
-            self._share_task.cancel()
+        for task in (self._share_task, self._follow_task):
+            if task is not None:
+                task.cancel()
         online = self._nc is not None and self._nc.is_connected
         drain = drain_timeout if online else 0.0
         stops = [w.stop(drain_timeout=drain) for w in self.workers.values()]
@@ -295,6 +305,22 @@ class WorkerProcess:
                 await self._share()
             except Exception as exc:
                 log.warning("cannot update task consumers: %s", exc)
+
+    async def _follow_engine(self) -> None:
+        """Found through ``engine.json``: when the engine restarts (on another port, by
+        default), reconnect to where it runs now; the durable consumers carry on."""
+        while True:
+            await asyncio.sleep(FOLLOW_EVERY)
+            if self._nc.is_connected or self._closing:
+                continue
+            info = read_engine_info(self.settings.data_dir)
+            url = info.get("url") if info and info.get("alive") else None
+            if url and url != self.url:
+                log.warning(
+                    "the engine on %s now runs at %s: reconnecting", self.settings.data_dir, url
+                )
+                self._nc.set_server_pool([url])
+                self.url = url
 
     async def _run_def(self, run_id: str, workflow: str, def_hash: str = ""):
         """The definition version a task names (the built-in llm handler reads its step)."""

@@ -363,3 +363,25 @@ def test_builtin_llm_handler_in_a_worker_process(tmp_path, workers):
         assert list(done["worker_id"]) == [w.worker_id]
         code, _, err = w.terminate()
         assert code == 0, err
+
+
+def test_a_worker_follows_the_engine_to_its_new_port_after_a_restart(tmp_path, workers):
+    log = tmp_path / "calls.log"
+    data_dir = tmp_path / "e"
+    with dn.Engine.start(data_dir=data_dir, ack_wait="2s", llm_enabled=False) as eng:
+        eng.register(ECHO)
+        first_url = eng.url
+        w = Worker("tests.worker_tasks", "--task", "echo", "--data-dir", str(data_dir), log=log)
+        workers.append(w)
+        w.wait_ready()
+        assert eng.run("echo-wf", {"n": 1}, timeout=20).output["pid"] == w.proc.pid
+    with dn.Engine.start(data_dir=data_dir, ack_wait="2s", llm_enabled=False) as eng:
+        assert eng.url != first_url  # nats_port 0: a new port at each start
+        run = eng.run("echo-wf", {"n": 2}, timeout=30)
+        assert run.status == "completed", run.error
+        assert run.output == {"echo": {"n": 2}, "pid": w.proc.pid}
+        assert w.worker_id in registered(eng)
+        second_url = eng.url
+        code, _, err = w.terminate()
+    assert code == 0, err
+    assert f"now runs at {second_url}: reconnecting" in err
