@@ -150,6 +150,12 @@ class WorkerProcess:
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
 
+    async def start_async(self) -> WorkerProcess:
+        return await asyncio.to_thread(self.start)
+
+    async def stop_async(self, drain_timeout: float = 10.0) -> None:
+        await asyncio.to_thread(self.stop, drain_timeout)
+
     def __enter__(self) -> WorkerProcess:
         return self.start()
 

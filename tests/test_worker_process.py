@@ -385,3 +385,32 @@ def test_a_worker_follows_the_engine_to_its_new_port_after_a_restart(tmp_path, w
         code, _, err = w.terminate()
     assert code == 0, err
     assert f"now runs at {second_url}: reconnecting" in err
+
+
+def test_worker_process_from_python(engine):
+    from dagnats_nb.worker_process import WorkerProcess
+
+    def double(ctx):
+        return ctx.input * 2
+
+    wp = WorkerProcess(engine.settings, {"double": (double, 2)}, url=engine.url, worker_id="py-w")
+    wf = {"name": "double-wf", "steps": [{"id": "x", "task": "double"}]}
+    with wp:
+        assert wp.running and wp.tasks == {"double": 2}
+        assert engine.run(wf, input=21, timeout=20).output == 42
+        assert wp.stats()["double"] == {"inflight": 0, "completed": 1, "failed": 0}
+        assert registered(engine)["py-w"]["tasks"]["double"]["concurrency"] == 2
+    assert not wp.running and "py-w" not in registered(engine)
+
+    async def twins():  # the *_async twins, from an event loop
+        again = WorkerProcess(engine.settings, {"double": (double, 1)}, url=engine.url)
+        await again.start_async()
+        run = await engine.run_async(wf, input=5, timeout=20)
+        await again.stop_async(drain_timeout=1)
+        return run.output, again.running
+
+    assert asyncio.run(twins()) == (10, False)
+    with pytest.raises(dn.DagnatsError, match="at least one handler"):
+        WorkerProcess(engine.settings, {})
+    with pytest.raises(dn.DagnatsError, match="task name 'a.b' cannot be used"):
+        WorkerProcess(engine.settings, {"a.b": (double, 1)})
