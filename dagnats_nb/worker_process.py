@@ -402,8 +402,12 @@ def import_module(name: str):
             spec = importlib.util.spec_from_file_location(path.stem, path)
             module = importlib.util.module_from_spec(spec)
             sys.modules[path.stem] = module
-            sys.path.insert(0, str(path.resolve().parent))
-            spec.loader.exec_module(module)
+            sys.path.insert(0, str(path.resolve().parent))  # its sibling modules import too
+            try:
+                spec.loader.exec_module(module)
+            except BaseException:
+                sys.modules.pop(path.stem, None)
+                raise
             return module
         cwd = os.getcwd()
         if cwd not in sys.path and "" not in sys.path:

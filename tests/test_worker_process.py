@@ -278,7 +278,7 @@ def clean_registry(monkeypatch):
 
     monkeypatch.setattr(default, "_handlers", {})
     monkeypatch.chdir(ROOT)
-    for name in ("tests.worker_tasks", "engine_on_import"):
+    for name in ("tests.worker_tasks", "engine_on_import", "broken_tasks"):
         monkeypatch.delitem(sys.modules, name, raising=False)
     yield
 
@@ -414,3 +414,12 @@ def test_worker_process_from_python(engine):
         WorkerProcess(engine.settings, {})
     with pytest.raises(dn.DagnatsError, match="task name 'a.b' cannot be used"):
         WorkerProcess(engine.settings, {"a.b": (double, 1)})
+
+
+def test_a_module_that_fails_to_import_is_one_line(clean_registry, capsys, tmp_path):
+    module = tmp_path / "broken_tasks.py"
+    module.write_text("import dagnats_nb as dn\nraise RuntimeError('no config here')\n")
+    assert cli.main(["worker", str(module)]) == 1
+    err = capsys.readouterr().err
+    assert f"importing module '{module}' failed: RuntimeError: no config here" in err
+    assert err.count("\n") == 1
