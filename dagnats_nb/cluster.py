@@ -10,6 +10,8 @@ Choices:
   no ack came within ``ack_timeout`` seconds or the stream answered "no responders" / 503,
   until ``publish_deadline``; the stream's duplicate window makes the retry idempotent. A
   KV write (``$KV.``) is retried likewise. Other publishes are left as nats-py does them.
+  A refusal (a full store...) fails the future at once: nats-py 2.16 raises inside its
+  reply callback there and leaves the future pending for ever.
 - **Across a leaf node, by JetStream domain.** A client of the hub addresses the engine's
   JetStream as ``nc.jetstream(domain=...)`` (``$JS.<domain>.API.>``). nats-server denies
   ``$KV.>`` across a leaf connection whose domains differ, and maps
@@ -24,9 +26,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import json
+import logging
 import os
 import time
 from pathlib import Path
+from secrets import token_hex
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -34,7 +40,12 @@ import nats.errors
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js import api as js_api
-from nats.js.errors import APIError, NoStreamResponseError, ServiceUnavailableError
+from nats.js.client import NO_RESPONDERS_STATUS
+from nats.js.errors import (
+    APIError,
+    NoStreamResponseError,
+    TooManyStalledMsgsError,
+)
 
 from .errors import ConfigError, ServerError
 
@@ -49,11 +60,15 @@ __all__ = [
     "leaf_block",
 ]
 
+log = logging.getLogger("dagnats_nb.cluster")
+
 LEAF_CREDS_FILE = "leaf.creds"
 DEFAULT_LEAF_DOMAIN = "dagnats"
 _LEAF_SCHEMES = ("nats-leaf", "nats", "tls", "ws", "wss")
-_RETRIABLE = (NoStreamResponseError, ServiceUnavailableError, nats.errors.NoRespondersError)
-_RETRIABLE_CODES = (10158,)  # "duplicate message id is in process": the first send is pending
+_RETRIABLE = (NoStreamResponseError, nats.errors.NoRespondersError, nats.errors.TimeoutError)
+# "duplicate message id is in process" (the first send is pending), "JetStream system
+# temporarily unavailable"; a 503 with no code. Never a full store (503 + 10047 etc.).
+_RETRIABLE_CODES = (10158, 10008)
 
 
 def jetstream(nc: NATS, domain: str | None = None, timeout: float = 10) -> ClusterJetStream:
@@ -63,9 +78,11 @@ def jetstream(nc: NATS, domain: str | None = None, timeout: float = 10) -> Clust
 
 def _retriable(exc: BaseException) -> bool:
     """A publish error that a server loss causes and sending again (same id) fixes."""
-    if isinstance(exc, _RETRIABLE | nats.errors.TimeoutError):
+    if isinstance(exc, _RETRIABLE):
         return True
-    return isinstance(exc, APIError) and exc.err_code in _RETRIABLE_CODES
+    if not isinstance(exc, APIError):
+        return False
+    return exc.err_code in _RETRIABLE_CODES or (exc.code == 503 and not exc.err_code)
 
 
 def server_list(url: str) -> list[str]:
@@ -73,27 +90,25 @@ def server_list(url: str) -> list[str]:
     return [u.strip() for u in url.split(",") if u.strip()]
 
 
-class _Retry:
-    """One publish that may be sent again: the caller's future and the current attempt."""
-
-    __slots__ = ("outer", "inner", "args", "started", "sent")
-
-    def __init__(self, outer: asyncio.Future, args: tuple) -> None:
-        self.outer, self.args = outer, args
-        self.inner: asyncio.Future | None = None
-        self.started = self.sent = time.monotonic()
-
-
 class ClusterJetStream(JetStreamContext):
     """nats-py's JetStream context, with publishes retried through a server loss and KV
-    writes routed through the domain mapping (see the module docstring)."""
+    writes routed through the domain mapping (see the module docstring).
+
+    ``publish_async`` of a message with ``Nats-Msg-Id`` (or a KV write) is nats-py's, plus
+    a note of what was sent: every 0.5 s a sweep sends again, with the same reply inbox,
+    what has had no ack for ``ack_timeout``; a "no responders", 503 or "duplicate in
+    process" reply triggers the same instead of failing the caller's future. The first ack
+    resolves the future; later ones find it gone.
+    """
 
     ack_timeout = 3.0  # seconds without an ack before the same message is sent again
     publish_deadline = 60.0  # then the publish fails with a TimeoutError
 
     def __init__(self, conn: NATS, **kwargs: Any) -> None:
         super().__init__(conn, **kwargs)
-        self._retries: set[_Retry] = set()
+        # token -> [subject, payload, reply, headers, last sent, first sent]
+        self._resend: dict[str, list] = {}
+        self.resent = 0  # messages sent again so far
         self._sweeper: asyncio.Task | None = None
 
     def _kv_subject(self, subject: str) -> str:
@@ -134,65 +149,115 @@ class ClusterJetStream(JetStreamContext):
         msg_ttl: float | None = None,
     ) -> asyncio.Future:
         kv = subject.startswith("$KV.")
-        subject = self._kv_subject(subject)
-        args = (subject, payload, wait_stall, stream, headers, msg_ttl)
         if not (kv or (headers and "Nats-Msg-Id" in headers)):
-            return await super().publish_async(*args)
-        entry = _Retry(asyncio.get_running_loop().create_future(), args)
-        await self._send(entry)
-        self._retries.add(entry)
-        if self._sweeper is None or self._sweeper.done():
+            return await super().publish_async(
+                subject, payload, wait_stall, stream, headers, msg_ttl
+            )
+        subject = self._kv_subject(subject)
+        # nats-py's publish_async (2.9-2.16), keeping the token and reply to send again
+        if not self._async_reply_prefix:
+            await self._init_async_reply()
+        hdr = headers
+        if stream is not None:
+            hdr = {**(hdr or {}), js_api.Header.EXPECTED_STREAM: stream}
+        if msg_ttl is not None:
+            hdr = {**(hdr or {}), js_api.Header.MSG_TTL: str(int(msg_ttl))}
+        try:
+            await asyncio.wait_for(
+                self._publish_async_pending_semaphore.acquire(), timeout=wait_stall
+            )
+        except (TimeoutError, asyncio.CancelledError):
+            raise TooManyStalledMsgsError from None
+        token = self._nc._nuid.next()
+        token.extend(token_hex(2).encode())
+        inbox = self._async_reply_prefix[:]
+        inbox.extend(token)
+        key, reply = token.decode(), inbox.decode()
+        future: asyncio.Future = asyncio.Future()
+        future.add_done_callback(functools.partial(self._publish_done, key))
+        self._publish_async_futures[key] = future
+        if self._publish_async_completed_event.is_set():
+            self._publish_async_completed_event.clear()
+        now = time.monotonic()
+        self._resend[key] = [subject, payload, reply, hdr, now, now]
+        await self._nc.publish(subject, payload, reply=reply, headers=hdr)
+        if self._sweeper is None:
             self._sweeper = asyncio.create_task(self._sweep(), name="dagnats-publish-retry")
-        return entry.outer
+        return future
 
-    async def _send(self, entry: _Retry) -> None:
-        entry.sent = time.monotonic()
-        inner = await super().publish_async(*entry.args)
-        entry.inner = inner
-        inner.add_done_callback(lambda fut: self._settle(entry, fut))
+    def _publish_done(self, key: str, _future: asyncio.Future) -> None:
+        self._publish_async_futures.pop(key, None)
+        self._resend.pop(key, None)
+        if not self._publish_async_futures:
+            self._publish_async_completed_event.set()
+        self._publish_async_pending_semaphore.release()
 
-    def _settle(self, entry: _Retry, fut: asyncio.Future) -> None:
-        if fut is not entry.inner or fut.cancelled() or entry.outer.done():
+    async def _handle_async_reply(self, msg) -> None:
+        key = msg.subject[len(self._nc._inbox_prefix) + 22 + 2 :]
+        entry = self._resend.get(key)
+        if entry is None:
+            await super()._handle_async_reply(msg)
             return
-        exc = fut.exception()
-        if exc is None:
-            entry.outer.set_result(fut.result())
-        elif _retriable(exc):
-            entry.sent = float("-inf")  # send again at the next sweep
+        future = self._publish_async_futures.get(key)
+        if future is None or future.done():
             return
-        else:
-            entry.outer.set_exception(exc)
-        self._retries.discard(entry)
+        error = _reply_error(msg)
+        if error is None:
+            await super()._handle_async_reply(msg)  # the ack
+        elif _retriable_error(error):
+            entry[4] = float("-inf")  # send again at the next sweep
+        else:  # nats-py raises inside its callback here, leaving the future pending
+            try:
+                APIError.from_error(error)
+            except APIError as exc:
+                future.set_exception(exc)
 
     async def _sweep(self) -> None:
-        """Every 0.5 s: send again the publishes left without an ack for ``ack_timeout``."""
-        while self._retries:
-            await asyncio.sleep(0.5)
-            now = time.monotonic()
-            for entry in list(self._retries):
-                if entry.outer.done():  # answered, or the caller gave up (cancelled)
-                    self._retries.discard(entry)
-                    if entry.inner is not None and not entry.inner.done():
-                        entry.inner.cancel()
+        """Every 0.5 s: send again what has had no ack for ``ack_timeout``; fail what has
+        had none for ``publish_deadline``."""
+        try:
+            while not self._nc.is_closed:
+                await asyncio.sleep(0.5)
+                if not self._resend or not self._nc.is_connected:
                     continue
-                if now - entry.started > self.publish_deadline:
-                    self._retries.discard(entry)
-                    if entry.inner is not None and not entry.inner.done():
-                        entry.inner.cancel()
-                    entry.outer.set_exception(
-                        nats.errors.TimeoutError(f"no ack for {entry.args[0]} after retries")
-                    )
-                    continue
-                if now - entry.sent < self.ack_timeout or self._nc.is_reconnecting:
-                    continue
-                if entry.inner is not None and not entry.inner.done():
-                    entry.inner.cancel()
-                try:
-                    await self._send(entry)
-                except Exception as exc:  # e.g. the connection closed: fail this publish
-                    self._retries.discard(entry)
-                    if not entry.outer.done():
-                        entry.outer.set_exception(exc)
+                now = time.monotonic()
+                for key, entry in list(self._resend.items()):
+                    future = self._publish_async_futures.get(key)
+                    if future is None or future.done():
+                        self._resend.pop(key, None)
+                    elif now - entry[5] > self.publish_deadline:
+                        future.set_exception(
+                            nats.errors.TimeoutError(f"no ack for {entry[0]} after retries")
+                        )
+                    elif now - entry[4] >= self.ack_timeout:
+                        entry[4] = now
+                        self.resent += 1
+                        subject, payload, reply, hdr = entry[:4]
+                        await self._nc.publish(subject, payload, reply=reply, headers=hdr)
+        except Exception as exc:  # the connection closed under us: nothing to retry on
+            log.debug("publish retry sweep ended: %s", exc)
+        finally:
+            self._sweeper = None
+
+
+def _reply_error(msg) -> dict | None:
+    """The error of a publish reply (None for an ack); no responders is a 503."""
+    if msg.headers and msg.headers.get(js_api.Header.STATUS) == NO_RESPONDERS_STATUS:
+        return {"code": 503, "description": "no responders"}
+    if b'"error"' not in msg.data:
+        return None
+    try:
+        error = json.loads(msg.data)["error"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return error if isinstance(error, dict) and "code" in error else None
+
+
+def _retriable_error(error: dict) -> bool:
+    """Not stored yet, send again: no responders, the same id still in process, JetStream
+    temporarily unavailable; never a full store (a 503 with its own code)."""
+    code = error.get("err_code")
+    return code in _RETRIABLE_CODES or (error.get("code") == 503 and not code)
 
 
 async def ensure_resources(js: JetStreamContext, streams: tuple, replicas: int, where: str) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import nats
 import pytest
-from nats.js.errors import NotFoundError, ServiceUnavailableError
+from nats.js.errors import APIError, NoStreamResponseError, NotFoundError, ServiceUnavailableError
 from nats_cluster import Cluster, hub
 from nats_jwt import operator_setup
 from test_server import listening, non_loopback_ip
@@ -29,6 +29,7 @@ from test_server import listening, non_loopback_ip
 import dagnats_nb as dn
 from dagnats_nb import protocol as p
 from dagnats_nb import resources
+from dagnats_nb.cluster import jetstream
 from dagnats_nb.errors import ConfigError, ServerError
 from dagnats_nb.server import EmbeddedServer, read_engine_info
 
@@ -209,6 +210,64 @@ def test_nats_url_that_does_not_answer_is_one_line(tmp_path):
     port.close()
     with pytest.raises(ServerError, match=f"cannot connect to NATS at {url}"):
         dn.Engine.start(data_dir=tmp_path / "e", nats_url=url)
+
+
+# -- publishes retried -----------------------------------------------------------------------
+
+
+def test_a_publish_without_a_stream_yet_is_sent_again_until_stored(tmp_path):
+    """ "No responders" (no stream captures the subject yet, as while a cluster elects a
+    leader) and a lost ack (someone else took the message) both lead to the same message,
+    same id, sent again: stored once when the stream is there."""
+
+    async def check(url: str) -> None:
+        nc = await nats.connect(url)
+        try:
+            js = jetstream(nc)
+            js.ack_timeout = 0.5
+            with pytest.raises(NoStreamResponseError):  # what plain nats-py does
+                await nc.jetstream().publish("late.a", b"x", headers={"Nats-Msg-Id": "a"})
+            first = await js.publish_async("late.a", b"1", headers={"Nats-Msg-Id": "m1"})
+            swallow = await nc.subscribe("void.b")  # takes the message, never answers
+            second = await js.publish_async("void.b", b"2", headers={"Nats-Msg-Id": "m2"})
+            await asyncio.sleep(0.8)
+            assert not first.done() and not second.done()
+            await swallow.unsubscribe()
+            await nc.jetstream().add_stream(name="LATE", subjects=["late.>", "void.>"])
+            acks = await asyncio.wait_for(asyncio.gather(first, second), 5)
+            assert sorted(a.seq for a in acks) == [1, 2] and {a.stream for a in acks} == {"LATE"}
+            assert js.resent >= 2
+            again = await js.publish_async("late.a", b"1", headers={"Nats-Msg-Id": "m1"})
+            assert (await again).duplicate
+            info = await nc.jetstream().stream_info("LATE")
+            assert info.state.messages == 2
+            # A publish no stream ever stores fails after publish_deadline.
+            js.publish_deadline = 1.0
+            lost = await js.publish_async("nowhere.c", b"3", headers={"Nats-Msg-Id": "m3"})
+            with pytest.raises(nats.errors.TimeoutError):
+                await asyncio.wait_for(lost, 5)
+            # A stream that refuses the message (full: a 503 with an error code) fails at
+            # once, never retried.
+            await nc.jetstream().add_stream(
+                name="TINY", subjects=["tiny.>"], max_bytes=64, discard="new"
+            )
+            t0 = time.monotonic()
+            full = await js.publish_async("tiny.e", b"5" * 200, headers={"Nats-Msg-Id": "m5"})
+            with pytest.raises(APIError) as refused:
+                await asyncio.wait_for(full, 5)
+            assert time.monotonic() - t0 < 0.5, refused.value
+            with pytest.raises(APIError):
+                await js.publish("tiny.f", b"6" * 200, headers={"Nats-Msg-Id": "m6"})
+            assert time.monotonic() - t0 < 1.0
+            # Without a message id nothing is retried: nats-py's behaviour.
+            plain = await js.publish_async("nowhere.d", b"4")
+            with pytest.raises(NoStreamResponseError):
+                await asyncio.wait_for(plain, 5)
+        finally:
+            await nc.close()
+
+    with EmbeddedServer(data_dir=tmp_path / "s") as server:
+        asyncio.run(check(server.url))
 
 
 # -- leaf node mode --------------------------------------------------------------------------
