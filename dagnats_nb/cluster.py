@@ -201,11 +201,19 @@ class ClusterJetStream(JetStreamContext):
         future = self._publish_async_futures.get(key)
         if future is None or future.done():
             return
-        error = _reply_error(msg)
+        if msg.headers and msg.headers.get(js_api.Header.STATUS) == NO_RESPONDERS_STATUS:
+            entry[4] = float("-inf")  # no stream answers yet: send again at the next sweep
+            return
+        try:
+            resp = json.loads(msg.data)
+        except ValueError as exc:
+            future.set_exception(exc)
+            return
+        error = resp.get("error")
         if error is None:
-            await super()._handle_async_reply(msg)  # the ack
+            future.set_result(js_api.PubAck.from_response(resp))
         elif _retriable_error(error):
-            entry[4] = float("-inf")  # send again at the next sweep
+            entry[4] = float("-inf")
         else:  # nats-py raises inside its callback here, leaving the future pending
             try:
                 APIError.from_error(error)
@@ -238,19 +246,6 @@ class ClusterJetStream(JetStreamContext):
             log.debug("publish retry sweep ended: %s", exc)
         finally:
             self._sweeper = None
-
-
-def _reply_error(msg) -> dict | None:
-    """The error of a publish reply (None for an ack); no responders is a 503."""
-    if msg.headers and msg.headers.get(js_api.Header.STATUS) == NO_RESPONDERS_STATUS:
-        return {"code": 503, "description": "no responders"}
-    if b'"error"' not in msg.data:
-        return None
-    try:
-        error = json.loads(msg.data)["error"]
-    except (ValueError, KeyError, TypeError):
-        return None
-    return error if isinstance(error, dict) and "code" in error else None
 
 
 def _retriable_error(error: dict) -> bool:
