@@ -7,6 +7,7 @@ port used to wait for the JetStream meta leader (``/jsz``). ``kill(i)`` sends SI
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import signal
@@ -16,6 +17,8 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import nats
 
 from dagnats_nb.server import find_nats_server
 
@@ -82,6 +85,14 @@ class Node:
         with urllib.request.urlopen(url, timeout=1) as resp:
             return json.loads(resp.read())
 
+    def healthy(self) -> bool:
+        url = f"http://127.0.0.1:{self.http_port}/healthz"
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                return json.loads(resp.read()).get("status") == "ok"
+        except (OSError, ValueError):
+            return False
+
     def wait_port(self, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -92,6 +103,16 @@ class Node:
                 return
             time.sleep(0.05)
         raise TimeoutError(f"{self.name} did not listen on {self.port}")
+
+
+# Clients without credentials land in APP (JetStream on); SYS, the system account, may ask
+# for a meta leader stepdown.
+ACCOUNTS = """accounts {
+  SYS { users = [ { user: sys, password: sys } ] }
+  APP { jetstream: enabled, users = [ { user: app, password: app } ] }
+}
+system_account: SYS
+no_auth_user: app"""
 
 
 class Cluster:
@@ -112,6 +133,7 @@ class Cluster:
                     f'jetstream {{ store_dir: "{d}", max_file_store: 1GB, '
                     "max_memory_store: 256MB }",
                     f'cluster {{ name: {name}, listen: "127.0.0.1:{cport}", routes: [{routes}] }}',
+                    ACCOUNTS,
                     "",
                 ]
             )
@@ -153,6 +175,30 @@ class Cluster:
                 return leader
             time.sleep(0.1)
         raise TimeoutError(f"no JetStream meta leader within {timeout:g} s")
+
+    def stepdown_meta(self, preferred: str) -> None:
+        """Ask the JetStream meta leader to hand over to ``preferred`` (as the system user)."""
+
+        async def ask() -> None:
+            live = [n.url for n in self.nodes if n.alive]
+            nc = await nats.connect(live, user="sys", password="sys")
+            try:
+                body = json.dumps({"placement": {"preferred": preferred}}).encode()
+                await nc.request("$JS.API.META.LEADER.STEPDOWN", body, timeout=5)
+            finally:
+                await nc.close()
+
+        asyncio.run(ask())
+
+    def wait_healthy(self, timeout: float = 30.0) -> None:
+        """Until every live server's ``/healthz`` is ok (each stream and consumer it holds
+        has a leader and is current)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all(n.healthy() for n in self.nodes if n.alive):
+                return
+            time.sleep(0.1)
+        raise TimeoutError(f"the cluster was not healthy within {timeout:g} s")
 
     def node(self, name: str) -> Node:
         return next(n for n in self.nodes if n.name == name)
