@@ -347,5 +347,6 @@ def test_plain_terminal_ipython_gets_text_and_no_widgets(tmp_path):
 
 def test_start_takes_a_path_object_for_the_data_dir(ip, eng):
     ip.user_ns["the_dir"] = eng.settings.data_dir  # a pathlib.Path
-    assert ip.run_line_magic("dagnats", "start --data-dir {the_dir}") is eng
-    assert ip.run_line_magic("dagnats", "start --data-dir $the_dir") is eng
+    started = ip.run_line_magic("dagnats", "start --data-dir {the_dir}")
+    assert started.running and started.settings.data_dir == eng.settings.data_dir
+    assert ip.run_line_magic("dagnats", "start --data-dir $the_dir") is started
