@@ -44,6 +44,7 @@ from nats.js.client import NO_RESPONDERS_STATUS
 from nats.js.errors import (
     APIError,
     NoStreamResponseError,
+    NotFoundError,
     TooManyStalledMsgsError,
 )
 
@@ -261,6 +262,7 @@ async def ensure_resources(js: JetStreamContext, streams: tuple, replicas: int, 
     from . import resources
 
     try:
+        await _set_replicas(js, resources.BUCKETS, replicas)
         await resources.ensure(js, streams, replicas=replicas)
     except APIError as exc:
         if exc.err_code not in (10074, 10005):  # not clustered / no suitable peers
@@ -270,6 +272,22 @@ async def ensure_resources(js: JetStreamContext, streams: tuple, replicas: int, 
             f"replicas ({exc.description}); use 1 on a single server, at most the number of "
             "servers of a cluster"
         ) from None
+
+
+async def _set_replicas(js: JetStreamContext, buckets: tuple, replicas: int) -> None:
+    """Give existing KV buckets and the payload object store ``replicas``: creating them
+    again with another replica count is refused ("already in use with a different
+    configuration"), so a deployment moving to a cluster updates them first."""
+    from . import protocol as p
+
+    for name in [b.stream for b in buckets] + [f"OBJ_{p.PAYLOAD_BUCKET}"]:
+        try:
+            info = await js.stream_info(name)
+        except NotFoundError:
+            continue
+        if info.config.num_replicas != replicas:
+            info.config.num_replicas = replicas
+            await js.update_stream(info.config)
 
 
 # -- leaf node mode -------------------------------------------------------------------------

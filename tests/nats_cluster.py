@@ -130,7 +130,7 @@ class Cluster:
                     f"server_name: n{i}",
                     f'listen: "127.0.0.1:{port}"',
                     f'http: "127.0.0.1:{http}"',
-                    f'jetstream {{ store_dir: "{d}", max_file_store: 1GB, '
+                    f'jetstream {{ store_dir: "{d}", max_file_store: 8GB, '
                     "max_memory_store: 256MB }",
                     f'cluster {{ name: {name}, listen: "127.0.0.1:{cport}", routes: [{routes}] }}',
                     ACCOUNTS,

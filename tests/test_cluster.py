@@ -103,6 +103,8 @@ def cluster(tmp_path):
 def test_r3_cluster_loses_a_server_mid_run_and_every_run_completes(cluster, tmp_path):
     with pytest.raises(ConfigError, match="nats_jetstream_replicas = 5: NATS at .* cannot place"):
         dn.Engine.start(data_dir=tmp_path / "x", nats_url=cluster.url, nats_jetstream_replicas=5)
+    # A deployment first made with one replica, then moved to three (streams, KV, objects).
+    dn.Engine.start(data_dir=tmp_path / "x", nats_url=cluster.url, llm_enabled=False).stop()
     eng = dn.Engine.start(
         data_dir=tmp_path / "e",
         nats_url=cluster.url,
@@ -123,6 +125,7 @@ def test_r3_cluster_loses_a_server_mid_run_and_every_run_completes(cluster, tmp_
 
     try:
         assert eng.server is None and eng.url == cluster.url
+        cluster.wait_healthy()  # the replicas added to the first deployment's streams
         eng.add_handler("inc", lambda ctx: counted(ctx, ctx.input["n"]), concurrency=3)
         eng.add_handler("inc_echo", lambda ctx: counted(ctx, ctx.input["echo"]["n"]), concurrency=3)
         eng.register(CHAIN)
