@@ -391,6 +391,26 @@ def test_leaf_mode_listens_on_all_interfaces_and_standalone_on_loopback(tmp_path
     assert any("nats-leaf://127.0.0.1:9 does not answer now" in m for m in messages), messages
 
 
+def test_a_hub_that_comes_up_later_gets_the_leaf(tmp_path):
+    node = hub(tmp_path / "hub")  # its ports are chosen; it is not started yet
+    with pytest.warns(UserWarning, match=f"the hub at {leaf_url(node)} does not answer now"):
+        eng = dn.Engine.start(data_dir=tmp_path / "e", leaf_remotes=[leaf_url(node)])
+    try:
+        eng.add_handler("shout", lambda ctx: ctx.input.upper())
+        run = eng.run({"name": "local", "steps": [{"id": "s", "task": "shout"}]}, "hi")
+        assert run.status == "completed" and run.output == "HI"  # no hub needed
+        node.start()
+        node.wait_port()
+        deadline = time.monotonic() + 10
+        while not leafz(node)["leafs"]:
+            assert time.monotonic() < deadline, "the leaf did not connect to the late hub"
+            time.sleep(0.1)
+        assert leafz(node)["leafs"][0]["name"] == eng.server.server_name
+    finally:
+        eng.stop()
+        node.stop()
+
+
 def test_inline_credentials_become_a_private_file_removed_at_stop(tmp_path):
     data_dir = tmp_path / "e"
     data_dir.mkdir(mode=0o700)
