@@ -273,6 +273,7 @@ def step_latencies(events: list[p.Event], run_ids: set[str]) -> dict[str, list[f
     """
     queued: dict[tuple, float] = {}
     started: dict[tuple, float] = {}
+    completed: dict[tuple, float] = {}
     out: dict[str, list[float]] = {"step": [], "pickup": [], "handler": []}
     run_start: dict[str, float] = {}
     run_total: list[float] = []
@@ -288,11 +289,16 @@ def step_latencies(events: list[p.Event], run_ids: set[str]) -> dict[str, list[f
             queued[key] = e.time
         elif e.type == p.STEP_STARTED:
             started[key] = e.time
-        elif e.type == p.STEP_COMPLETED and key in queued:
-            out["step"].append(e.time - queued[key])
+        elif e.type == p.STEP_COMPLETED:
+            completed[key] = e.time
+    # A fast worker's step.completed can be stored before the step.queued event (which waits
+    # for the task's ack); its timestamp is the decision's, so pair them in any order.
+    for key, done in completed.items():
+        if key in queued:
+            out["step"].append(done - queued[key])
             if key in started:
                 out["pickup"].append(started[key] - queued[key])
-                out["handler"].append(e.time - started[key])
+                out["handler"].append(done - started[key])
     out["run"] = run_total
     return out
 
