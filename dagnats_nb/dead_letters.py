@@ -11,7 +11,10 @@ changes nothing. The dead letter itself stays in DEAD_LETTERS (30 days) as a rec
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pandas as pd
@@ -140,3 +143,59 @@ def describe_replay(letter: dict[str, Any]) -> str:
         f"dead letter {letter['seq']}: run {task['run_id']} ({task.get('workflow_name')}) "
         f"step '{task['step_id']}'{item}, attempt {letter.get('attempts')}: {letter.get('error')}"
     )
+
+
+async def replay(
+    js: Any,
+    run_status: Callable[[str], Awaitable[str | None]],
+    seq: int | None,
+    run: str | None,
+    dry_run: bool = False,
+    wait: float = 5.0,
+) -> list[dict[str, Any]]:
+    """Replay one dead letter (``seq``, or the newest of ``run``) of a failed run: append its
+    ``step.replayed`` event, then wait up to ``wait`` s for the run to leave ``failed``.
+
+    ``run_status(run_id)`` tells the run's status (the orchestrator's, else the KV summary).
+    Returns one row: seq, run_id, workflow, step_id, map_index, attempt, replayed, status."""
+    if (seq is None) == (run is None):
+        raise RunError("name one dead letter to replay: its seq, or run=RUN_ID")
+    if seq is not None:
+        letter = await read_dead_letter(js, seq)
+    else:
+        letters = select(await read_dead_letters(js, 100_000), run_id=run)
+        if not letters:
+            raise RunError(f"run {run} has no dead letters: list them with eng.dlq()")
+        letter = letters[-1]  # the newest: the failure that ended the run
+    task = letter["task"]
+    run_id = task["run_id"]
+    status = await run_status(run_id)
+    if status != "failed":
+        raise RunError(
+            f"run {run_id} is {status or 'unknown'}, not failed: "
+            f"dead letter {letter['seq']} has nothing to resume"
+        )
+    row = {
+        "seq": letter["seq"],
+        "run_id": run_id,
+        "workflow": task.get("workflow_name"),
+        "step_id": task["step_id"],
+        "map_index": task.get("map_index"),
+        "attempt": int(letter.get("attempts") or 0) + 1,
+        "replayed": False,
+        "status": status,
+    }
+    if dry_run:
+        return [row]
+    event = replay_event(letter)
+    await js.publish(
+        p.history_subject(run_id), event.encode(), headers={"Nats-Msg-Id": event.msg_id}
+    )
+    row["replayed"] = True
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        row["status"] = await run_status(run_id)
+        if row["status"] != "failed":
+            break
+        await asyncio.sleep(0.05)
+    return [row]

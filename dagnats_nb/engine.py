@@ -557,47 +557,7 @@ class Engine(Observing):
     async def _dlq_replay(
         self, seq: int | None, run: str | None, dry_run: bool, wait: float
     ) -> list[dict[str, Any]]:
-        if (seq is None) == (run is None):
-            raise RunError("name one dead letter to replay: its seq, or run=RUN_ID")
-        if seq is not None:
-            letter = await dlq.read_dead_letter(self._js, seq)
-        else:
-            letters = dlq.select(await read_dead_letters(self._js, 100_000), run_id=run)
-            if not letters:
-                raise RunError(f"run {run} has no dead letters: list them with eng.dlq()")
-            letter = letters[-1]  # the newest: the failure that ended the run
-        task = letter["task"]
-        run_id, step_id = task["run_id"], task["step_id"]
-        status = await self._run_status(run_id)
-        if status != "failed":
-            raise RunError(
-                f"run {run_id} is {status or 'unknown'}, not failed: "
-                f"dead letter {letter['seq']} has nothing to resume"
-            )
-        row = {
-            "seq": letter["seq"],
-            "run_id": run_id,
-            "workflow": task.get("workflow_name"),
-            "step_id": step_id,
-            "map_index": task.get("map_index"),
-            "attempt": int(letter.get("attempts") or 0) + 1,
-            "replayed": False,
-            "status": status,
-        }
-        if dry_run:
-            return [row]
-        event = dlq.replay_event(letter)
-        await self._js.publish(
-            p.history_subject(run_id), event.encode(), headers={"Nats-Msg-Id": event.msg_id}
-        )
-        row["replayed"] = True
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            row["status"] = await self._run_status(run_id)
-            if row["status"] != "failed":
-                break
-            await asyncio.sleep(0.05)
-        return [row]
+        return await dlq.replay(self._js, self._run_status, seq, run, dry_run, wait)
 
     async def _run_status(self, run_id: str) -> str | None:
         if self.orchestrator is not None:
