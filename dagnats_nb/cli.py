@@ -177,6 +177,53 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_register(args: argparse.Namespace) -> int:
+    from .engine import Engine
+
+    eng = Engine.connect(config=args.config, **_overrides(args))
+    try:
+        for path in args.files:
+            defn = eng.register(Path(path))
+            print(f"{path}: registered {defn.name} v{defn.version} ({len(defn.steps)} steps)")
+    finally:
+        eng.stop()
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .engine import Engine
+
+    try:
+        value = json.loads(args.input) if args.input is not None else None
+    except ValueError as exc:
+        raise DagnatsError(
+            f"--input is not JSON ({exc}): write e.g. --input '{{\"n\": 3}}'"
+        ) from None
+    workflow = Path(args.workflow) if Path(args.workflow).is_file() else args.workflow
+    eng = Engine.connect(config=args.config, **_overrides(args))
+    try:
+        run = eng.start_run(workflow, value)
+        if args.no_wait:
+            print(run.id)
+            return 0
+        run.wait(args.timeout)
+        result = {"run_id": run.id, "workflow": run.workflow, "status": run.status}
+        result["output" if run.status == "completed" else "error"] = (
+            run.output if run.status == "completed" else run.error
+        )
+    finally:
+        eng.stop()
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        print(f"run {result['run_id']} {result['status']}")
+        if "output" in result:
+            print(json.dumps(result["output"], indent=2, default=str))
+        else:
+            print(result["error"], file=sys.stderr)
+    return 0 if result["status"] == "completed" else 1
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from .dag import load_workflow
     from .llm.handler import check_workflow
@@ -295,6 +342,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = wf.add_parser("validate", help="check workflow files (exit 1 on any problem)")
     p.add_argument("files", nargs="+")
     p.set_defaults(fn=cmd_validate)
+    p = wf.add_parser("register", help="store workflow files in the running engine")
+    p.add_argument("files", nargs="+")
+    _settings_args(p)
+    p.set_defaults(fn=cmd_register)
+    p = sub.add_parser("run", help="start a run and wait for its output (exit 1 unless completed)")
+    p.add_argument("workflow", help="a registered workflow's name, or a workflow file")
+    p.add_argument("--input", help="the run's input as JSON")
+    p.add_argument("--no-wait", action="store_true", help="print the run id and return")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait (default 300)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    _settings_args(p)
+    p.set_defaults(fn=cmd_run)
     p = sub.add_parser("demo", help="run a small pipeline on an embedded engine")
     p.add_argument("--data-dir", help="keep the engine's data here (default: a temp dir)")
     p.add_argument("--runs", type=int, default=3, help="how many runs to start")

@@ -587,6 +587,20 @@ class Engine(Observing):
             raise RunError(f"step '{step_id}' of run {run_id} is {st.status}: it has no output")
         return await self.payloads.expand(st.output)
 
+    async def history_output(self, run_id: str) -> Any:
+        """A completed run's output read from its history (what an attached engine, which
+        holds no run state, shows): the ``workflow.completed`` event's, else rebuilt."""
+        events = await self.history(run_id)
+        done = next((e for e in reversed(events) if e.type == p.WORKFLOW_COMPLETED), None)
+        if done is None:
+            return None
+        payload = done.payload or {}
+        if "output" in payload:
+            return await self.payloads.expand(payload["output"])
+        first = events[0].payload or {}
+        _, defn = await self.defs.get(first.get("workflow", ""), first.get("def_hash"))
+        return await self.payloads.expand(replay(defn, events).output)
+
     async def history(self, run_id: str, limit: int | None = None) -> list[p.Event]:
         subject = p.history_subject(run_id)
         info = await self._js.stream_info(p.HISTORY_STREAM, subjects_filter=subject)

@@ -40,11 +40,17 @@ class Run:
     @property
     def output(self) -> Any:
         """The run's output (the single terminal step's output, or ``{step_id: output}``)."""
-        value = self._summary().get("output")
+        summary = self._summary()
+        if _from_history(summary):  # an attached engine: read it from the history
+            return self.engine._call(self.engine.history_output(self.id))
+        value = summary.get("output")
         return self.engine._call(self.engine.expand(value)) if value is not None else None
 
     async def output_async(self) -> Any:
-        value = self._summary().get("output")
+        summary = self._summary()
+        if _from_history(summary):
+            return await self.engine._call_async(self.engine.history_output(self.id))
+        value = summary.get("output")
         return (
             await self.engine._call_async(self.engine.expand(value)) if value is not None else None
         )
@@ -100,3 +106,8 @@ class Run:
 
     def __repr__(self) -> str:
         return f"<Run {self.id} {self.workflow} {self.status}>"
+
+
+def _from_history(summary: dict[str, Any]) -> bool:
+    """A completed run's KV summary (no run state, no output): the output is in its history."""
+    return "state" not in summary and summary.get("status") == "completed"

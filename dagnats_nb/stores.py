@@ -70,8 +70,8 @@ class DefinitionStore:
                 entry = await kv.get(kv_key(name))
             except (KeyNotFoundError, NotFoundError):
                 raise WorkflowError(
-                    f"workflow '{name}' is not registered: register it with eng.register(...) "
-                    "or the %%dagnats cell magic"
+                    f"workflow '{name}' is not registered: register it with eng.register(...), "
+                    "the %%dagnats cell magic or `dagnats workflow register FILE`"
                 ) from None
             h = json.loads(entry.value)["hash"]
         hit = self._cache.get((name, h))

@@ -154,3 +154,41 @@ def test_demo_runs_the_pipeline_and_prints_runs_and_steps():
     usage = out.split("LLM usage (from TELEMETRY):")[1]
     assert usage.count(" summarise simulated:gpt-4o-mini ") == 2  # one row per run
     assert "bytes per event" in out
+
+
+def test_register_and_run_from_the_terminal(engine, tmp_path):
+    @engine.task("shout")
+    def shout(ctx):
+        if ctx.input.get("fail"):
+            raise ValueError("no shouting today")
+        return {"text": ctx.input["text"].upper(), "big": "x" * 5000}
+
+    wf = tmp_path / "loud.json"
+    wf.write_text(json.dumps({"name": "loud", "steps": [{"id": "s", "task": "shout"}]}))
+    where = ("--data-dir", str(engine.settings.data_dir))
+    reg = dagnats("workflow", "register", str(wf), *where)
+    assert reg.returncode == 0 and reg.stdout.strip() == f"{wf}: registered loud v1.0 (1 steps)"
+
+    done = dagnats("run", "loud", "--input", '{"text": "hi"}', "--json", *where)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["status"] == "completed"
+    # an output too large for the completed event is rebuilt from the step's history
+    assert result["output"] == {"text": "HI", "big": "x" * 5000}
+    assert engine.get_run(result["run_id"]).status == "completed"
+
+    failed = dagnats("run", str(wf), "--input", '{"fail": true}', *where)
+    assert failed.returncode == 1 and failed.stdout.startswith("run ")
+    assert "failed" in failed.stdout.splitlines()[0] and "no shouting today" in failed.stderr
+
+    queued = dagnats("run", "loud", "--input", '{"text": "later"}', "--no-wait", *where)
+    run_id = queued.stdout.strip()
+    assert queued.returncode == 0 and engine.get_run(run_id).wait(10).output["text"] == "LATER"
+
+    for args, message in (
+        (("run", "nope"), "dagnats: workflow 'nope' is not registered"),
+        (("run", "loud", "--input", "{bad"), "dagnats: --input is not JSON"),
+    ):
+        bad = dagnats(*args, *where)
+        assert bad.returncode == 1 and bad.stderr.startswith(message)
+        assert len(bad.stderr.strip().splitlines()) == 1
