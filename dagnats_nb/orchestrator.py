@@ -280,13 +280,25 @@ class Orchestrator:
 
     async def _snapshot(self, state: RunState) -> None:
         """Write the run's summary to KV ``workflow_runs`` with an optimistic revision check:
-        create it, or update exactly the revision read (a concurrent writer makes it fail)."""
-        body = p.dumps(run_summary(state))
-        try:
-            await self._kv_runs.create(state.run_id, body)
-        except KeyWrongLastSequenceError:
-            entry = await self._kv_runs.get(state.run_id)
-            await self._kv_runs.update(state.run_id, body, last=entry.revision)
+        create it, or update exactly the revision read. Two writes of one run can race (a
+        replay reopens a run that then ends at once), so each attempt writes the run's
+        latest state and a lost race is tried again."""
+        run_id = state.run_id
+        for _ in range(5):
+            body = p.dumps(run_summary(self.runs.get(run_id, state)))
+            try:
+                await self._kv_runs.create(run_id, body)
+                return
+            except KeyWrongLastSequenceError:
+                pass
+            entry = await self._kv_runs.get(run_id)
+            body = p.dumps(run_summary(self.runs.get(run_id, state)))
+            try:
+                await self._kv_runs.update(run_id, body, last=entry.revision)
+                return
+            except KeyWrongLastSequenceError:
+                continue
+        raise RunError(f"run {run_id}: its summary in KV workflow_runs kept changing under us")
 
     def _set_timer(self, run_id: str, t: SetTimer) -> None:
         key = (run_id, t.kind, t.step_id, t.map_index, t.seqno)

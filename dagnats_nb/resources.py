@@ -128,7 +128,7 @@ async def ensure(
 
 def store_error(exc: BaseException) -> str | None:
     """A clear message when JetStream refused a write because the store is full."""
-    if isinstance(exc, APIError) and exc.err_code in (10047, 10028, 10023, 10077):
+    if isinstance(exc, APIError) and getattr(exc, "err_code", None) in (10047, 10028, 10023, 10077):
         return (
             f"JetStream storage is full ({exc.description}): raise max_store_bytes, "
             "set runs_max_age, or delete old runs"

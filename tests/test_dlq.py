@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
+from collections import deque
 
 import pytest
 
@@ -131,3 +133,46 @@ def test_dlq_replay_errors_are_one_line(engine, capsys):
     assert err.startswith("dagnats: dlq replay: name a dead letter's SEQ") and "\n" not in err
     assert cli.main(["dlq", "replay", "424242", *where]) == 1
     assert "no dead letter with seq 424242" in capsys.readouterr().err
+
+
+def test_an_attached_engine_sees_a_replayed_run_fail_again_then_complete(engine):
+    gate = Gate()
+    gate.install(engine)
+    run = engine.run("invoice", {"amount": 4})
+    newest_letter(engine, run.id)
+    other = dn.Engine.connect(data_dir=engine.settings.data_dir)
+    try:
+        # replayed while the cause is not fixed: reopened, then failed again at once (the
+        # reopened and the failed summaries race to KV; the last state must win)
+        [row] = other.dlq_replay(run=run.id)
+        assert row["replayed"]
+        assert [int(a) for a in newest_letter(engine, run.id, count=2)["attempts"]] == [1, 2]
+        deadline = time.monotonic() + 10
+        while other.get_run(run.id).status != "failed" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert other.get_run(run.id).status == "failed"
+        assert engine.orchestrator.errors == deque()  # no KV write failed on the way
+        gate.fixed.set()
+        other.dlq_replay(run=run.id)
+        assert other.get_run(run.id).wait(10).status == "completed"
+        assert other.get_run(run.id).output == "sent for 4"  # read from the history
+    finally:
+        other.stop()
+
+
+def test_concurrent_summary_writes_of_one_run_all_land(engine):
+    gate = Gate()
+    gate.install(engine)
+    run = engine.run("invoice", {"amount": 1})
+    orch = engine.orchestrator
+    state = orch.runs[run.id]
+
+    async def race():
+        await asyncio.gather(*(orch._snapshot(state) for _ in range(4)))
+
+    engine._call(race())  # the old create-else-update lost such races with an exception
+    other = dn.Engine.connect(data_dir=engine.settings.data_dir)
+    try:
+        assert other.get_run(run.id).status == "failed"
+    finally:
+        other.stop()

@@ -55,3 +55,11 @@ def test_restart_updates_history_limits_in_place(tmp_path):
 def test_small_store_caps_telemetry_below_it(tmp_path):
     with dn.Engine.start(data_dir=tmp_path / "e", max_store_bytes="100MiB") as eng:
         assert stream_configs(eng)["TELEMETRY"].max_bytes == 10 << 20
+
+
+def test_store_error_ignores_api_errors_without_a_code():
+    from nats.js.errors import KeyWrongLastSequenceError
+
+    from dagnats_nb.resources import store_error
+
+    assert store_error(KeyWrongLastSequenceError("wrong last sequence")) is None
