@@ -40,7 +40,7 @@ from . import protocol as p
 from .errors import DagnatsError
 from .http import Reply, Request, Route
 from .resources import store_error
-from .workers import ensure_task_consumer
+from .workers import ensure_task_consumer, task_event
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -193,25 +193,6 @@ def failure_payload(res: Resolution) -> dict[str, Any]:
     return payload
 
 
-def result_event(task: p.TaskPayload, kind: str, payload: dict, worker_id: str) -> p.Event:
-    """A task's event, as an in-kernel worker would publish it (map index, iteration)."""
-    payload = dict(payload)
-    if task.map_index is not None:
-        payload["map_index"] = task.map_index
-        if kind == p.STEP_COMPLETED:
-            kind = p.MAP_INSTANCE_COMPLETED
-    if task.iteration and "iteration" not in payload:
-        payload["iteration"] = task.iteration
-    return p.Event(
-        type=kind,
-        run_id=task.run_id,
-        step_id=task.step_id,
-        payload=payload or None,
-        worker_id=worker_id,
-        attempt_number=task.attempt,
-    )
-
-
 @dataclass(slots=True)
 class Held:
     """A polled task waiting for its resolution."""
@@ -340,7 +321,7 @@ class Bridge:
             )
             return None
         self.held[task.task_id] = held
-        started = result_event(task, p.STEP_STARTED, {}, worker_id)
+        started = task_event(task, p.STEP_STARTED, {}, worker_id)
         with contextlib.suppress(Exception):  # shows the step as running; not needed
             fut = await self.eng._js.publish_async(
                 p.history_subject(task.run_id),
@@ -406,7 +387,7 @@ class Bridge:
 
     async def _report(self, held: Held, kind: str, payload: dict) -> str | None:
         """Store the result event, then acknowledge the task; the problem, if any."""
-        event = result_event(held.task, kind, payload, held.worker_id)
+        event = task_event(held.task, kind, payload, held.worker_id)
         try:
             await self.eng._js.publish(
                 p.history_subject(held.task.run_id),

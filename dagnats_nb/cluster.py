@@ -86,6 +86,19 @@ def _retriable(exc: BaseException) -> bool:
     return exc.err_code in _RETRIABLE_CODES or (exc.code == 503 and not exc.err_code)
 
 
+async def close_connection(nc: NATS) -> None:
+    """Drain a connection (pending publishes and acks go out), or close it at once when it
+    is not connected (a drain would only wait)."""
+    if nc.is_closed:
+        return
+    try:
+        if not nc.is_connected:
+            raise ConnectionError("not connected")
+        await asyncio.wait_for(nc.drain(), 5)
+    except Exception:
+        await nc.close()
+
+
 def server_list(url: str) -> list[str]:
     """``nats://a:4222,nats://b:4222`` (``nats_url`` may list a cluster's servers) as a list."""
     return [u.strip() for u in url.split(",") if u.strip()]

@@ -249,13 +249,8 @@ class Engine(Observing):
                 log.debug("engine stop: %s", exc)
         if self.llm is not None:
             await self.llm.close()
-        if self._nc is not None and not self._nc.is_closed:
-            try:
-                if not self._nc.is_connected:
-                    raise ConnectionError("not connected")
-                await asyncio.wait_for(self._nc.drain(), 5)
-            except Exception:
-                await self._nc.close()
+        if self._nc is not None:
+            await cluster.close_connection(self._nc)
 
     def __enter__(self) -> Engine:
         return self

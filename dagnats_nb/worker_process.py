@@ -272,13 +272,8 @@ class WorkerProcess:
         if self.llm is not None:
             with contextlib.suppress(Exception):
                 await self.llm.close()
-        if self._nc is not None and not self._nc.is_closed:
-            try:
-                if not self._nc.is_connected:
-                    raise ConnectionError("not connected")
-                await asyncio.wait_for(self._nc.drain(), 5)
-            except Exception:
-                await self._nc.close()
+        if self._nc is not None:
+            await cluster.close_connection(self._nc)
 
     async def _on_disconnect(self) -> None:
         if not self._closing:

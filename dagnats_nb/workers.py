@@ -80,6 +80,27 @@ def new_worker_id() -> str:
     return f"{socket.gethostname().split('.')[0]}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
+def task_event(task: p.TaskPayload, kind: str, payload: dict | None, worker_id: str) -> p.Event:
+    """The event a worker publishes about ``task`` (any worker: in-kernel, a worker process,
+    the HTTP bridge): map items carry ``map_index`` and complete as
+    ``step.map.instance.completed``, loop iterations carry ``iteration``."""
+    payload = dict(payload or {})
+    if task.map_index is not None:
+        payload["map_index"] = task.map_index
+        if kind == p.STEP_COMPLETED:
+            kind = p.MAP_INSTANCE_COMPLETED
+    if task.iteration and "iteration" not in payload:
+        payload["iteration"] = task.iteration
+    return p.Event(
+        type=kind,
+        run_id=task.run_id,
+        step_id=task.step_id,
+        payload=payload or None,
+        worker_id=worker_id,
+        attempt_number=task.attempt,
+    )
+
+
 def describe_error(exc: BaseException) -> str:
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
@@ -347,19 +368,7 @@ class TaskWorker:
         return await coro
 
     def _event(self, task: p.TaskPayload, kind: str, payload: dict | None) -> p.Event:
-        payload = dict(payload or {})
-        if task.map_index is not None:
-            payload["map_index"] = task.map_index
-        if task.iteration and "iteration" not in payload:
-            payload["iteration"] = task.iteration
-        return p.Event(
-            type=kind,
-            run_id=task.run_id,
-            step_id=task.step_id,
-            payload=payload or None,
-            worker_id=self.worker_id,
-            attempt_number=task.attempt,
-        )
+        return task_event(task, kind, payload, self.worker_id)
 
     async def _report(self, msg, task: p.TaskPayload, kind: str, payload: dict) -> None:
         """Store the result event, then acknowledge the task (never the other way round)."""
