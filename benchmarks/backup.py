@@ -8,7 +8,7 @@ Fills WORKFLOW_HISTORY of a fresh nats-server with ~1 KB step.completed events (
 
 - ``raw.publish_async_mb_per_s``: that pipelined fill, the write ceiling;
 - ``raw.ordered_read_mb_per_s``: reading the whole stream with an ordered consumer;
-- ``backup``: ``dagnats_nb.backup.backup_streams`` of the stream (snapshot to disk);
+- ``backup``: ``dagnats_nb.ops.backup.backup_streams`` of the stream (snapshot to disk);
 - ``restore``: ``restore_streams`` of that backup into a second, fresh nats-server.
 
 Every MB/s divides the stream's stored bytes (``state.bytes``, 10^6 bytes a MB) by the
@@ -33,10 +33,10 @@ from typing import Any
 
 import nats
 
-from dagnats_nb import backup as b
-from dagnats_nb import protocol as p
-from dagnats_nb.resources import STREAMS
-from dagnats_nb.server import EmbeddedServer
+from dagnats_nb.ops import backup as b
+from dagnats_nb.server.process import EmbeddedServer
+from dagnats_nb.wire import protocol as p
+from dagnats_nb.wire.resources import STREAMS
 
 MB = 1_000_000
 EVENT_BYTES = 1000

@@ -41,8 +41,8 @@ import nats
 from nats.js import api as js_api
 
 import dagnats_nb as dn
-from dagnats_nb import protocol as p
-from dagnats_nb.server import EmbeddedServer
+from dagnats_nb.server.process import EmbeddedServer
+from dagnats_nb.wire import protocol as p
 
 STEPS = 10
 PAYLOAD_BYTES = 200

@@ -40,8 +40,8 @@ import engine as bench  # noqa: E402 - benchmarks/engine.py: raw ceiling, driver
 from noop_worker import CONCURRENCY, TASK  # noqa: E402
 
 import dagnats_nb as dn  # noqa: E402
-from dagnats_nb import protocol as p  # noqa: E402
-from dagnats_nb.server import EmbeddedServer  # noqa: E402
+from dagnats_nb.server.process import EmbeddedServer  # noqa: E402
+from dagnats_nb.wire import protocol as p  # noqa: E402
 
 SIZES: dict[str, dict[str, Any]] = {
     "full": {
@@ -78,7 +78,7 @@ def start_workers(n: int, url: str) -> list[subprocess.Popen]:
             [
                 sys.executable,
                 "-m",
-                "dagnats_nb.cli",
+                "dagnats_nb",
                 "worker",
                 str(HERE / "noop_worker.py"),
                 "--nats-url",

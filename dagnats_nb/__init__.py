@@ -9,8 +9,11 @@ with dn.Engine.start(data_dir=".dagnats") as eng:
     run = eng.run("hello-world", input={"name": "ada"})
 """
 
+from dagnats_nb.engine.facade import Engine, new_run_id
+from dagnats_nb.engine.run import Run, RunTimeout
+from dagnats_nb.runtime.handlers import Continue, Permanent, RetryAfter, TaskContext
+
 from .dag import WorkflowDef, load_workflow
-from .engine import Engine, new_run_id
 from .errors import (
     ConfigError,
     DagnatsError,
@@ -20,13 +23,11 @@ from .errors import (
     UnsupportedStepType,
     WorkflowError,
 )
-from .handlers import Continue, Permanent, RetryAfter, TaskContext
-from .run import Run, RunTimeout
 
 # isort: split
 # After `.task`: `dn.task` is the decorator of the kernel's default engine, not the module.
-from .default import engine, start_engine, stop_engine, task
-from .notebook import load_ipython_extension, unload_ipython_extension
+from dagnats_nb.adapters.notebook import load_ipython_extension, unload_ipython_extension
+from dagnats_nb.engine.default import engine, start_engine, stop_engine, task
 
 __all__ = [
     "ConfigError",
@@ -56,6 +57,6 @@ __all__ = [
 
 __version__ = "0.1.0"
 
-from .notebook import register_if_ipython  # noqa: E402
+from dagnats_nb.adapters.notebook import register_if_ipython  # noqa: E402
 
 register_if_ipython()

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import nats
 
-from dagnats_nb.server import find_nats_server
+from dagnats_nb.server.process import find_nats_server
 
 
 def free_port() -> int:

@@ -16,11 +16,11 @@ import nats
 import pytest
 
 import dagnats_nb as dn
-from dagnats_nb import backup as b
-from dagnats_nb.cli import main
+from dagnats_nb.adapters.cli.main import main
 from dagnats_nb.config import load_settings
 from dagnats_nb.errors import BackupError
-from dagnats_nb.server import EmbeddedServer
+from dagnats_nb.ops import backup as b
+from dagnats_nb.server.process import EmbeddedServer
 
 FLOW = {
     "name": "flow",
@@ -191,7 +191,7 @@ def test_cli_round_trip_with_a_subprocess_and_refusal_without_force(tmp_path, ca
     run = eng.run(FLOW, {"x": 3}, timeout=20)
     eng.stop()
     proc = subprocess.run(
-        [sys.executable, "-m", "dagnats_nb.cli", "backup", "--data-dir", str(src), str(bk)],
+        [sys.executable, "-m", "dagnats_nb", "backup", "--data-dir", str(src), str(bk)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -379,7 +379,7 @@ def test_widget_progress_draws_bytes_per_stream():
     real = IPython.display.display
     IPython.display.display = shown.append
     try:
-        from dagnats_nb.notebook.progress import widget_progress
+        from dagnats_nb.adapters.notebook.progress import widget_progress
 
         update = widget_progress("restoring")
         update("S", 0, 2_000_000)

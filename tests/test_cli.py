@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-CLI = [sys.executable, "-m", "dagnats_nb.cli"]
+CLI = [sys.executable, "-m", "dagnats_nb"]
 UNSUPPORTED = {
     "http-respond.json": "workflow 'http-echo' step 'respond': step type 'respond' is not "
     "supported yet",

@@ -27,11 +27,11 @@ from nats_jwt import operator_setup
 from test_server import listening, non_loopback_ip
 
 import dagnats_nb as dn
-from dagnats_nb import protocol as p
-from dagnats_nb import resources
-from dagnats_nb.cluster import jetstream
 from dagnats_nb.errors import ConfigError, ServerError
-from dagnats_nb.server import EmbeddedServer, read_engine_info
+from dagnats_nb.server.process import EmbeddedServer, read_engine_info
+from dagnats_nb.transport.jetstream import jetstream
+from dagnats_nb.wire import protocol as p
+from dagnats_nb.wire import resources
 
 ROOT = Path(__file__).resolve().parent.parent
 LOG_ENV = "DAGNATS_TEST_WORKER_LOG"  # tests/worker_tasks.py records its calls there
@@ -47,7 +47,7 @@ class WorkerChild:
 
     def __init__(self, url: str, log: Path, *extra: str) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dagnats_nb.cli", "worker", "tests.worker_tasks:echo"]
+            [sys.executable, "-m", "dagnats_nb", "worker", "tests.worker_tasks:echo"]
             + ["--nats-url", url, "--worker-id", "child", *extra],
             cwd=ROOT,
             env={**os.environ, LOG_ENV: str(log)},

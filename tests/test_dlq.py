@@ -11,7 +11,7 @@ from collections import deque
 import pytest
 
 import dagnats_nb as dn
-from dagnats_nb import cli
+from dagnats_nb.adapters.cli import main as cli
 from dagnats_nb.errors import RunError
 
 WF = {

@@ -10,7 +10,7 @@ import time
 import pytest
 
 import dagnats_nb as dn
-from dagnats_nb import protocol as p
+from dagnats_nb.wire import protocol as p
 
 
 def test_hello_world_conformance_file_runs_end_to_end(engine, conformance):

@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dagnats_nb import protocol as p
 from dagnats_nb.dag.events import Event, TaskPayload, format_time, parse_time
+from dagnats_nb.wire import protocol as p
 
 
 @given(st.floats(min_value=0, max_value=4e9, allow_nan=False))

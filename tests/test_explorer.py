@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from dagnats_nb.adapters.notebook.explorer import SizingExplorer, figure_for
 from dagnats_nb.observe import sizing
-from dagnats_nb.observe.explorer import SizingExplorer, figure_for
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -10,8 +10,8 @@ import nats
 import pytest
 
 import dagnats_nb as dn
-from dagnats_nb import protocol as p
 from dagnats_nb.observe import health as h
+from dagnats_nb.wire import protocol as p
 
 
 def levels(eng, check: str) -> dict[str, str]:

@@ -15,10 +15,10 @@ import httpx
 import pytest
 
 import dagnats_nb as dn
-from dagnats_nb import bridge as br
-from dagnats_nb import hooks
+from dagnats_nb.adapters.http import bridge as br
+from dagnats_nb.adapters.http import hooks
+from dagnats_nb.adapters.http.server import match
 from dagnats_nb.dag import load_workflow
-from dagnats_nb.http import match
 
 GLOBAL = "global-secret-for-tests"
 OWN = "trigger-own-secret-123"
@@ -315,7 +315,7 @@ def test_a_hook_registered_elsewhere_is_found_in_kv(eng, http):
 
 
 def test_without_any_secret_hooks_are_off_and_without_a_token_the_bridge_is(tmp_path, caplog):
-    caplog.set_level("WARNING", logger="dagnats_nb.hooks")
+    caplog.set_level("WARNING", logger="dagnats_nb.adapters.http.hooks")
     with dn.Engine.start(data_dir=tmp_path / "e", http_addr="127.0.0.1:0", llm_enabled=False) as e:
 
         @e.task("echo")

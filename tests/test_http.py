@@ -16,7 +16,7 @@ import urllib.request
 import nats
 
 import dagnats_nb as dn
-from dagnats_nb import protocol as p
+from dagnats_nb.wire import protocol as p
 
 
 def get(url: str) -> tuple[int, dict]:

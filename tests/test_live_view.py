@@ -8,10 +8,10 @@ import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
 import dagnats_nb as dn
+from dagnats_nb.adapters.notebook import render
+from dagnats_nb.adapters.notebook.live import RunView
+from dagnats_nb.adapters.notebook.render import Frame, StepView
 from dagnats_nb.dag.edges import load_edges
-from dagnats_nb.notebook import render
-from dagnats_nb.notebook.live import RunView
-from dagnats_nb.notebook.render import Frame, StepView
 
 RANK = {"pending": 0, "queued": 1, "running": 2, "retrying": 2, "completed": 3, "failed": 3}
 

@@ -12,7 +12,6 @@ from llm_server import ChatServer, Reply
 
 from dagnats_nb.config import load_settings
 from dagnats_nb.dag import load_workflow
-from dagnats_nb.handlers import Permanent, RetryAfter
 from dagnats_nb.llm import (
     ChatRequest,
     OpenAIProvider,
@@ -28,6 +27,7 @@ from dagnats_nb.llm import (
 from dagnats_nb.llm.handler import BadReply, parse_json_reply, template_scope
 from dagnats_nb.llm.providers import retry_after_seconds, sse_data
 from dagnats_nb.llm.ratelimit import RateLimiter
+from dagnats_nb.runtime.handlers import Permanent, RetryAfter
 
 # -- templates -------------------------------------------------------------------------
 
@@ -378,7 +378,7 @@ def test_workflow_validate_checks_llm_steps(tmp_path):
         "  - {id: b, task: llm, depends_on: [a], config: {prompt: '{a.text} {x.y}'}}\n"
         "  - {id: c, task: llm, depends_on: [a], config: {prompt: hi, max_tokens: 0}}\n"
     )
-    cmd = [sys.executable, "-m", "dagnats_nb.cli", "workflow", "validate", str(bad)]
+    cmd = [sys.executable, "-m", "dagnats_nb", "workflow", "validate", str(bad)]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()

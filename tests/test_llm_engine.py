@@ -12,8 +12,8 @@ import pytest
 from llm_server import ChatServer, Reply
 
 import dagnats_nb as dn
-from dagnats_nb import protocol as p
 from dagnats_nb.llm import subscribe_tokens
+from dagnats_nb.wire import protocol as p
 
 FAST_RETRY = {"max_attempts": 2, "strategy": "fixed", "initial_delay": "10ms"}
 

@@ -20,7 +20,7 @@ import pytest
 
 import dagnats_nb
 from dagnats_nb.errors import EngineLocked, ServerError
-from dagnats_nb.server import EmbeddedServer, find_nats_server, read_engine_info
+from dagnats_nb.server.process import EmbeddedServer, find_nats_server, read_engine_info
 
 HAS_PROC = Path("/proc/self/stat").exists()
 linux_only = pytest.mark.skipif(not HAS_PROC, reason="needs /proc")
@@ -28,7 +28,7 @@ REPO = Path(dagnats_nb.__file__).resolve().parent.parent
 
 CHILD = """
 import sys
-from dagnats_nb.server import EmbeddedServer
+from dagnats_nb.server.process import EmbeddedServer
 server = EmbeddedServer(data_dir=sys.argv[1], watchdog=sys.argv[2] == "1").start()
 try:
     print(server.pid, flush=True)

@@ -99,7 +99,7 @@ def test_stats_cli_prints_json_records(engine):
         [
             sys.executable,
             "-m",
-            "dagnats_nb.cli",
+            "dagnats_nb",
             "stats",
             "consumers",
             "--json",
@@ -117,7 +117,7 @@ def test_stats_cli_prints_json_records(engine):
         [
             sys.executable,
             "-m",
-            "dagnats_nb.cli",
+            "dagnats_nb",
             "stats",
             "streams",
             "--data-dir",

@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 
 import dagnats_nb as dn
-from dagnats_nb import cli
-from dagnats_nb import protocol as p
-from dagnats_nb.server import EmbeddedServer
+from dagnats_nb.adapters.cli import main as cli
+from dagnats_nb.server.process import EmbeddedServer
+from dagnats_nb.wire import protocol as p
 
 ROOT = Path(__file__).resolve().parents[1]
 LOG_ENV = "DAGNATS_TEST_WORKER_LOG"
@@ -34,7 +34,7 @@ class Worker:
     def __init__(self, *args: str, log: Path, cwd: Path = ROOT) -> None:
         env = {**os.environ, LOG_ENV: str(log)}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dagnats_nb.cli", "worker", *args],
+            [sys.executable, "-m", "dagnats_nb", "worker", *args],
             cwd=cwd,
             env=env,
             stdout=subprocess.PIPE,
@@ -258,7 +258,7 @@ def test_handler_failures_behave_as_in_the_kernel(engine, tmp_path, workers):
 
 def test_importing_a_worker_module_starts_no_engine(tmp_path):
     code = (
-        "import dagnats_nb.default as d, tests.worker_tasks as t;"
+        "import dagnats_nb.engine.default as d, tests.worker_tasks as t;"
         "import json; print(json.dumps([d.current() is None, sorted(d.handlers())]))"
     )
     out = subprocess.run(
@@ -274,7 +274,7 @@ def test_importing_a_worker_module_starts_no_engine(tmp_path):
 def clean_registry(monkeypatch):
     """In-process ``cli.main(["worker", ...])``: keep the handlers the tests import out of
     this process's default registry."""
-    from dagnats_nb import default
+    from dagnats_nb.engine import default
 
     monkeypatch.setattr(default, "_handlers", {})
     monkeypatch.chdir(ROOT)
@@ -388,7 +388,7 @@ def test_a_worker_follows_the_engine_to_its_new_port_after_a_restart(tmp_path, w
 
 
 def test_worker_process_from_python(engine):
-    from dagnats_nb.worker_process import WorkerProcess
+    from dagnats_nb.runtime.worker_process import WorkerProcess
 
     def double(ctx):
         return ctx.input * 2

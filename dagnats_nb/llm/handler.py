@@ -20,12 +20,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .. import protocol as p
+from dagnats_nb.runtime.handlers import Permanent, TaskContext
+from dagnats_nb.wire import protocol as p
+
 from ..config import Settings
 from ..dag import WorkflowDef
 from ..dag.model import MAP_KEYS, StepDef
 from ..dag.validate import problem, workflow_error
-from ..handlers import Permanent, TaskContext
 from .providers import ChatRequest, Completion, OpenAIProvider, Provider, ProviderError
 from .ratelimit import RateLimiter
 from .simulator import SimulatedProvider, SimulatorSettings

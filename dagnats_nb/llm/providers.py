@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import httpx
 
-from ..handlers import Permanent, RetryAfter
+from dagnats_nb.runtime.handlers import Permanent, RetryAfter
 
 OnToken = Callable[[str], Awaitable[None]]
 DEFAULT_BASE_URL = "https://api.openai.com/v1"

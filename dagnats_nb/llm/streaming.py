@@ -12,11 +12,12 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from .. import protocol as p
+from dagnats_nb.wire import protocol as p
+
 from ..dag.state import STEP_TERMINAL
 
 if TYPE_CHECKING:
-    from ..engine import Engine
+    from dagnats_nb.engine.facade import Engine
 
 _POLL = 0.1
 

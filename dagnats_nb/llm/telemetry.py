@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd
 from nats.js import JetStreamContext
 
-from .. import protocol as p
+from dagnats_nb.wire import protocol as p
 
 log = logging.getLogger("dagnats_nb.llm")
 

@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from ..handlers import Permanent
+from dagnats_nb.runtime.handlers import Permanent
 
 _PART = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
 _PATH = re.compile(r"^[\w-]+(\.[\w-]+)*$")

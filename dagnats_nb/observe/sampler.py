@@ -19,7 +19,8 @@ from typing import Any
 
 import pandas as pd
 
-from .. import protocol as p
+from dagnats_nb.wire import protocol as p
+
 from ..errors import DagnatsError
 from . import stats
 

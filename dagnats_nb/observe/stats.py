@@ -12,7 +12,7 @@ from typing import Any
 
 from nats.aio.client import Client as NATS
 
-from .. import resources
+from dagnats_nb.wire import resources
 
 NS = 1e9
 

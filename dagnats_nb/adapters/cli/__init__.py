@@ -1,0 +1,1 @@
+"""The ``dagnats`` command line."""

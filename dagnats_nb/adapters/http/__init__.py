@@ -1,0 +1,1 @@
+"""The HTTP side of an engine: ``/health`` and ``/ready``, webhooks, the worker bridge."""

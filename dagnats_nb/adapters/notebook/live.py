@@ -1,0 +1,211 @@
+"""The live run view: a widget that follows a run from the engine thread.
+
+``Engine.watch`` calls :meth:`RunView._on_state` on the engine loop after every change of the
+run. The view copies what it draws into a :class:`Frame` there and one refresher, also on the
+engine loop, publishes at most one frame per ``interval`` (0.1 s: ≤ 10 updates/s), assigning
+only changed traits inside ``hold_sync()``. When the run ends, the widget's output is
+replaced by a static HTML/SVG rendering, so a saved or exported notebook still shows it.
+Output from the engine thread is sent in an empty ``contextvars`` context: ipykernel then
+attributes it to the cell executing at that moment, which is where Jupyter (and nbclient)
+expect display updates to come from.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from dagnats_nb.adapters.notebook import render
+from dagnats_nb.adapters.notebook.render import Frame
+from dagnats_nb.dag import WorkflowDef
+from dagnats_nb.dag.state import RunState
+from dagnats_nb.engine.facade import Engine
+from dagnats_nb.engine.run import Run
+
+MAX_FRAMES = 2000
+
+
+class RunView:
+    """Follow one run: ``frames`` (what was published, oldest first) and, in a kernel, a
+    widget (DAG with step states, progress bar, elapsed time, last error)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        run: Run,
+        defn: WorkflowDef | None = None,
+        *,
+        interval: float = 0.1,
+        widgets: bool = False,
+        tick: float = 1.0,
+    ) -> None:
+        self.engine = engine
+        self.run = run
+        orch = engine.orchestrator
+        self.defn = defn or (orch and orch.run_defs.get(run.id)) or engine.workflow(run.workflow)
+        self.interval = interval
+        self.tick = tick
+        self.frames: list[Frame] = []
+        self.updates = 0
+        self.done = threading.Event()
+        self._latest: Frame | None = None
+        self._last_publish = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._ticker: asyncio.TimerHandle | None = None
+        self._unwatch: Callable[[], None] | None = None
+        self._finished = False
+        self._handle: Any = None
+        self._widgets: dict[str, Any] | None = self._make_widgets() if widgets else None
+
+    # -- life cycle (kernel thread) ------------------------------------------------------
+
+    def start(self) -> RunView:
+        """Display the widget (if any) and follow the run."""
+        if self._widgets is not None:
+            from IPython.display import display
+
+            self._handle = display(self._widgets["box"], display_id=True)
+        unwatch = self.engine.watch(self.run.id, self._on_state)
+        if self._finished:
+            unwatch()
+        else:
+            self._unwatch = unwatch
+        return self
+
+    def wait(self, timeout: float | None = 60) -> Frame | None:
+        """Block until the final frame is published; return it (None on timeout)."""
+        self.done.wait(timeout)
+        return self.final
+
+    @property
+    def final(self) -> Frame | None:
+        """The last frame, once the run has ended."""
+        return self.frames[-1] if self.done.is_set() and self.frames else None
+
+    def stop(self, note: str = "the engine stopped: this view no longer follows the run") -> None:
+        """Stop following the run; the widget is replaced by a static rendering of the last
+        frame with ``note``."""
+        if self._unwatch is not None:
+            with contextlib.suppress(RuntimeError):  # the engine's loop is already closed
+                self._unwatch()
+            self._unwatch = None
+        if self.done.is_set() or self._finished:
+            return
+        self._finished = True
+        frame = self._latest
+        if frame is not None:
+            frame.error = frame.error or note
+            self._publish(frame, final=True)
+        elif self._widgets is not None:
+            for w in self._widgets.values():
+                w.close()
+        self.done.set()
+
+    # -- engine thread -------------------------------------------------------------------
+
+    def _on_state(self, state: RunState) -> None:
+        if self._finished:
+            return
+        defn = (self.engine.orchestrator.run_defs.get(state.run_id)) or self.defn
+        self.defn = defn
+        self._latest = render.frame_of(defn, state)
+        if self._latest.terminal:
+            self._finish()
+            return
+        if self._timer is None:
+            loop = asyncio.get_running_loop()
+            wait = max(0.0, self._last_publish + self.interval - time.monotonic())
+            self._timer = loop.call_later(wait, self._refresh)
+
+    def _refresh(self) -> None:
+        self._timer = None
+        if self._finished or self._latest is None:
+            return
+        frame = self._latest
+        frame.at = time.time()
+        self._publish(frame)
+        if self._ticker is not None:
+            self._ticker.cancel()
+        if self.tick:  # keep the elapsed time moving while nothing else happens
+            self._ticker = asyncio.get_running_loop().call_later(self.tick, self._refresh)
+
+    def _finish(self) -> None:
+        self._finished = True
+        for handle in (self._timer, self._ticker):
+            if handle is not None:
+                handle.cancel()
+        frame = self._latest
+        try:
+            contextvars.Context().run(self._publish, frame, final=True)
+        finally:
+            if self._unwatch is not None:
+                self._unwatch()
+                self._unwatch = None
+            self.done.set()
+
+    def _publish(self, frame: Frame, final: bool = False) -> None:
+        self._last_publish = time.monotonic()
+        self.updates += 1
+        self.frames.append(frame)
+        del self.frames[:-MAX_FRAMES]
+        if self._widgets is None:
+            return
+        contextvars.Context().run(self._set_traits, frame)
+        if not final:
+            return
+        if self._handle is not None:
+            html = render.run_html(self.defn, frame)
+            self._handle.update({"text/html": html, "text/plain": render.run_text(frame)}, raw=True)
+        for w in self._widgets.values():
+            w.close()
+
+    # -- widgets -------------------------------------------------------------------------
+
+    def _make_widgets(self) -> dict[str, Any]:
+        import ipywidgets as W
+
+        w = {
+            "header": W.HTML(),
+            "bar": W.FloatProgress(min=0.0, max=1.0, value=0.0, bar_style="info"),
+            "drawing": W.HTML(value=render.dag_svg(self.defn)),
+            "error": W.HTML(),
+        }
+        w["box"] = W.VBox([w["header"], w["bar"], w["drawing"], w["error"]])
+        w["box"].add_class("dagnats-live")
+        return w
+
+    def _set_traits(self, frame: Frame) -> None:
+        w = self._widgets
+        style = {"completed": "success", "failed": "danger", "cancelled": "warning"}
+        values = {
+            "header": render.run_header_html(frame),
+            "drawing": render.dag_svg(self.defn, frame),
+            "error": render.error_html(frame),
+        }
+        for key, value in values.items():
+            if w[key].value != value:
+                with w[key].hold_sync():
+                    w[key].value = value
+        bar = w["bar"]
+        with bar.hold_sync():
+            if bar.value != frame.progress:
+                bar.value = frame.progress
+            bar_style = style.get(frame.status, "info")
+            if bar.bar_style != bar_style:
+                bar.bar_style = bar_style
+
+
+def in_kernel(shell: Any) -> bool:
+    """True when ``shell`` runs in a Jupyter kernel with ipywidgets installed."""
+    if getattr(shell, "kernel", None) is None:
+        return False
+    try:
+        import ipywidgets  # noqa: F401
+    except ImportError:
+        return False
+    return True

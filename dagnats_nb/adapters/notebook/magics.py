@@ -1,0 +1,322 @@
+"""``%dagnats`` (line) and ``%%dagnats workflow`` (cell): parse, call ``console``, display.
+
+Errors a user causes are one line (``DagnatsError._render_traceback_``) and the cell still
+fails; ``%config Dagnats.short_errors = False`` shows full tracebacks.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pandas as pd
+import yaml
+from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_expand
+from IPython.core.magic_arguments import MagicArgumentParser
+from traitlets import Bool, Float
+
+from dagnats_nb.adapters.notebook import console
+from dagnats_nb.adapters.notebook.expand import Expander, read_json_value, split_words
+from dagnats_nb.adapters.notebook.live import RunView, in_kernel
+from dagnats_nb.dag import WorkflowDef, load_workflow
+from dagnats_nb.dag.edges import load_edges, looks_like_edges
+from dagnats_nb.dag.validate import workflow_error
+from dagnats_nb.engine import default
+from dagnats_nb.engine.run import Run
+from dagnats_nb.errors import DagnatsError
+
+HELP = """\
+%dagnats SUBCOMMAND [options]  — the notebook console of the kernel's dagnats engine
+
+  start [--data-dir D] [--config F] [--set key=value ...]   start the engine (idempotent)
+  stop                                     stop it
+  status                                   streams, workers, pending tasks
+  workflows                                registered workflows (DataFrame)
+  runs [--workflow W] [--status S] [--limit N]                runs (DataFrame)
+  run WF [--input JSON|$var] [--no-wait] [--timeout S]       start a run, live view
+  steps RUN_ID | events RUN_ID             a run's steps / history (DataFrame)
+  cancel RUN_ID                            cancel a run
+  watch RUN_ID                             a live view of a run (returns at once)
+  dlq [--workflow W] [--run R] [--limit N] dead letters (DataFrame)
+  dlq replay SEQ | --run R [--dry-run]     resume a failed run at its dead-lettered step
+  config                                   settings and where they come from (DataFrame)
+  streams | lag | kv | account             JetStream stats (DataFrames)
+  health                                   the checklist's health rules, warnings first
+  monitor [varz|jsz|connz|subsz]           NATS monitoring (needs monitor_port)
+  sizing [WF] [--runs-per-day N] [--days D] [--concurrent-runs N]
+                                           disk/memory estimate calibrated on this engine
+  help                                     this text
+
+  -o NAME / --save NAME stores the result in the namespace; RUN_ID may be `last` or $run.
+  $var and {expr} expand from the namespace (a whole word stands for the object itself).
+
+%%dagnats workflow NAME [--version V] [-o NAME]
+  registers the workflow the cell defines and shows it. The body is dagnats JSON, YAML
+  (with a top-level `steps:`), or the edge syntax:
+
+    fetch -> [summarize, classify] -> report     # chains; [a, b] fans out / in
+    notify                                       # a step alone
+    summarize: task=llm retry=3 timeout=30s      # step settings, key=value
+    classify:  type=map concurrency=4
+    workflow:  retry=2 delay=50ms timeout=5m     # workflow settings
+
+  step keys: task (default: the id), type (normal|map|agent_loop), retry, delay, backoff
+  (fixed|linear|exponential), max_delay, timeout, concurrency, max_items, max_iterations,
+  max_duration, loop_delay, on_failure, skip_if="parent.field == value", worker_group.
+  workflow keys: version, retry, delay, backoff, max_delay, timeout, max_steps,
+  sticky (soft|hard).
+  The body may use {var} from the namespace.
+"""
+
+
+def _parser() -> MagicArgumentParser:
+    p = MagicArgumentParser(prog="%dagnats", description="the dagnats engine console")
+    sub = p.add_subparsers(dest="command", metavar="SUBCOMMAND")
+
+    def cmd(name: str, save: bool = True) -> MagicArgumentParser:
+        s = sub.add_parser(name, prog=f"%dagnats {name}")
+        if save:
+            s.add_argument("-o", "--save", metavar="NAME", help="store the result as NAME")
+        return s
+
+    s = cmd("start")
+    s.add_argument("--data-dir")
+    s.add_argument("--config")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    cmd("stop", save=False)
+    cmd("status")
+    cmd("workflows")
+    s = cmd("runs")
+    s.add_argument("--workflow")
+    s.add_argument("--status")
+    s.add_argument("--limit", type=int)
+    s = cmd("run")
+    s.add_argument("workflow")
+    s.add_argument("--input")
+    s.add_argument("--no-wait", action="store_true")
+    s.add_argument("--timeout", type=float)
+    for name in ("steps", "events", "cancel", "watch"):
+        cmd(name).add_argument("run_id")
+    s = cmd("dlq")
+    s.add_argument("action", nargs="?", default="list", choices=["list", "replay"])
+    s.add_argument("seq", nargs="?", type=int)
+    s.add_argument("--workflow")
+    s.add_argument("--run")
+    s.add_argument("--limit", type=int, default=1000)
+    s.add_argument("--dry-run", action="store_true")
+    cmd("config")
+    for name in ("streams", "lag", "kv", "account", "health"):
+        cmd(name)
+    s = cmd("monitor")
+    s.add_argument("endpoint", nargs="?", default="varz", choices=["varz", "jsz", "connz", "subsz"])
+    s = cmd("sizing")
+    s.add_argument("workflow", nargs="?")
+    s.add_argument("--runs-per-day", type=float, default=1000.0)
+    s.add_argument("--days", type=float, default=30.0)
+    s.add_argument("--concurrent-runs", type=int)
+    cmd("help", save=False)
+    s = cmd("workflow")
+    s.add_argument("name")
+    s.add_argument("--version")
+    return p
+
+
+PARSER = _parser()
+
+
+@magics_class
+class Dagnats(Magics):
+    """The ``%dagnats`` magics; settings via ``%config Dagnats.<name> = value``."""
+
+    short_errors = Bool(True, help="show user errors as one line, without traceback").tag(
+        config=True
+    )
+    live_interval = Float(0.1, help="seconds between live view updates (at most)").tag(config=True)
+    run_timeout = Float(300.0, help="seconds `%dagnats run` waits by default").tag(config=True)
+
+    def __init__(self, shell: Any = None, **kwargs: Any) -> None:
+        super().__init__(shell=shell, **kwargs)
+        self.views: dict[str, RunView] = {}
+
+    @no_var_expand
+    @line_cell_magic
+    def dagnats(self, line: str, cell: str | None = None) -> Any:
+        try:
+            return self._dispatch(line, cell)
+        except DagnatsError as exc:
+            if self.short_errors:
+                raise
+            raise RuntimeError(f"{type(exc).__name__}: {exc}") from exc
+
+    def _dispatch(self, line: str, cell: str | None) -> Any:
+        ex = Expander(self.shell)
+        words = [ex.word(w) for w in split_words(line)]
+        if not words:
+            print(HELP)
+            return None
+        args = PARSER.parse_args(words)
+        if (cell is None) == (args.command == "workflow"):
+            raise DagnatsError(
+                "`workflow` is a cell magic: %%dagnats workflow NAME, then the workflow below"
+                if cell is None
+                else f"%%dagnats {args.command}: the cell magic only defines workflows "
+                "(%%dagnats workflow NAME); use %dagnats for the other subcommands"
+            )
+        result = getattr(self, "_" + args.command)(args, ex, cell)
+        target = getattr(args, "save", None)
+        if target:
+            self.shell.push({target: result})
+        return result
+
+    # -- subcommands ---------------------------------------------------------------------
+
+    def _start(self, args: Any, ex: Expander, cell: Any) -> Any:
+        overrides: dict[str, Any] = {}
+        for item in args.set:
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip():
+                raise DagnatsError(f"--set {item!r}: write KEY=VALUE, e.g. --set ack_wait=10s")
+            overrides[key.strip()] = value.strip()
+        paths = [ex.value(w) if w is not None else None for w in (args.data_dir, args.config)]
+        return console.start(*paths, **overrides)
+
+    def _stop(self, args: Any, ex: Expander, cell: Any) -> None:
+        for view in self.views.values():
+            view.stop()
+        self.views.clear()
+        print(console.stop())
+
+    def _status(self, args: Any, ex: Expander, cell: Any) -> Any:
+        return console.status()
+
+    def _streams(self, args: Any, ex: Expander, cell: Any) -> Any:
+        return console.stats("streams")
+
+    def _lag(self, args: Any, ex: Expander, cell: Any) -> Any:
+        return console.stats("lag")
+
+    def _kv(self, args: Any, ex: Expander, cell: Any) -> Any:
+        return console.stats("kv")
+
+    def _account(self, args: Any, ex: Expander, cell: Any) -> Any:
+        return console.stats("account")
+
+    def _health(self, args: Any, ex: Expander, cell: Any) -> Any:
+        return console.stats("health")
+
+    def _monitor(self, args: Any, ex: Expander, cell: Any) -> Any:
+        return console.stats("monitor", endpoint=args.endpoint)
+
+    def _sizing(self, args: Any, ex: Expander, cell: Any) -> Any:
+        extra = {} if args.concurrent_runs is None else {"concurrent_runs": args.concurrent_runs}
+        return console.stats(
+            "sizing",
+            workflow=args.workflow,
+            runs_per_day=args.runs_per_day,
+            days=args.days,
+            **extra,
+        )
+
+    def _workflows(self, args: Any, ex: Expander, cell: Any) -> Any:
+        return console.workflows()
+
+    def _runs(self, args: Any, ex: Expander, cell: Any) -> Any:
+        return console.runs(args.workflow, args.status, args.limit)
+
+    def _run(self, args: Any, ex: Expander, cell: Any) -> Run:
+        workflow = ex.value(args.workflow)
+        data = args.input
+        if data is not None and data not in ex.strings:  # a str variable is the input as is
+            data = read_json_value(ex.value(data), "--input")
+        eng = default.engine(start=False)
+        if isinstance(workflow, dict):
+            workflow = load_workflow(workflow)
+        defn = workflow if isinstance(workflow, WorkflowDef) else eng.workflow(workflow)
+        run = eng.start_run(defn if isinstance(workflow, WorkflowDef) else workflow, data)
+        view = self._follow(run, defn)
+        if args.no_wait:
+            return run
+        run.wait(self.run_timeout if args.timeout is None else args.timeout)
+        if view is not None:
+            view.wait(10)  # the final rendering is out before the cell ends
+        return run
+
+    def _watch(self, args: Any, ex: Expander, cell: Any) -> Run:
+        run = console.resolve_run(ex.value(args.run_id))
+        self._follow(run, None)
+        return run
+
+    def _follow(self, run: Run, defn: WorkflowDef | None) -> RunView | None:
+        """A live view of ``run`` when the shell is a kernel with widgets."""
+        if not in_kernel(self.shell):
+            return None
+        for run_id in [k for k, v in self.views.items() if v.done.is_set()]:
+            del self.views[run_id]
+        view = RunView(run.engine, run, defn, interval=self.live_interval, widgets=True)
+        self.views[run.id] = view.start()
+        return view
+
+    def _steps(self, args: Any, ex: Expander, cell: Any) -> Any:
+        return console.steps(ex.value(args.run_id))
+
+    def _events(self, args: Any, ex: Expander, cell: Any) -> Any:
+        return console.events(ex.value(args.run_id))
+
+    def _cancel(self, args: Any, ex: Expander, cell: Any) -> Run:
+        run = console.cancel(ex.value(args.run_id))
+        print(f"run {run.id} cancelled")
+        return run
+
+    def _dlq(self, args: Any, ex: Expander, cell: Any) -> Any:
+        run = ex.value(args.run) if args.run else None
+        if args.action == "list":
+            return console.dlq(args.limit, workflow=args.workflow, run=run)
+        rows = console.dlq_replay(args.seq, run=run, dry_run=args.dry_run)
+        for r in rows:
+            verb = "would replay" if args.dry_run else "replayed"
+            print(
+                f"{verb} dead letter {r['seq']}: run {r['run_id']} step '{r['step_id']}' "
+                f"as attempt {r['attempt']}" + ("" if args.dry_run else f"; run {r['status']}")
+            )
+        return pd.DataFrame(rows)
+
+    def _config(self, args: Any, ex: Expander, cell: Any) -> Any:
+        return console.config()
+
+    def _help(self, args: Any, ex: Expander, cell: Any) -> None:
+        print(HELP)
+
+    def _workflow(self, args: Any, ex: Expander, cell: str) -> WorkflowDef:
+        body = ex.text(cell)
+        if looks_like_edges(body):
+            defn = load_edges(body, args.name, version=args.version, first_line=2)
+        else:
+            defn = load_workflow(_raw_definition(body, args.name, args.version))
+        return console.register(defn)
+
+
+def _raw_definition(body: str, name: str, version: str | None) -> dict[str, Any]:
+    """The dict of a JSON or YAML cell body; the magic line's name and version apply."""
+    try:
+        raw = json.loads(body) if body.lstrip().startswith("{") else yaml.safe_load(body)
+    except json.JSONDecodeError as exc:
+        raise workflow_error(
+            [f"workflow '{name}' cell line {exc.lineno + 1}: invalid JSON: {exc.msg}"]
+        ) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" cell line {mark.line + 2}" if mark else ""
+        what = getattr(exc, "problem", None) or str(exc)
+        raise workflow_error([f"workflow '{name}'{where}: invalid YAML: {what}"]) from None
+    if not isinstance(raw, dict):
+        raise workflow_error([f"workflow '{name}': the cell is not a workflow mapping"])
+    if raw.setdefault("name", name) != name:
+        raise workflow_error(
+            [f"workflow '{name}': the cell names it '{raw['name']}'; use one name"]
+        )
+    if version:
+        raw["version"] = version
+    return raw
+
+
+Dagnats.dagnats.__doc__ = HELP

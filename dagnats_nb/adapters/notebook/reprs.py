@@ -1,0 +1,149 @@
+"""Rich display of WorkflowDef, Run and Engine (HTML in Jupyter, text in a terminal).
+
+They are registered as IPython display formatters, so the classes themselves stay free of
+presentation code (and ``dag/`` stays pure).
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+import pandas as pd
+
+from dagnats_nb.adapters.notebook import render
+from dagnats_nb.adapters.notebook.render import Frame
+from dagnats_nb.dag import WorkflowDef
+from dagnats_nb.engine.facade import Engine
+from dagnats_nb.engine.run import Run
+
+
+def engine_info(eng: Engine) -> dict[str, Any]:
+    """What the engine card shows."""
+    info: dict[str, Any] = {
+        "mode": "embedded" if eng.embedded else "attached",
+        "state": "running" if eng.running else "stopped",
+        "url": eng.url,
+        "data_dir": str(eng.settings.data_dir),
+        "monitor_url": getattr(eng.server, "monitor_url", None),
+        "handlers": sorted(eng.workers),
+        "streams": [],
+    }
+    if eng.running:
+        try:
+            info["streams"] = eng.status()["streams"]
+        except Exception as exc:  # a card must render even when NATS is away
+            info["state"] = f"running (status unavailable: {exc})"
+    return info
+
+
+def snapshot(run: Run) -> tuple[WorkflowDef | None, Frame]:
+    """The run's definition and a Frame of its current state, copied on the engine thread."""
+    eng = run.engine
+    orch = eng.orchestrator
+    defn = orch.run_defs.get(run.id) if orch is not None else None
+    if defn is not None and eng.running:
+        box: list[Frame] = []
+        unwatch = eng.watch(run.id, lambda st: box or box.append(render.frame_of(defn, st)))
+        unwatch()
+        if box:
+            return defn, box[0]
+    summary = eng.run_state(run.id) if eng.running else None
+    summary = summary or {"status": "pending", "error": None}
+    return defn, Frame(run.id, run.workflow, summary["status"], error=summary.get("error"))
+
+
+def _output(run: Run, frame: Frame) -> Any:
+    if frame.status != "completed":
+        return None
+    try:
+        return run.output
+    except Exception:
+        return None
+
+
+def run_html(run: Run) -> str:
+    """A run: status line, progress, error, output preview, steps table."""
+    if not run.engine.running:
+        return f"<code>{html.escape(repr(run))}</code> (engine stopped)"
+    defn, frame = snapshot(run)
+    if not frame.terminal:  # a moment's snapshot: one line (a live view shows the rest)
+        return f'<div class="dagnats-run" data-status="{frame.status}">' + (
+            render.run_header_html(frame) + "</div>"
+        )
+    head = render.run_html(None, frame, _output(run, frame))
+    return head + (_steps_table(run) if defn is not None else "")
+
+
+def _steps_table(run: Run) -> str:
+    try:
+        df = run.engine.steps(run.id)
+    except Exception:
+        return ""
+    cols = ["step_id", "task", "type", "status", "attempt", "items", "duration_s", "error"]
+    return df[cols].to_html(index=False, na_rep="", float_format=lambda v: f"{v:.3f}")
+
+
+def run_text(run: Run) -> str:
+    """A run in a few lines of text."""
+    if not run.engine.running:
+        return repr(run) + " (engine stopped)"
+    _, frame = snapshot(run)
+    return render.run_text(frame, _output(run, frame))
+
+
+class Status:
+    """The engine's status: ``.data`` (the dict), ``.to_pandas()`` (streams), rich display."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.data = data
+
+    def to_pandas(self) -> pd.DataFrame:
+        """One row per stream: stream, messages, bytes."""
+        return pd.DataFrame(self.data["streams"], columns=["stream", "messages", "bytes"])
+
+    def workers(self) -> pd.DataFrame:
+        """One row per worker: worker_id, tasks."""
+        rows = [
+            [w.get("worker_id") or w.get("id"), ", ".join(w.get("tasks", {}))]
+            for w in self.data.get("workers", [])
+        ]
+        return pd.DataFrame(rows, columns=["worker_id", "tasks"])
+
+    def _repr_html_(self) -> str:
+        d = self.data
+        conn = "connected" if d["connected"] else "DISCONNECTED"
+        warn = "".join(
+            f'<div style="color:#b91c1c">{html.escape(h["level"].upper())}: '
+            f"{html.escape(h['check'])} of {html.escape(str(h['subject']))} is "
+            f"{html.escape(str(h['value']))} (threshold {html.escape(str(h['threshold']))}): "
+            f"{html.escape(h['action'])}</div>"
+            for h in d.get("health", [])
+        )
+        pending = ", ".join(f"{k}: {v}" for k, v in d.get("pending_tasks", {}).items() if v)
+        return (
+            f"<div class='dagnats-status'>{warn}<b>dagnats</b> {html.escape(str(d['url']))} "
+            f"({conn}) · data_dir {html.escape(d['data_dir'])}"
+            f"<div>pending tasks: {html.escape(pending or 'none')}</div>"
+            f"{self.to_pandas().to_html(index=False)}{self.workers().to_html(index=False)}</div>"
+        )
+
+    def __repr__(self) -> str:
+        from dagnats_nb.adapters.cli.main import format_status
+
+        return format_status(self.data)
+
+
+def register_formatters(shell: Any) -> None:
+    """Show WorkflowDef, Run and Engine as HTML (and readable text) in this shell."""
+    formatters = shell.display_formatter.formatters
+    html_f, text_f = formatters["text/html"], formatters["text/plain"]
+    html_f.for_type(WorkflowDef, render.workflow_html)
+    html_f.for_type(Run, run_html)
+    html_f.for_type(Engine, lambda e: render.engine_html(engine_info(e)))
+    text_f.for_type(WorkflowDef, lambda d, p, cycle: p.text(render.workflow_text(d)))
+    text_f.for_type(Run, lambda r, p, cycle: p.text(run_text(r)))
+    text_f.for_type(Engine, lambda e, p, cycle: p.text(render.engine_text(engine_info(e))))
+
+
+__all__ = ["Status", "engine_info", "register_formatters", "run_html", "run_text", "snapshot"]

@@ -1,0 +1,268 @@
+"""The engine's read-only views, mixed into :class:`~dagnats_nb.engine.facade.Engine`: JetStream
+stats, NATS monitoring, health rules, the sampler, sizing, status and ``/health``/``/ready``.
+
+Thin: each method gathers with ``dagnats_nb.observe`` on the engine loop and shapes the
+result; nothing here changes engine state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import deque
+from typing import Any
+
+from nats.js.errors import KeyNotFoundError, NoKeysError, NotFoundError
+
+from dagnats_nb.adapters.notebook import dashboard
+from dagnats_nb.dag import parse_duration
+from dagnats_nb.observe import health, monitor, sampler, sizing, stats
+from dagnats_nb.server.process import read_engine_info
+from dagnats_nb.wire import protocol as p
+from dagnats_nb.wire import resources
+
+
+class Observing:
+    """Views of a running engine (see the module docstring)."""
+
+    _dlq_samples: deque[tuple[float, int]]
+    _sampler: sampler.Sampler | None
+
+    # -- stats (read-only views; see dagnats_nb.observe.stats) ------------------------
+
+    def stream_stats(self):
+        """Per stream: messages, bytes, first/last sequence and time, subjects, consumers,
+        limits, retention, storage, share of ``max_store_bytes``, dedup window."""
+        return self._frame(stats.stream_rows(self._nc, self.settings.max_store_bytes))
+
+    def consumer_lag(self):
+        """Per consumer: stream, filter, pending, ack pending, redelivered, waiting pulls,
+        last delivered/acked sequence, last active."""
+        return self._frame(stats.consumer_rows(self._nc))
+
+    def kv_stats(self):
+        """Per KV bucket: keys, values, bytes, history, TTL."""
+        return self._frame(stats.kv_rows(self._nc))
+
+    def account(self):
+        """JetStream account usage against its limits and ``max_store_bytes``."""
+        return self._frame(stats.account_rows(self._nc, self.settings.max_store_bytes))
+
+    async def stream_stats_async(self):
+        return await asyncio.to_thread(self.stream_stats)
+
+    async def consumer_lag_async(self):
+        return await asyncio.to_thread(self.consumer_lag)
+
+    async def kv_stats_async(self):
+        return await asyncio.to_thread(self.kv_stats)
+
+    async def account_async(self):
+        return await asyncio.to_thread(self.account)
+
+    def monitor(self, endpoint: str = "varz", **params: Any):
+        """A NATS monitoring endpoint (``varz``, ``jsz``, ``connz``, ``subsz``) flattened into
+        a DataFrame; ``params`` are its query parameters (e.g. ``subs=1``). Needs
+        ``monitor_port`` (a clear error says so when monitoring is off)."""
+        data = self._call(monitor.fetch(self.monitor_url, endpoint, params))
+        return monitor.flatten(endpoint, data)
+
+    async def monitor_async(self, endpoint: str = "varz", **params: Any):
+        return await asyncio.to_thread(self.monitor, endpoint, **params)
+
+    def sizing(
+        self, workflow: str | None = None, *, days: float = 30.0, **workload: Any
+    ) -> sizing.Report:
+        """Disk and memory estimate of a workload (``sizing.Workload`` fields as keywords,
+        e.g. ``runs_per_day=50_000``), calibrated with what this engine measured: bytes per
+        event on WORKFLOW_HISTORY and events per run of the finished runs (of ``workflow``
+        if given). With nothing run yet the rules of thumb are used."""
+        self._need_orchestrator("measure runs for sizing")
+        runs = [
+            (s.event_count, len(self.orchestrator.run_defs[r].steps))
+            for r, s in self.orchestrator.runs.items()
+            if s.terminal and not s.outbox and (workflow is None or s.workflow == workflow)
+        ]
+        info = self._call(stats.api(self._nc, f"STREAM.INFO.{p.HISTORY_STREAM}"))["state"]
+        cal = sizing.calibrate(runs, info.get("bytes", 0), info.get("messages", 0))
+        if workflow is not None and "steps" not in workload:
+            workload["steps"] = len(self.workflow(workflow).steps)
+        workload.setdefault("runs_per_day", 1000)
+        workload.setdefault("max_store_bytes", self.settings.max_store_bytes)
+        if self.settings.runs_max_age and "history_max_age_days" not in workload:
+            workload["history_max_age_days"] = self.settings.runs_max_age.total_seconds() / 86400
+        w = sizing.Workload(**workload)
+        est = sizing.estimate(w, cal, days)
+        return sizing.Report(est, est.calibration, sizing.compare(est.calibration, w.steps))
+
+    def sample(self, every: float | str = "1s", keep: int = 3600) -> sampler.Sampler:
+        """Record stream sizes, consumer lag, dead letters and run/step rates every
+        ``every`` (seconds or a Go duration) in the background; ``.frame()`` is the time
+        series, ``.figure()`` its plots, ``.stop()`` ends it. One sampler per engine: a new
+        call replaces the previous one."""
+        seconds = every if isinstance(every, int | float) else parse_duration(every).total_seconds()
+        if self._sampler is not None:
+            self._call(self._sampler.stop())
+        s = sampler.Sampler(
+            lambda: sampler.collect_row(self._nc, self.orchestrator), float(seconds), keep
+        )
+
+        async def begin() -> None:
+            s.start()
+
+        self._call(begin())
+        self._sampler = s
+        return s
+
+    def dashboard(self, every: float | str = "1s", refresh: float = 2.0):
+        """A live dashboard (ipywidgets) of stream bytes, consumer lag, run and step rates
+        and dead letters, from a sampler started now; redrawn at most every ``refresh``
+        seconds. Without ipywidgets: the static figure. ``.stop()`` ends the redrawing."""
+        return dashboard.show(self.sample(every), refresh)
+
+    def stop_sampling(self) -> None:
+        if self._sampler is not None:
+            self._call(self._sampler.stop())
+            self._sampler = None
+
+    @property
+    def monitor_url(self) -> str | None:
+        """The NATS monitoring URL (None when ``monitor_port`` is unset)."""
+        if self.server is not None:
+            return self.server.monitor_url
+        info = read_engine_info(self.settings.data_dir) if not self.embedded else None
+        return (info or {}).get("monitor_url")
+
+    def _frame(self, rows_coro):
+        import pandas as pd
+
+        return pd.DataFrame(self._call(rows_coro))
+
+    # -- status --------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """Connection, streams (messages, bytes), workers and pending tasks per task type."""
+        return self._call(self._status())
+
+    async def status_async(self) -> dict[str, Any]:
+        return await self._call_async(self._status())
+
+    async def _status(self) -> dict[str, Any]:
+        streams = []
+        for spec in resources.STREAMS:
+            try:
+                info = await self._js.stream_info(spec.name)
+            except NotFoundError:
+                continue
+            streams.append(
+                {"stream": spec.name, "messages": info.state.messages, "bytes": info.state.bytes}
+            )
+        info = await self._js.stream_info(p.TASK_STREAM, subjects_filter="task.>")
+        pending: dict[str, int] = {}
+        for subject, n in (info.state.subjects or {}).items():
+            task = subject.split(".")[1]
+            pending[task] = pending.get(task, 0) + n
+        workers = await self._workers()
+        served = {t for w in workers for t in w.get("tasks", {})}
+        out = {
+            "url": self.url,
+            "data_dir": str(self.settings.data_dir),
+            "connected": bool(self._nc and self._nc.is_connected),
+            "streams": streams,
+            "workers": workers,
+            "pending_tasks": pending,
+            "tasks_without_worker": sorted(t for t, n in pending.items() if n and t not in served),
+        }
+        if self.orchestrator is not None:
+            o = self.orchestrator
+            out["orchestrator"] = {
+                "runs": len(o.runs),
+                "active_runs": sum(1 for s in o.runs.values() if not s.terminal),
+                "last_seq": o.last_seq,
+                "replayed_events": o.replayed_events,
+                "replay_seconds": round(o.replay_seconds, 3),
+                "errors": list(o.errors)[-5:],
+            }
+        rows = await self._health_rows(workers)
+        out["health"] = [r for r in rows if r["level"] != health.OK]
+        return out
+
+    async def _workers(self) -> list[dict[str, Any]]:
+        """The entries of the ``workers`` KV bucket (live workers of every process)."""
+        workers = []
+        kv = await self._js.key_value("workers")
+        try:
+            keys = await kv.keys()
+        except (NotFoundError, NoKeysError):
+            keys = []
+        for k in keys:
+            try:
+                workers.append(json.loads((await kv.get(k)).value))
+            except (KeyNotFoundError, NotFoundError):
+                continue
+        return workers
+
+    def health(self):
+        """The checklist's health rules as a table (check, level, subject, value, threshold,
+        action), warnings first. Thresholds are the ``health_*`` settings."""
+        import pandas as pd
+
+        return pd.DataFrame(self._call(self._health_rows()), columns=health.COLUMNS)
+
+    async def health_async(self):
+        return await asyncio.to_thread(self.health)
+
+    async def _health_rows(
+        self, workers: list[dict[str, Any]] | None = None
+    ) -> list[dict[str, Any]]:
+        # The history's end and the orchestrator's position, read at the same moment.
+        history = await stats.api(self._nc, f"STREAM.INFO.{p.HISTORY_STREAM}")
+        applied = self.orchestrator.last_seq if self.orchestrator else None
+        consumers = await stats.consumer_rows(self._nc, [p.TASK_STREAM])
+        account = await stats.api(self._nc, "INFO")
+        dead = await stats.api(self._nc, f"STREAM.INFO.{p.DEAD_STREAM}")
+        now = time.time()
+        self._dlq_samples.append((now, dead["state"].get("messages", 0)))
+        if workers is None:
+            workers = await self._workers()
+        workers = [dict(w) for w in workers]  # heartbeat_at becomes POSIX seconds below
+        for w in workers:
+            w["heartbeat_at"] = p.parse_time(w["heartbeat_at"]) if w.get("heartbeat_at") else now
+        snap = health.Snapshot(
+            now=now,
+            consumers=consumers,
+            store_bytes=account.get("storage", 0),
+            max_store_bytes=self.settings.max_store_bytes,
+            dlq_samples=list(self._dlq_samples),
+            workers=workers,
+            history_last_seq=history["state"].get("last_seq", 0),
+            orchestrator_seq=applied,
+            served_tasks={t for w in workers for t in w.get("tasks", {})},
+        )
+        return health.evaluate(snap, health.Thresholds.from_settings(self.settings))
+
+    async def _http_health(self, request) -> tuple[int, dict[str, Any]]:
+        """200 only if NATS is connected and JetStream answers."""
+        if self._nc is None or not self._nc.is_connected:
+            return 503, {"status": "unhealthy", "reason": f"not connected to NATS at {self.url}"}
+        try:
+            await asyncio.wait_for(stats.api(self._nc, "INFO"), 2)
+        except Exception as exc:
+            reason = f"JetStream does not answer: {type(exc).__name__}: {exc}"
+            return 503, {"status": "unhealthy", "reason": reason}
+        return 200, {"status": "healthy", "url": self.url}
+
+    async def _http_ready(self, request) -> tuple[int, dict[str, Any]]:
+        """200 only once server, resources, orchestrator replay and workers have started."""
+        waiting = [part for part, done in self._started.items() if not done]
+        if not waiting:
+            status, body = await self._http_health(request)
+            if status != 200:
+                return 503, {"status": "not ready", "reason": body["reason"]}
+            return 200, {"status": "ready", "components": dict(self._started)}
+        reason = f"waiting for {', '.join(waiting)}"
+        o = self.orchestrator
+        if o is not None and o.replaying:
+            reason += f" (replaying history: {o.replayed_events} events applied)"
+        return 503, {"status": "not ready", "reason": reason, "components": dict(self._started)}

@@ -1,0 +1,1 @@
+"""Operations on a deployment's streams: backup and restore."""

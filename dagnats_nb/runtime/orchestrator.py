@@ -1,0 +1,400 @@
+"""Consumes WORKFLOW_HISTORY, applies ``dag.advance`` and performs the actions it returns.
+
+It holds no state that replay cannot rebuild: on start it reads the whole history with an
+ordered consumer, folds every run's events into its state (dropping the actions), then asks
+``dag.resume`` what each unfinished run still needs (undelivered decisions, timers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from typing import Any
+
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.js.errors import KeyWrongLastSequenceError
+
+from dagnats_nb.dag import WorkflowDef
+from dagnats_nb.dag.advance import advance, compact, resume, start
+from dagnats_nb.dag.state import DeadLetter, Dispatch, Publish, RunEnded, RunState, SetTimer, Timer
+from dagnats_nb.errors import RunError
+from dagnats_nb.runtime.sticky import FALLBACK_CHECK, StickyRouter, still_waiting
+from dagnats_nb.transport.stores import DefinitionStore, PayloadStore
+from dagnats_nb.wire import protocol as p
+from dagnats_nb.wire.resources import store_error
+
+log = logging.getLogger("dagnats_nb.runtime.orchestrator")
+
+
+class Orchestrator:
+    def __init__(
+        self,
+        nc: NATS,
+        js: JetStreamContext,
+        defs: DefinitionStore,
+        payloads: PayloadStore,
+    ) -> None:
+        self.nc = nc
+        self.js = js
+        self.defs = defs
+        self.payloads = payloads
+        self.runs: dict[str, RunState] = {}
+        self.run_defs: dict[str, WorkflowDef] = {}
+        self.ready = asyncio.Event()
+        self.replaying = True
+        self.replayed_events = 0
+        self.replay_seconds = 0.0
+        self.last_seq = 0
+        self.errors: deque[str] = deque(maxlen=50)
+        # Totals since start (replay included), for rates: steps_completed, steps_failed,
+        # runs_started, runs_completed, runs_failed, runs_cancelled.
+        self.counters: Counter[str] = Counter()
+        self.store_full: str | None = None
+        self._waiters: dict[str, list[asyncio.Future]] = {}
+        self._watchers: dict[str, list[Callable[[RunState], None]]] = {}
+        self._timers: dict[tuple, asyncio.TimerHandle] = {}
+        self._replay_until = 0
+        self._replay_started = 0.0
+        self._sub = None
+        self._kv_runs = None
+        self._pending: set[asyncio.Future] = set()
+
+    async def start(self) -> None:
+        self._kv_runs = await self.js.key_value("workflow_runs")
+        self.sticky = StickyRouter(self.js)
+        await self.sticky.start()
+        info = await self.js.stream_info(p.HISTORY_STREAM)
+        self._replay_until = info.state.last_seq
+        self._replay_started = time.perf_counter()
+        self._sub = await self.js.subscribe(
+            "history.>",
+            stream=p.HISTORY_STREAM,
+            ordered_consumer=True,
+            cb=self._on_msg,
+            pending_msgs_limit=-1,
+            pending_bytes_limit=-1,
+            # nats-py recreates an ordered consumer from the last stream sequence it got
+            # after two missed heartbeats (its server died, as in a cluster's failover):
+            # 1 s heartbeats make that 2 s instead of 10.
+            idle_heartbeat=1.0,
+        )
+        if self._replay_until == 0 or info.state.messages == 0:
+            await self._end_replay()
+        await self.ready.wait()
+
+    async def stop(self) -> None:
+        for handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+        if self._sub is not None:
+            with contextlib.suppress(nats.errors.Error, ValueError):
+                await self._sub.unsubscribe()
+            self._sub = None
+        if self._pending:
+            await asyncio.wait(self._pending, timeout=5)
+        for futs in self._waiters.values():
+            for f in futs:
+                if not f.done():
+                    f.cancel()
+
+    # -- consuming -----------------------------------------------------------------------
+
+    async def _on_msg(self, msg) -> None:
+        seq = 0
+        try:
+            seq = stream_seq(msg)
+            if seq <= self.last_seq:  # sent again by a recreated consumer: applied once
+                self.counters["history_redelivered"] += 1
+                return
+            await self.apply(p.Event.decode(msg.data, seq=seq))
+        except Exception as exc:  # one bad event must not stop the engine
+            log.exception("cannot apply history message %s: %s", seq, exc)
+            self.errors.append(f"history message {seq} skipped: {exc}")
+        self.last_seq = max(self.last_seq, seq)
+        if self.replaying:
+            self.replayed_events += 1
+            if seq >= self._replay_until:
+                await self._end_replay()
+
+    async def apply(self, event: p.Event) -> None:
+        run_id = event.run_id
+        if event.type == p.WORKFLOW_STARTED:
+            if run_id in self.runs:
+                return
+            payload = event.payload or {}
+            _, defn = await self.defs.get(payload.get("workflow", ""), payload.get("def_hash"))
+            state, actions = start(defn, event)
+            self.run_defs[run_id] = defn
+        else:
+            old = self.runs.get(run_id)
+            if old is None:
+                return  # history of a run whose start was trimmed by retention
+            defn = self.run_defs[run_id]
+            state, actions = advance(defn, old, event)
+            if state.terminal and not old.terminal:
+                self.counters[f"runs_{state.status}"] += 1
+            elif old.terminal and not state.terminal:  # a dead-letter replay reopened it
+                self.counters["runs_reopened"] += 1
+                if not self.replaying:
+                    self._track(self._snapshot(state))
+            if state.bound_worker != old.bound_worker and not self.replaying:
+                self._track(self.sticky.bind(state))
+        if event.type in COUNTED:
+            self.counters[COUNTED[event.type]] += 1
+        self.runs[run_id] = state
+        if not self.replaying:
+            self._notify(run_id, state)
+            await self.execute(state, actions)
+        elif state.terminal:
+            self._wake(run_id)
+        if state.terminal:
+            self.runs[run_id] = compact(state)
+
+    async def _end_replay(self) -> None:
+        if not self.replaying:
+            return
+        self.replaying = False
+        self.replay_seconds = time.perf_counter() - self._replay_started
+        for run_id, state in self.runs.items():
+            if state.outbox or not state.terminal:
+                await self.execute(state, resume(self.run_defs[run_id], state))
+        self.ready.set()
+
+    # -- actions -------------------------------------------------------------------------
+
+    async def execute(self, state: RunState, actions: list) -> None:
+        """Perform the core's actions, in order. Publishes are pipelined: each is written at
+        once and its ack handled when it comes (a failure is reported as a fault)."""
+        for action in actions:
+            if isinstance(action, Publish):
+                await self._publish_event(action.event)
+            elif isinstance(action, Dispatch):
+                await self._dispatch(action.task, action.queued)
+            elif isinstance(action, SetTimer):
+                self._set_timer(state.run_id, action)
+            elif isinstance(action, DeadLetter):
+                self._track(self._dead_letter(action))
+            elif isinstance(action, RunEnded):
+                self._track(self._snapshot(state))
+                self._wake(state.run_id)
+
+    def _track(self, coro) -> None:
+        task = asyncio.ensure_future(coro)
+        self._pending.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, fut: asyncio.Future) -> None:
+        self._pending.discard(fut)
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        if exc is not None:
+            full = store_error(exc)
+            if full:
+                self.report_fault(full, store_full=True)
+            else:
+                self.report_fault(f"{type(exc).__name__}: {exc}")
+
+    async def _publish_event(self, event: p.Event) -> None:
+        ack = await self.js.publish_async(
+            p.history_subject(event.run_id), event.encode(), headers={"Nats-Msg-Id": event.msg_id}
+        )
+        self._pending.add(ack)
+        ack.add_done_callback(self._done)
+
+    async def _dispatch(self, task: p.TaskPayload, queued: p.Event) -> None:
+        data = task.encode()
+        if len(data) > self.payloads.limit:
+            ref = await self.payloads.put(task.input, f"{task.run_id}/{task.step_id}/input")
+            wire = task.to_wire()
+            wire["input"] = ref
+            data = p.dumps(wire)
+        subject = p.task_subject(task.task, task.run_id)
+        defn = self.run_defs.get(task.run_id)
+        if defn is not None and defn.sticky:
+            subject = await self.sticky.subject(defn, self.runs.get(task.run_id), task)
+            if defn.sticky == "soft" and subject.startswith("sticky."):
+                self._watch_sticky(task, data)
+        ack = await self.js.publish_async(subject, data, headers={"Nats-Msg-Id": task.msg_id})
+        self._pending.add(ack)
+        ack.add_done_callback(functools.partial(self._task_stored, queued))
+
+    def _watch_sticky(self, task: p.TaskPayload, data: bytes) -> None:
+        """A soft run's task sent to its bound worker: re-send it to the shared queue if that
+        worker disappears while the task waits."""
+        loop = asyncio.get_running_loop()
+        loop.call_later(FALLBACK_CHECK, lambda: self._track(self._sticky_fallback(task, data)))
+
+    async def _sticky_fallback(self, task: p.TaskPayload, data: bytes) -> None:
+        state = self.runs.get(task.run_id)
+        if self._sub is None or not still_waiting(state, task):
+            return
+        if await self.sticky.alive(state.bound_worker):
+            self._watch_sticky(task, data)
+            return
+        log.info(
+            "worker %s is gone: task %s goes to the shared queue", state.bound_worker, task.task_id
+        )
+        self.counters["sticky_fallbacks"] += 1
+        await self.js.publish(
+            p.task_subject(task.task, task.run_id), data, headers={"Nats-Msg-Id": task.msg_id}
+        )
+
+    def _task_stored(self, queued: p.Event, ack: asyncio.Future) -> None:
+        # step.queued only after its task is stored: a crash in between leaves the event in
+        # the run's outbox, and resume dispatches again.
+        self._done(ack)
+        if not ack.cancelled() and ack.exception() is None:
+            self._track(self._publish_event(queued))
+
+    async def _dead_letter(self, action: DeadLetter) -> None:
+        body = {
+            "task": action.task.to_wire(),
+            "error": action.error,
+            "attempts": action.attempts,
+            "failed_at": p.now_rfc3339(),
+        }
+        data = json.dumps(body, separators=(",", ":"), default=str).encode()
+        if len(data) > self.payloads.limit:
+            body["task"]["input"] = await self.payloads.put(
+                action.task.input, f"{action.task.run_id}/{action.task.step_id}/dead"
+            )
+            data = json.dumps(body, separators=(",", ":"), default=str).encode()
+        await self.js.publish(p.dead_subject(action.task.task, action.task.run_id), data)
+
+    async def _snapshot(self, state: RunState) -> None:
+        """Write the run's summary to KV ``workflow_runs`` with an optimistic revision check:
+        create it, or update exactly the revision read. Two writes of one run can race (a
+        replay reopens a run that then ends at once), so each attempt writes the run's
+        latest state and a lost race is tried again."""
+        run_id = state.run_id
+        for _ in range(5):
+            body = p.dumps(run_summary(self.runs.get(run_id, state)))
+            try:
+                await self._kv_runs.create(run_id, body)
+                return
+            except KeyWrongLastSequenceError:
+                pass
+            entry = await self._kv_runs.get(run_id)
+            body = p.dumps(run_summary(self.runs.get(run_id, state)))
+            try:
+                await self._kv_runs.update(run_id, body, last=entry.revision)
+                return
+            except KeyWrongLastSequenceError:
+                continue
+        raise RunError(f"run {run_id}: its summary in KV workflow_runs kept changing under us")
+
+    def _set_timer(self, run_id: str, t: SetTimer) -> None:
+        key = (run_id, t.kind, t.step_id, t.map_index, t.seqno)
+        if key in self._timers:
+            return
+        delay = max(0.0, t.at - time.time())
+        loop = asyncio.get_running_loop()
+        self._timers[key] = loop.call_later(delay, self._fire, key, run_id, t)
+
+    def _fire(self, key: tuple, run_id: str, t: SetTimer) -> None:
+        self._timers.pop(key, None)
+        state = self.runs.get(run_id)
+        if state is None or state.terminal:
+            return
+        timer = Timer(time.time(), t.kind, run_id, t.step_id, t.map_index, t.seqno)
+        state, actions = advance(self.run_defs[run_id], state, timer)
+        self.runs[run_id] = state
+        self._notify(run_id, state)
+        self._track(self.execute(state, actions))
+
+    def report_fault(self, message: str, *, store_full: bool = False) -> None:
+        """Record an engine fault; a full store also ends every wait with that message."""
+        log.error("%s", message)
+        self.errors.append(message)
+        if store_full:
+            self.store_full = message
+            for run_id in list(self._waiters):
+                for fut in self._waiters.pop(run_id):
+                    if not fut.done():
+                        fut.set_exception(RunError(message))
+
+    # -- watching ------------------------------------------------------------------------
+
+    def watch(self, run_id: str, callback) -> Callable[[], None]:
+        """Call ``callback(state)`` on the engine loop after each change of the run's state
+        (and once at once with the current state). Returns a function that stops it."""
+        self._watchers.setdefault(run_id, []).append(callback)
+        state = self.runs.get(run_id)
+        if state is not None:
+            self._safe_call(callback, state)
+
+        def unwatch() -> None:
+            callbacks = self._watchers.get(run_id, [])
+            if callback in callbacks:
+                callbacks.remove(callback)
+            if not callbacks:
+                self._watchers.pop(run_id, None)
+
+        return unwatch
+
+    def _notify(self, run_id: str, state: RunState) -> None:
+        for callback in self._watchers.get(run_id, ()):
+            self._safe_call(callback, state)
+
+    def _safe_call(self, callback, state: RunState) -> None:
+        try:
+            callback(state)
+        except Exception as exc:  # a broken view must not break the engine
+            log.warning("run watcher %r failed: %s", callback, exc)
+
+    # -- waiting -------------------------------------------------------------------------
+
+    def _wake(self, run_id: str) -> None:
+        for fut in self._waiters.pop(run_id, ()):
+            if not fut.done():
+                fut.set_result(self.runs[run_id])
+
+    async def wait(self, run_id: str) -> RunState:
+        state = self.runs.get(run_id)
+        if state is not None and state.terminal:
+            return state
+        if self.store_full:
+            raise RunError(self.store_full)
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(run_id, []).append(fut)
+        return await fut
+
+
+COUNTED = {
+    p.STEP_COMPLETED: "steps_completed",
+    p.MAP_INSTANCE_COMPLETED: "steps_completed",
+    p.STEP_FAILED: "steps_failed",
+    p.WORKFLOW_STARTED: "runs_started",
+}
+
+
+def stream_seq(msg) -> int:
+    """The stream sequence of a JetStream message, read from its reply subject without
+    parsing the rest of the metadata (the orchestrator's hot path)."""
+    tokens = msg.reply.split(".", 9)
+    if len(tokens) == 9:  # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>
+        return int(tokens[5])
+    return msg.metadata.sequence.stream  # v2 form, with domain and account hash
+
+
+def run_summary(state: RunState) -> dict[str, Any]:
+    """What ``workflow_runs`` KV keeps of a run (a convenience; history is the authority)."""
+    return {
+        "run_id": state.run_id,
+        "workflow": state.workflow,
+        "version": state.version,
+        "status": state.status,
+        "started_at": p.format_time(state.started_at),
+        "ended_at": p.format_time(state.ended_at) if state.ended_at else None,
+        "error": state.error,
+        "steps": {sid: st.status for sid, st in state.steps.items()},
+    }

@@ -1,0 +1,512 @@
+"""Workers pull tasks of one task type and publish the step's events. They never touch run state.
+
+Each task type has one durable pull consumer on TASK_QUEUES (``worker-{task}``, filter
+``task.{task}.>``), shared by every worker of that type in any process, with
+``MaxAckPending`` = the handler's concurrency. A task is acknowledged only after its result
+event is stored, so a worker that dies mid-task loses nothing: the task is delivered again
+after the ack wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import Any
+
+from nats.aio.client import Client as NATS
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js import JetStreamContext
+from nats.js import api as js_api
+from nats.js.errors import FetchTimeoutError, NotFoundError
+
+from dagnats_nb.runtime.handlers import Continue, Handler, Permanent, RetryAfter, TaskContext
+from dagnats_nb.transport.stores import PayloadStore
+from dagnats_nb.wire import protocol as p
+from dagnats_nb.wire.resources import store_error
+
+log = logging.getLogger("dagnats_nb.runtime.workers")
+
+HEARTBEAT_EVERY = 30.0  # seconds between puts to the workers KV (its TTL is 60 s)
+# A step whose handler is still running after this long gets its step.started event;
+# faster steps go from queued to completed (three NATS messages fewer per step).
+ANNOUNCE_AFTER = 0.02
+STICKY_IDLE = 30 * 60.0  # a worker's sticky consumer outlives it by STICKY_TASKS' max age
+
+
+async def ensure_task_consumer(
+    js: JetStreamContext,
+    task: str,
+    ack_wait: float,
+    max_ack_pending: int | None = None,
+) -> str:
+    """The durable pull consumer of a task type, created or updated; its name.
+
+    ``max_ack_pending`` None keeps an existing consumer as it is (the engine creates the
+    consumers of a workflow's task types at registration, so their lag shows before any
+    worker exists; a worker then sets its concurrency).
+    """
+    durable = p.consumer_name(task)
+    cfg = js_api.ConsumerConfig(
+        durable_name=durable,
+        filter_subject=p.task_filter(task),
+        ack_policy=js_api.AckPolicy.EXPLICIT,
+        ack_wait=ack_wait,
+        max_ack_pending=max_ack_pending or 1,
+        max_deliver=-1,
+    )
+    try:
+        info = await js.consumer_info(p.TASK_STREAM, durable)
+    except NotFoundError:
+        await js.add_consumer(p.TASK_STREAM, cfg)
+        return durable
+    c = info.config
+    if max_ack_pending is not None and (
+        c.max_ack_pending != cfg.max_ack_pending or c.ack_wait != cfg.ack_wait
+    ):
+        await js.add_consumer(p.TASK_STREAM, cfg)  # updates in place
+    return durable
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname().split('.')[0]}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+def task_event(task: p.TaskPayload, kind: str, payload: dict | None, worker_id: str) -> p.Event:
+    """The event a worker publishes about ``task`` (any worker: in-kernel, a worker process,
+    the HTTP bridge): map items carry ``map_index`` and complete as
+    ``step.map.instance.completed``, loop iterations carry ``iteration``."""
+    payload = dict(payload or {})
+    if task.map_index is not None:
+        payload["map_index"] = task.map_index
+        if kind == p.STEP_COMPLETED:
+            kind = p.MAP_INSTANCE_COMPLETED
+    if task.iteration and "iteration" not in payload:
+        payload["iteration"] = task.iteration
+    return p.Event(
+        type=kind,
+        run_id=task.run_id,
+        step_id=task.step_id,
+        payload=payload or None,
+        worker_id=worker_id,
+        attempt_number=task.attempt,
+    )
+
+
+def describe_error(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+async def fetch_available(psub, batch: int, timeout: float) -> list:
+    """Up to ``batch`` tasks as soon as there is one, never waiting for a full batch.
+
+    nats-py's ``fetch(n)`` asks with ``no_wait``; when other workers' pull requests wait on
+    the same consumer the server answers "408 Requests Pending", and fetch then holds the
+    tasks it receives until ``n`` arrived or ``timeout`` passed (5 s stalls with two worker
+    processes). Here: tasks already buffered, else a lingering request for one task (no
+    ``no_wait``), then a ``no_wait`` request for what else is there, read until its status.
+    """
+    sub = psub._sub  # nats-py internals (2.x): the pull subscription's inbox and queue
+    queue = sub._pending_queue
+    msgs: list = []
+    while len(msgs) < batch and not queue.empty():
+        msg = queue.get_nowait()
+        sub._pending_size -= len(msg.data)
+        if not JetStreamContext.is_status_msg(msg):  # statuses of earlier requests
+            msgs.append(msg)
+    if msgs:
+        return msgs
+    msgs = await psub.fetch(1, timeout=timeout)
+    if batch > 1:
+        more = json.dumps({"batch": batch - 1, "no_wait": True}).encode()
+        await psub._nc.publish(psub._nms, more, psub._deliver)
+        while len(msgs) < batch:
+            try:
+                msg = await sub.next_msg(timeout=0.05)
+            except (TimeoutError, NatsTimeout):
+                break
+            if JetStreamContext.is_status_msg(msg):
+                break
+            msgs.append(msg)
+    return msgs
+
+
+class TaskWorker:
+    """Runs one handler over the tasks of its type."""
+
+    def __init__(
+        self,
+        nc: NATS,
+        js: JetStreamContext,
+        payloads: PayloadStore,
+        handler: Handler,
+        worker_id: str,
+        ack_wait: float,
+        executor: Executor,
+        on_fault: Callable[[str], None] | None = None,
+    ) -> None:
+        self.nc = nc
+        self.js = js
+        self.payloads = payloads
+        self.handler = handler
+        self.worker_id = worker_id
+        self.ack_wait = ack_wait
+        self.executor = executor
+        self.on_fault = on_fault
+        self.inflight = 0
+        self.completed = 0
+        self.failed = 0
+        self._slots = asyncio.Semaphore(handler.concurrency)
+        self._tasks: set[asyncio.Task] = set()
+        self._loop_task: asyncio.Task | None = None
+        self._sticky_task: asyncio.Task | None = None
+        self._ssub = None
+        self._stopping = False
+
+    async def start(self) -> None:
+        durable = await ensure_task_consumer(
+            self.js, self.handler.task, self.ack_wait, self.handler.concurrency
+        )
+        self._loop = asyncio.get_running_loop()
+        self._is_async = self.handler.is_async
+        self._psub = await self.js.pull_subscribe_bind(durable, stream=p.TASK_STREAM)
+        self._loop_task = asyncio.create_task(self._pull_loop(), name=f"pull-{durable}")
+        self._ssub = await self._sticky_subscription()
+        self._sticky_task = asyncio.create_task(self._sticky_loop(), name=f"sticky-{durable}")
+
+    async def _sticky_subscription(self):
+        """This worker's own queue on STICKY_TASKS: the tasks of runs bound to it."""
+        task, wid = self.handler.task, self.worker_id
+        cfg = js_api.ConsumerConfig(
+            durable_name=p.sticky_consumer_name(task, wid),
+            filter_subject=p.sticky_filter(task, wid),
+            ack_policy=js_api.AckPolicy.EXPLICIT,
+            ack_wait=self.ack_wait,
+            max_ack_pending=self.handler.concurrency,
+            max_deliver=-1,
+            inactive_threshold=STICKY_IDLE,
+        )
+        await self.js.add_consumer(p.STICKY_STREAM, cfg)
+        return await self.js.pull_subscribe_bind(cfg.durable_name, stream=p.STICKY_STREAM)
+
+    async def _sticky_loop(self) -> None:
+        """Take this worker's sticky tasks one at a time, each when a slot is free (the
+        shared loop holds the free slots while it waits; a sticky task waits for one, and
+        tells the server it is in progress meanwhile)."""
+        while not self._stopping:
+            try:
+                msgs = await self._ssub.fetch(1, timeout=5.0)
+            except (TimeoutError, FetchTimeoutError, NatsTimeout):
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("sticky fetch for task %s failed: %s", self.handler.task, exc)
+                await asyncio.sleep(0.5)
+                continue
+            for msg in msgs:
+                while True:
+                    try:
+                        await asyncio.wait_for(self._slots.acquire(), self.ack_wait / 3)
+                        break
+                    except TimeoutError:
+                        with contextlib.suppress(Exception):
+                            await msg.in_progress()
+                    except asyncio.CancelledError:  # stopping: release it for a restart
+                        with contextlib.suppress(Exception):
+                            await msg.nak()
+                        raise
+                task = asyncio.create_task(self._run(msg))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def stop(self, drain_timeout: float = 5.0) -> None:
+        """Stop pulling; give in-flight tasks ``drain_timeout`` seconds, then release them."""
+        self._stopping = True
+        for loop_task in (self._loop_task, self._sticky_task):
+            if loop_task is not None:
+                loop_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await loop_task
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=drain_timeout)
+            for t in pending:
+                t.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=1.0)
+        with contextlib.suppress(Exception):
+            await self._psub.unsubscribe()
+        if self._ssub is not None:
+            with contextlib.suppress(Exception):
+                await self._ssub.unsubscribe()
+
+    async def _pull_loop(self) -> None:
+        while not self._stopping:
+            await self._slots.acquire()
+            free = 1
+            while free < 256 and self._slots._value > 0:  # take every free slot at once
+                await self._slots.acquire()
+                free += 1
+            try:
+                msgs = await fetch_available(self._psub, free, timeout=5.0)
+            except (TimeoutError, FetchTimeoutError, NatsTimeout):
+                msgs = []
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # connection trouble: back off and try again
+                log.warning("fetch for task %s failed: %s", self.handler.task, exc)
+                msgs = []
+                await asyncio.sleep(0.5)
+            for _ in range(free - len(msgs)):
+                self._slots.release()
+            for msg in msgs:
+                task = asyncio.create_task(self._run(msg))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, msg) -> None:
+        self.inflight += 1
+        try:
+            await self._handle(msg)
+        finally:
+            self.inflight -= 1
+            self._slots.release()
+
+    async def _handle(self, msg) -> None:
+        try:
+            task = p.TaskPayload.decode(msg.data)
+        except (ValueError, KeyError) as exc:
+            log.error("dropping malformed task on %s: %s", msg.subject, exc)
+            await msg.term()
+            return
+        watch = _Watch(self, msg, self._event(task, p.STEP_STARTED, None))
+        try:
+            kind, payload = await self._execute(task, msg)
+        except asyncio.CancelledError:
+            if self._stopping:  # released for another worker, not failed
+                with contextlib.suppress(Exception):
+                    await msg.nak()
+            raise
+        finally:
+            watch.cancel()
+        await watch.announced()  # a step.started that went out precedes the result
+        await self._report(msg, task, kind, payload)
+
+    async def _execute(self, task: p.TaskPayload, msg) -> tuple[str, dict[str, Any]]:
+        """Run the handler on one task: the result event's type and payload."""
+        try:
+            value = await self.payloads.expand(task.input)
+        except Exception as exc:
+            return p.STEP_FAILED, failure(exc, p.RETRIABLE)
+        ctx = TaskContext(
+            input=value,
+            run_id=task.run_id,
+            step_id=task.step_id,
+            task=self.handler.task,
+            attempt=task.attempt,
+            iteration=task.iteration,
+            workflow_name=task.workflow_name,
+            worker_id=self.worker_id,
+            map_index=task.map_index,
+            metadata=task.metadata,
+            def_hash=task.def_hash,
+            _beat=functools.partial(self._beat_now, msg),
+        )
+        t0 = time.perf_counter()
+        try:
+            result = await self._call(ctx, task.timeout_s)
+        except TimeoutError:
+            err = f"step '{task.step_id}' timed out after {task.timeout_s:g}s"
+            return p.STEP_FAILED, {"error": err, "failure_type": p.RETRIABLE}
+        except Permanent as exc:
+            return p.STEP_FAILED, failure(exc, p.NON_RETRIABLE)
+        except RetryAfter as exc:
+            payload = failure(exc, p.RETRY_AFTER)
+            payload["retry_after_ms"] = int(exc.seconds * 1000)
+            return p.STEP_FAILED, payload
+        except Exception as exc:
+            return p.STEP_FAILED, failure(exc, p.RETRIABLE)
+        elapsed_ms = round((time.perf_counter() - t0) * 1000, 3)
+        kind = p.STEP_COMPLETED
+        if isinstance(result, Continue):
+            kind, result = p.STEP_CONTINUE, result.output
+        try:
+            encoded = p.dumps(result)
+        except (TypeError, ValueError) as exc:
+            err = (
+                f"step '{task.step_id}' returned a value that is not JSON-serialisable "
+                f"({exc}): return dicts, lists, strings, numbers, booleans or None"
+            )
+            return p.STEP_FAILED, {"error": err, "failure_type": p.NON_RETRIABLE}
+        prefix = f"{task.run_id}/{task.step_id}/output"
+        output = await self.payloads.shrink(result, len(encoded), prefix)
+        payload: dict[str, Any] = {"output": output, "duration_ms": elapsed_ms}
+        if task.iteration:
+            payload["iteration"] = task.iteration
+        if task.map_index is not None and kind == p.STEP_COMPLETED:
+            kind = p.MAP_INSTANCE_COMPLETED
+        return kind, payload
+
+    async def _call(self, ctx: TaskContext, timeout: float | None) -> Any:
+        fn = self.handler.fn
+        if self._is_async:
+            coro = fn(ctx)
+        else:
+            loop = asyncio.get_running_loop()
+            coro = loop.run_in_executor(self.executor, fn, ctx)
+        if timeout:
+            return await asyncio.wait_for(coro, timeout)
+        return await coro
+
+    def _event(self, task: p.TaskPayload, kind: str, payload: dict | None) -> p.Event:
+        return task_event(task, kind, payload, self.worker_id)
+
+    async def _report(self, msg, task: p.TaskPayload, kind: str, payload: dict) -> None:
+        """Store the result event, then acknowledge the task (never the other way round)."""
+        event = self._event(task, kind, payload)
+        try:
+            ack = await self.js.publish_async(
+                p.history_subject(task.run_id),
+                event.encode(),
+                headers={"Nats-Msg-Id": event.msg_id},
+            )
+            await asyncio.wait_for(ack, 30)
+        except Exception as exc:
+            full = store_error(exc)
+            if full and self.on_fault is not None:
+                self.on_fault(full)
+            log.error(
+                "cannot record %s of %s: %s; the task will run again", kind, task.task_id, exc
+            )
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=1.0)
+            return
+        if kind == p.STEP_FAILED:
+            self.failed += 1
+        else:
+            self.completed += 1
+        await msg.ack()
+
+    async def _announce(self, event: p.Event) -> None:
+        """Publish without waiting for the ack, but in order on the wire (before the result)."""
+        try:
+            fut = await self.js.publish_async(
+                p.history_subject(event.run_id),
+                event.encode(),
+                headers={"Nats-Msg-Id": event.msg_id},
+            )
+        except Exception as exc:
+            log.warning("cannot announce %s: %s", event.type, exc)
+            return
+        fut.add_done_callback(_ignore_result)
+
+    def _beat_now(self, msg) -> None:
+        """``ctx.heartbeat()``: callable from the engine loop or a handler thread."""
+        asyncio.run_coroutine_threadsafe(msg.in_progress(), self._loop)
+
+
+class _Watch:
+    """Timers around one running task, so the many sub-millisecond tasks cost nothing:
+
+    - after ``ANNOUNCE_AFTER`` s it publishes the step's ``step.started`` event (with the
+      time the handler started), so a step that is still running shows as running;
+    - every third of the ack wait it tells the server the task is still in progress.
+    """
+
+    def __init__(self, worker: TaskWorker, msg, started: p.Event) -> None:
+        loop = worker._loop
+        self.loop, self.msg, self.worker, self.started = loop, msg, worker, started
+        self.every = max(0.2, worker.ack_wait / 3)
+        self._announce = loop.call_later(ANNOUNCE_AFTER, self._send_started)
+        self._beat = loop.call_later(self.every, self._heartbeat)
+        self._sending: asyncio.Task | None = None
+
+    def _send_started(self) -> None:
+        self._sending = self.loop.create_task(self.worker._announce(self.started))
+
+    def _heartbeat(self) -> None:
+        self.loop.create_task(self._in_progress())
+        self._beat = self.loop.call_later(self.every, self._heartbeat)
+
+    async def _in_progress(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.msg.in_progress()
+
+    def cancel(self) -> None:
+        self._announce.cancel()
+        self._beat.cancel()
+
+    async def announced(self) -> None:
+        if self._sending is not None:
+            await self._sending
+
+
+def _ignore_result(fut: asyncio.Future) -> None:
+    if not fut.cancelled():
+        fut.exception()
+
+
+def failure(exc: BaseException, kind: str) -> dict[str, Any]:
+    return {"error": describe_error(exc), "failure_type": kind}
+
+
+class WorkerRegistry:
+    """Registers this process's workers in the ``workers`` KV bucket, re-put every 30 s."""
+
+    def __init__(self, js: JetStreamContext, worker_id: str) -> None:
+        self.js = js
+        self.worker_id = worker_id
+        self.started_at = p.now_rfc3339()
+        self.tasks: dict[str, TaskWorker] = {}
+        self._task: asyncio.Task | None = None
+        self._kv = None
+
+    async def start(self) -> None:
+        self._kv = await self.js.key_value("workers")
+        await self.beat()
+        self._task = asyncio.create_task(self._loop())
+
+    async def beat(self) -> None:
+        if self._kv is None:
+            return
+        body = {
+            "worker_id": self.worker_id,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "tasks": {
+                name: {
+                    "concurrency": w.handler.concurrency,
+                    "inflight": w.inflight,
+                    "completed": w.completed,
+                    "failed": w.failed,
+                }
+                for name, w in self.tasks.items()
+            },
+            "started_at": self.started_at,
+            "heartbeat_at": p.now_rfc3339(),
+        }
+        await self._kv.put(self.worker_id, json.dumps(body).encode())
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_EVERY)
+            try:
+                await self.beat()
+            except Exception as exc:
+                log.warning("worker heartbeat failed: %s", exc)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        if self._kv is not None:
+            with contextlib.suppress(Exception):
+                await self._kv.delete(self.worker_id)

@@ -1,0 +1,1 @@
+"""The embedded ``nats-server`` child process and the engine's data directory."""
