@@ -33,9 +33,9 @@ from typing import Any
 
 import nats
 
-from dagnats_nb.ops import backup as b
+from dagnats_nb.ops import backup
 from dagnats_nb.server.process import EmbeddedServer
-from dagnats_nb.wire import protocol as p
+from dagnats_nb.wire import protocol
 from dagnats_nb.wire.resources import STREAMS
 
 MB = 1_000_000
@@ -65,8 +65,8 @@ def events(n_distinct: int, seed: int = 7) -> list[bytes]:
                     "note": " ".join(rnd.choice(WORDS) for _ in range(rnd.randrange(2, 6))),
                 }
             )
-        ev = p.Event(
-            type=p.STEP_COMPLETED,
+        ev = protocol.Event(
+            type=protocol.STEP_COMPLETED,
             run_id=f"01J{i:023d}",
             step_id=rnd.choice(["fetch", "parse", "enrich", "score", "store"]),
             payload={"output": {"items": items, "count": len(items)}},
@@ -83,7 +83,7 @@ def rate(nbytes: int, seconds: float) -> float:
 
 async def fill(js, target_bytes: int) -> dict[str, Any]:
     bodies = events(min(20_000, target_bytes // EVENT_BYTES + 1))
-    spec = next(s for s in STREAMS if s.name == p.HISTORY_STREAM)
+    spec = next(s for s in STREAMS if s.name == protocol.HISTORY_STREAM)
     await js.add_stream(spec.config())
     sent = n = 0
     t = time.perf_counter()
@@ -95,7 +95,7 @@ async def fill(js, target_bytes: int) -> dict[str, Any]:
         n += 1
     await js.publish_async_completed()
     seconds = time.perf_counter() - t
-    state = (await js.stream_info(p.HISTORY_STREAM)).state
+    state = (await js.stream_info(protocol.HISTORY_STREAM)).state
     if state.messages != n:
         raise RuntimeError(f"published {n} events, the stream holds {state.messages}")
     return {
@@ -120,7 +120,7 @@ async def ordered_read(js, expected: int) -> float:
     t = time.perf_counter()
     sub = await js.subscribe(
         "history.>",
-        stream=p.HISTORY_STREAM,
+        stream=protocol.HISTORY_STREAM,
         ordered_consumer=True,
         cb=on_msg,
         pending_msgs_limit=-1,
@@ -151,7 +151,7 @@ async def measure(work: Path, mb: float) -> dict[str, Any]:
         raw = out["raw"]
         log(f"raw MB/s: write {raw['publish_async_mb_per_s']} read {raw['ordered_read_mb_per_s']}")
         t = time.perf_counter()
-        rows = await b.backup_streams(nc, work / "bk", [p.HISTORY_STREAM])
+        rows = await backup.backup_streams(nc, work / "bk", [protocol.HISTORY_STREAM])
         backup_s = time.perf_counter() - t
         await nc.close()
         version = src.version
@@ -166,9 +166,9 @@ async def measure(work: Path, mb: float) -> dict[str, Any]:
     with EmbeddedServer(data_dir=work / "dst", **big) as dst:
         nc = await nats.connect(dst.url)
         t = time.perf_counter()
-        restored = await b.restore_streams(nc, work / "bk")
+        restored = await backup.restore_streams(nc, work / "bk")
         restore_s = time.perf_counter() - t
-        state = (await nc.jetstream().stream_info(p.HISTORY_STREAM)).state
+        state = (await nc.jetstream().stream_info(protocol.HISTORY_STREAM)).state
         await nc.close()
     if (state.messages, state.bytes) != (stream["messages"], nbytes):
         raise RuntimeError(f"restored {state.messages} msgs / {state.bytes} B, not the source's")

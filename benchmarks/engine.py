@@ -42,7 +42,7 @@ from nats.js import api as js_api
 
 import dagnats_nb as dn
 from dagnats_nb.server.process import EmbeddedServer
-from dagnats_nb.wire import protocol as p
+from dagnats_nb.wire import protocol
 
 STEPS = 10
 PAYLOAD_BYTES = 200
@@ -234,17 +234,17 @@ async def drive(eng: dn.Engine, total: int, in_flight: int) -> tuple[list[str], 
     return ids, time.perf_counter() - t
 
 
-async def history_since(url: str, start_seq: int) -> tuple[list[p.Event], dict[str, int]]:
+async def history_since(url: str, start_seq: int) -> tuple[list[protocol.Event], dict[str, int]]:
     """Every WORKFLOW_HISTORY event from ``start_seq`` on, and the stream's state."""
     nc = await nats.connect(url)
     js = nc.jetstream()
-    info = await js.stream_info(p.HISTORY_STREAM)
+    info = await js.stream_info(protocol.HISTORY_STREAM)
     state = {
         "messages": info.state.messages,
         "bytes": info.state.bytes,
         "last_seq": info.state.last_seq,
     }
-    events: list[p.Event] = []
+    events: list[protocol.Event] = []
     if info.state.last_seq >= start_seq:
         cfg = js_api.ConsumerConfig(
             deliver_policy=js_api.DeliverPolicy.BY_START_SEQUENCE,
@@ -252,11 +252,11 @@ async def history_since(url: str, start_seq: int) -> tuple[list[p.Event], dict[s
             ack_policy=js_api.AckPolicy.NONE,
             inactive_threshold=30.0,
         )
-        psub = await js.pull_subscribe("history.>", stream=p.HISTORY_STREAM, config=cfg)
+        psub = await js.pull_subscribe("history.>", stream=protocol.HISTORY_STREAM, config=cfg)
         want = info.state.last_seq - max(1, start_seq) + 1
         while len(events) < want:
             for m in await psub.fetch(1000, timeout=10):
-                events.append(p.Event.decode(m.data, seq=m.metadata.sequence.stream))
+                events.append(protocol.Event.decode(m.data, seq=m.metadata.sequence.stream))
                 if m.metadata.sequence.stream >= info.state.last_seq:
                     want = len(events)
         await psub.unsubscribe()
@@ -264,7 +264,7 @@ async def history_since(url: str, start_seq: int) -> tuple[list[p.Event], dict[s
     return events, state
 
 
-def step_latencies(events: list[p.Event], run_ids: set[str]) -> dict[str, list[float]]:
+def step_latencies(events: list[protocol.Event], run_ids: set[str]) -> dict[str, list[float]]:
     """Per-step intervals (seconds) from the event timestamps of the given runs.
 
     ``step.queued`` carries the time of the event that decided it (``dag.advance`` has no
@@ -281,15 +281,15 @@ def step_latencies(events: list[p.Event], run_ids: set[str]) -> dict[str, list[f
         if e.run_id not in run_ids:
             continue
         key = (e.run_id, e.step_id, e.attempt_number)
-        if e.type == p.WORKFLOW_STARTED:
+        if e.type == protocol.WORKFLOW_STARTED:
             run_start[e.run_id] = e.time
-        elif e.type == p.WORKFLOW_COMPLETED and e.run_id in run_start:
+        elif e.type == protocol.WORKFLOW_COMPLETED and e.run_id in run_start:
             run_total.append(e.time - run_start[e.run_id])
-        elif e.type == p.STEP_QUEUED:
+        elif e.type == protocol.STEP_QUEUED:
             queued[key] = e.time
-        elif e.type == p.STEP_STARTED:
+        elif e.type == protocol.STEP_STARTED:
             started[key] = e.time
-        elif e.type == p.STEP_COMPLETED:
+        elif e.type == protocol.STEP_COMPLETED:
             completed[key] = e.time
     # A fast worker's step.completed can be stored before the step.queued event (which waits
     # for the task's ack); its timestamp is the decision's, so pair them in any order.
@@ -415,7 +415,7 @@ async def settle(eng: dn.Engine, runs: int, min_seq: int, timeout: float = 300) 
     stable = 0
     try:
         while time.perf_counter() - t < timeout:
-            info = await js.stream_info(p.HISTORY_STREAM)
+            info = await js.stream_info(protocol.HISTORY_STREAM)
             o = eng.orchestrator
             caught_up = o.last_seq >= info.state.last_seq >= min_seq
             stable = stable + 1 if caught_up and len(o.runs) >= runs else 0

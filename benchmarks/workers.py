@@ -41,7 +41,7 @@ from noop_worker import CONCURRENCY, TASK  # noqa: E402
 
 import dagnats_nb as dn  # noqa: E402
 from dagnats_nb.server.process import EmbeddedServer  # noqa: E402
-from dagnats_nb.wire import protocol as p  # noqa: E402
+from dagnats_nb.wire import protocol  # noqa: E402
 
 SIZES: dict[str, dict[str, Any]] = {
     "full": {
@@ -148,7 +148,9 @@ def run_case(n: int, root: Path, size: dict[str, Any]) -> dict[str, Any]:
         runs = eng.orchestrator.runs
         failed = sum(1 for r in ids if r not in runs or runs[r].status != "completed")
         by_worker = Counter(
-            e.worker_id for e in events if e.type == p.STEP_COMPLETED and e.run_id in set(ids)
+            e.worker_id
+            for e in events
+            if e.type == protocol.STEP_COMPLETED and e.run_id in set(ids)
         )
         intervals = bench.step_latencies(events, set(ids))
         step_lat = intervals["step"]

@@ -19,7 +19,7 @@ import dagnats_nb as dn
 from dagnats_nb.adapters.cli.main import main
 from dagnats_nb.config import load_settings
 from dagnats_nb.errors import BackupError
-from dagnats_nb.ops import backup as b
+from dagnats_nb.ops import backup
 from dagnats_nb.server.process import EmbeddedServer
 
 FLOW = {
@@ -119,22 +119,22 @@ def test_backup_then_restore_into_a_new_data_dir_rebuilds_every_run(busy, tmp_pa
     before_out = outputs(eng, [r.id for r in done])
     seen: list[tuple[str, int, int]] = []
     backed = eng.backup(tmp_path / "bk", progress=lambda *a: seen.append(a))
-    assert list(backed["stream"]) == list(b.DEFAULT_STREAMS)
+    assert list(backed["stream"]) == list(backup.DEFAULT_STREAMS)
     assert list(backed.columns[:7]) == [
         "stream", "messages", "bytes", "first_seq", "last_seq", "seconds", "mb_per_s",
     ]  # fmt: skip
     assert (backed["mb_per_s"] > 0).all() and (backed["file_bytes"] > 0).all()
     assert backed.set_index("stream").loc["OBJ_payloads", "bytes"] > 1_200_000
-    live = stream_state(eng.url, b.DEFAULT_STREAMS)
+    live = stream_state(eng.url, backup.DEFAULT_STREAMS)
     assert row_state(backed)["WORKFLOW_HISTORY"] == live["WORKFLOW_HISTORY"]
     assert row_state(backed)["TASK_QUEUES"][0] == 1  # the held task, not acked yet
-    for name in b.DEFAULT_STREAMS:  # progress: from 0, growing, done == total exactly once
+    for name in backup.DEFAULT_STREAMS:  # progress: from 0, growing, done == total exactly once
         mine = [(d, t) for s, d, t in seen if s == name]
         assert mine[0][0] == 0 and [d for d, t in mine if d == t] == [mine[-1][0]]
         assert [d for d, _ in mine] == sorted(d for d, _ in mine)
 
     settings = load_settings(data_dir=tmp_path / "new")
-    restored = b.results_frame(b.run_command("restore", settings, tmp_path / "bk"))
+    restored = backup.results_frame(backup.run_command("restore", settings, tmp_path / "bk"))
     assert row_state(restored) == row_state(backed)
     gate = threading.Event()
     gate.set()  # the new engine's hold handler returns at once
@@ -198,11 +198,11 @@ def test_cli_round_trip_with_a_subprocess_and_refusal_without_force(tmp_path, ca
     )
     assert proc.returncode == 0, proc.stderr
     assert "backed up WORKFLOW_HISTORY:" in proc.stdout and "MB/s" in proc.stdout
-    assert f"backed up {len(b.DEFAULT_STREAMS)} streams" in proc.stdout
-    n = len(b.DEFAULT_STREAMS)  # the table: stream bytes, sequences and MB/s per stream
+    assert f"backed up {len(backup.DEFAULT_STREAMS)} streams" in proc.stdout
+    n = len(backup.DEFAULT_STREAMS)  # the table: stream bytes, sequences and MB/s per stream
     table = proc.stdout.splitlines()[-n - 2 : -1]
     assert table[0].split()[:3] == ["stream", "messages", "bytes"]
-    assert [line.split()[0] for line in table[1:]] == list(b.DEFAULT_STREAMS)
+    assert [line.split()[0] for line in table[1:]] == list(backup.DEFAULT_STREAMS)
     assert main(["restore", str(bk), "--data-dir", str(new)]) == 0
     out = capsys.readouterr().out
     assert out.count("restored ") == n + 1 and "into " + str(new) in out
@@ -237,7 +237,7 @@ def test_cli_restore_refuses_while_an_engine_runs_on_the_data_dir(engine, tmp_pa
     try:
         with pytest.raises(BackupError, match="cannot restore through an attached engine"):
             attached.restore(tmp_path / "bk", force=True)
-        assert len(attached.backup(tmp_path / "att")) == len(b.DEFAULT_STREAMS)
+        assert len(attached.backup(tmp_path / "att")) == len(backup.DEFAULT_STREAMS)
     finally:
         attached.stop()
 
@@ -264,13 +264,15 @@ def test_a_damaged_backup_is_refused_and_leaves_the_target_untouched(busy, tmp_p
     shutil.copytree(tmp_path / "bk", bad)
     damage(bad / "WORKFLOW_HISTORY", how)
     if how == "truncated":
-        assert "truncated" in (b.check_s2_framing(bad / "WORKFLOW_HISTORY/stream.tar.s2") or "")
+        assert "truncated" in (
+            backup.check_s2_framing(bad / "WORKFLOW_HISTORY/stream.tar.s2") or ""
+        )
     else:
-        assert b.check_s2_framing(bad / "WORKFLOW_HISTORY/stream.tar.s2") is None
+        assert backup.check_s2_framing(bad / "WORKFLOW_HISTORY/stream.tar.s2") is None
     # into a fresh data dir: a clear one-line error, and no stream left behind
     settings = load_settings(data_dir=tmp_path / "fresh")
     with pytest.raises(BackupError) as info:
-        b.run_command("restore", settings, bad, ["WORKFLOW_HISTORY"])
+        backup.run_command("restore", settings, bad, ["WORKFLOW_HISTORY"])
     msg = str(info.value)
     assert "\n" not in msg and "WORKFLOW_HISTORY" in msg
     assert ("is damaged (truncated" in msg) if how == "truncated" else ("refused" in msg)
@@ -314,7 +316,7 @@ def test_layout_names_and_bad_folders(engine, tmp_path):
         engine.backup(tmp_path / "x", streams=["TASK_QUEUES", "TASK_QUEUES"])
     dead = load_settings(data_dir=tmp_path / "d", nats_url="nats://127.0.0.1:1")
     with pytest.raises(BackupError, match="cannot connect to NATS at nats://127.0.0.1:1"):
-        b.run_command("backup", dead, tmp_path / "x")
+        backup.run_command("backup", dead, tmp_path / "x")
     with pytest.raises(BackupError, match="stream NOPE does not exist"):
         engine.backup(tmp_path / "y", streams=["NOPE"])
     assert not (tmp_path / "y" / "NOPE").exists()
@@ -322,7 +324,7 @@ def test_layout_names_and_bad_folders(engine, tmp_path):
 
     arc = root / "KV_workflow_defs"
     os.rename(arc / "stream.tar.s2", arc / "stream.arc.s2")  # the later jsm.go name
-    doc, data = b.check_backup(arc)
+    doc, data = backup.check_backup(arc)
     assert data.name == "stream.arc.s2" and doc["config"]["name"] == "KV_workflow_defs"
 
     async def drop(js):
@@ -391,7 +393,7 @@ def test_widget_progress_draws_bytes_per_stream():
         assert len(shown) == 1
     finally:
         IPython.display.display = real
-    assert b.default_progress() is None  # not in a kernel
+    assert backup.default_progress() is None  # not in a kernel
 
 
 @pytest.mark.timeout(60)

@@ -30,8 +30,7 @@ import dagnats_nb as dn
 from dagnats_nb.errors import ConfigError, ServerError
 from dagnats_nb.server.process import EmbeddedServer, read_engine_info
 from dagnats_nb.transport.jetstream import jetstream
-from dagnats_nb.wire import protocol as p
-from dagnats_nb.wire import resources
+from dagnats_nb.wire import protocol, resources
 
 ROOT = Path(__file__).resolve().parent.parent
 LOG_ENV = "DAGNATS_TEST_WORKER_LOG"  # tests/worker_tasks.py records its calls there
@@ -133,7 +132,7 @@ def test_r3_cluster_loses_a_server_mid_run_and_every_run_completes(cluster, tmp_
 
         # Every stream, bucket and the payload store is replicated three times.
         names = [s.name for s in resources.STREAMS] + [b.stream for b in resources.BUCKETS]
-        names.append(f"OBJ_{p.PAYLOAD_BUCKET}")
+        names.append(f"OBJ_{protocol.PAYLOAD_BUCKET}")
         infos = {n: eng._call(eng._js.stream_info(n)) for n in names}
         for name, info in infos.items():
             assert info.config.num_replicas == 3, name
@@ -157,7 +156,7 @@ def test_r3_cluster_loses_a_server_mid_run_and_every_run_completes(cluster, tmp_
         # history stream's leader and the JetStream meta leader (moved there if need be).
         engine_on = eng._nc.connected_url.port
         consumer = eng.orchestrator._sub._consumer
-        info = eng._call(eng._js.consumer_info(p.HISTORY_STREAM, consumer))
+        info = eng._call(eng._js.consumer_info(protocol.HISTORY_STREAM, consumer))
         victim = cluster.node(info.cluster.leader)
         move_leaders(eng, cluster, victim.name)
         killed_at, killed_wall = time.monotonic(), time.time()
@@ -211,9 +210,9 @@ def move_leaders(eng: dn.Engine, cluster: Cluster, server: str) -> None:
     """Make ``server`` the leader of WORKFLOW_HISTORY and of the JetStream meta group."""
     body = json.dumps({"placement": {"preferred": server}}).encode()
 
-    subject = "$JS.API.STREAM.LEADER.STEPDOWN." + p.HISTORY_STREAM
+    subject = "$JS.API.STREAM.LEADER.STEPDOWN." + protocol.HISTORY_STREAM
     deadline = time.monotonic() + 15
-    while eng._call(eng._js.stream_info(p.HISTORY_STREAM)).cluster.leader != server:
+    while eng._call(eng._js.stream_info(protocol.HISTORY_STREAM)).cluster.leader != server:
         assert time.monotonic() < deadline, f"the history leader did not move to {server}"
         eng._call(eng._nc.request(subject, body, timeout=5))
         time.sleep(0.3)
@@ -347,10 +346,10 @@ async def _hub_sees_only_the_domain(node) -> None:
     """Hub clients reach the engine's JetStream by its domain, never by the plain API."""
     nc = await nats.connect(node.url)
     try:
-        info = await nc.jetstream(domain="dagnats").stream_info(p.HISTORY_STREAM)
+        info = await nc.jetstream(domain="dagnats").stream_info(protocol.HISTORY_STREAM)
         assert info.state.messages > 0
         with pytest.raises((NotFoundError, ServiceUnavailableError, nats.errors.NoRespondersError)):
-            await nc.jetstream(timeout=2).stream_info(p.HISTORY_STREAM)
+            await nc.jetstream(timeout=2).stream_info(protocol.HISTORY_STREAM)
     finally:
         await nc.close()
 

@@ -10,7 +10,7 @@ import time
 import pytest
 
 import dagnats_nb as dn
-from dagnats_nb.wire import protocol as p
+from dagnats_nb.wire import protocol
 
 
 def test_hello_world_conformance_file_runs_end_to_end(engine, conformance):
@@ -98,10 +98,10 @@ def test_retry_errors_conformance_file_honours_the_exponential_delays(engine, co
 def dead_letters(engine) -> list[dict]:
     async def read():
         js = engine._js
-        info = await js.stream_info(p.DEAD_STREAM)
+        info = await js.stream_info(protocol.DEAD_STREAM)
         out = []
         for seq in range(info.state.first_seq, info.state.last_seq + 1):
-            msg = await js.get_msg(p.DEAD_STREAM, seq)
+            msg = await js.get_msg(protocol.DEAD_STREAM, seq)
             out.append({"subject": msg.subject, **json.loads(msg.data)})
         return out
 
@@ -474,7 +474,7 @@ def test_outputs_larger_than_a_message_go_through_the_object_store(engine):
     assert run.output["len"] == len(big)
     assert run.output["blob"] == big
     done = engine.events(run.id).query("type == 'step.completed'")
-    assert all(p.is_ref(x["output"]) for x in done["payload"])
+    assert all(protocol.is_ref(x["output"]) for x in done["payload"])
 
 
 def test_missing_handler_leaves_the_task_pending_in_status(engine):

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dagnats_nb.dag.events import Event, TaskPayload, format_time, parse_time
-from dagnats_nb.wire import protocol as p
+from dagnats_nb.wire import protocol
 
 
 @given(st.floats(min_value=0, max_value=4e9, allow_nan=False))
@@ -20,14 +20,16 @@ def test_format_time_matches_datetime_isoformat(ts):
 
 
 def test_envelope_omits_empty_fields_and_round_trips():
-    run = Event(type=p.WORKFLOW_STARTED, run_id="r1", timestamp="2026-01-01T00:00:00.000000Z")
+    run = Event(
+        type=protocol.WORKFLOW_STARTED, run_id="r1", timestamp="2026-01-01T00:00:00.000000Z"
+    )
     assert json.loads(run.encode()) == {
         "type": "workflow.started",
         "run_id": "r1",
         "timestamp": "2026-01-01T00:00:00.000000Z",
     }
     step = Event(
-        type=p.STEP_FAILED,
+        type=protocol.STEP_FAILED,
         run_id="r1",
         step_id="fetch",
         payload={"error": "boom", "failure_type": "retriable"},
@@ -63,8 +65,14 @@ def test_task_payload_wire_form():
     assert wire["task_id"] == "r.s.3" and wire["attempt"] == 2 and wire["input"] == {"a": 1}
     assert wire["workflow_name"] == "w" and wire["iteration"] == 0
     assert TaskPayload.decode(task.encode()) == task
-    assert p.task_subject("t", "r") == "task.t.r" and p.history_subject("r") == "history.r"
-    assert p.dead_subject("t", "r") == "dead.t.r" and p.stream_subject("r", "s") == "stream.r.s"
+    assert (
+        protocol.task_subject("t", "r") == "task.t.r"
+        and protocol.history_subject("r") == "history.r"
+    )
+    assert (
+        protocol.dead_subject("t", "r") == "dead.t.r"
+        and protocol.stream_subject("r", "s") == "stream.r.s"
+    )
     assert "def_hash" not in wire
     pinned = TaskPayload(
         run_id="r", step_id="s", task="t", input=1, workflow_name="w", def_hash="abc123"
@@ -74,6 +82,6 @@ def test_task_payload_wire_form():
 
 
 def test_subject_tokens():
-    assert p.is_token("fetch-urls") and p.is_token("report_error")
+    assert protocol.is_token("fetch-urls") and protocol.is_token("report_error")
     for bad in ("a.b", "a*", "a>", "a b", ""):
-        assert not p.is_token(bad)
+        assert not protocol.is_token(bad)

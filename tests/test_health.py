@@ -10,8 +10,8 @@ import nats
 import pytest
 
 import dagnats_nb as dn
-from dagnats_nb.observe import health as h
-from dagnats_nb.wire import protocol as p
+from dagnats_nb.observe import health
+from dagnats_nb.wire import protocol
 
 
 def levels(eng, check: str) -> dict[str, str]:
@@ -29,7 +29,7 @@ def until(fn, timeout=15.0, every=0.1):
 
 
 def test_rules_on_a_snapshot():
-    t = h.Thresholds(
+    t = health.Thresholds(
         consumer_pending=10,
         dlq_per_min=2,
         dlq_window_s=60,
@@ -37,7 +37,7 @@ def test_rules_on_a_snapshot():
         worker_gap_s=30,
         orchestrator_lag=100,
     )
-    snap = h.Snapshot(
+    snap = health.Snapshot(
         now=1000.0,
         consumers=[{"consumer": "worker-a", "pending": 11}, {"consumer": "worker-b", "pending": 0}],
         store_bytes=85,
@@ -48,7 +48,7 @@ def test_rules_on_a_snapshot():
         orchestrator_seq=300,
         served_tasks={"a"},
     )
-    rows = h.evaluate(snap, t)
+    rows = health.evaluate(snap, t)
     by = {(r["check"], r["subject"]): r for r in rows}
     assert by[("consumer pending", "worker-a")]["level"] == "warning"
     assert "add workers for task 'a'" in by[("consumer pending", "worker-a")]["action"]
@@ -59,9 +59,9 @@ def test_rules_on_a_snapshot():
     assert by[("worker heartbeat gap (s)", "w1")]["level"] == "warning"
     assert by[("orchestrator lag (events)", "WORKFLOW_HISTORY")]["value"] == 200
     assert [r["level"] for r in rows] == sorted(
-        (r["level"] for r in rows), key=lambda x: h.LEVEL_ORDER[x]
+        (r["level"] for r in rows), key=lambda x: health.LEVEL_ORDER[x]
     )
-    calm = h.Snapshot(
+    calm = health.Snapshot(
         now=1000.0,
         consumers=[],
         store_bytes=10,
@@ -69,11 +69,11 @@ def test_rules_on_a_snapshot():
         dlq_samples=[(990.0, 3), (1000.0, 3)],
         workers=[],
     )
-    assert {r["level"] for r in h.evaluate(calm, t)} == {"ok"}
-    full = h.Snapshot(
+    assert {r["level"] for r in health.evaluate(calm, t)} == {"ok"}
+    full = health.Snapshot(
         now=0, consumers=[], store_bytes=96, max_store_bytes=100, dlq_samples=[], workers=[]
     )
-    assert h.storage(full, t)[0]["level"] == "critical"
+    assert health.storage(full, t)[0]["level"] == "critical"
 
 
 def test_pending_tasks_warn_then_clear_when_workers_come(tmp_path):
@@ -148,7 +148,9 @@ def test_orchestrator_lag_warns_when_it_falls_behind_and_clears(tmp_path):
         async def burst(n: int) -> None:
             nc = await nats.connect(eng.url)
             js = nc.jetstream()
-            data = p.Event(type=p.STEP_COMPLETED, run_id="ghost", step_id="s").encode()
+            data = protocol.Event(
+                type=protocol.STEP_COMPLETED, run_id="ghost", step_id="s"
+            ).encode()
             for _ in range(n // 500):
                 acks = [await js.publish_async("history.ghost", data) for _ in range(500)]
                 await asyncio.gather(*acks)

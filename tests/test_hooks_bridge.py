@@ -15,8 +15,7 @@ import httpx
 import pytest
 
 import dagnats_nb as dn
-from dagnats_nb.adapters.http import bridge as br
-from dagnats_nb.adapters.http import hooks
+from dagnats_nb.adapters.http import bridge, hooks
 from dagnats_nb.adapters.http.server import match
 from dagnats_nb.dag import load_workflow
 
@@ -144,9 +143,11 @@ def test_route_patterns():
 
 
 def test_bridge_request_parsing():
-    assert br.parse_poll(b'{"task_types": ["a", "b", "a"]}') == br.PollRequest(("a", "b"), 1, 5000)
-    capped = br.parse_poll(b'{"task_types": ["a"], "max_tasks": 9999, "timeout_ms": 999999}')
-    assert (capped.max_tasks, capped.timeout_ms) == (br.MAX_TASKS, br.MAX_TIMEOUT_MS)
+    assert bridge.parse_poll(b'{"task_types": ["a", "b", "a"]}') == bridge.PollRequest(
+        ("a", "b"), 1, 5000
+    )
+    capped = bridge.parse_poll(b'{"task_types": ["a"], "max_tasks": 9999, "timeout_ms": 999999}')
+    assert (capped.max_tasks, capped.timeout_ms) == (bridge.MAX_TASKS, bridge.MAX_TIMEOUT_MS)
     bad = {
         b"[]": "poll body must be a JSON object",
         b"{nope": "poll body is not JSON",
@@ -157,11 +158,13 @@ def test_bridge_request_parsing():
         b'{"task_types": ["a"], "worker_id": 3}': "field 'worker_id' must be a string",
     }
     for body, why in bad.items():
-        with pytest.raises(br.BridgeError, match=why):
-            br.parse_poll(body)
-    ok = br.parse_resolve(b'{"action": "fail", "failure_type": "retry_after", "retry_after_ms": 5}')
+        with pytest.raises(bridge.BridgeError, match=why):
+            bridge.parse_poll(body)
+    ok = bridge.parse_resolve(
+        b'{"action": "fail", "failure_type": "retry_after", "retry_after_ms": 5}'
+    )
     assert (ok.action, ok.failure_type, ok.retry_after_ms) == ("fail", "retry_after", 5)
-    assert br.failure_payload(ok) == {
+    assert bridge.failure_payload(ok) == {
         "error": "failed by a bridge worker",
         "failure_type": "retry_after",
         "retry_after_ms": 5,
@@ -175,11 +178,11 @@ def test_bridge_request_parsing():
         b'{"action": "complete", "duration_ms": -1}': "field 'duration_ms' must be a number",
     }
     for body, why in bad.items():
-        with pytest.raises(br.BridgeError, match=why):
-            br.parse_resolve(body)
-    assert br.bearer_ok("Bearer tok", "tok") and br.bearer_ok("bearer  tok ", "tok")
-    assert not br.bearer_ok("Bearer tok2", "tok") and not br.bearer_ok("Basic tok", "tok")
-    assert not br.bearer_ok(None, "tok") and not br.bearer_ok("Bearer ", "")
+        with pytest.raises(bridge.BridgeError, match=why):
+            bridge.parse_resolve(body)
+    assert bridge.bearer_ok("Bearer tok", "tok") and bridge.bearer_ok("bearer  tok ", "tok")
+    assert not bridge.bearer_ok("Bearer tok2", "tok") and not bridge.bearer_ok("Basic tok", "tok")
+    assert not bridge.bearer_ok(None, "tok") and not bridge.bearer_ok("Bearer ", "")
 
 
 # -- webhooks ---------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import urllib.request
 import nats
 
 import dagnats_nb as dn
-from dagnats_nb.wire import protocol as p
+from dagnats_nb.wire import protocol
 
 
 def get(url: str) -> tuple[int, dict]:
@@ -60,7 +60,9 @@ def test_ready_is_503_while_replay_runs_then_200(tmp_path):
         async def fill(n: int) -> None:
             nc = await nats.connect(eng.url)
             js = nc.jetstream()
-            body = p.Event(type=p.STEP_COMPLETED, run_id="ghost", step_id="s").encode()
+            body = protocol.Event(
+                type=protocol.STEP_COMPLETED, run_id="ghost", step_id="s"
+            ).encode()
             for _ in range(n // 1000):
                 acks = [await js.publish_async("history.ghost", body) for _ in range(1000)]
                 await asyncio.gather(*acks)

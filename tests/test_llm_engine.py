@@ -13,7 +13,7 @@ from llm_server import ChatServer, Reply
 
 import dagnats_nb as dn
 from dagnats_nb.llm import subscribe_tokens
-from dagnats_nb.wire import protocol as p
+from dagnats_nb.wire import protocol
 
 FAST_RETRY = {"max_attempts": 2, "strategy": "fixed", "initial_delay": "10ms"}
 
@@ -126,7 +126,7 @@ def test_a_401_fails_permanently_and_is_dead_lettered_with_the_message(eng, serv
 
     async def dead():
         sub = await eng._js.subscribe(
-            p.dead_subject("llm", run.id), stream=p.DEAD_STREAM, ordered_consumer=True
+            protocol.dead_subject("llm", run.id), stream=protocol.DEAD_STREAM, ordered_consumer=True
         )
         try:
             return json.loads((await sub.next_msg(timeout=5)).data)

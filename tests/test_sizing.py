@@ -7,92 +7,95 @@ import re
 
 import pytest
 
-from dagnats_nb.observe import sizing as sz
+from dagnats_nb.observe import sizing
 
-GiB = sz.GiB
+GiB = sizing.GiB
 
 
 def test_rule_of_thumb_reproduces_the_checklist_examples():
-    cal = sz.Calibration()
+    cal = sizing.Calibration()
     assert cal.events_per_run(10) == 12  # ~12 events for a 10-step workflow
     # 1 M completed ten-step workflows = ~6 GiB (12 x 500 B x 1e6 = 6.0e9 B = 5.59 GiB)
-    est = sz.estimate(sz.Workload(runs_per_day=1_000_000, steps=10), days=1)
+    est = sizing.estimate(sizing.Workload(runs_per_day=1_000_000, steps=10), days=1)
     assert est.streams["WORKFLOW_HISTORY"] == pytest.approx(6.0e9)
     assert 5.5 < est.streams["WORKFLOW_HISTORY"] / GiB < 6.1
     # ~2 KiB per active run: 10,000 concurrent runs = ~20 MiB of engine state
-    big = sz.estimate(sz.Workload(runs_per_day=1, concurrent_runs=10_000))
+    big = sizing.estimate(sizing.Workload(runs_per_day=1, concurrent_runs=10_000))
     assert big.memory["engine (active runs)"] == 10_000 * 2048
-    assert big.memory["nats-server"] == 256 * sz.MiB
+    assert big.memory["nats-server"] == 256 * sizing.MiB
 
 
 def test_retention_caps_the_history_and_the_store_fill_day():
-    w = sz.Workload(runs_per_day=100_000, steps=10, max_store_bytes=50 * GiB)
+    w = sizing.Workload(runs_per_day=100_000, steps=10, max_store_bytes=50 * GiB)
     per_day = 100_000 * 12 * 500
-    est = sz.estimate(w, days=30)
+    est = sizing.estimate(w, days=30)
     assert est.history_bytes_per_day == per_day
     assert est.streams["WORKFLOW_HISTORY"] == 30 * per_day
     # unbounded history fills 50 GiB in about 50 GiB / (per_day + KV summaries) days
-    expected = (50 * GiB - est.streams["TASK_QUEUES"]) / (per_day + 100_000 * sz.KV_RUN_SUMMARY)
+    expected = (50 * GiB - est.streams["TASK_QUEUES"]) / (per_day + 100_000 * sizing.KV_RUN_SUMMARY)
     assert est.days_until_cap == pytest.approx(expected, rel=1e-6)
 
-    kept = sz.estimate(
-        sz.Workload(runs_per_day=100_000, history_max_age_days=7, max_store_bytes=50 * GiB), days=30
+    kept = sizing.estimate(
+        sizing.Workload(runs_per_day=100_000, history_max_age_days=7, max_store_bytes=50 * GiB),
+        days=30,
     )
     assert kept.streams["WORKFLOW_HISTORY"] == 7 * per_day
     assert kept.days_until_cap is None  # a week of history stays far below 50 GiB
 
-    capped = sz.estimate(sz.Workload(runs_per_day=100_000, history_max_bytes=2 * GiB), days=30)
+    capped = sizing.estimate(
+        sizing.Workload(runs_per_day=100_000, history_max_bytes=2 * GiB), days=30
+    )
     assert capped.streams["WORKFLOW_HISTORY"] == 2 * GiB
 
 
 def test_telemetry_and_dead_letters_keep_their_windows():
-    w = sz.Workload(
+    w = sizing.Workload(
         runs_per_day=1_000_000, telemetry_bytes_per_step=300, failure_rate=0.01, payload_bytes=600
     )
-    est = sz.estimate(w, days=60)
-    assert est.streams["TELEMETRY"] == sz.TELEMETRY_CAP  # 1 GiB cap reached
-    assert est.streams["DEAD_LETTERS"] == 30 * 1_000_000 * 0.01 * (600 + sz.DEAD_ENVELOPE)
-    assert est.streams["TASK_QUEUES"] == 32 * (600 + sz.TASK_ENVELOPE)
+    est = sizing.estimate(w, days=60)
+    assert est.streams["TELEMETRY"] == sizing.TELEMETRY_CAP  # 1 GiB cap reached
+    assert est.streams["DEAD_LETTERS"] == 30 * 1_000_000 * 0.01 * (600 + sizing.DEAD_ENVELOPE)
+    assert est.streams["TASK_QUEUES"] == 32 * (600 + sizing.TASK_ENVELOPE)
 
 
 def test_retries_add_events():
-    assert sz.Calibration().events_per_run(10, retry_rate=0.1) == pytest.approx(14.0)
+    assert sizing.Calibration().events_per_run(10, retry_rate=0.1) == pytest.approx(14.0)
 
 
 def test_tiers_follow_the_minimums_table():
-    dev = sz.estimate(sz.Workload(runs_per_day=100, concurrent_runs=2, payload_bytes=256))
+    dev = sizing.estimate(sizing.Workload(runs_per_day=100, concurrent_runs=2, payload_bytes=256))
     assert dev.tier.name == "development"
-    small = sz.estimate(sz.Workload(runs_per_day=10_000, concurrent_runs=50))
+    small = sizing.estimate(sizing.Workload(runs_per_day=10_000, concurrent_runs=50))
     assert small.tier.name == "small"
-    medium = sz.estimate(
-        sz.Workload(runs_per_day=100_000, concurrent_runs=5_000, history_max_age_days=14)
+    medium = sizing.estimate(
+        sizing.Workload(runs_per_day=100_000, concurrent_runs=5_000, history_max_age_days=14)
     )
     assert medium.tier.name == "medium"
-    large = sz.estimate(sz.Workload(runs_per_day=1_000, concurrent_runs=20_000))
+    large = sizing.estimate(sizing.Workload(runs_per_day=1_000, concurrent_runs=20_000))
     assert large.tier.name == "large"
     # disk can push a small workload up a tier: 30 days of 1M runs/day is ~168 GiB
-    heavy = sz.estimate(sz.Workload(runs_per_day=1_000_000, concurrent_runs=50), days=30)
+    heavy = sizing.estimate(sizing.Workload(runs_per_day=1_000_000, concurrent_runs=50), days=30)
     assert heavy.tier.name == "large"
 
 
 def test_measured_calibration_and_the_comparison_table():
-    cal = sz.Calibration.measured(
+    cal = sizing.Calibration.measured(
         bytes_per_event=310, events_per_run=22, steps=10, runs=50, bytes_per_active_run=990
     )
     assert cal.events_per_step == pytest.approx(2.0)
     assert cal.events_per_run(10) == pytest.approx(22)
     assert cal.source == "measured (50 runs)"
-    rows = {r["item"]: r for r in sz.compare(cal, steps=10)}
+    rows = {r["item"]: r for r in sizing.compare(cal, steps=10)}
     assert rows["bytes per event"]["measured_over_rule"] == pytest.approx(310 / 500)
     assert rows["events per run (10 steps)"]["rule_of_thumb"] == 12
     assert rows["bytes per run (10 steps)"]["measured"] == pytest.approx(22 * 310)
-    est = sz.estimate(sz.Workload(runs_per_day=1000, steps=10), cal, days=1)
+    est = sizing.estimate(sizing.Workload(runs_per_day=1000, steps=10), cal, days=1)
     assert est.streams["WORKFLOW_HISTORY"] == pytest.approx(1000 * 22 * 310)
 
 
 def test_disk_over_time_rises_then_flattens_under_max_age():
-    series = sz.disk_over_time(
-        sz.Workload(runs_per_day=10_000, history_max_age_days=10), days=40, points=41
+    series = sizing.disk_over_time(
+        sizing.Workload(runs_per_day=10_000, history_max_age_days=10), days=40, points=41
     )
     days = [d for d, _ in series]
     totals = [b for _, b in series]
@@ -112,12 +115,12 @@ def test_disk_over_time_rises_then_flattens_under_max_age():
     ],
 )
 def test_bad_parameters_are_clear_errors(kwargs, message):
-    with pytest.raises(sz.SizingError, match=message.replace("(", r"\(")):
-        sz.Workload(**kwargs)
+    with pytest.raises(sizing.SizingError, match=message.replace("(", r"\(")):
+        sizing.Workload(**kwargs)
 
 
 def test_estimate_frame():
-    est = sz.estimate(sz.Workload(runs_per_day=1000))
+    est = sizing.estimate(sizing.Workload(runs_per_day=1000))
     df = est.to_frame()
     assert list(df.columns) == ["kind", "item", "bytes", "GiB"]
     assert set(df["kind"]) == {"disk", "memory"}

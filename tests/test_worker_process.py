@@ -22,7 +22,7 @@ import pytest
 import dagnats_nb as dn
 from dagnats_nb.adapters.cli import main as cli
 from dagnats_nb.server.process import EmbeddedServer
-from dagnats_nb.wire import protocol as p
+from dagnats_nb.wire import protocol
 
 ROOT = Path(__file__).resolve().parents[1]
 LOG_ENV = "DAGNATS_TEST_WORKER_LOG"
@@ -100,7 +100,7 @@ def wait_for(predicate, timeout: float, what: str):
 
 
 def consumer_config(eng: dn.Engine, task: str):
-    info = eng._call(eng._js.consumer_info(p.TASK_STREAM, p.consumer_name(task)))
+    info = eng._call(eng._js.consumer_info(protocol.TASK_STREAM, protocol.consumer_name(task)))
     return info.config
 
 

@@ -34,7 +34,7 @@ from dagnats_nb.engine.run import Run, RunTimeout
 from dagnats_nb.engine.views import events_frame, runs_frame, steps_frame
 from dagnats_nb.errors import DagnatsError, RunError, ServerError
 from dagnats_nb.observe import sampler
-from dagnats_nb.runtime import dead_letters as dlq
+from dagnats_nb.runtime import dead_letters
 from dagnats_nb.runtime.dead_letters import dead_letters_frame, read_dead_letters
 from dagnats_nb.runtime.handlers import make_handler
 from dagnats_nb.runtime.loop import LoopThread
@@ -48,10 +48,9 @@ from dagnats_nb.runtime.workers import (
     new_worker_id,
 )
 from dagnats_nb.server.process import EmbeddedServer, read_engine_info
-from dagnats_nb.transport import jetstream as cluster
+from dagnats_nb.transport import jetstream
 from dagnats_nb.transport.stores import DefinitionStore, PayloadStore
-from dagnats_nb.wire import protocol as p
-from dagnats_nb.wire import resources
+from dagnats_nb.wire import protocol, resources
 from dagnats_nb.wire.resources import store_error
 
 log = logging.getLogger("dagnats_nb")
@@ -173,7 +172,7 @@ class Engine(Observing):
     async def _connect(self) -> None:
         try:
             self._nc = await nats.connect(
-                cluster.server_list(self.url),
+                jetstream.server_list(self.url),
                 error_cb=_on_nats_error,
                 disconnected_cb=_on_disconnect,
                 reconnected_cb=_on_reconnect,
@@ -189,7 +188,7 @@ class Engine(Observing):
         self._nc.options["max_reconnect_attempts"] = -1  # ride out a server's loss
         # its own embedded server: local JetStream; elsewhere jetstream_domain, if set
         domain = None if self.server is not None else self.settings.jetstream_domain
-        self._js = cluster.jetstream(self._nc, domain, timeout=10)
+        self._js = jetstream.jetstream(self._nc, domain, timeout=10)
         self.defs = DefinitionStore(self._js)
         self.payloads = PayloadStore(self._js, self._nc.max_payload)
 
@@ -207,7 +206,7 @@ class Engine(Observing):
             self.http_url = await self.http.start(s.http_addr)
         max_age = s.runs_max_age.total_seconds() if s.runs_max_age else None
         streams = resources.streams_for(max_age, s.history_max_bytes, s.max_store_bytes)
-        await cluster.ensure_resources(self._js, streams, s.nats_jetstream_replicas, self.url)
+        await jetstream.ensure_resources(self._js, streams, s.nats_jetstream_replicas, self.url)
         self._started["resources"] = True
         self.orchestrator = Orchestrator(self._nc, self._js, self.defs, self.payloads)
         await self.orchestrator.start()
@@ -256,7 +255,7 @@ class Engine(Observing):
         if self.llm is not None:
             await self.llm.close()
         if self._nc is not None:
-            await cluster.close_connection(self._nc)
+            await jetstream.close_connection(self._nc)
 
     def __enter__(self) -> Engine:
         return self
@@ -370,7 +369,7 @@ class Engine(Observing):
             defn = load_workflow(workflow)
             h = await self._register(defn)
         run_id = run_id or new_run_id()
-        if not p.is_token(run_id):
+        if not protocol.is_token(run_id):
             raise RunError(f"run id {run_id!r} cannot be used in a NATS subject")
         try:
             encoded = json.dumps(input, allow_nan=False)
@@ -380,14 +379,16 @@ class Engine(Observing):
                 "pass dicts, lists, strings, numbers, booleans or None"
             ) from None
         value = await self.payloads.shrink(input, len(encoded), f"{run_id}/input")
-        event = p.Event(
-            type=p.WORKFLOW_STARTED,
+        event = protocol.Event(
+            type=protocol.WORKFLOW_STARTED,
             run_id=run_id,
             payload={"workflow": defn.name, "version": defn.version, "def_hash": h, "input": value},
         )
         try:
             await self._js.publish(
-                p.history_subject(run_id), event.encode(), headers={"Nats-Msg-Id": event.msg_id}
+                protocol.history_subject(run_id),
+                event.encode(),
+                headers={"Nats-Msg-Id": event.msg_id},
             )
         except APIError as exc:
             msg = store_error(exc)
@@ -439,8 +440,8 @@ class Engine(Observing):
         try:
             entry = await kv.get(run_id)
         except (KeyNotFoundError, NotFoundError):
-            subject = p.history_subject(run_id)
-            info = await self._js.stream_info(p.HISTORY_STREAM, subjects_filter=subject)
+            subject = protocol.history_subject(run_id)
+            info = await self._js.stream_info(protocol.HISTORY_STREAM, subjects_filter=subject)
             if not (info.state.subjects or {}).get(subject):
                 return None
             first = (await self.history(run_id, limit=1))[0]
@@ -461,9 +462,11 @@ class Engine(Observing):
         await asyncio.wait_for(self.orchestrator.wait(run_id), timeout)
 
     async def cancel_run(self, run_id: str, reason: str = "cancelled by user") -> None:
-        event = p.Event(type=p.WORKFLOW_CANCELLED, run_id=run_id, payload={"reason": reason})
+        event = protocol.Event(
+            type=protocol.WORKFLOW_CANCELLED, run_id=run_id, payload={"reason": reason}
+        )
         await self._js.publish(
-            p.history_subject(run_id), event.encode(), headers={"Nats-Msg-Id": event.msg_id}
+            protocol.history_subject(run_id), event.encode(), headers={"Nats-Msg-Id": event.msg_id}
         )
 
     def watch(self, run_id: str, callback: Callable[[Any], None]) -> Callable[[], None]:
@@ -531,11 +534,11 @@ class Engine(Observing):
         """Dead letters as a DataFrame, newest last: the last ``limit`` of DEAD_LETTERS,
         of one workflow and/or one run when named."""
         letters = self._call(read_dead_letters(self._js, limit))
-        return dead_letters_frame(dlq.select(letters, workflow, run))
+        return dead_letters_frame(dead_letters.select(letters, workflow, run))
 
     async def dlq_async(self, workflow: str | None = None, run: str | None = None, *, limit=1000):
         letters = await self._call_async(read_dead_letters(self._js, limit))
-        return dead_letters_frame(dlq.select(letters, workflow, run))
+        return dead_letters_frame(dead_letters.select(letters, workflow, run))
 
     def dlq_replay(
         self,
@@ -558,7 +561,7 @@ class Engine(Observing):
     async def _dlq_replay(
         self, seq: int | None, run: str | None, dry_run: bool, wait: float
     ) -> list[dict[str, Any]]:
-        return await dlq.replay(self._js, self._run_status, seq, run, dry_run, wait)
+        return await dead_letters.replay(self._js, self._run_status, seq, run, dry_run, wait)
 
     async def _run_status(self, run_id: str) -> str | None:
         if self.orchestrator is not None:
@@ -577,7 +580,7 @@ class Engine(Observing):
 
     async def _step_output(self, run_id: str, step_id: str) -> Any:
         events = await self.history(run_id)
-        if not events or events[0].type != p.WORKFLOW_STARTED:
+        if not events or events[0].type != protocol.WORKFLOW_STARTED:
             raise RunError(f"no history for run {run_id}: list runs with eng.runs()")
         payload = events[0].payload or {}
         _, defn = await self.defs.get(payload.get("workflow", ""), payload.get("def_hash"))
@@ -592,7 +595,7 @@ class Engine(Observing):
         """A completed run's output read from its history (what an attached engine, which
         holds no run state, shows): the ``workflow.completed`` event's, else rebuilt."""
         events = await self.history(run_id)
-        done = next((e for e in reversed(events) if e.type == p.WORKFLOW_COMPLETED), None)
+        done = next((e for e in reversed(events) if e.type == protocol.WORKFLOW_COMPLETED), None)
         if done is None:
             return None
         payload = done.payload or {}
@@ -602,18 +605,20 @@ class Engine(Observing):
         _, defn = await self.defs.get(first.get("workflow", ""), first.get("def_hash"))
         return await self.payloads.expand(replay(defn, events).output)
 
-    async def history(self, run_id: str, limit: int | None = None) -> list[p.Event]:
-        subject = p.history_subject(run_id)
-        info = await self._js.stream_info(p.HISTORY_STREAM, subjects_filter=subject)
+    async def history(self, run_id: str, limit: int | None = None) -> list[protocol.Event]:
+        subject = protocol.history_subject(run_id)
+        info = await self._js.stream_info(protocol.HISTORY_STREAM, subjects_filter=subject)
         count = (info.state.subjects or {}).get(subject, 0)
         if not count:
             return []
-        sub = await self._js.subscribe(subject, stream=p.HISTORY_STREAM, ordered_consumer=True)
-        out: list[p.Event] = []
+        sub = await self._js.subscribe(
+            subject, stream=protocol.HISTORY_STREAM, ordered_consumer=True
+        )
+        out: list[protocol.Event] = []
         try:
             while True:
                 msg = await sub.next_msg(timeout=5)
-                out.append(p.Event.decode(msg.data, seq=msg.metadata.sequence.stream))
+                out.append(protocol.Event.decode(msg.data, seq=msg.metadata.sequence.stream))
                 if msg.metadata.num_pending == 0 or len(out) == limit:
                     break
         finally:
@@ -630,19 +635,19 @@ class Engine(Observing):
         to ``dir/<STREAM>/`` as ``nats stream backup`` does; a DataFrame, one row per stream
         (stream, messages, bytes, first_seq, last_seq, seconds, mb_per_s). A progress bar
         shows in Jupyter; ``progress(stream, done_bytes, total_bytes)`` replaces it."""
-        from dagnats_nb.ops import backup as b
+        from dagnats_nb.ops import backup
 
-        progress = progress or b.default_progress("backing up")
-        return b.results_frame(self._call(b.engine_backup(self, dir, streams, progress)))
+        progress = progress or backup.default_progress("backing up")
+        return backup.results_frame(self._call(backup.engine_backup(self, dir, streams, progress)))
 
     async def backup_async(
         self, dir: str | os.PathLike, streams: list[str] | None = None, progress=None
     ):
-        from dagnats_nb.ops import backup as b
+        from dagnats_nb.ops import backup
 
-        progress = progress or b.default_progress("backing up")
-        rows = await self._call_async(b.engine_backup(self, dir, streams, progress))
-        return b.results_frame(rows)
+        progress = progress or backup.default_progress("backing up")
+        rows = await self._call_async(backup.engine_backup(self, dir, streams, progress))
+        return backup.results_frame(rows)
 
     def restore(
         self,
@@ -655,11 +660,11 @@ class Engine(Observing):
         only with ``force``. The running engine pauses its workers and orchestrator, and
         starts them again on the restored streams (runs are rebuilt by replay; waits on
         runs in progress end with CancelledError). Same DataFrame as :meth:`backup`."""
-        from dagnats_nb.ops import backup as b
+        from dagnats_nb.ops import backup
 
-        progress = progress or b.default_progress("restoring")
-        rows = self._call(b.engine_restore(self, dir, force, streams, progress))
-        return b.results_frame(rows)
+        progress = progress or backup.default_progress("restoring")
+        rows = self._call(backup.engine_restore(self, dir, force, streams, progress))
+        return backup.results_frame(rows)
 
     async def restore_async(
         self,
@@ -668,11 +673,11 @@ class Engine(Observing):
         streams: list[str] | None = None,
         progress=None,
     ):
-        from dagnats_nb.ops import backup as b
+        from dagnats_nb.ops import backup
 
-        progress = progress or b.default_progress("restoring")
-        rows = await self._call_async(b.engine_restore(self, dir, force, streams, progress))
-        return b.results_frame(rows)
+        progress = progress or backup.default_progress("restoring")
+        rows = await self._call_async(backup.engine_restore(self, dir, force, streams, progress))
+        return backup.results_frame(rows)
 
     # -- llm -----------------------------------------------------------------------------
 

@@ -19,8 +19,7 @@ from dagnats_nb.adapters.notebook import dashboard
 from dagnats_nb.dag import parse_duration
 from dagnats_nb.observe import health, monitor, sampler, sizing, stats
 from dagnats_nb.server.process import read_engine_info
-from dagnats_nb.wire import protocol as p
-from dagnats_nb.wire import resources
+from dagnats_nb.wire import protocol, resources
 
 
 class Observing:
@@ -84,7 +83,7 @@ class Observing:
             for r, s in self.orchestrator.runs.items()
             if s.terminal and not s.outbox and (workflow is None or s.workflow == workflow)
         ]
-        info = self._call(stats.api(self._nc, f"STREAM.INFO.{p.HISTORY_STREAM}"))["state"]
+        info = self._call(stats.api(self._nc, f"STREAM.INFO.{protocol.HISTORY_STREAM}"))["state"]
         cal = sizing.calibrate(runs, info.get("bytes", 0), info.get("messages", 0))
         if workflow is not None and "steps" not in workload:
             workload["steps"] = len(self.workflow(workflow).steps)
@@ -158,7 +157,7 @@ class Observing:
             streams.append(
                 {"stream": spec.name, "messages": info.state.messages, "bytes": info.state.bytes}
             )
-        info = await self._js.stream_info(p.TASK_STREAM, subjects_filter="task.>")
+        info = await self._js.stream_info(protocol.TASK_STREAM, subjects_filter="task.>")
         pending: dict[str, int] = {}
         for subject, n in (info.state.subjects or {}).items():
             task = subject.split(".")[1]
@@ -217,18 +216,20 @@ class Observing:
         self, workers: list[dict[str, Any]] | None = None
     ) -> list[dict[str, Any]]:
         # The history's end and the orchestrator's position, read at the same moment.
-        history = await stats.api(self._nc, f"STREAM.INFO.{p.HISTORY_STREAM}")
+        history = await stats.api(self._nc, f"STREAM.INFO.{protocol.HISTORY_STREAM}")
         applied = self.orchestrator.last_seq if self.orchestrator else None
-        consumers = await stats.consumer_rows(self._nc, [p.TASK_STREAM])
+        consumers = await stats.consumer_rows(self._nc, [protocol.TASK_STREAM])
         account = await stats.api(self._nc, "INFO")
-        dead = await stats.api(self._nc, f"STREAM.INFO.{p.DEAD_STREAM}")
+        dead = await stats.api(self._nc, f"STREAM.INFO.{protocol.DEAD_STREAM}")
         now = time.time()
         self._dlq_samples.append((now, dead["state"].get("messages", 0)))
         if workers is None:
             workers = await self._workers()
         workers = [dict(w) for w in workers]  # heartbeat_at becomes POSIX seconds below
         for w in workers:
-            w["heartbeat_at"] = p.parse_time(w["heartbeat_at"]) if w.get("heartbeat_at") else now
+            w["heartbeat_at"] = (
+                protocol.parse_time(w["heartbeat_at"]) if w.get("heartbeat_at") else now
+            )
         snap = health.Snapshot(
             now=now,
             consumers=consumers,

@@ -21,7 +21,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from dagnats_nb.runtime.handlers import Permanent, TaskContext
-from dagnats_nb.wire import protocol as p
+from dagnats_nb.wire import protocol
 
 from ..config import Settings
 from ..dag import WorkflowDef
@@ -343,16 +343,18 @@ class TokenPublisher:
 
     def __init__(self, nc: Any, ctx: TaskContext) -> None:
         self.nc = nc
-        self.subject = p.stream_subject(ctx.run_id, ctx.step_id)
+        self.subject = protocol.stream_subject(ctx.run_id, ctx.step_id)
         self.base: dict[str, Any] = {"attempt": ctx.attempt}
         if ctx.map_index is not None:
             self.base["map_index"] = ctx.map_index
         self.seq = 0
 
     async def send(self, delta: str) -> None:
-        await self.nc.publish(self.subject, p.dumps({"delta": delta, "seq": self.seq, **self.base}))
+        await self.nc.publish(
+            self.subject, protocol.dumps({"delta": delta, "seq": self.seq, **self.base})
+        )
         self.seq += 1
 
     async def done(self, **fields: Any) -> None:
         body = {"done": True, **self.base, **{k: v for k, v in fields.items() if v is not None}}
-        await self.nc.publish(self.subject, p.dumps(body))
+        await self.nc.publish(self.subject, protocol.dumps(body))

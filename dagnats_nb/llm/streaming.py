@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from dagnats_nb.wire import protocol as p
+from dagnats_nb.wire import protocol
 
 from ..dag.state import STEP_TERMINAL
 
@@ -46,7 +46,7 @@ async def _subscribe(engine: Engine, run_id: str, step_id: str, callback) -> Any
         if isinstance(chunk, dict):
             callback(chunk)
 
-    return await engine._nc.subscribe(p.stream_subject(run_id, step_id), cb=on_msg)
+    return await engine._nc.subscribe(protocol.stream_subject(run_id, step_id), cb=on_msg)
 
 
 async def _unsubscribe(sub: Any) -> None:

@@ -21,11 +21,11 @@ from typing import Any
 import pandas as pd
 from nats.js import JetStreamContext
 
-from dagnats_nb.wire import protocol as p
+from dagnats_nb.wire import protocol
 
 log = logging.getLogger("dagnats_nb.llm")
 
-SUBJECT = p.telemetry_metric_subject("worker", "llm")
+SUBJECT = protocol.telemetry_metric_subject("worker", "llm")
 USAGE_COLUMNS = [
     "run_id",
     "step_id",
@@ -57,7 +57,7 @@ class CallRecorder:
         self._tasks: set[asyncio.Task] = set()
 
     def record(self, record: dict[str, Any]) -> None:
-        record.setdefault("ts", p.now_rfc3339())
+        record.setdefault("ts", protocol.now_rfc3339())
         self._batch.append(record)
         self.recorded += 1
         if len(self._batch) >= MAX_BATCH:
@@ -78,7 +78,7 @@ class CallRecorder:
         batch, self._batch = self._batch, []
         if batch:
             try:
-                fut = await self.js.publish_async(SUBJECT, p.dumps({"calls": batch}))
+                fut = await self.js.publish_async(SUBJECT, protocol.dumps({"calls": batch}))
             except Exception as exc:
                 log.warning("cannot record %d llm calls on %s: %s", len(batch), SUBJECT, exc)
             else:
@@ -102,10 +102,10 @@ def _log_failure(fut: asyncio.Future) -> None:
 
 async def read_calls(js: JetStreamContext, run_id: str | None = None) -> list[dict[str, Any]]:
     """Every call record on TELEMETRY (of one run when ``run_id`` is given)."""
-    info = await js.stream_info(p.TELEMETRY_STREAM, subjects_filter=SUBJECT)
+    info = await js.stream_info(protocol.TELEMETRY_STREAM, subjects_filter=SUBJECT)
     if not (info.state.subjects or {}).get(SUBJECT):
         return []
-    sub = await js.subscribe(SUBJECT, stream=p.TELEMETRY_STREAM, ordered_consumer=True)
+    sub = await js.subscribe(SUBJECT, stream=protocol.TELEMETRY_STREAM, ordered_consumer=True)
     out: list[dict[str, Any]] = []
     try:
         while True:

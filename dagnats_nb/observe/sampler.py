@@ -19,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from dagnats_nb.wire import protocol as p
+from dagnats_nb.wire import protocol
 
 from ..errors import DagnatsError
 from . import stats
@@ -89,9 +89,9 @@ async def collect_row(nc, orchestrator) -> dict[str, Any]:
         if s["kind"] == "engine":
             row[f"bytes.{s['stream']}"] = s["bytes"]
             row[f"messages.{s['stream']}"] = s["messages"]
-    for c in await stats.consumer_rows(nc, [p.TASK_STREAM]):
+    for c in await stats.consumer_rows(nc, [protocol.TASK_STREAM]):
         row[f"pending.{c['consumer']}"] = c["pending"] + c["ack_pending"]
-    row["dead_letters"] = row.get(f"messages.{p.DEAD_STREAM}", 0)
+    row["dead_letters"] = row.get(f"messages.{protocol.DEAD_STREAM}", 0)
     if orchestrator is not None:
         counters = orchestrator.counters
         row["steps_completed"] = counters["steps_completed"]

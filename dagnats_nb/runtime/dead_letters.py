@@ -21,7 +21,7 @@ import pandas as pd
 from nats.js.errors import NotFoundError
 
 from dagnats_nb.errors import RunError
-from dagnats_nb.wire import protocol as p
+from dagnats_nb.wire import protocol
 
 DLQ_COLUMNS = [
     "seq",
@@ -39,7 +39,7 @@ DLQ_COLUMNS = [
 async def read_dead_letters(js: Any, limit: int = 100) -> list[dict[str, Any]]:
     """The last ``limit`` dead letters (each the stored body plus its stream ``seq``)."""
     try:
-        info = await js.stream_info(p.DEAD_STREAM)
+        info = await js.stream_info(protocol.DEAD_STREAM)
     except NotFoundError:
         return []
     last, count = info.state.last_seq, info.state.messages
@@ -48,7 +48,7 @@ async def read_dead_letters(js: Any, limit: int = 100) -> list[dict[str, Any]]:
     start = max(info.state.first_seq, last - limit + 1)
     sub = await js.subscribe(
         "dead.>",
-        stream=p.DEAD_STREAM,
+        stream=protocol.DEAD_STREAM,
         ordered_consumer=True,
         config=_by_start_seq(start),
     )
@@ -109,7 +109,7 @@ def select(
 async def read_dead_letter(js: Any, seq: int) -> dict[str, Any]:
     """The dead letter stored at ``seq`` in DEAD_LETTERS (RunError when there is none)."""
     try:
-        msg = await js.get_msg(p.DEAD_STREAM, seq)
+        msg = await js.get_msg(protocol.DEAD_STREAM, seq)
     except NotFoundError:
         raise RunError(
             f"no dead letter with seq {seq}: list them with `dagnats dlq list` or eng.dlq()"
@@ -121,14 +121,14 @@ async def read_dead_letter(js: Any, seq: int) -> dict[str, Any]:
     return body
 
 
-def replay_event(letter: dict[str, Any]) -> p.Event:
+def replay_event(letter: dict[str, Any]) -> protocol.Event:
     """The ``step.replayed`` event that resumes the run of ``letter`` at its failed step."""
     task = letter["task"]
     payload: dict[str, Any] = {"dead_letter_seq": letter["seq"]}
     if task.get("map_index") is not None:
         payload["map_index"] = task["map_index"]
-    return p.Event(
-        type=p.STEP_REPLAYED,
+    return protocol.Event(
+        type=protocol.STEP_REPLAYED,
         run_id=task["run_id"],
         step_id=task["step_id"],
         payload=payload,
@@ -189,7 +189,7 @@ async def replay(
         return [row]
     event = replay_event(letter)
     await js.publish(
-        p.history_subject(run_id), event.encode(), headers={"Nats-Msg-Id": event.msg_id}
+        protocol.history_subject(run_id), event.encode(), headers={"Nats-Msg-Id": event.msg_id}
     )
     row["replayed"] = True
     deadline = time.monotonic() + wait

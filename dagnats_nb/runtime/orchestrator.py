@@ -28,7 +28,7 @@ from dagnats_nb.dag.state import DeadLetter, Dispatch, Publish, RunEnded, RunSta
 from dagnats_nb.errors import RunError
 from dagnats_nb.runtime.sticky import FALLBACK_CHECK, StickyRouter, still_waiting
 from dagnats_nb.transport.stores import DefinitionStore, PayloadStore
-from dagnats_nb.wire import protocol as p
+from dagnats_nb.wire import protocol
 from dagnats_nb.wire.resources import store_error
 
 log = logging.getLogger("dagnats_nb.runtime.orchestrator")
@@ -71,12 +71,12 @@ class Orchestrator:
         self._kv_runs = await self.js.key_value("workflow_runs")
         self.sticky = StickyRouter(self.js)
         await self.sticky.start()
-        info = await self.js.stream_info(p.HISTORY_STREAM)
+        info = await self.js.stream_info(protocol.HISTORY_STREAM)
         self._replay_until = info.state.last_seq
         self._replay_started = time.perf_counter()
         self._sub = await self.js.subscribe(
             "history.>",
-            stream=p.HISTORY_STREAM,
+            stream=protocol.HISTORY_STREAM,
             ordered_consumer=True,
             cb=self._on_msg,
             pending_msgs_limit=-1,
@@ -114,7 +114,7 @@ class Orchestrator:
             if seq <= self.last_seq:  # sent again by a recreated consumer: applied once
                 self.counters["history_redelivered"] += 1
                 return
-            await self.apply(p.Event.decode(msg.data, seq=seq))
+            await self.apply(protocol.Event.decode(msg.data, seq=seq))
         except Exception as exc:  # one bad event must not stop the engine
             log.exception("cannot apply history message %s: %s", seq, exc)
             self.errors.append(f"history message {seq} skipped: {exc}")
@@ -124,9 +124,9 @@ class Orchestrator:
             if seq >= self._replay_until:
                 await self._end_replay()
 
-    async def apply(self, event: p.Event) -> None:
+    async def apply(self, event: protocol.Event) -> None:
         run_id = event.run_id
-        if event.type == p.WORKFLOW_STARTED:
+        if event.type == protocol.WORKFLOW_STARTED:
             if run_id in self.runs:
                 return
             payload = event.payload or {}
@@ -203,21 +203,23 @@ class Orchestrator:
             else:
                 self.report_fault(f"{type(exc).__name__}: {exc}")
 
-    async def _publish_event(self, event: p.Event) -> None:
+    async def _publish_event(self, event: protocol.Event) -> None:
         ack = await self.js.publish_async(
-            p.history_subject(event.run_id), event.encode(), headers={"Nats-Msg-Id": event.msg_id}
+            protocol.history_subject(event.run_id),
+            event.encode(),
+            headers={"Nats-Msg-Id": event.msg_id},
         )
         self._pending.add(ack)
         ack.add_done_callback(self._done)
 
-    async def _dispatch(self, task: p.TaskPayload, queued: p.Event) -> None:
+    async def _dispatch(self, task: protocol.TaskPayload, queued: protocol.Event) -> None:
         data = task.encode()
         if len(data) > self.payloads.limit:
             ref = await self.payloads.put(task.input, f"{task.run_id}/{task.step_id}/input")
             wire = task.to_wire()
             wire["input"] = ref
-            data = p.dumps(wire)
-        subject = p.task_subject(task.task, task.run_id)
+            data = protocol.dumps(wire)
+        subject = protocol.task_subject(task.task, task.run_id)
         defn = self.run_defs.get(task.run_id)
         if defn is not None and defn.sticky:
             subject = await self.sticky.subject(defn, self.runs.get(task.run_id), task)
@@ -227,13 +229,13 @@ class Orchestrator:
         self._pending.add(ack)
         ack.add_done_callback(functools.partial(self._task_stored, queued))
 
-    def _watch_sticky(self, task: p.TaskPayload, data: bytes) -> None:
+    def _watch_sticky(self, task: protocol.TaskPayload, data: bytes) -> None:
         """A soft run's task sent to its bound worker: re-send it to the shared queue if that
         worker disappears while the task waits."""
         loop = asyncio.get_running_loop()
         loop.call_later(FALLBACK_CHECK, lambda: self._track(self._sticky_fallback(task, data)))
 
-    async def _sticky_fallback(self, task: p.TaskPayload, data: bytes) -> None:
+    async def _sticky_fallback(self, task: protocol.TaskPayload, data: bytes) -> None:
         state = self.runs.get(task.run_id)
         if self._sub is None or not still_waiting(state, task):
             return
@@ -245,10 +247,12 @@ class Orchestrator:
         )
         self.counters["sticky_fallbacks"] += 1
         await self.js.publish(
-            p.task_subject(task.task, task.run_id), data, headers={"Nats-Msg-Id": task.msg_id}
+            protocol.task_subject(task.task, task.run_id),
+            data,
+            headers={"Nats-Msg-Id": task.msg_id},
         )
 
-    def _task_stored(self, queued: p.Event, ack: asyncio.Future) -> None:
+    def _task_stored(self, queued: protocol.Event, ack: asyncio.Future) -> None:
         # step.queued only after its task is stored: a crash in between leaves the event in
         # the run's outbox, and resume dispatches again.
         self._done(ack)
@@ -260,7 +264,7 @@ class Orchestrator:
             "task": action.task.to_wire(),
             "error": action.error,
             "attempts": action.attempts,
-            "failed_at": p.now_rfc3339(),
+            "failed_at": protocol.now_rfc3339(),
         }
         data = json.dumps(body, separators=(",", ":"), default=str).encode()
         if len(data) > self.payloads.limit:
@@ -268,7 +272,7 @@ class Orchestrator:
                 action.task.input, f"{action.task.run_id}/{action.task.step_id}/dead"
             )
             data = json.dumps(body, separators=(",", ":"), default=str).encode()
-        await self.js.publish(p.dead_subject(action.task.task, action.task.run_id), data)
+        await self.js.publish(protocol.dead_subject(action.task.task, action.task.run_id), data)
 
     async def _snapshot(self, state: RunState) -> None:
         """Write the run's summary to KV ``workflow_runs`` with an optimistic revision check:
@@ -277,14 +281,14 @@ class Orchestrator:
         latest state and a lost race is tried again."""
         run_id = state.run_id
         for _ in range(5):
-            body = p.dumps(run_summary(self.runs.get(run_id, state)))
+            body = protocol.dumps(run_summary(self.runs.get(run_id, state)))
             try:
                 await self._kv_runs.create(run_id, body)
                 return
             except KeyWrongLastSequenceError:
                 pass
             entry = await self._kv_runs.get(run_id)
-            body = p.dumps(run_summary(self.runs.get(run_id, state)))
+            body = protocol.dumps(run_summary(self.runs.get(run_id, state)))
             try:
                 await self._kv_runs.update(run_id, body, last=entry.revision)
                 return
@@ -370,10 +374,10 @@ class Orchestrator:
 
 
 COUNTED = {
-    p.STEP_COMPLETED: "steps_completed",
-    p.MAP_INSTANCE_COMPLETED: "steps_completed",
-    p.STEP_FAILED: "steps_failed",
-    p.WORKFLOW_STARTED: "runs_started",
+    protocol.STEP_COMPLETED: "steps_completed",
+    protocol.MAP_INSTANCE_COMPLETED: "steps_completed",
+    protocol.STEP_FAILED: "steps_failed",
+    protocol.WORKFLOW_STARTED: "runs_started",
 }
 
 
@@ -393,8 +397,8 @@ def run_summary(state: RunState) -> dict[str, Any]:
         "workflow": state.workflow,
         "version": state.version,
         "status": state.status,
-        "started_at": p.format_time(state.started_at),
-        "ended_at": p.format_time(state.ended_at) if state.ended_at else None,
+        "started_at": protocol.format_time(state.started_at),
+        "ended_at": protocol.format_time(state.ended_at) if state.ended_at else None,
         "error": state.error,
         "steps": {sid: st.status for sid, st in state.steps.items()},
     }

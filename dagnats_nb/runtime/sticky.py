@@ -25,7 +25,7 @@ from nats.js.errors import KeyNotFoundError, NotFoundError
 
 from dagnats_nb.dag import WorkflowDef
 from dagnats_nb.dag.state import STEP_ACTIVE, RunState
-from dagnats_nb.wire import protocol as p
+from dagnats_nb.wire import protocol
 
 FALLBACK_CHECK = 2.0  # seconds between liveness checks of a soft run's waiting task
 ALIVE_CACHE = 1.0  # seconds a liveness answer is reused
@@ -56,12 +56,14 @@ class StickyRouter:
         self._alive[worker_id] = (found, now)
         return found
 
-    async def subject(self, defn: WorkflowDef, state: RunState | None, task: p.TaskPayload) -> str:
+    async def subject(
+        self, defn: WorkflowDef, state: RunState | None, task: protocol.TaskPayload
+    ) -> str:
         """Where the task goes: the bound worker's sticky queue, or the shared task queue."""
         bound = state.bound_worker if state is not None else ""
         if defn.sticky and bound and (defn.sticky == "hard" or await self.alive(bound)):
-            return p.sticky_subject(task.task, bound, task.run_id)
-        return p.task_subject(task.task, task.run_id)
+            return protocol.sticky_subject(task.task, bound, task.run_id)
+        return protocol.task_subject(task.task, task.run_id)
 
     async def bind(self, state: RunState) -> None:
         """Record the run's binding in KV ``sticky_bindings``."""
@@ -69,12 +71,12 @@ class StickyRouter:
             "run_id": state.run_id,
             "workflow": state.workflow,
             "worker_id": state.bound_worker,
-            "bound_at": p.now_rfc3339(),
+            "bound_at": protocol.now_rfc3339(),
         }
         await self._bindings.put(state.run_id, json.dumps(body).encode())
 
 
-def still_waiting(state: RunState | None, task: p.TaskPayload) -> bool:
+def still_waiting(state: RunState | None, task: protocol.TaskPayload) -> bool:
     """Whether ``task`` is still the step's (or map item's) current attempt, not finished:
     queued, or running on a worker that may yet disappear."""
     if state is None or state.terminal:

@@ -67,9 +67,9 @@ from dagnats_nb.runtime.workers import (
     new_worker_id,
 )
 from dagnats_nb.server.process import read_engine_info
-from dagnats_nb.transport import jetstream as cluster
+from dagnats_nb.transport import jetstream
 from dagnats_nb.transport.stores import DefinitionStore, PayloadStore
-from dagnats_nb.wire import protocol as p
+from dagnats_nb.wire import protocol
 
 log = logging.getLogger("dagnats_nb.worker")
 
@@ -102,7 +102,7 @@ class WorkerProcess:
         self.want_llm = llm and BUILTIN_LLM not in self.handlers
         self.url = url
         self.worker_id = worker_id or new_worker_id()
-        if not p.is_token(self.worker_id):
+        if not protocol.is_token(self.worker_id):
             raise DagnatsError(
                 f"worker id {self.worker_id!r} cannot be used as a KV key: use letters, "
                 "digits, '-' or '_'"
@@ -194,7 +194,7 @@ class WorkerProcess:
     async def _start_async(self) -> None:
         try:
             self._nc = await nats.connect(
-                cluster.server_list(self.url),
+                jetstream.server_list(self.url),
                 name=f"dagnats-worker {self.worker_id}",
                 max_reconnect_attempts=3,  # at start; forever once connected (below)
                 reconnect_time_wait=0.5,
@@ -212,13 +212,13 @@ class WorkerProcess:
             ) from None
         self._nc.options["max_reconnect_attempts"] = -1  # ride out server restarts
         domain = self.settings.jetstream_domain
-        self._js = cluster.jetstream(self._nc, domain, timeout=10)  # KV writes cross a leaf
+        self._js = jetstream.jetstream(self._nc, domain, timeout=10)  # KV writes cross a leaf
         try:
-            await self._js.stream_info(p.TASK_STREAM)
+            await self._js.stream_info(protocol.TASK_STREAM)
         except NotFoundError:
             where = f" (JetStream domain {domain})" if domain else ""
             raise ServerError(
-                f"NATS at {self.url}{where} has no {p.TASK_STREAM} stream: start a dagnats "
+                f"NATS at {self.url}{where} has no {protocol.TASK_STREAM} stream: start a dagnats "
                 "engine on it first"
             ) from None
         payloads = PayloadStore(self._js, self._nc.max_payload)
@@ -273,7 +273,7 @@ class WorkerProcess:
             with contextlib.suppress(Exception):
                 await self.llm.close()
         if self._nc is not None:
-            await cluster.close_connection(self._nc)
+            await jetstream.close_connection(self._nc)
 
     async def _on_disconnect(self) -> None:
         if not self._closing:
@@ -284,7 +284,7 @@ class WorkerProcess:
     async def _ack_wait(self, task: str) -> float:
         """The existing consumer's ack wait, else this worker's setting."""
         try:
-            info = await self._js.consumer_info(p.TASK_STREAM, p.consumer_name(task))
+            info = await self._js.consumer_info(protocol.TASK_STREAM, protocol.consumer_name(task))
         except NotFoundError:
             return self.settings.ack_wait.total_seconds()
         return info.config.ack_wait or self.settings.ack_wait.total_seconds()

@@ -30,7 +30,7 @@ from nats.js.errors import FetchTimeoutError, NotFoundError
 
 from dagnats_nb.runtime.handlers import Continue, Handler, Permanent, RetryAfter, TaskContext
 from dagnats_nb.transport.stores import PayloadStore
-from dagnats_nb.wire import protocol as p
+from dagnats_nb.wire import protocol
 from dagnats_nb.wire.resources import store_error
 
 log = logging.getLogger("dagnats_nb.runtime.workers")
@@ -54,25 +54,25 @@ async def ensure_task_consumer(
     consumers of a workflow's task types at registration, so their lag shows before any
     worker exists; a worker then sets its concurrency).
     """
-    durable = p.consumer_name(task)
+    durable = protocol.consumer_name(task)
     cfg = js_api.ConsumerConfig(
         durable_name=durable,
-        filter_subject=p.task_filter(task),
+        filter_subject=protocol.task_filter(task),
         ack_policy=js_api.AckPolicy.EXPLICIT,
         ack_wait=ack_wait,
         max_ack_pending=max_ack_pending or 1,
         max_deliver=-1,
     )
     try:
-        info = await js.consumer_info(p.TASK_STREAM, durable)
+        info = await js.consumer_info(protocol.TASK_STREAM, durable)
     except NotFoundError:
-        await js.add_consumer(p.TASK_STREAM, cfg)
+        await js.add_consumer(protocol.TASK_STREAM, cfg)
         return durable
     c = info.config
     if max_ack_pending is not None and (
         c.max_ack_pending != cfg.max_ack_pending or c.ack_wait != cfg.ack_wait
     ):
-        await js.add_consumer(p.TASK_STREAM, cfg)  # updates in place
+        await js.add_consumer(protocol.TASK_STREAM, cfg)  # updates in place
     return durable
 
 
@@ -80,18 +80,20 @@ def new_worker_id() -> str:
     return f"{socket.gethostname().split('.')[0]}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
-def task_event(task: p.TaskPayload, kind: str, payload: dict | None, worker_id: str) -> p.Event:
+def task_event(
+    task: protocol.TaskPayload, kind: str, payload: dict | None, worker_id: str
+) -> protocol.Event:
     """The event a worker publishes about ``task`` (any worker: in-kernel, a worker process,
     the HTTP bridge): map items carry ``map_index`` and complete as
     ``step.map.instance.completed``, loop iterations carry ``iteration``."""
     payload = dict(payload or {})
     if task.map_index is not None:
         payload["map_index"] = task.map_index
-        if kind == p.STEP_COMPLETED:
-            kind = p.MAP_INSTANCE_COMPLETED
+        if kind == protocol.STEP_COMPLETED:
+            kind = protocol.MAP_INSTANCE_COMPLETED
     if task.iteration and "iteration" not in payload:
         payload["iteration"] = task.iteration
-    return p.Event(
+    return protocol.Event(
         type=kind,
         run_id=task.run_id,
         step_id=task.step_id,
@@ -178,7 +180,7 @@ class TaskWorker:
         )
         self._loop = asyncio.get_running_loop()
         self._is_async = self.handler.is_async
-        self._psub = await self.js.pull_subscribe_bind(durable, stream=p.TASK_STREAM)
+        self._psub = await self.js.pull_subscribe_bind(durable, stream=protocol.TASK_STREAM)
         self._loop_task = asyncio.create_task(self._pull_loop(), name=f"pull-{durable}")
         self._ssub = await self._sticky_subscription()
         self._sticky_task = asyncio.create_task(self._sticky_loop(), name=f"sticky-{durable}")
@@ -187,16 +189,16 @@ class TaskWorker:
         """This worker's own queue on STICKY_TASKS: the tasks of runs bound to it."""
         task, wid = self.handler.task, self.worker_id
         cfg = js_api.ConsumerConfig(
-            durable_name=p.sticky_consumer_name(task, wid),
-            filter_subject=p.sticky_filter(task, wid),
+            durable_name=protocol.sticky_consumer_name(task, wid),
+            filter_subject=protocol.sticky_filter(task, wid),
             ack_policy=js_api.AckPolicy.EXPLICIT,
             ack_wait=self.ack_wait,
             max_ack_pending=self.handler.concurrency,
             max_deliver=-1,
             inactive_threshold=STICKY_IDLE,
         )
-        await self.js.add_consumer(p.STICKY_STREAM, cfg)
-        return await self.js.pull_subscribe_bind(cfg.durable_name, stream=p.STICKY_STREAM)
+        await self.js.add_consumer(protocol.STICKY_STREAM, cfg)
+        return await self.js.pull_subscribe_bind(cfg.durable_name, stream=protocol.STICKY_STREAM)
 
     async def _sticky_loop(self) -> None:
         """Take this worker's sticky tasks one at a time, each when a slot is free (the
@@ -283,12 +285,12 @@ class TaskWorker:
 
     async def _handle(self, msg) -> None:
         try:
-            task = p.TaskPayload.decode(msg.data)
+            task = protocol.TaskPayload.decode(msg.data)
         except (ValueError, KeyError) as exc:
             log.error("dropping malformed task on %s: %s", msg.subject, exc)
             await msg.term()
             return
-        watch = _Watch(self, msg, self._event(task, p.STEP_STARTED, None))
+        watch = _Watch(self, msg, self._event(task, protocol.STEP_STARTED, None))
         try:
             kind, payload = await self._execute(task, msg)
         except asyncio.CancelledError:
@@ -301,12 +303,12 @@ class TaskWorker:
         await watch.announced()  # a step.started that went out precedes the result
         await self._report(msg, task, kind, payload)
 
-    async def _execute(self, task: p.TaskPayload, msg) -> tuple[str, dict[str, Any]]:
+    async def _execute(self, task: protocol.TaskPayload, msg) -> tuple[str, dict[str, Any]]:
         """Run the handler on one task: the result event's type and payload."""
         try:
             value = await self.payloads.expand(task.input)
         except Exception as exc:
-            return p.STEP_FAILED, failure(exc, p.RETRIABLE)
+            return protocol.STEP_FAILED, failure(exc, protocol.RETRIABLE)
         ctx = TaskContext(
             input=value,
             run_id=task.run_id,
@@ -326,34 +328,34 @@ class TaskWorker:
             result = await self._call(ctx, task.timeout_s)
         except TimeoutError:
             err = f"step '{task.step_id}' timed out after {task.timeout_s:g}s"
-            return p.STEP_FAILED, {"error": err, "failure_type": p.RETRIABLE}
+            return protocol.STEP_FAILED, {"error": err, "failure_type": protocol.RETRIABLE}
         except Permanent as exc:
-            return p.STEP_FAILED, failure(exc, p.NON_RETRIABLE)
+            return protocol.STEP_FAILED, failure(exc, protocol.NON_RETRIABLE)
         except RetryAfter as exc:
-            payload = failure(exc, p.RETRY_AFTER)
+            payload = failure(exc, protocol.RETRY_AFTER)
             payload["retry_after_ms"] = int(exc.seconds * 1000)
-            return p.STEP_FAILED, payload
+            return protocol.STEP_FAILED, payload
         except Exception as exc:
-            return p.STEP_FAILED, failure(exc, p.RETRIABLE)
+            return protocol.STEP_FAILED, failure(exc, protocol.RETRIABLE)
         elapsed_ms = round((time.perf_counter() - t0) * 1000, 3)
-        kind = p.STEP_COMPLETED
+        kind = protocol.STEP_COMPLETED
         if isinstance(result, Continue):
-            kind, result = p.STEP_CONTINUE, result.output
+            kind, result = protocol.STEP_CONTINUE, result.output
         try:
-            encoded = p.dumps(result)
+            encoded = protocol.dumps(result)
         except (TypeError, ValueError) as exc:
             err = (
                 f"step '{task.step_id}' returned a value that is not JSON-serialisable "
                 f"({exc}): return dicts, lists, strings, numbers, booleans or None"
             )
-            return p.STEP_FAILED, {"error": err, "failure_type": p.NON_RETRIABLE}
+            return protocol.STEP_FAILED, {"error": err, "failure_type": protocol.NON_RETRIABLE}
         prefix = f"{task.run_id}/{task.step_id}/output"
         output = await self.payloads.shrink(result, len(encoded), prefix)
         payload: dict[str, Any] = {"output": output, "duration_ms": elapsed_ms}
         if task.iteration:
             payload["iteration"] = task.iteration
-        if task.map_index is not None and kind == p.STEP_COMPLETED:
-            kind = p.MAP_INSTANCE_COMPLETED
+        if task.map_index is not None and kind == protocol.STEP_COMPLETED:
+            kind = protocol.MAP_INSTANCE_COMPLETED
         return kind, payload
 
     async def _call(self, ctx: TaskContext, timeout: float | None) -> Any:
@@ -367,15 +369,15 @@ class TaskWorker:
             return await asyncio.wait_for(coro, timeout)
         return await coro
 
-    def _event(self, task: p.TaskPayload, kind: str, payload: dict | None) -> p.Event:
+    def _event(self, task: protocol.TaskPayload, kind: str, payload: dict | None) -> protocol.Event:
         return task_event(task, kind, payload, self.worker_id)
 
-    async def _report(self, msg, task: p.TaskPayload, kind: str, payload: dict) -> None:
+    async def _report(self, msg, task: protocol.TaskPayload, kind: str, payload: dict) -> None:
         """Store the result event, then acknowledge the task (never the other way round)."""
         event = self._event(task, kind, payload)
         try:
             ack = await self.js.publish_async(
-                p.history_subject(task.run_id),
+                protocol.history_subject(task.run_id),
                 event.encode(),
                 headers={"Nats-Msg-Id": event.msg_id},
             )
@@ -390,17 +392,17 @@ class TaskWorker:
             with contextlib.suppress(Exception):
                 await msg.nak(delay=1.0)
             return
-        if kind == p.STEP_FAILED:
+        if kind == protocol.STEP_FAILED:
             self.failed += 1
         else:
             self.completed += 1
         await msg.ack()
 
-    async def _announce(self, event: p.Event) -> None:
+    async def _announce(self, event: protocol.Event) -> None:
         """Publish without waiting for the ack, but in order on the wire (before the result)."""
         try:
             fut = await self.js.publish_async(
-                p.history_subject(event.run_id),
+                protocol.history_subject(event.run_id),
                 event.encode(),
                 headers={"Nats-Msg-Id": event.msg_id},
             )
@@ -422,7 +424,7 @@ class _Watch:
     - every third of the ack wait it tells the server the task is still in progress.
     """
 
-    def __init__(self, worker: TaskWorker, msg, started: p.Event) -> None:
+    def __init__(self, worker: TaskWorker, msg, started: protocol.Event) -> None:
         loop = worker._loop
         self.loop, self.msg, self.worker, self.started = loop, msg, worker, started
         self.every = max(0.2, worker.ack_wait / 3)
@@ -465,7 +467,7 @@ class WorkerRegistry:
     def __init__(self, js: JetStreamContext, worker_id: str) -> None:
         self.js = js
         self.worker_id = worker_id
-        self.started_at = p.now_rfc3339()
+        self.started_at = protocol.now_rfc3339()
         self.tasks: dict[str, TaskWorker] = {}
         self._task: asyncio.Task | None = None
         self._kv = None
@@ -492,7 +494,7 @@ class WorkerRegistry:
                 for name, w in self.tasks.items()
             },
             "started_at": self.started_at,
-            "heartbeat_at": p.now_rfc3339(),
+            "heartbeat_at": protocol.now_rfc3339(),
         }
         await self._kv.put(self.worker_id, json.dumps(body).encode())
 

@@ -49,6 +49,7 @@ from nats.js.errors import (
 )
 
 from dagnats_nb.errors import ConfigError, ServerError
+from dagnats_nb.wire import protocol
 
 __all__ = [
     "ClusterJetStream",
@@ -291,9 +292,8 @@ async def _set_replicas(js: JetStreamContext, buckets: tuple, replicas: int) -> 
     """Give existing KV buckets and the payload object store ``replicas``: creating them
     again with another replica count is refused ("already in use with a different
     configuration"), so a deployment moving to a cluster updates them first."""
-    from dagnats_nb.wire import protocol as p
 
-    for name in [b.stream for b in buckets] + [f"OBJ_{p.PAYLOAD_BUCKET}"]:
+    for name in [b.stream for b in buckets] + [f"OBJ_{protocol.PAYLOAD_BUCKET}"]:
         try:
             info = await js.stream_info(name)
         except NotFoundError:

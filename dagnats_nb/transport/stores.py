@@ -14,7 +14,7 @@ from nats.js.errors import KeyNotFoundError, NoKeysError, NotFoundError, ObjectN
 
 from dagnats_nb.dag import WorkflowDef, load_workflow
 from dagnats_nb.errors import WorkflowError
-from dagnats_nb.wire import protocol as p
+from dagnats_nb.wire import protocol
 
 _KV_KEY = re.compile(r"^[-/_=.a-zA-Z0-9]+$")
 # Room left in a message for the envelope around a value.
@@ -114,7 +114,7 @@ class PayloadStore:
 
     async def _bucket(self):
         if self._obj is None:
-            self._obj = await self.js.object_store(p.PAYLOAD_BUCKET)
+            self._obj = await self.js.object_store(protocol.PAYLOAD_BUCKET)
         return self._obj
 
     async def put(self, value: Any, prefix: str) -> dict[str, Any]:
@@ -122,7 +122,7 @@ class PayloadStore:
         name = f"{prefix}/{uuid.uuid4().hex}"
         obj = await self._bucket()
         await obj.put(name, data)
-        return p.make_ref(name, len(data))
+        return protocol.make_ref(name, len(data))
 
     async def shrink(self, value: Any, encoded_len: int, prefix: str) -> Any:
         """``value``, or a reference to it when its encoding is larger than a message allows."""
@@ -132,7 +132,7 @@ class PayloadStore:
 
     async def expand(self, value: Any) -> Any:
         """``value`` with every reference replaced by the value it stands for."""
-        if p.is_ref(value):
+        if protocol.is_ref(value):
             obj = await self._bucket()
             try:
                 res = await obj.get(value["$ref"])

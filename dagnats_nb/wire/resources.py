@@ -12,7 +12,7 @@ from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js.errors import APIError, BadRequestError, NotFoundError
 
-from dagnats_nb.wire import protocol as p
+from dagnats_nb.wire import protocol
 
 DAY = 86400.0
 GiB = 1 << 30
@@ -56,13 +56,17 @@ class BucketSpec:
 
 
 STREAMS: tuple[StreamSpec, ...] = (
-    StreamSpec(p.HISTORY_STREAM, ("history.>",), duplicate_window=5.0),
-    StreamSpec(p.TASK_STREAM, ("task.>",), retention="workqueue"),
-    StreamSpec(p.DEAD_STREAM, ("dead.>",), max_age=30 * DAY),
+    StreamSpec(protocol.HISTORY_STREAM, ("history.>",), duplicate_window=5.0),
+    StreamSpec(protocol.TASK_STREAM, ("task.>",), retention="workqueue"),
+    StreamSpec(protocol.DEAD_STREAM, ("dead.>",), max_age=30 * DAY),
     StreamSpec(
-        p.TELEMETRY_STREAM, ("telemetry.>",), max_age=7 * DAY, max_bytes=GiB, duplicate_window=5.0
+        protocol.TELEMETRY_STREAM,
+        ("telemetry.>",),
+        max_age=7 * DAY,
+        max_bytes=GiB,
+        duplicate_window=5.0,
     ),
-    StreamSpec(p.STICKY_STREAM, ("sticky.>",), storage="memory", max_age=30 * 60.0),
+    StreamSpec(protocol.STICKY_STREAM, ("sticky.>",), storage="memory", max_age=30 * 60.0),
 )
 
 BUCKETS: tuple[BucketSpec, ...] = (
@@ -86,7 +90,7 @@ def streams_for(
     """
     out = []
     for spec in STREAMS:
-        if spec.name == p.HISTORY_STREAM:
+        if spec.name == protocol.HISTORY_STREAM:
             spec = replace(spec, max_age=runs_max_age, max_bytes=history_max_bytes)
         if max_store_bytes and spec.max_bytes and spec.max_bytes > max_store_bytes // 2:
             spec = replace(spec, max_bytes=max(1 << 20, max_store_bytes // 10))
@@ -121,9 +125,9 @@ async def ensure(
             replicas=replicas,
         )
     try:
-        await js.object_store(p.PAYLOAD_BUCKET)
+        await js.object_store(protocol.PAYLOAD_BUCKET)
     except NotFoundError:
-        await js.create_object_store(p.PAYLOAD_BUCKET, replicas=replicas)
+        await js.create_object_store(protocol.PAYLOAD_BUCKET, replicas=replicas)
 
 
 def store_error(exc: BaseException) -> str | None:

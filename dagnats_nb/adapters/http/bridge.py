@@ -39,7 +39,7 @@ from nats.js.errors import FetchTimeoutError
 from dagnats_nb.adapters.http.server import Reply, Request, Route
 from dagnats_nb.errors import DagnatsError
 from dagnats_nb.runtime.workers import ensure_task_consumer, task_event
-from dagnats_nb.wire import protocol as p
+from dagnats_nb.wire import protocol
 from dagnats_nb.wire.resources import store_error
 
 if TYPE_CHECKING:
@@ -54,7 +54,7 @@ MAX_TIMEOUT_MS = 60000
 # consumer is created with 1 at registration; an in-kernel worker sets its concurrency).
 BRIDGE_ACK_PENDING = 1024
 ACTIONS = ("complete", "fail", "heartbeat")
-FAILURE_TYPES = (p.RETRIABLE, p.NON_RETRIABLE, p.RETRY_AFTER)
+FAILURE_TYPES = (protocol.RETRIABLE, protocol.NON_RETRIABLE, protocol.RETRY_AFTER)
 SLICE = 0.25  # seconds each task type is waited on in turn when a poll names several
 
 
@@ -75,7 +75,7 @@ class Resolution:
     action: str
     output: Any = None
     error: str | None = None
-    failure_type: str = p.RETRIABLE
+    failure_type: str = protocol.RETRIABLE
     retry_after_ms: int | None = None
     duration_ms: float | None = None
 
@@ -116,7 +116,7 @@ def parse_poll(body: bytes) -> PollRequest:
     if (
         not isinstance(types, list)
         or not types
-        or not all(isinstance(t, str) and p.is_token(t) for t in types)
+        or not all(isinstance(t, str) and protocol.is_token(t) for t in types)
     ):
         raise BridgeError(
             f"poll: field 'task_types' must be a non-empty list of task names, got {types!r}"
@@ -145,13 +145,13 @@ def parse_resolve(body: bytes) -> Resolution:
     error = raw.get("error")
     if error is not None and not isinstance(error, str):
         raise BridgeError(f"resolve: field 'error' must be a string, got {error!r}")
-    kind = raw.get("failure_type") or p.RETRIABLE
+    kind = raw.get("failure_type") or protocol.RETRIABLE
     if kind not in FAILURE_TYPES:
         raise BridgeError(
             f"resolve: field 'failure_type' must be one of {', '.join(FAILURE_TYPES)}, got {kind!r}"
         )
     retry_after = _int(raw, "retry_after_ms", None, 0, "resolve")
-    if action == "fail" and kind == p.RETRY_AFTER and retry_after is None:
+    if action == "fail" and kind == protocol.RETRY_AFTER and retry_after is None:
         raise BridgeError("resolve: failure_type retry_after needs field 'retry_after_ms'")
     duration = raw.get("duration_ms")
     if duration is not None and (
@@ -161,7 +161,7 @@ def parse_resolve(body: bytes) -> Resolution:
     return Resolution(action, raw.get("output"), error, kind, retry_after, duration)
 
 
-def task_view(task: p.TaskPayload, value: Any) -> dict[str, Any]:
+def task_view(task: protocol.TaskPayload, value: Any) -> dict[str, Any]:
     """A polled task as a bridge worker sees it (``value``: the input, references expanded)."""
     out: dict[str, Any] = {
         "task_id": task.task_id,
@@ -188,7 +188,7 @@ def failure_payload(res: Resolution) -> dict[str, Any]:
         "error": res.error or "failed by a bridge worker",
         "failure_type": res.failure_type,
     }
-    if res.failure_type == p.RETRY_AFTER:
+    if res.failure_type == protocol.RETRY_AFTER:
         payload["retry_after_ms"] = res.retry_after_ms
     return payload
 
@@ -198,7 +198,7 @@ class Held:
     """A polled task waiting for its resolution."""
 
     msg: Any
-    task: p.TaskPayload
+    task: protocol.TaskPayload
     worker_id: str
     polled_at: float
     touched_at: float
@@ -268,11 +268,11 @@ class Bridge:
             js = self.eng._js
             durable = await ensure_task_consumer(js, task, self.ack_wait)
             if task not in self._widened and task not in self.eng.workers:
-                info = await js.consumer_info(p.TASK_STREAM, durable)
+                info = await js.consumer_info(protocol.TASK_STREAM, durable)
                 if (info.config.max_ack_pending or 0) < BRIDGE_ACK_PENDING:
                     await ensure_task_consumer(js, task, self.ack_wait, BRIDGE_ACK_PENDING)
             self._widened.add(task)
-            sub = await js.pull_subscribe_bind(durable, stream=p.TASK_STREAM)
+            sub = await js.pull_subscribe_bind(durable, stream=protocol.TASK_STREAM)
             self._subs[task] = sub
             self._locks[task] = asyncio.Lock()
         return sub
@@ -306,7 +306,7 @@ class Bridge:
 
     async def _take(self, msg: Any, worker_id: str) -> dict[str, Any] | None:
         try:
-            task = p.TaskPayload.decode(msg.data)
+            task = protocol.TaskPayload.decode(msg.data)
         except (ValueError, KeyError) as exc:
             log.error("bridge: dropping malformed task on %s: %s", msg.subject, exc)
             await msg.term()
@@ -317,14 +317,14 @@ class Bridge:
             value = await self.eng.payloads.expand(task.input)
         except Exception as exc:
             await self._report(
-                held, p.STEP_FAILED, {"error": str(exc), "failure_type": p.RETRIABLE}
+                held, protocol.STEP_FAILED, {"error": str(exc), "failure_type": protocol.RETRIABLE}
             )
             return None
         self.held[task.task_id] = held
-        started = task_event(task, p.STEP_STARTED, {}, worker_id)
+        started = task_event(task, protocol.STEP_STARTED, {}, worker_id)
         with contextlib.suppress(Exception):  # shows the step as running; not needed
             fut = await self.eng._js.publish_async(
-                p.history_subject(task.run_id),
+                protocol.history_subject(task.run_id),
                 started.encode(),
                 headers={"Nats-Msg-Id": started.msg_id},
             )
@@ -361,10 +361,10 @@ class Bridge:
             held.touched_at = time.monotonic()
             return 200, {"task_id": task_id, "status": "in_progress"}
         if res.action == "fail":
-            kind, payload = p.STEP_FAILED, failure_payload(res)
+            kind, payload = protocol.STEP_FAILED, failure_payload(res)
         else:
             try:
-                kind, payload = p.STEP_COMPLETED, await self._output(held.task, res.output)
+                kind, payload = protocol.STEP_COMPLETED, await self._output(held.task, res.output)
             except BridgeError as exc:
                 return _error(400, str(exc))
         if res.duration_ms is not None:
@@ -374,12 +374,12 @@ class Bridge:
         if problem is not None:
             self.held.setdefault(task_id, held)  # the worker may resolve it again
             return _error(503, problem)
-        status = "failed" if kind == p.STEP_FAILED else "completed"
+        status = "failed" if kind == protocol.STEP_FAILED else "completed"
         return 200, {"task_id": task_id, "status": status}
 
-    async def _output(self, task: p.TaskPayload, output: Any) -> dict[str, Any]:
+    async def _output(self, task: protocol.TaskPayload, output: Any) -> dict[str, Any]:
         try:
-            encoded = p.dumps(output)
+            encoded = protocol.dumps(output)
         except (TypeError, ValueError) as exc:
             raise BridgeError(f"resolve: field 'output' cannot be stored ({exc})") from None
         prefix = f"{task.run_id}/{task.step_id}/output"
@@ -390,7 +390,7 @@ class Bridge:
         event = task_event(held.task, kind, payload, held.worker_id)
         try:
             await self.eng._js.publish(
-                p.history_subject(held.task.run_id),
+                protocol.history_subject(held.task.run_id),
                 event.encode(),
                 headers={"Nats-Msg-Id": event.msg_id},
             )
