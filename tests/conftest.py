@@ -3,11 +3,33 @@
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
 import dagnats_nb as dn
+
+T = TypeVar("T")
+
+
+def until(
+    condition: Callable[[], T], timeout: float = 10.0, every: float = 0.02, what: str = "condition"
+) -> T:
+    """Poll ``condition`` until it returns something truthy and return that value.
+
+    Tests wait for what they expect to observe, never for a fixed time: a fixed sleep
+    is either too short on a busy machine (flaky) or too long everywhere (slow)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(every)
 
 
 def conformance_dir() -> Path:

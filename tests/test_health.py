@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 
 import nats
 import pytest
+from conftest import until
 
 import dagnats_nb as dn
 from dagnats_nb.observe import health
@@ -17,15 +17,6 @@ from dagnats_nb.wire import protocol
 def levels(eng, check: str) -> dict[str, str]:
     df = eng.health()
     return {r.subject: r.level for r in df[df["check"] == check].itertuples()}
-
-
-def until(fn, timeout=15.0, every=0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if fn():
-            return True
-        time.sleep(every)
-    raise AssertionError("condition never held")
 
 
 def test_rules_on_a_snapshot():
@@ -80,7 +71,11 @@ def test_pending_tasks_warn_then_clear_when_workers_come(tmp_path):
     with dn.Engine.start(data_dir=tmp_path / "e", health_consumer_pending=3) as eng:
         eng.register({"name": "q", "steps": [{"id": "a", "task": "queued-up"}]})
         runs = [eng.start_run("q", input=i) for i in range(5)]
-        until(lambda: levels(eng, "consumer pending").get("worker-queued-up") == "warning")
+        until(
+            lambda: levels(eng, "consumer pending").get("worker-queued-up") == "warning",
+            timeout=15,
+            what="the queued-up consumer to warn",
+        )
         row = eng.health().query("subject == 'worker-queued-up'").iloc[0]
         assert row["value"] == 5 and row["threshold"] == 3
 
@@ -106,12 +101,20 @@ def test_steady_dead_letters_warn_then_clear(tmp_path):
         assert levels(eng, "dead letters per minute")["DEAD_LETTERS"] == "ok"
         for _ in range(3):
             eng.run("d", timeout=20)
-        time.sleep(0.3)
-        assert levels(eng, "dead letters per minute")["DEAD_LETTERS"] == "warning"
-        time.sleep(3.2)  # the window passes with no new dead letter
-        eng.health()
-        time.sleep(0.3)
-        assert levels(eng, "dead letters per minute")["DEAD_LETTERS"] == "ok"
+        check = "dead letters per minute"
+        until(
+            lambda: levels(eng, check)["DEAD_LETTERS"] == "warning",
+            timeout=15,
+            every=0.1,
+            what="three dead letters to warn",
+        )
+        # The 3 s window passes with no new dead letter: the rate falls back to zero.
+        until(
+            lambda: levels(eng, check)["DEAD_LETTERS"] == "ok",
+            timeout=15,
+            every=0.1,
+            what="the dead-letter warning to clear",
+        )
 
 
 def test_storage_near_the_cap_warns_and_clears_with_a_larger_store(tmp_path):
@@ -135,8 +138,12 @@ def test_worker_that_stops_heartbeating_warns_until_it_beats(tmp_path):
     with dn.Engine.start(data_dir=tmp_path / "e", health_worker_gap="1s") as eng:
         me = eng.worker_id
         assert levels(eng, "worker heartbeat gap (s)")[me] == "ok"
-        time.sleep(1.3)  # the registry beats every 30 s
-        assert levels(eng, "worker heartbeat gap (s)")[me] == "warning"
+        # The registry beats every 30 s: the 1 s gap is exceeded long before the next beat.
+        until(
+            lambda: levels(eng, "worker heartbeat gap (s)")[me] == "warning",
+            timeout=15,
+            what="the heartbeat gap to warn",
+        )
         assert any(r["subject"] == me for r in eng.status()["health"])
         eng._call(eng.registry.beat())
         assert levels(eng, "worker heartbeat gap (s)")[me] == "ok"
@@ -167,4 +174,8 @@ def test_orchestrator_lag_warns_when_it_falls_behind_and_clears(tmp_path):
             gate.set()
         row = eng.health().query("check == @check").iloc[0]
         assert row["level"] == "warning" and row["value"] > 100
-        until(lambda: levels(eng, check)["WORKFLOW_HISTORY"] == "ok")
+        until(
+            lambda: levels(eng, check)["WORKFLOW_HISTORY"] == "ok",
+            timeout=15,
+            what="the orchestrator to catch up",
+        )
