@@ -10,7 +10,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from dagnats_nb.dag import WorkflowDef, load_workflow
+from dagnats_nb.dag import load_workflow
 from dagnats_nb.errors import UnsupportedStepType, WorkflowError
 
 UNSUPPORTED = {
@@ -83,7 +83,7 @@ def test_conformance_file(name, schema_validator):
     assert not errors, errors
     assert load_workflow(out) == defn
     assert load_workflow(defn.to_json()) == defn
-    assert WorkflowDef.load(str(path)) == defn
+    assert load_workflow(str(path)) == defn
 
 
 def test_agent_loop_settings_under_config_are_read():

@@ -744,7 +744,6 @@ def test_load_from_every_kind_of_source(tmp_path: Path):
     ]
     for source in sources:
         assert load_workflow(source) == expected, source
-        assert WorkflowDef.load(source) == expected, source
     assert load_workflow(expected) is expected
 
 

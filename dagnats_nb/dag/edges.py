@@ -28,7 +28,7 @@ from typing import Any
 from ..errors import WorkflowError
 from .loader import load_workflow
 from .model import WorkflowDef
-from .validate import workflow_error
+from .problems import workflow_error
 
 STEP_KEYS: dict[str, str] = {
     "task": "task name (default: the step id)",

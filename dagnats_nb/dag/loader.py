@@ -1,25 +1,12 @@
-"""The wire form of a workflow definition: reading it from a dict, JSON or YAML text or a
-.json/.yaml/.yml file (the only I/O in `dag/`), and writing it back as a dict.
+"""Reading a workflow definition from a dict, JSON or YAML text or a .json/.yaml/.yml file
+(the only I/O in `dag/`), with every problem told on one line.
 
-The published schema lacks `config` on steps although real files use it (type-specific
-settings such as `max_iterations` or `max_items` live there). So `to_dict` writes them
-where the schema has room, and loading reads them back from there:
-
-- agent_loop settings go under `loop`; `budget_warn_at` / `budget_force_at`, which the
-  schema's AgentLoopConfig lacks, go in `metadata` as `dagnats.loop.<key>`;
-- a map step's MapConfig goes in `metadata` as `dagnats.map.max_items` /
-  `dagnats.map.concurrency` (string values);
-- any other `config` key goes in `metadata` as `dagnats.config.<key>` = JSON text.
-
-Metadata keys starting with `dagnats.` are therefore reserved, and
-`load(d.to_dict()) == d`. Steps of types we do not run (`respond`, `sub_workflow`...)
-carry no task in the reference's files although the schema requires one; we do not write
-such definitions, so that gap does not reach our output.
+Writing it back is the models' own business (`WorkflowDef.to_dict`, in `model`), as is
+reading back the settings `to_dict` keeps in reserved `dagnats.` metadata.
 """
 
 from __future__ import annotations
 
-import copy
 import difflib
 import json
 import os
@@ -31,18 +18,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from .durations import format_duration
-from .model import (
-    CONFIG_PREFIX,
-    LOOP_KEYS,
-    LOOP_PREFIX,
-    MAP_KEYS,
-    MAP_PREFIX,
-    AgentLoopConfig,
-    StepDef,
-    WorkflowDef,
-)
-from .validate import check, problem, reason, workflow_error
+from .model import WorkflowDef
+from .problems import problem, reason, workflow_error
+from .validate import check
 
 _SUFFIX_FORMAT = {".json": "json", ".yaml": "yaml", ".yml": "yaml"}
 
@@ -173,108 +151,3 @@ def _submodel(annotation: Any) -> type[BaseModel] | None:
         if found is not None:
             return found
     return None
-
-
-def workflow_to_dict(defn: WorkflowDef) -> dict[str, Any]:
-    """`defn` as a dict that validates against the published workflow schema."""
-    out: dict[str, Any] = {
-        "name": defn.name,
-        "version": defn.version,
-        "steps": [step_to_dict(s) for s in defn.steps],
-    }
-    if defn.default_retry is not None:
-        out["default_retry"] = defn.default_retry.to_dict()
-    if defn.concurrency is not None:
-        out["concurrency"] = defn.concurrency.to_dict()
-    if defn.timeout is not None:
-        out["timeout"] = format_duration(defn.timeout)
-    for key in ("input_schema", "output_schema"):
-        if getattr(defn, key) is not None:
-            out[key] = copy.deepcopy(getattr(defn, key))
-    if defn.triggers:
-        out["triggers"] = copy.deepcopy(defn.triggers)
-    if defn.sticky:  # the reference's field; its published schema does not list it yet
-        out["sticky"] = defn.sticky
-    return out
-
-
-def step_to_dict(step: StepDef) -> dict[str, Any]:
-    """`step` as the published schema allows it: settings without a place go in metadata."""
-    out: dict[str, Any] = {"id": step.id}
-    if step.task is not None:
-        out["task"] = step.task
-    if step.depends_on:
-        out["depends_on"] = list(step.depends_on)
-    out["type"] = step.type
-    if step.timeout is not None:
-        out["timeout"] = format_duration(step.timeout)
-    if step.retries is not None:
-        out["retries"] = step.retries
-    if step.retry is not None:
-        out["retry"] = step.retry.to_dict()
-    meta = dict(step.metadata or {})
-    config = dict(step.config or {})
-    loop = step.loop_config if step.type == "agent_loop" else step.loop
-    if loop is not None:
-        out["loop"] = loop.to_dict()
-        for key in ("budget_warn_at", "budget_force_at"):
-            if getattr(loop, key) is not None:
-                meta[LOOP_PREFIX + key] = str(getattr(loop, key))
-        if step.loop is None:
-            config = {k: v for k, v in config.items() if k not in LOOP_KEYS}
-    if step.type == "map":
-        for key in MAP_KEYS:
-            if key in config:
-                meta[MAP_PREFIX + key] = json.dumps(config.pop(key))
-    for key, value in config.items():
-        meta[CONFIG_PREFIX + key] = json.dumps(value, ensure_ascii=False)
-    if step.skip_if is not None:
-        out["skip_if"] = copy.deepcopy(step.skip_if.to_dict())
-    if meta:
-        out["metadata"] = meta
-    for key in ("worker_group", "on_failure", "compensate"):
-        if getattr(step, key) is not None:
-            out[key] = getattr(step, key)
-    if step.required_capabilities:
-        out["required_capabilities"] = list(step.required_capabilities)
-    return out
-
-
-def read_reserved_metadata(data: Any) -> Any:
-    """Move `dagnats.map.*`, `dagnats.config.*` and `dagnats.loop.*` metadata of a raw step
-    back into `config` and `loop` (explicit `config` / `loop` values win)."""
-    meta = data.get("metadata") if isinstance(data, Mapping) else None
-    if not isinstance(meta, Mapping) or not any(
-        isinstance(k, str) and k.startswith("dagnats.") for k in meta
-    ):
-        return data
-    config: dict[str, Any] = {}
-    loop: dict[str, Any] = {}
-    rest: dict[Any, Any] = {}
-    targets = ((MAP_PREFIX, config), (CONFIG_PREFIX, config), (LOOP_PREFIX, loop))
-    for key, text in meta.items():
-        for prefix, target in targets:
-            if isinstance(key, str) and key.startswith(prefix):
-                target[key[len(prefix) :]] = _decode(text)
-                break
-        else:
-            rest[key] = text
-    data = dict(data)
-    data["metadata"] = rest or None
-    if config and isinstance(data.get("config") or {}, Mapping):
-        data["config"] = {**config, **(data.get("config") or {})}
-    old_loop = data.get("loop")
-    if isinstance(old_loop, AgentLoopConfig):
-        old_loop = old_loop.model_dump(exclude_none=True)
-    if loop and isinstance(old_loop or {}, Mapping):
-        data["loop"] = {**loop, **(old_loop or {})}
-    return data
-
-
-def _decode(text: Any) -> Any:
-    if not isinstance(text, str):
-        return text
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text

@@ -1,13 +1,30 @@
-"""Workflow definitions: the models of a dagnats workflow file (JSON or YAML).
+"""Workflow definitions: the models of a dagnats workflow file (JSON or YAML), and their
+wire form (`to_dict`). Reading files and text is `loader`'s job, the structural rules are
+`validate`'s.
 
 Durations in every field are Go duration strings, integer nanoseconds or timedeltas.
 Valid agent_loop settings given under `config` (as the reference's files do) are moved
-to `loop` when a step is built. How `to_dict` fits settings the published schema has no
-place for, and how loading reads them back, is described in `loader`.
+to `loop` when a step is built.
+
+The published schema lacks `config` on steps although real files use it (type-specific
+settings such as `max_iterations` or `max_items` live there). So `to_dict` writes them
+where the schema has room, and building a step reads them back from there:
+
+- agent_loop settings go under `loop`; `budget_warn_at` / `budget_force_at`, which the
+  schema's AgentLoopConfig lacks, go in `metadata` as `dagnats.loop.<key>`;
+- a map step's MapConfig goes in `metadata` as `dagnats.map.max_items` /
+  `dagnats.map.concurrency` (string values);
+- any other `config` key goes in `metadata` as `dagnats.config.<key>` = JSON text.
+
+Metadata keys starting with `dagnats.` are therefore reserved, and
+`load_workflow(d.to_dict()) == d`. Steps of types we do not run (`respond`,
+`sub_workflow`...) carry no task in the reference's files although the schema requires
+one; we do not write such definitions, so that gap does not reach our output.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import operator
@@ -28,6 +45,7 @@ from pydantic import (
 )
 
 from ..errors import WorkflowError
+from . import graph
 from .durations import format_duration, parse_duration
 
 StepType = Literal[
@@ -223,9 +241,7 @@ class StepDef(_Model):
     @model_validator(mode="before")
     @classmethod
     def _read_reserved_metadata(cls, data: Any) -> Any:
-        from .loader import read_reserved_metadata
-
-        return read_reserved_metadata(data)
+        return _read_reserved_metadata(data)
 
     @field_validator("config", "metadata", "required_capabilities")
     @classmethod
@@ -270,10 +286,46 @@ class StepDef(_Model):
             raise WorkflowError(f"step '{self.id}': field 'config': {why}") from None
 
     def to_dict(self) -> dict[str, Any]:
-        """The step as the published schema allows it (see `loader`)."""
-        from .loader import step_to_dict
-
-        return step_to_dict(self)
+        """The step as the published schema allows it: settings without a place go in
+        metadata (see the module's docstring)."""
+        out: dict[str, Any] = {"id": self.id}
+        if self.task is not None:
+            out["task"] = self.task
+        if self.depends_on:
+            out["depends_on"] = list(self.depends_on)
+        out["type"] = self.type
+        if self.timeout is not None:
+            out["timeout"] = format_duration(self.timeout)
+        if self.retries is not None:
+            out["retries"] = self.retries
+        if self.retry is not None:
+            out["retry"] = self.retry.to_dict()
+        meta = dict(self.metadata or {})
+        config = dict(self.config or {})
+        loop = self.loop_config if self.type == "agent_loop" else self.loop
+        if loop is not None:
+            out["loop"] = loop.to_dict()
+            for key in ("budget_warn_at", "budget_force_at"):
+                if getattr(loop, key) is not None:
+                    meta[LOOP_PREFIX + key] = str(getattr(loop, key))
+            if self.loop is None:
+                config = {k: v for k, v in config.items() if k not in LOOP_KEYS}
+        if self.type == "map":
+            for key in MAP_KEYS:
+                if key in config:
+                    meta[MAP_PREFIX + key] = json.dumps(config.pop(key))
+        for key, value in config.items():
+            meta[CONFIG_PREFIX + key] = json.dumps(value, ensure_ascii=False)
+        if self.skip_if is not None:
+            out["skip_if"] = copy.deepcopy(self.skip_if.to_dict())
+        if meta:
+            out["metadata"] = meta
+        for key in ("worker_group", "on_failure", "compensate"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        if self.required_capabilities:
+            out["required_capabilities"] = list(self.required_capabilities)
+        return out
 
 
 class WorkflowDef(_Model):
@@ -306,15 +358,6 @@ class WorkflowDef(_Model):
     @classmethod
     def _no_triggers_is_none(cls, value: Any) -> Any:
         return value or None
-
-    @classmethod
-    def load(
-        cls, source: Any, *, fmt: str | None = None, allow_unsupported: bool = False
-    ) -> WorkflowDef:
-        """Load and check a definition from a WorkflowDef, dict, JSON/YAML text or file path."""
-        from .loader import load_workflow
-
-        return load_workflow(source, fmt=fmt, allow_unsupported=allow_unsupported)
 
     @property
     def step_ids(self) -> list[str]:
@@ -373,16 +416,31 @@ class WorkflowDef(_Model):
 
     @property
     def topological_order(self) -> list[str]:
-        """All step ids, dependencies first, ties in definition order."""
-        from .validate import topological_order
-
-        return topological_order(self)
+        """All step ids, dependencies first, ties in definition order; WorkflowError naming
+        each cycle (a definition `load_workflow` checked has none)."""
+        return graph.topological_order(self.name, self.steps)
 
     def to_dict(self) -> dict[str, Any]:
         """The definition as a dict that validates against the published workflow schema."""
-        from .loader import workflow_to_dict
-
-        return workflow_to_dict(self)
+        out: dict[str, Any] = {
+            "name": self.name,
+            "version": self.version,
+            "steps": [s.to_dict() for s in self.steps],
+        }
+        if self.default_retry is not None:
+            out["default_retry"] = self.default_retry.to_dict()
+        if self.concurrency is not None:
+            out["concurrency"] = self.concurrency.to_dict()
+        if self.timeout is not None:
+            out["timeout"] = format_duration(self.timeout)
+        for key in ("input_schema", "output_schema"):
+            if getattr(self, key) is not None:
+                out[key] = copy.deepcopy(getattr(self, key))
+        if self.triggers:
+            out["triggers"] = copy.deepcopy(self.triggers)
+        if self.sticky:  # the reference's field; its published schema does not list it yet
+            out["sticky"] = self.sticky
+        return out
 
     def to_json(self, indent: int | None = 2) -> str:
         """`to_dict()` as JSON text."""
@@ -401,3 +459,43 @@ def _kind(value: Any) -> str | None:
     if isinstance(value, str):
         return "string"
     return None
+
+
+def _read_reserved_metadata(data: Any) -> Any:
+    """Move `dagnats.map.*`, `dagnats.config.*` and `dagnats.loop.*` metadata of a raw step
+    back into `config` and `loop` (explicit `config` / `loop` values win)."""
+    meta = data.get("metadata") if isinstance(data, Mapping) else None
+    if not isinstance(meta, Mapping) or not any(
+        isinstance(k, str) and k.startswith("dagnats.") for k in meta
+    ):
+        return data
+    config: dict[str, Any] = {}
+    loop: dict[str, Any] = {}
+    rest: dict[Any, Any] = {}
+    targets = ((MAP_PREFIX, config), (CONFIG_PREFIX, config), (LOOP_PREFIX, loop))
+    for key, text in meta.items():
+        for prefix, target in targets:
+            if isinstance(key, str) and key.startswith(prefix):
+                target[key[len(prefix) :]] = _decode(text)
+                break
+        else:
+            rest[key] = text
+    data = dict(data)
+    data["metadata"] = rest or None
+    if config and isinstance(data.get("config") or {}, Mapping):
+        data["config"] = {**config, **(data.get("config") or {})}
+    old_loop = data.get("loop")
+    if isinstance(old_loop, AgentLoopConfig):
+        old_loop = old_loop.model_dump(exclude_none=True)
+    if loop and isinstance(old_loop or {}, Mapping):
+        data["loop"] = {**loop, **(old_loop or {})}
+    return data
+
+
+def _decode(text: Any) -> Any:
+    if not isinstance(text, str):
+        return text
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text

@@ -3,14 +3,13 @@ rules). Each problem is one line naming the workflow, the step and the field."""
 
 from __future__ import annotations
 
-import heapq
-import json
 import re
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from ..errors import UnsupportedStepType, WorkflowError
+from ..errors import UnsupportedStepType
+from .graph import cycle_problem, find_cycles
 from .model import (
     LOOP_KEYS,
     MAP_KEYS,
@@ -20,6 +19,7 @@ from .model import (
     StepDef,
     WorkflowDef,
 )
+from .problems import problem, reason, workflow_error
 
 _NOT_IN_TOKEN = re.compile(r"[.*>\s\x00-\x1f\x7f]")
 _TASK_TYPES = ("normal", "map", "agent_loop", "agent", "planner")
@@ -31,60 +31,6 @@ _TRIGGER_KINDS = {
     "http": ("path", "method", "timeout_ms", "max_body_bytes"),
 }
 _TRIGGER_KEYS = {"id", "workflow_id", "enabled", "debounce", *_TRIGGER_KINDS}
-
-
-def problem(workflow: str | None, step: str | int | None, field: str | None, reason: str) -> str:
-    """One problem line: `workflow 'w' step 's': field 'f': reason` (step is an id or index)."""
-    text = f"workflow '{workflow}'" if workflow else "workflow (unnamed)"
-    if isinstance(step, int):
-        text += f" step #{step + 1}"
-    elif step:
-        text += f" step '{step}'"
-    if field:
-        text += f": field '{field}'"
-    return f"{text}: {reason}"
-
-
-def workflow_error(problems: list[str], cls: type[WorkflowError] = WorkflowError) -> WorkflowError:
-    """An error whose message joins `problems` with "; " and that keeps them in `.problems`."""
-    error = cls("; ".join(problems))
-    error.problems = list(problems)
-    return error
-
-
-def reason(err: Any) -> str:
-    """A short human reason for one pydantic error dict."""
-    kind, ctx, value = err.get("type", ""), err.get("ctx") or {}, err.get("input")
-    try:
-        shown = json.dumps(value, ensure_ascii=False)
-    except (TypeError, ValueError):
-        shown = repr(value)
-    if len(shown) > 60:
-        shown = shown[:57] + "..."
-    simple = {
-        "missing": "is required",
-        "greater_than_equal": f"must be >= {ctx.get('ge')}, got {shown}",
-        "greater_than": f"must be > {ctx.get('gt')}, got {shown}",
-        "less_than_equal": f"must be <= {ctx.get('le')}, got {shown}",
-        "less_than": f"must be < {ctx.get('lt')}, got {shown}",
-        "int_type": f"must be an integer, got {shown}",
-        "int_parsing": f"must be an integer, got {shown}",
-        "int_from_float": f"must be an integer, got {shown}",
-        "float_type": f"must be a number, got {shown}",
-        "float_parsing": f"must be a number, got {shown}",
-        "finite_number": f"must be a finite number, got {shown}",
-        "string_type": f"must be a string, got {shown}",
-        "bool_type": f"must be true or false, got {shown}",
-        "list_type": f"must be a list, got {shown}",
-        "dict_type": f"must be a mapping, got {shown}",
-        "model_type": f"must be a mapping, got {shown}",
-        "model_attributes_type": f"must be a mapping, got {shown}",
-        "literal_error": f"must be one of {ctx.get('expected')}, got {shown}",
-    }
-    if kind in simple:
-        return simple[kind]
-    msg = str(err.get("msg", kind))
-    return msg.removeprefix("Value error, ")
 
 
 def model_problems(
@@ -135,8 +81,7 @@ def validate(defn: WorkflowDef) -> list[str]:
         out += _step_problems(defn, s, s.id or i, by_id)
     out += _trigger_problems(defn)
     out += _sticky_problems(defn)
-    for cycle in find_cycles(defn):
-        out.append(problem(name, None, None, "cycle between steps " + " -> ".join(cycle)))
+    out += [cycle_problem(name, cycle) for cycle in find_cycles(defn.steps)]
     return out
 
 
@@ -161,78 +106,6 @@ def check(defn: WorkflowDef, *, allow_unsupported: bool = False) -> None:
     ]
     if unsupported:
         raise workflow_error(unsupported, UnsupportedStepType)
-
-
-def find_cycles(defn: WorkflowDef) -> list[list[str]]:
-    """Dependency cycles, each as its steps in run order with the first repeated at the end."""
-    order, succ, pred = _graph(defn)
-    index = {sid: i for i, sid in enumerate(order)}
-    remaining = set(order)
-    cycles: list[list[str]] = []
-    _peel(remaining, succ, pred)
-    while remaining:
-        node = min(remaining, key=index.__getitem__)
-        path: list[str] = []
-        seen: dict[str, int] = {}
-        while node not in seen:
-            seen[node] = len(path)
-            path.append(node)
-            node = min((m for m in succ[node] if m in remaining), key=index.__getitem__)
-        cycle = path[seen[node] :]
-        first = cycle.index(min(cycle, key=index.__getitem__))
-        cycle = cycle[first:] + cycle[:first]
-        cycles.append([*cycle, cycle[0]])
-        remaining -= set(cycle)
-        _peel(remaining, succ, pred)
-    return cycles
-
-
-def topological_order(defn: WorkflowDef) -> list[str]:
-    """Step ids with every dependency before its dependents, ties in definition order."""
-    order, succ, pred = _graph(defn)
-    index = {sid: i for i, sid in enumerate(order)}
-    waiting = {sid: len(pred[sid]) for sid in order}
-    ready = [(index[sid], sid) for sid in order if not waiting[sid]]
-    out: list[str] = []
-    while ready:
-        _, sid = heapq.heappop(ready)
-        out.append(sid)
-        for nxt in succ[sid]:
-            waiting[nxt] -= 1
-            if not waiting[nxt]:
-                heapq.heappush(ready, (index[nxt], nxt))
-    if len(out) != len(order):
-        cycles = find_cycles(defn)
-        raise workflow_error(
-            [
-                problem(defn.name, None, None, "cycle between steps " + " -> ".join(c))
-                for c in cycles
-            ]
-        )
-    return out
-
-
-def _graph(defn: WorkflowDef) -> tuple[list[str], dict[str, list[str]], dict[str, set[str]]]:
-    order = list(dict.fromkeys(s.id for s in defn.steps))
-    succ: dict[str, list[str]] = {sid: [] for sid in order}
-    pred: dict[str, set[str]] = {sid: set() for sid in order}
-    for s in defn.steps:
-        for dep in dict.fromkeys(s.depends_on):
-            if dep in succ and dep != s.id and dep not in pred[s.id]:
-                succ[dep].append(s.id)
-                pred[s.id].add(dep)
-    return order, succ, pred
-
-
-def _peel(remaining: set[str], succ: dict[str, list[str]], pred: dict[str, set[str]]) -> None:
-    """Drop nodes that cannot be on a cycle: no remaining predecessor or successor."""
-    changed = True
-    while changed:
-        changed = False
-        for node in list(remaining):
-            if not pred[node] & remaining or not any(m in remaining for m in succ[node]):
-                remaining.discard(node)
-                changed = True
 
 
 def _token_problems(value: str, workflow: str | None, step: str | int | None, field: str) -> list:
