@@ -57,7 +57,7 @@ from typing import Any
 
 from dagnats_nb.config import Settings
 from dagnats_nb.errors import EngineLocked, ServerError
-from dagnats_nb.transport import jetstream
+from dagnats_nb.server import leaf
 
 __all__ = ["EmbeddedServer", "find_nats_server", "read_engine_info"]
 
@@ -169,7 +169,7 @@ class EmbeddedServer:
         self.started_at: datetime | None = None
         self.version: str | None = None
         self.leaf_remotes: list[str] = list(self.settings.leaf_remotes)
-        leaf_domain = jetstream.DEFAULT_LEAF_DOMAIN if self.leaf_remotes else None
+        leaf_domain = leaf.DEFAULT_LEAF_DOMAIN if self.leaf_remotes else None
         self.domain: str | None = self.settings.jetstream_domain or leaf_domain
         self.host = "0.0.0.0" if self.leaf_remotes else "127.0.0.1"
         self.leaf_creds: Path | None = None
@@ -197,16 +197,16 @@ class EmbeddedServer:
         with self._lock:
             if self._finalizer is not None and self._finalizer.alive:
                 raise ServerError(f"{self} is already started; call stop() first")
-            remotes = jetstream.check_leaf_remotes(self.leaf_remotes)
+            remotes = leaf.check_leaf_remotes(self.leaf_remotes)
             binary = find_nats_server()
             _make_private_dir(self.data_dir)
             lock_fd = _acquire_lock(self.data_dir)
             info_path, proc, creds = self.data_dir / ENGINE_JSON, None, None
             try:
                 _clean_stale(self.data_dir, self.conf_path)
-                jetstream.remove_leaf_credentials(self.data_dir)  # a crashed engine's
+                leaf.remove_leaf_credentials(self.data_dir)  # a crashed engine's
                 if remotes:
-                    self.leaf_creds, written = jetstream.leaf_credentials_file(
+                    self.leaf_creds, written = leaf.leaf_credentials_file(
                         self.settings.leaf_credentials, self.data_dir
                     )
                     creds = self.leaf_creds if written else None
@@ -217,7 +217,7 @@ class EmbeddedServer:
                 raise
             self._process = proc
             self._finalizer = weakref.finalize(self, _shutdown, info_path, proc, lock_fd, creds)
-        for url in jetstream.unreachable(remotes):
+        for url in leaf.unreachable(remotes):
             warnings.warn(
                 f"leaf_remotes: the hub at {url} does not answer now; the engine runs locally "
                 "and nats-server keeps connecting to it (see nats-server.log)",
@@ -300,7 +300,7 @@ class EmbeddedServer:
             lines.append(f"  domain: {_quote(self.domain)}")
         lines.append("}")
         if self.leaf_remotes:
-            lines += jetstream.leaf_block(self.leaf_remotes, self.leaf_creds, _quote)
+            lines += leaf.leaf_block(self.leaf_remotes, self.leaf_creds, _quote)
         return "\n".join([*lines, ""])
 
     def _engine_info(self) -> dict[str, Any]:

@@ -1,5 +1,5 @@
 """Beyond one machine: a JetStream context that survives a server loss and crosses a leaf
-node, and the leaf-node pieces of the embedded server's config.
+node (the leaf node's server config is ``dagnats_nb.server.leaf``).
 
 Choices:
 
@@ -17,24 +17,17 @@ Choices:
   ``$KV.>`` across a leaf connection whose domains differ, and maps
   ``$JS.<domain>.API.$KV.>`` to ``$KV.>`` instead; nats-py's KV writes to ``$KV.`` as is,
   so with a domain :class:`ClusterJetStream` sends KV writes through the mapped subject.
-- **Leaf credentials**: a path is used as is (it must exist); inline content (``-----BEGIN``)
-  is written to a 0600 file in the data_dir, removed when the server stops and when a
-  stale one is found at the next start.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import json
 import logging
-import os
 import time
-from pathlib import Path
 from secrets import token_hex
 from typing import Any
-from urllib.parse import urlsplit
 
 import nats.errors
 from nats.aio.client import Client as NATS
@@ -48,25 +41,17 @@ from nats.js.errors import (
     TooManyStalledMsgsError,
 )
 
-from dagnats_nb.errors import ConfigError, ServerError
+from dagnats_nb.errors import ConfigError
 from dagnats_nb.wire import protocol
 
 __all__ = [
     "ClusterJetStream",
     "jetstream",
     "server_list",
-    "LEAF_CREDS_FILE",
-    "DEFAULT_LEAF_DOMAIN",
-    "check_leaf_remotes",
-    "leaf_credentials_file",
-    "leaf_block",
 ]
 
 log = logging.getLogger("dagnats_nb.transport.jetstream")
 
-LEAF_CREDS_FILE = "leaf.creds"
-DEFAULT_LEAF_DOMAIN = "dagnats"
-_LEAF_SCHEMES = ("nats-leaf", "nats", "tls", "ws", "wss")
 _RETRIABLE = (NoStreamResponseError, nats.errors.NoRespondersError, nats.errors.TimeoutError)
 # "duplicate message id is in process" (the first send is pending), "JetStream system
 # temporarily unavailable"; a 503 with no code. Never a full store (503 + 10047 etc.).
@@ -301,85 +286,3 @@ async def _set_replicas(js: JetStreamContext, buckets: tuple, replicas: int) -> 
         if info.config.num_replicas != replicas:
             info.config.num_replicas = replicas
             await js.update_stream(info.config)
-
-
-# -- leaf node mode -------------------------------------------------------------------------
-
-
-def check_leaf_remotes(remotes: list[str]) -> list[str]:
-    """The leaf remote URLs, checked: scheme, host and port (ServerError naming the bad one)."""
-    out = []
-    for url in remotes:
-        parts = urlsplit(url.strip())
-        try:
-            port = parts.port
-        except ValueError:  # not a number, or out of range
-            raise ConfigError(
-                f"leaf_remotes: {url!r} has a bad port: write {parts.scheme}://HOST:7422"
-            ) from None
-        if parts.scheme not in _LEAF_SCHEMES or not parts.hostname:
-            raise ConfigError(
-                f"leaf_remotes: {url!r} is not a leaf node URL: write "
-                "nats-leaf://HOST:7422 (or tls://, ws://, wss://)"
-            )
-        if port is None and parts.scheme in ("nats-leaf", "nats", "tls"):
-            raise ConfigError(
-                f"leaf_remotes: {url!r} has no port: write {parts.scheme}://"
-                f"{parts.hostname}:7422 (the hub's leafnodes port)"
-            )
-        out.append(url.strip())
-    return out
-
-
-def leaf_credentials_file(value: str | None, data_dir: Path) -> tuple[Path | None, bool]:
-    """The creds file a leaf remote uses and whether dagnats wrote it (and must remove it).
-
-    Inline content (``-----BEGIN``) goes to ``data_dir/leaf.creds`` with mode 0600."""
-    if not value or not value.strip():
-        return None, False
-    if value.lstrip().startswith("-----BEGIN"):
-        path = data_dir / LEAF_CREDS_FILE
-        path.unlink(missing_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as file:
-            file.write(value.strip() + "\n")
-        return path, True
-    path = Path(value).expanduser()
-    if not path.is_file():
-        raise ServerError(
-            f"leaf_credentials: {path} is not a file: give the path of the hub's .creds file, "
-            "or its content (-----BEGIN NATS USER JWT-----...)"
-        )
-    return path.resolve(), False
-
-
-def remove_leaf_credentials(data_dir: Path) -> None:
-    """Remove a credentials file dagnats wrote (at stop, and a stale one at start)."""
-    with contextlib.suppress(OSError):
-        (data_dir / LEAF_CREDS_FILE).unlink(missing_ok=True)
-
-
-def leaf_block(remotes: list[str], creds: Path | None, quote) -> list[str]:
-    """The ``leafnodes { remotes = [...] }`` lines of the server config."""
-    lines = ["leafnodes {", "  remotes = ["]
-    for url in remotes:
-        entry = f"    {{ url: {quote(url)}"
-        if creds is not None:
-            entry += f", credentials: {quote(str(creds))}"
-        lines.append(entry + " }")
-    return [*lines, "  ]", "}"]
-
-
-def unreachable(remotes: list[str], timeout: float = 1.0) -> list[str]:
-    """The remotes no TCP connection reaches now (the server keeps retrying them)."""
-    import socket
-
-    out = []
-    for url in remotes:
-        parts = urlsplit(url)
-        default = {"ws": 80, "wss": 443}.get(parts.scheme, 7422)
-        try:
-            socket.create_connection((parts.hostname, parts.port or default), timeout).close()
-        except OSError:
-            out.append(url)
-    return out
