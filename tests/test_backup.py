@@ -16,7 +16,9 @@ import nats
 import pytest
 
 import dagnats_nb as dn
+from dagnats_nb.adapters.cli.backup import run_command
 from dagnats_nb.adapters.cli.main import main
+from dagnats_nb.adapters.notebook.progress import default_progress
 from dagnats_nb.config import load_settings
 from dagnats_nb.errors import BackupError
 from dagnats_nb.ops import backup
@@ -134,7 +136,7 @@ def test_backup_then_restore_into_a_new_data_dir_rebuilds_every_run(busy, tmp_pa
         assert [d for d, _ in mine] == sorted(d for d, _ in mine)
 
     settings = load_settings(data_dir=tmp_path / "new")
-    restored = backup.results_frame(backup.run_command("restore", settings, tmp_path / "bk"))
+    restored = backup.results_frame(run_command("restore", settings, tmp_path / "bk"))
     assert row_state(restored) == row_state(backed)
     gate = threading.Event()
     gate.set()  # the new engine's hold handler returns at once
@@ -272,7 +274,7 @@ def test_a_damaged_backup_is_refused_and_leaves_the_target_untouched(busy, tmp_p
     # into a fresh data dir: a clear one-line error, and no stream left behind
     settings = load_settings(data_dir=tmp_path / "fresh")
     with pytest.raises(BackupError) as info:
-        backup.run_command("restore", settings, bad, ["WORKFLOW_HISTORY"])
+        run_command("restore", settings, bad, ["WORKFLOW_HISTORY"])
     msg = str(info.value)
     assert "\n" not in msg and "WORKFLOW_HISTORY" in msg
     assert ("is damaged (truncated" in msg) if how == "truncated" else ("refused" in msg)
@@ -316,7 +318,7 @@ def test_layout_names_and_bad_folders(engine, tmp_path):
         engine.backup(tmp_path / "x", streams=["TASK_QUEUES", "TASK_QUEUES"])
     dead = load_settings(data_dir=tmp_path / "d", nats_url="nats://127.0.0.1:1")
     with pytest.raises(BackupError, match="cannot connect to NATS at nats://127.0.0.1:1"):
-        backup.run_command("backup", dead, tmp_path / "x")
+        run_command("backup", dead, tmp_path / "x")
     with pytest.raises(BackupError, match="stream NOPE does not exist"):
         engine.backup(tmp_path / "y", streams=["NOPE"])
     assert not (tmp_path / "y" / "NOPE").exists()
@@ -393,7 +395,7 @@ def test_widget_progress_draws_bytes_per_stream():
         assert len(shown) == 1
     finally:
         IPython.display.display = real
-    assert backup.default_progress() is None  # not in a kernel
+    assert default_progress() is None  # not in a kernel
 
 
 @pytest.mark.timeout(60)

@@ -16,6 +16,7 @@ import pytest
 
 import dagnats_nb as dn
 from dagnats_nb.adapters.http import bridge, hooks
+from dagnats_nb.adapters.http.extension import http_side
 from dagnats_nb.adapters.http.server import match
 from dagnats_nb.dag import load_workflow
 
@@ -342,7 +343,7 @@ def test_without_any_secret_hooks_are_off_and_without_a_token_the_bridge_is(tmp_
             poll = http.post("/v1/tasks/poll", json={"task_types": ["echo"]}, headers=AUTH)
             assert poll.status_code == 404
             assert http.post("/v1/tasks/x/resolve", json={}, headers=AUTH).status_code == 404
-        assert e.bridge is None
+        assert http_side(e).bridge is None
 
 
 # -- the worker bridge ------------------------------------------------------------------
@@ -524,9 +525,11 @@ def test_a_stopping_bridge_gives_held_tasks_back_at_once(tmp_path):
         run = e.start_run("held_wf", "payload")
         with httpx.Client(base_url=e.http_url, timeout=10) as http:
             [task] = poll(http, "ext_held")
-            assert set(e.bridge.held) == {task["task_id"]}
-            e._call(e.bridge.stop())  # what Engine.stop does (a NATS server that lives on
-            assert e.bridge.held == {}  # then hands the task to another worker at once)
+            bridge_ = http_side(e).bridge
+            assert set(bridge_.held) == {task["task_id"]}
+            # what Engine.stop does (a NATS server that lives on
+            e._call(bridge_.stop())
+            assert bridge_.held == {}  # then hands the task to another worker at once)
             t0 = time.monotonic()
             [again] = poll(http, "ext_held", timeout_ms=3000)
             assert time.monotonic() - t0 < 1  # not after the 30 s ack wait

@@ -14,9 +14,9 @@ from traitlets.config import Config
 
 import dagnats_nb as dn
 from dagnats_nb.adapters.notebook.reprs import Status
-from dagnats_nb.engine import default
-from dagnats_nb.engine.views import EVENT_COLUMNS, RUN_COLUMNS, STEP_COLUMNS
 from dagnats_nb.errors import DagnatsError, WorkflowError
+from dagnats_nb.facade import default
+from dagnats_nb.facade.views import EVENT_COLUMNS, RUN_COLUMNS, STEP_COLUMNS
 
 
 @pytest.fixture(scope="module")

@@ -63,7 +63,7 @@ def test_dashboard_redraws_while_runs_go_and_leaves_a_static_figure(engine):
         return ctx.input
 
     engine.register({"name": "ticks", "steps": [{"id": "t", "task": "tick"}]})
-    board = engine.dashboard(every="100ms", refresh=0.2)
+    board = dn.dashboard(engine, every="100ms", refresh=0.2)
     for i in range(20):
         engine.run("ticks", input=i, timeout=20)
         time.sleep(0.05)

@@ -10,7 +10,7 @@ from collections import defaultdict
 
 import dagnats_nb as dn
 from dagnats_nb.config import load_settings
-from dagnats_nb.runtime.worker_process import WorkerProcess
+from dagnats_nb.facade.worker_process import WorkerProcess
 
 
 class Calls:

@@ -18,6 +18,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import until
 
 import dagnats_nb as dn
 from dagnats_nb.adapters.cli import main as cli
@@ -87,16 +88,6 @@ def read_log(log: Path) -> list[tuple[str, str, int, int, str]]:
         run_id, step_id, attempt, pid, what = line.split()
         out.append((run_id, step_id, int(attempt), int(pid), what))
     return out
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def consumer_config(eng: dn.Engine, task: str):
@@ -192,10 +183,11 @@ def test_sigterm_drains_finishes_quick_tasks_and_releases_long_ones(tmp_path, wo
         quick = [eng.start_run("slow-wf", {"sleep": 2}) for _ in range(2)]
         long = [eng.start_run("slow-wf", {"sleep": 5}) for _ in range(2)]
         long += [eng.start_run("slow-sync-wf", {"sleep": 5}) for _ in range(2)]
-        wait_for(
+        until(
             lambda: sum(1 for *_, w in read_log(log) if w == "start") == 6,
-            15,
-            "the first worker to start all six tasks",
+            timeout=15,
+            every=0.05,
+            what="the first worker to start all six tasks",
         )
         second = Worker("tests.worker_tasks", "--nats-url", eng.url, log=log)
         workers.append(second)
@@ -203,14 +195,14 @@ def test_sigterm_drains_finishes_quick_tasks_and_releases_long_ones(tmp_path, wo
 
         t0 = time.monotonic()
         code, out, err = first.terminate()
-        stopped_in = time.monotonic() - t0
         assert code == 0, err
         assert "draining (" in out and "stopped after 2 tasks" in out, out
-        assert stopped_in < 10, stopped_in
 
         for run in quick + long:
             run.wait(20)
             assert run.status == "completed", run.error
+        # Functional, not a speed judgement: a task that was not released (nak) but left to
+        # the 30 s ack wait could not be redelivered and rerun within 15 s of the SIGTERM.
         elapsed = time.monotonic() - t0
         assert elapsed < 15, f"released tasks waited {elapsed:.1f}s (ack wait is 30 s)"
 
@@ -258,7 +250,7 @@ def test_handler_failures_behave_as_in_the_kernel(engine, tmp_path, workers):
 
 def test_importing_a_worker_module_starts_no_engine(tmp_path):
     code = (
-        "import dagnats_nb.engine.default as d, tests.worker_tasks as t;"
+        "import dagnats_nb.facade.default as d, tests.worker_tasks as t;"
         "import json; print(json.dumps([d.current() is None, sorted(d.handlers())]))"
     )
     out = subprocess.run(
@@ -274,7 +266,7 @@ def test_importing_a_worker_module_starts_no_engine(tmp_path):
 def clean_registry(monkeypatch):
     """In-process ``cli.main(["worker", ...])``: keep the handlers the tests import out of
     this process's default registry."""
-    from dagnats_nb.engine import default
+    from dagnats_nb.facade import default
 
     monkeypatch.setattr(default, "_handlers", {})
     monkeypatch.chdir(ROOT)
@@ -388,7 +380,7 @@ def test_a_worker_follows_the_engine_to_its_new_port_after_a_restart(tmp_path, w
 
 
 def test_worker_process_from_python(engine):
-    from dagnats_nb.runtime.worker_process import WorkerProcess
+    from dagnats_nb.facade.worker_process import WorkerProcess
 
     def double(ctx):
         return ctx.input * 2

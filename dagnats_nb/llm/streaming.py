@@ -17,7 +17,7 @@ from dagnats_nb.wire import protocol
 from ..dag.state import STEP_TERMINAL
 
 if TYPE_CHECKING:
-    from dagnats_nb.engine.facade import Engine
+    from dagnats_nb.facade.engine import Engine
 
 _POLL = 0.1
 

@@ -29,6 +29,7 @@ from nats.js import api as js_api
 from nats.js.errors import FetchTimeoutError, NotFoundError
 
 from dagnats_nb.runtime.handlers import Continue, Handler, Permanent, RetryAfter, TaskContext
+from dagnats_nb.transport.buffer import take_buffered
 from dagnats_nb.transport.stores import PayloadStore
 from dagnats_nb.wire import protocol
 from dagnats_nb.wire.resources import store_error
@@ -250,6 +251,16 @@ class TaskWorker:
         if self._ssub is not None:
             with contextlib.suppress(Exception):
                 await self._ssub.unsubscribe()
+
+    async def release_buffered(self) -> None:
+        """NAK the tasks this stopped worker fetched but never started (still buffered in its
+        pull subscriptions), so another worker takes them now rather than after the ack wait."""
+        for psub in (getattr(self, "_psub", None), self._ssub):
+            if psub is None:
+                continue
+            for msg in take_buffered(psub):
+                with contextlib.suppress(Exception):
+                    await msg.nak()
 
     async def _pull_loop(self) -> None:
         while not self._stopping:
@@ -506,9 +517,14 @@ class WorkerRegistry:
             except Exception as exc:
                 log.warning("worker heartbeat failed: %s", exc)
 
-    async def stop(self) -> None:
+    def cancel(self) -> None:
+        """Stop heartbeating (the entry expires by the bucket's TTL)."""
         if self._task is not None:
             self._task.cancel()
+
+    async def stop(self) -> None:
+        """Stop heartbeating and remove this process's entry."""
+        self.cancel()
         if self._kv is not None:
             with contextlib.suppress(Exception):
                 await self._kv.delete(self.worker_id)

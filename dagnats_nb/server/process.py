@@ -138,6 +138,18 @@ def read_engine_info(data_dir: str | Path) -> dict[str, Any] | None:
     return info
 
 
+def require_engine_url(data_dir: str | Path, hint: str = "or pass --data-dir") -> str:
+    """The URL of the engine running on ``data_dir``; a one-line ServerError when none
+    runs there (``hint``: what else the caller may do)."""
+    info = read_engine_info(data_dir)
+    if not info or not info.get("alive"):
+        raise ServerError(
+            f"no engine is running on {data_dir}: start one with `dagnats serve` or "
+            f"Engine.start(), {hint}"
+        )
+    return info["url"]
+
+
 class EmbeddedServer:
     """A ``nats-server`` child process serving JetStream from ``settings.data_dir``.
 

@@ -163,7 +163,7 @@ def register_handlers(eng: Any) -> None:
 
 
 def run_demo(data_dir: str | None = None, runs: int = 3) -> int:
-    from dagnats_nb.engine.facade import Engine
+    from dagnats_nb.facade.engine import Engine
 
     tmp = None
     if data_dir is None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from dagnats_nb.errors import DagnatsError, WorkflowError
+from dagnats_nb.observe.report import format_status
 
 
 def _settings_args(p: argparse.ArgumentParser) -> None:
@@ -39,7 +40,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from dagnats_nb.config import load_settings
-    from dagnats_nb.engine.facade import Engine
+    from dagnats_nb.facade.engine import Engine
 
     settings = _overrides(args)
     if load_settings(args.config, **settings).http_addr is None:
@@ -64,7 +65,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from dagnats_nb.engine.facade import Engine
+    from dagnats_nb.facade.engine import Engine
 
     eng = Engine.connect(config=args.config, **_overrides(args))
     try:
@@ -78,34 +79,6 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def format_status(status: dict[str, Any]) -> str:
-    lines = [
-        f"engine   {status['url']}  ({'connected' if status['connected'] else 'DISCONNECTED'})",
-        f"data_dir {status['data_dir']}",
-    ]
-    warnings = [
-        f"{h['level'].upper()}: {h['check']} of {h['subject']} is {h['value']} "
-        f"(threshold {h['threshold']}): {h['action']}"
-        for h in status.get("health", [])
-    ]
-    lines = warnings + lines
-    lines.append("")
-    lines.append(f"{'stream':<18}{'messages':>10}{'bytes':>14}")
-    for s in status["streams"]:
-        lines.append(f"{s['stream']:<18}{s['messages']:>10}{s['bytes']:>14}")
-    lines.append("")
-    lines.append("workers:" if status["workers"] else "workers: none")
-    for w in status["workers"]:
-        tasks = ", ".join(f"{t} (x{v['concurrency']})" for t, v in w.get("tasks", {}).items())
-        lines.append(f"  {w['worker_id']}  pid {w['pid']}  {tasks or '(no tasks)'}")
-    pending = status.get("pending_tasks", {})
-    lines.append("pending tasks: " + (", ".join(f"{t}={n}" for t, n in pending.items()) or "none"))
-    orch = status.get("orchestrator")
-    if orch:
-        lines.append(f"runs: {orch['runs']} ({orch['active_runs']} active)")
-    return "\n".join(lines)
-
-
 STATS = {
     "streams": "stream_stats",
     "consumers": "consumer_lag",
@@ -115,7 +88,7 @@ STATS = {
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    from dagnats_nb.engine.facade import Engine
+    from dagnats_nb.facade.engine import Engine
 
     eng = Engine.connect(config=args.config, **_overrides(args))
     try:
@@ -133,7 +106,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_dlq_list(args: argparse.Namespace) -> int:
-    from dagnats_nb.engine.facade import Engine
+    from dagnats_nb.facade.engine import Engine
 
     eng = Engine.connect(config=args.config, **_overrides(args))
     try:
@@ -153,7 +126,7 @@ def cmd_dlq_list(args: argparse.Namespace) -> int:
 
 
 def cmd_dlq_replay(args: argparse.Namespace) -> int:
-    from dagnats_nb.engine.facade import Engine
+    from dagnats_nb.facade.engine import Engine
 
     if (args.seq is None) == (args.run is None):
         raise DagnatsError("dlq replay: name a dead letter's SEQ or --run RUN_ID (one of them)")
@@ -178,7 +151,7 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_register(args: argparse.Namespace) -> int:
-    from dagnats_nb.engine.facade import Engine
+    from dagnats_nb.facade.engine import Engine
 
     eng = Engine.connect(config=args.config, **_overrides(args))
     try:
@@ -191,7 +164,7 @@ def cmd_register(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from dagnats_nb.engine.facade import Engine
+    from dagnats_nb.facade.engine import Engine
 
     try:
         value = json.loads(args.input) if args.input is not None else None
@@ -249,8 +222,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
+    from dagnats_nb.adapters.cli.backup import run_command
     from dagnats_nb.config import load_settings
-    from dagnats_nb.ops.backup import run_command
 
     settings = load_settings(args.config, **_overrides(args))
     rows = run_command("backup", settings, args.dir, args.stream or None)
@@ -259,8 +232,8 @@ def cmd_backup(args: argparse.Namespace) -> int:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
+    from dagnats_nb.adapters.cli.backup import run_command
     from dagnats_nb.config import load_settings
-    from dagnats_nb.ops.backup import run_command
 
     settings = load_settings(args.config, **_overrides(args))
     rows = run_command("restore", settings, args.dir, args.stream or None, args.force)
@@ -276,8 +249,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from dagnats_nb.adapters.cli.worker import run_worker
     from dagnats_nb.config import load_settings
-    from dagnats_nb.runtime.worker_process import run_worker
 
     if args.data_dir and args.nats_url:
         raise DagnatsError("worker: pass --data-dir or --nats-url, not both")

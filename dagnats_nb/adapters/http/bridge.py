@@ -43,7 +43,7 @@ from dagnats_nb.wire import protocol
 from dagnats_nb.wire.resources import store_error
 
 if TYPE_CHECKING:
-    from dagnats_nb.engine.facade import Engine
+    from dagnats_nb.facade.engine import Engine
 
 log = logging.getLogger("dagnats_nb.adapters.http.bridge")
 

@@ -32,7 +32,7 @@ from dagnats_nb.dag import WorkflowDef
 from dagnats_nb.errors import DagnatsError, RunError, WorkflowError
 
 if TYPE_CHECKING:
-    from dagnats_nb.engine.facade import Engine
+    from dagnats_nb.facade.engine import Engine
 
 log = logging.getLogger("dagnats_nb.adapters.http.hooks")
 

@@ -26,7 +26,7 @@ def load_ipython_extension(shell: Any) -> None:
 
 def unload_ipython_extension(shell: Any) -> None:
     """Stop the engine the extension started and remove the magics."""
-    from dagnats_nb.engine import default
+    from dagnats_nb.facade import default
 
     magics = _loaded.pop(id(shell), None)
     if magics is not None:

@@ -15,10 +15,10 @@ import pandas as pd
 from dagnats_nb.adapters.notebook.reprs import Status
 from dagnats_nb.config import load_settings
 from dagnats_nb.dag import WorkflowDef, load_workflow
-from dagnats_nb.engine import default
-from dagnats_nb.engine.facade import Engine
-from dagnats_nb.engine.run import Run
 from dagnats_nb.errors import RunError
+from dagnats_nb.facade import default
+from dagnats_nb.facade.engine import Engine
+from dagnats_nb.facade.run import Run
 
 WORKFLOW_COLUMNS = ["workflow", "version", "steps", "tasks", "roots", "terminal"]
 CONFIG_COLUMNS = ["key", "value", "source"]

@@ -73,3 +73,15 @@ def show(sampler: Sampler, refresh: float = 2.0) -> Dashboard | Any:
     except ImportError:
         return plot(sampler.frame())
     return Dashboard(sampler, refresh)
+
+
+def dashboard(engine: Any = None, every: float | str = "1s", refresh: float = 2.0):
+    """A live dashboard (ipywidgets) of ``engine``'s (default: the kernel's engine) stream
+    bytes, consumer lag, run and step rates and dead letters, from a sampler started now
+    (``engine.sample(every)``); redrawn at most every ``refresh`` seconds. Without ipywidgets:
+    the static figure. ``.stop()`` ends the redrawing."""
+    if engine is None:
+        from dagnats_nb.facade import default
+
+        engine = default.engine()
+    return show(engine.sample(every), refresh)

@@ -24,8 +24,8 @@ from dagnats_nb.adapters.notebook import render
 from dagnats_nb.adapters.notebook.render import Frame
 from dagnats_nb.dag import WorkflowDef
 from dagnats_nb.dag.state import RunState
-from dagnats_nb.engine.facade import Engine
-from dagnats_nb.engine.run import Run
+from dagnats_nb.facade.engine import Engine
+from dagnats_nb.facade.run import Run
 
 MAX_FRAMES = 2000
 

@@ -21,9 +21,9 @@ from dagnats_nb.adapters.notebook.live import RunView, in_kernel
 from dagnats_nb.dag import WorkflowDef, load_workflow
 from dagnats_nb.dag.edges import load_edges, looks_like_edges
 from dagnats_nb.dag.validate import workflow_error
-from dagnats_nb.engine import default
-from dagnats_nb.engine.run import Run
 from dagnats_nb.errors import DagnatsError
+from dagnats_nb.facade import default
+from dagnats_nb.facade.run import Run
 
 HELP = """\
 %dagnats SUBCOMMAND [options]  — the notebook console of the kernel's dagnats engine

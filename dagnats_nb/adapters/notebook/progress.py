@@ -34,3 +34,23 @@ def widget_progress(verb: str = "") -> Callable[[str, int, int], None]:
             bar.bar_style = "success"
 
     return update
+
+
+def in_kernel() -> bool:
+    """True inside an IPython kernel (Jupyter), where a widget can show progress."""
+    try:
+        import IPython
+    except ImportError:
+        return False
+    shell = IPython.get_ipython()
+    return shell is not None and hasattr(shell, "kernel")
+
+
+def default_progress(verb: str = "") -> Callable[[str, int, int], None] | None:
+    """A widget progress bar in a Jupyter kernel (None elsewhere, or without ipywidgets)."""
+    if not in_kernel():
+        return None
+    try:
+        return widget_progress(verb)
+    except ImportError:
+        return None

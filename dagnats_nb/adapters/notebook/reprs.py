@@ -14,8 +14,9 @@ import pandas as pd
 from dagnats_nb.adapters.notebook import render
 from dagnats_nb.adapters.notebook.render import Frame
 from dagnats_nb.dag import WorkflowDef
-from dagnats_nb.engine.facade import Engine
-from dagnats_nb.engine.run import Run
+from dagnats_nb.facade.engine import Engine
+from dagnats_nb.facade.run import Run
+from dagnats_nb.observe.report import format_status
 
 
 def engine_info(eng: Engine) -> dict[str, Any]:
@@ -129,8 +130,6 @@ class Status:
         )
 
     def __repr__(self) -> str:
-        from dagnats_nb.adapters.cli.main import format_status
-
         return format_status(self.data)
 
 

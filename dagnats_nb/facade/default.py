@@ -13,8 +13,8 @@ from collections.abc import Callable
 from typing import Any
 
 from dagnats_nb.config import Settings, load_settings
-from dagnats_nb.engine.facade import Engine
 from dagnats_nb.errors import DagnatsError
+from dagnats_nb.facade.engine import Engine
 
 _lock = threading.RLock()
 _engine: Engine | None = None

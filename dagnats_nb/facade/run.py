@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from dagnats_nb.errors import RunError
 
 if TYPE_CHECKING:
-    from dagnats_nb.engine.facade import Engine
+    from dagnats_nb.facade.engine import Engine
 
 TERMINAL = ("completed", "failed", "cancelled")
 

@@ -1,4 +1,4 @@
-"""The engine's read-only views, mixed into :class:`~dagnats_nb.engine.facade.Engine`: JetStream
+"""The engine's read-only views, mixed into :class:`~dagnats_nb.facade.engine.Engine`: JetStream
 stats, NATS monitoring, health rules, the sampler, sizing, status and ``/health``/``/ready``.
 
 Thin: each method gathers with ``dagnats_nb.observe`` on the engine loop and shapes the
@@ -15,7 +15,6 @@ from typing import Any
 
 from nats.js.errors import KeyNotFoundError, NoKeysError, NotFoundError
 
-from dagnats_nb.adapters.notebook import dashboard
 from dagnats_nb.dag import parse_duration
 from dagnats_nb.observe import health, monitor, sampler, sizing, stats
 from dagnats_nb.server.process import read_engine_info
@@ -113,12 +112,6 @@ class Observing:
         self._call(begin())
         self._sampler = s
         return s
-
-    def dashboard(self, every: float | str = "1s", refresh: float = 2.0):
-        """A live dashboard (ipywidgets) of stream bytes, consumer lag, run and step rates
-        and dead letters, from a sampler started now; redrawn at most every ``refresh``
-        seconds. Without ipywidgets: the static figure. ``.stop()`` ends the redrawing."""
-        return dashboard.show(self.sample(every), refresh)
 
     def stop_sampling(self) -> None:
         if self._sampler is not None:
@@ -242,28 +235,3 @@ class Observing:
             served_tasks={t for w in workers for t in w.get("tasks", {})},
         )
         return health.evaluate(snap, health.Thresholds.from_settings(self.settings))
-
-    async def _http_health(self, request) -> tuple[int, dict[str, Any]]:
-        """200 only if NATS is connected and JetStream answers."""
-        if self._nc is None or not self._nc.is_connected:
-            return 503, {"status": "unhealthy", "reason": f"not connected to NATS at {self.url}"}
-        try:
-            await asyncio.wait_for(stats.api(self._nc, "INFO"), 2)
-        except Exception as exc:
-            reason = f"JetStream does not answer: {type(exc).__name__}: {exc}"
-            return 503, {"status": "unhealthy", "reason": reason}
-        return 200, {"status": "healthy", "url": self.url}
-
-    async def _http_ready(self, request) -> tuple[int, dict[str, Any]]:
-        """200 only once server, resources, orchestrator replay and workers have started."""
-        waiting = [part for part, done in self._started.items() if not done]
-        if not waiting:
-            status, body = await self._http_health(request)
-            if status != 200:
-                return 503, {"status": "not ready", "reason": body["reason"]}
-            return 200, {"status": "ready", "components": dict(self._started)}
-        reason = f"waiting for {', '.join(waiting)}"
-        o = self.orchestrator
-        if o is not None and o.replaying:
-            reason += f" (replaying history: {o.replayed_events} events applied)"
-        return 503, {"status": "not ready", "reason": reason, "components": dict(self._started)}

@@ -23,32 +23,28 @@ import nats
 import nats.errors
 from nats.js.errors import APIError, KeyNotFoundError, NoKeysError, NotFoundError
 
-from dagnats_nb.adapters.http.bridge import Bridge
-from dagnats_nb.adapters.http.hooks import Webhooks
-from dagnats_nb.adapters.http.server import HTTPServer
 from dagnats_nb.config import Settings, load_settings
 from dagnats_nb.dag import WorkflowDef, load_workflow
 from dagnats_nb.dag.advance import replay
-from dagnats_nb.engine.observing import Observing
-from dagnats_nb.engine.run import Run, RunTimeout
-from dagnats_nb.engine.views import events_frame, runs_frame, steps_frame
-from dagnats_nb.errors import DagnatsError, RunError, ServerError
+from dagnats_nb.errors import BackupError, DagnatsError, RunError, ServerError
+from dagnats_nb.facade import extensions
+from dagnats_nb.facade.observing import Observing
+from dagnats_nb.facade.run import Run, RunTimeout
+from dagnats_nb.facade.views import events_frame, runs_frame, steps_frame
 from dagnats_nb.observe import sampler
+from dagnats_nb.ops import backup
 from dagnats_nb.runtime import dead_letters
+from dagnats_nb.runtime.capacity import share_capacity
 from dagnats_nb.runtime.dead_letters import dead_letters_frame, read_dead_letters
 from dagnats_nb.runtime.handlers import make_handler
+from dagnats_nb.runtime.host import WorkerHost
 from dagnats_nb.runtime.loop import LoopThread
 from dagnats_nb.runtime.orchestrator import Orchestrator
 from dagnats_nb.runtime.threads import DaemonThreadPool
-from dagnats_nb.runtime.worker_process import share_capacity
-from dagnats_nb.runtime.workers import (
-    TaskWorker,
-    WorkerRegistry,
-    ensure_task_consumer,
-    new_worker_id,
-)
-from dagnats_nb.server.process import EmbeddedServer, read_engine_info
+from dagnats_nb.runtime.workers import TaskWorker, ensure_task_consumer, new_worker_id
+from dagnats_nb.server.process import EmbeddedServer, require_engine_url
 from dagnats_nb.transport import jetstream
+from dagnats_nb.transport.connect import close_connection, connect
 from dagnats_nb.transport.stores import DefinitionStore, PayloadStore
 from dagnats_nb.wire import protocol, resources
 from dagnats_nb.wire.resources import store_error
@@ -79,8 +75,7 @@ class Engine(Observing):
         self.defs: DefinitionStore | None = None
         self.payloads: PayloadStore | None = None
         self.orchestrator: Orchestrator | None = None
-        self.registry: WorkerRegistry | None = None
-        self.workers: dict[str, TaskWorker] = {}
+        self.host: WorkerHost | None = None  # this process's task workers
         self._executor: DaemonThreadPool | None = None
         self.started_at: float | None = None
         self._dlq_samples: deque[tuple[float, int]] = deque(maxlen=1000)
@@ -90,11 +85,13 @@ class Engine(Observing):
             "orchestrator": False,
             "workers": False,
         }
-        self.http: HTTPServer | None = None
-        self.bridge: Bridge | None = None  # the HTTP worker bridge (bridge_token set)
+        self.extensions: list[extensions.Extension] = []  # adapters plugged in (HTTP...)
         self._sampler: sampler.Sampler | None = None
-        self.http_url: str | None = None
+        self.http_url: str | None = None  # where /health and /ready answer (http_addr set)
         self.llm = None  # the built-in llm task type (dagnats_nb.llm.LLMService)
+        self._paused: list | None = None  # the handlers to start again on resume()
+
+    add_extension = staticmethod(extensions.add_extension)
 
     # -- life cycle ---------------------------------------------------------------------
 
@@ -137,13 +134,7 @@ class Engine(Observing):
         cfg = load_settings(config, data_dir=data_dir, **settings)
         eng = cls(cfg, embedded=False)
         if url is None:
-            info = read_engine_info(cfg.data_dir)
-            if not info or not info.get("alive"):
-                raise ServerError(
-                    f"no engine is running on {cfg.data_dir}: start one with "
-                    "`dagnats serve` or Engine.start(), or pass --data-dir"
-                )
-            url = info["url"]
+            url = require_engine_url(cfg.data_dir)
         eng.url = url
         eng._loop = LoopThread("dagnats-client")
         try:
@@ -170,22 +161,7 @@ class Engine(Observing):
         self.started_at = time.time()
 
     async def _connect(self) -> None:
-        try:
-            self._nc = await nats.connect(
-                jetstream.server_list(self.url),
-                error_cb=_on_nats_error,
-                disconnected_cb=_on_disconnect,
-                reconnected_cb=_on_reconnect,
-                name=f"dagnats-nb {self.worker_id}",
-                max_reconnect_attempts=3,  # at start (a dead nats_url fails fast); then:
-                reconnect_time_wait=0.5,
-                connect_timeout=5,
-                allow_reconnect=True,
-            )
-        except Exception as exc:
-            why = str(exc) or type(exc).__name__
-            raise ServerError(f"cannot connect to NATS at {self.url}: {why}") from None
-        self._nc.options["max_reconnect_attempts"] = -1  # ride out a server's loss
+        self._nc = await connect(self.url, name=f"dagnats-nb {self.worker_id}")
         # its own embedded server: local JetStream; elsewhere jetstream_domain, if set
         domain = None if self.server is not None else self.settings.jetstream_domain
         self._js = jetstream.jetstream(self._nc, domain, timeout=10)
@@ -195,15 +171,12 @@ class Engine(Observing):
     async def _boot_async(self) -> None:
         await self._connect()
         self._started["server"] = True
+        for factory in extensions.factories():  # first: /ready can say what start-up waits for
+            extension = factory(self)
+            if extension is not None:
+                await extension.start()
+                self.extensions.append(extension)
         s = self.settings
-        if s.http_addr:  # first, so /ready can say what start-up waits for
-            routes = {("GET", "/health"): self._http_health, ("GET", "/ready"): self._http_ready}
-            routes.update(Webhooks(self).routes())  # each trigger is off without a secret
-            if s.bridge_token:
-                self.bridge = Bridge(self)
-                routes.update(self.bridge.routes())
-            self.http = HTTPServer(routes)
-            self.http_url = await self.http.start(s.http_addr)
         max_age = s.runs_max_age.total_seconds() if s.runs_max_age else None
         streams = resources.streams_for(max_age, s.history_max_bytes, s.max_store_bytes)
         await jetstream.ensure_resources(self._js, streams, s.nats_jetstream_replicas, self.url)
@@ -211,8 +184,10 @@ class Engine(Observing):
         self.orchestrator = Orchestrator(self._nc, self._js, self.defs, self.payloads)
         await self.orchestrator.start()
         self._started["orchestrator"] = True
-        self.registry = WorkerRegistry(self._js, self.worker_id)
-        await self.registry.start()
+        self.host = WorkerHost(
+            self._nc, self._js, self.payloads, self.worker_id, self._executor, self._store_full
+        )
+        await self.host.start()
         if s.llm_enabled:
             await self._start_llm()
         self._started["workers"] = True
@@ -234,17 +209,18 @@ class Engine(Observing):
         await asyncio.to_thread(self.stop)
 
     async def _stop_async(self) -> None:
-        if self.http is not None:
-            await self.http.stop()
-        if self.bridge is not None:
-            await self.bridge.stop()
+        for extension in reversed(self.extensions):
+            try:
+                await extension.stop()
+            except Exception as exc:
+                log.debug("engine stop: %s", exc)
         if self._sampler is not None:
             await self._sampler.stop()
         # Without a connection there is nothing to drain or deregister: do not wait for it.
         online = self._nc is not None and self._nc.is_connected
-        parts = [w.stop(drain_timeout=5.0 if online else 0.0) for w in self.workers.values()]
-        if self.registry is not None:
-            parts.append(self.registry.stop())
+        parts = []
+        if self.host is not None:
+            parts.append(self.host.stop(drain_timeout=5.0 if online else 0.0, deregister=online))
         if self.orchestrator is not None:
             parts.append(self.orchestrator.stop())
         for part in parts:
@@ -255,7 +231,53 @@ class Engine(Observing):
         if self.llm is not None:
             await self.llm.close()
         if self._nc is not None:
-            await jetstream.close_connection(self._nc)
+            await close_connection(self._nc)
+
+    def pause(self) -> None:
+        """Stop taking tasks and applying history (in-flight tasks get 5 s, then go back to
+        the queue); the connection stays. :meth:`resume` starts both again."""
+        self._need_orchestrator("pause")
+        self._call(self._pause())
+
+    async def pause_async(self) -> None:
+        self._need_orchestrator("pause")
+        await self._call_async(self._pause())
+
+    def resume(self) -> None:
+        """Start again after :meth:`pause`: the streams are ensured (one missing is created
+        empty), the orchestrator replays the history, the handlers take tasks again."""
+        self._call(self._resume())
+
+    async def resume_async(self) -> None:
+        await self._call_async(self._resume())
+
+    async def _pause(self) -> None:
+        if self._paused is not None:
+            return
+        self._paused = await self.host.stop_workers(drain_timeout=5.0)
+        await self.orchestrator.stop()
+        self._started["orchestrator"] = self._started["workers"] = False
+
+    async def _resume(self) -> None:
+        if self._paused is None:
+            return
+        s = self.settings
+        max_age = s.runs_max_age.total_seconds() if s.runs_max_age else None
+        streams = resources.streams_for(max_age, s.history_max_bytes, s.max_store_bytes)
+        await jetstream.ensure_resources(self._js, streams, s.nats_jetstream_replicas, self.url)
+        self.defs = DefinitionStore(self._js)  # what the streams hold now, not a cache
+        self.orchestrator = Orchestrator(self._nc, self._js, self.defs, self.payloads)
+        await self.orchestrator.start()  # replays the history
+        self._started["orchestrator"] = True
+        handlers, self._paused = self._paused, None
+        for handler in handlers:
+            await self._add_worker(handler)
+        self._started["workers"] = True
+
+    @property
+    def workers(self) -> dict[str, TaskWorker]:
+        """This engine's task workers by task type."""
+        return self.host.workers if self.host is not None else {}
 
     def __enter__(self) -> Engine:
         return self
@@ -289,24 +311,10 @@ class Engine(Observing):
                 w.handler.concurrency for w in self.workers.values() if not w.handler.is_async
             )
             self._executor.max_workers = max(32, sync + handler.concurrency)
-        old = self.workers.pop(handler.task, None)
-        if old is not None:
-            await old.stop(drain_timeout=1.0)
-        w = TaskWorker(
-            self._nc,
-            self._js,
-            self.payloads,
-            handler,
-            self.worker_id,
-            self.settings.ack_wait.total_seconds(),
-            self._executor,
-            on_fault=self._store_full,
-        )
-        await w.start()
-        self.workers[handler.task] = w
-        self.registry.tasks[handler.task] = w
-        await self.registry.beat()
-        await share_capacity(self._js, handler.task, self.settings.ack_wait.total_seconds())
+        ack_wait = self.settings.ack_wait.total_seconds()
+        await self.host.add(handler, ack_wait)
+        await self.host.registry.beat()
+        await share_capacity(self._js, handler.task, ack_wait)
 
     def _store_full(self, message: str) -> None:
         if self.orchestrator is not None:
@@ -631,23 +639,19 @@ class Engine(Observing):
     # -- backup and restore (dagnats_nb.ops.backup) -------------------------------------------
 
     def backup(self, dir: str | os.PathLike, streams: list[str] | None = None, progress=None):
-        """Snapshot the engine's streams (default: history, task queues, definitions, runs)
-        to ``dir/<STREAM>/`` as ``nats stream backup`` does; a DataFrame, one row per stream
-        (stream, messages, bytes, first_seq, last_seq, seconds, mb_per_s). A progress bar
-        shows in Jupyter; ``progress(stream, done_bytes, total_bytes)`` replaces it."""
-        from dagnats_nb.ops import backup
-
-        progress = progress or backup.default_progress("backing up")
-        return backup.results_frame(self._call(backup.engine_backup(self, dir, streams, progress)))
+        """Snapshot the engine's streams (default: history, task queues, definitions, runs,
+        payloads) to ``dir/<STREAM>/`` as ``nats stream backup`` does; a DataFrame, one row
+        per stream (stream, messages, bytes, first_seq, last_seq, seconds, mb_per_s). A
+        progress bar shows in Jupyter; ``progress(stream, done_bytes, total_bytes)`` replaces
+        it."""
+        progress = progress or extensions.default_progress("backing up")
+        return backup.results_frame(self._call(self._backup(dir, streams, progress)))
 
     async def backup_async(
         self, dir: str | os.PathLike, streams: list[str] | None = None, progress=None
     ):
-        from dagnats_nb.ops import backup
-
-        progress = progress or backup.default_progress("backing up")
-        rows = await self._call_async(backup.engine_backup(self, dir, streams, progress))
-        return backup.results_frame(rows)
+        progress = progress or extensions.default_progress("backing up")
+        return backup.results_frame(await self._call_async(self._backup(dir, streams, progress)))
 
     def restore(
         self,
@@ -657,14 +661,11 @@ class Engine(Observing):
         progress=None,
     ):
         """Restore the streams backed up in ``dir`` (or only ``streams``); existing streams
-        only with ``force``. The running engine pauses its workers and orchestrator, and
-        starts them again on the restored streams (runs are rebuilt by replay; waits on
-        runs in progress end with CancelledError). Same DataFrame as :meth:`backup`."""
-        from dagnats_nb.ops import backup
-
-        progress = progress or backup.default_progress("restoring")
-        rows = self._call(backup.engine_restore(self, dir, force, streams, progress))
-        return backup.results_frame(rows)
+        only with ``force``. Once every folder is checked the engine pauses (:meth:`pause`),
+        restores, and resumes whatever happened: runs are rebuilt by replay; waits on runs in
+        progress end with CancelledError. Same DataFrame as :meth:`backup`."""
+        progress = progress or extensions.default_progress("restoring")
+        return backup.results_frame(self._call(self._restore(dir, force, streams, progress)))
 
     async def restore_async(
         self,
@@ -673,11 +674,29 @@ class Engine(Observing):
         streams: list[str] | None = None,
         progress=None,
     ):
-        from dagnats_nb.ops import backup
-
-        progress = progress or backup.default_progress("restoring")
-        rows = await self._call_async(backup.engine_restore(self, dir, force, streams, progress))
+        progress = progress or extensions.default_progress("restoring")
+        rows = await self._call_async(self._restore(dir, force, streams, progress))
         return backup.results_frame(rows)
+
+    async def _backup(self, dir, streams, progress) -> list:
+        api = backup.api_prefix(self.settings.jetstream_domain)
+        return await backup.backup_streams(self._nc, dir, streams, progress, api=api)
+
+    async def _restore(self, dir, force, streams, progress) -> list:
+        if self.orchestrator is None:
+            raise BackupError(
+                "cannot restore through an attached engine: the engine that owns the data dir "
+                "would keep its old state; call restore in that engine's process, or stop it "
+                "and run `dagnats restore`"
+            )
+        api = backup.api_prefix(self.settings.jetstream_domain)
+        plan = await backup.plan_restore(self._nc, dir, force, streams, api)
+        await self._pause()
+        try:
+            scratch = self.settings.data_dir
+            return await backup.run_restore(self._nc, plan, progress, api, scratch=scratch)
+        finally:
+            await self._resume()
 
     # -- llm -----------------------------------------------------------------------------
 
@@ -773,18 +792,6 @@ def _stop_at_exit(ref: weakref.ref) -> None:
     eng = ref()
     if eng is not None and eng.running:
         eng.stop()
-
-
-async def _on_nats_error(exc: Exception) -> None:
-    log.debug("nats: %s", exc)
-
-
-async def _on_disconnect() -> None:
-    log.info("disconnected from NATS; reconnecting")
-
-
-async def _on_reconnect() -> None:
-    log.info("reconnected to NATS")
 
 
 def _looks_like_definition(text: str) -> bool:

@@ -1,0 +1,44 @@
+"""A task type's capacity over every process: the task consumer's ``MaxAckPending`` is the
+sum of the concurrencies the live workers declare for it in the ``workers`` KV, so two
+processes of concurrency 4 run 8 tasks at once."""
+
+from __future__ import annotations
+
+import json
+
+from nats.js import JetStreamContext
+from nats.js.errors import KeyNotFoundError, NoKeysError, NotFoundError
+
+from dagnats_nb.runtime.workers import ensure_task_consumer
+
+
+async def share_capacity(js: JetStreamContext, task: str, ack_wait: float) -> int:
+    """Set the task consumer's MaxAckPending to the sum of the concurrencies the live
+    workers declare for ``task`` in the ``workers`` KV (the engine calls this when it adds
+    a handler, so worker processes already running keep their share); the sum."""
+    total = (await registered_concurrency(js)).get(task, 0)
+    if total >= 1:
+        await ensure_task_consumer(js, task, ack_wait, total)
+    return total
+
+
+async def registered_concurrency(
+    js: JetStreamContext, exclude: str | None = None
+) -> dict[str, int]:
+    """Sum of the concurrency per task over the live entries of the ``workers`` KV."""
+    kv = await js.key_value("workers")
+    try:
+        keys = await kv.keys()
+    except (NoKeysError, NotFoundError):
+        return {}
+    totals: dict[str, int] = {}
+    for key in keys:
+        if key == exclude:
+            continue
+        try:
+            body = json.loads((await kv.get(key)).value)
+        except (KeyNotFoundError, NotFoundError, ValueError, TypeError):
+            continue
+        for task, info in (body.get("tasks") or {}).items():
+            totals[task] = totals.get(task, 0) + int(info.get("concurrency") or 0)
+    return totals
