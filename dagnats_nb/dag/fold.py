@@ -1,0 +1,287 @@
+"""How each event, or timer, folds into a run's state (`Fold`): a worker's report, a
+decision coming back from the history, a dead letter replayed, a retry or loop timer
+firing. What follows from it is decided by `transaction.Transaction`."""
+
+from __future__ import annotations
+
+from .events import (
+    MAP_INSTANCE_COMPLETED,
+    RETRIABLE,
+    RUN_TERMINAL_EVENTS,
+    STEP_COMPLETED,
+    STEP_CONTINUE,
+    STEP_FAILED,
+    STEP_QUEUED,
+    STEP_REPLAYED,
+    STEP_STARTED,
+    WORKFLOW_CANCELLED,
+    WORKFLOW_FAILED,
+    Event,
+)
+from .plan import resolve_input, run_output
+from .state import (
+    CANCELLED,
+    FAILED,
+    PENDING,
+    QUEUED,
+    RETRYING,
+    RUN_CANCELLED,
+    RUN_COMPLETED,
+    RUN_FAILED,
+    RUN_RUNNING,
+    RUNNING,
+    STEP_TERMINAL,
+    WAITING,
+    SetTimer,
+    Timer,
+)
+from .transaction import Transaction
+
+LOOP_MAX_ITERATIONS_STOP = "max_iterations"
+LOOP_MAX_DURATION_STOP = "max_duration"
+
+
+class Fold(Transaction):
+    """One event (``on_event``) or timer (``on_timer``) applied to a run."""
+
+    # -- events ------------------------------------------------------------------------
+
+    def on_event(self, e: Event) -> None:
+        s = self.state
+        t = e.type
+        if t in RUN_TERMINAL_EVENTS:
+            self.on_run_terminal(e)
+            return
+        if t == STEP_REPLAYED:
+            self.on_replayed(e)
+            return
+        if s.terminal or not e.step_id or e.step_id not in self.plan.deps:
+            return
+        if t == STEP_QUEUED:
+            self.on_queued(e)
+        elif t == STEP_STARTED:
+            self.on_started(e)
+        elif t in (STEP_COMPLETED, MAP_INSTANCE_COMPLETED):
+            self.on_completed(e)
+        elif t == STEP_FAILED:
+            self.on_failed(e)
+        elif t == STEP_CONTINUE:
+            self.on_continue(e)
+        # step.skipped, step.map.started, step.map.completed: decisions already applied.
+
+    def on_run_terminal(self, e: Event) -> None:
+        s = self.state
+        if s.terminal:
+            return
+        payload = e.payload or {}
+        if e.type == WORKFLOW_CANCELLED:
+            self.end_run(RUN_CANCELLED, error=payload.get("reason") or "cancelled", publish=False)
+        elif e.type == WORKFLOW_FAILED:
+            self.end_run(RUN_FAILED, error=payload.get("error", "failed"), publish=False)
+        else:
+            output = payload["output"] if "output" in payload else run_output(self.defn, s)
+            self.end_run(RUN_COMPLETED, output=output, publish=False)
+
+    def on_queued(self, e: Event) -> None:
+        if self.catch_up(e) or e.map_index is not None:
+            return
+        cur = self.state.step(e.step_id)
+        if cur.status == PENDING:
+            # Dispatched by a run whose decision event we never saw: accept it.
+            st = self.st(e.step_id)
+            st.status, st.attempt, st.iteration = QUEUED, e.attempt_number, e.iteration or 0
+            st.queued_at = st.first_at = self.now
+            st.input = resolve_input(self.defn, self.state, e.step_id)
+
+    def catch_up(self, e: Event) -> bool:
+        """Apply a timer's decision (retry, loop) this state has not seen; True if it did.
+
+        A timer is not an event: its step.queued event carries the decision. A worker's
+        report on the new attempt or iteration proves it too, and can come first: the task
+        is stored before its step.queued event, and a crash in between loses the latter.
+        """
+        idx = e.map_index
+        if idx is not None:
+            m = self.state.step(e.step_id).map
+            inst = m.active.get(idx) if m else None
+            if inst is not None and inst.status == RETRYING and e.attempt_number > inst.attempt:
+                inst = self.instance(e.step_id, idx)
+                inst.status, inst.attempt, inst.due_at = QUEUED, e.attempt_number, None
+                return True
+            return False
+        cur = self.state.step(e.step_id)
+        newer = (e.iteration or 0, e.attempt_number) > (cur.iteration, cur.attempt)
+        if cur.status not in (RETRYING, WAITING) or not newer:
+            return False
+        st = self.st(e.step_id)
+        if cur.status == WAITING:
+            st.input = st.output
+            st.output = None
+        st.status, st.attempt, st.iteration = QUEUED, e.attempt_number, e.iteration or 0
+        st.due_at, st.queued_at = None, self.now
+        return True
+
+    def on_started(self, e: Event) -> None:
+        self.catch_up(e)
+        cur = self.state.step(e.step_id)
+        idx = e.map_index
+        if idx is not None:
+            inst = cur.map.active.get(idx) if cur.map else None
+            if inst is not None and inst.status == QUEUED and e.attempt_number == inst.attempt:
+                self.instance(e.step_id, idx).status = RUNNING
+            if cur.status == QUEUED:
+                self.st(e.step_id).status = RUNNING
+            return
+        same = e.attempt_number in (0, cur.attempt) and (e.iteration or 0) == cur.iteration
+        if cur.status in (QUEUED, PENDING) and same:
+            st = self.st(e.step_id)
+            st.status = RUNNING
+            st.started_at = self.now
+            st.worker_id = e.worker_id
+
+    def on_completed(self, e: Event) -> None:
+        self.catch_up(e)
+        cur = self.state.step(e.step_id)
+        if cur.status in STEP_TERMINAL:
+            return  # a duplicate delivery: applied once
+        output = (e.payload or {}).get("output")
+        self.bind(e.worker_id)
+        idx = e.map_index
+        if idx is not None:
+            self.instance_completed(e.step_id, idx, output)
+            return
+        if (e.iteration or 0) != cur.iteration:
+            return  # an earlier loop iteration's late report (its attempt is 1 again)
+        self.complete_step(e.step_id, output, worker_id=e.worker_id)
+        self.schedule()
+
+    def bind(self, worker_id: str) -> None:
+        """Sticky workflows: the first worker to complete a step takes the run's later tasks."""
+        if self.defn.sticky and worker_id and not self.state.bound_worker:
+            self.state.bound_worker = worker_id
+
+    def on_replayed(self, e: Event) -> None:
+        """A dead letter replayed: a failed run resumes at its failed step (a new attempt),
+        and the steps its failure cancelled in flight are dispatched again. Anything else
+        (the run completed, the step not failed, a second replay) is a no-op."""
+        s = self.state
+        cur = s.step(e.step_id)
+        if s.status != RUN_FAILED or cur.status != FAILED or e.step_id not in self.plan.deps:
+            return
+        s.status, s.ended_at, s.error, s.output = RUN_RUNNING, None, None, None
+        s.reopened += 1
+        s.resumed_at = self.now
+        if e.step_id not in self.plan.handlers:
+            s.failure = None  # a replayed on_failure handler still ends the run failed
+        if self.defn.timeout:
+            deadline = self.now + self.defn.timeout.total_seconds()
+            self.actions.append(SetTimer(deadline, "run_timeout", seqno=s.reopened))
+        for sid, step in list(s.steps.items()):
+            if sid == e.step_id or step.status == CANCELLED:
+                self.reopen_step(sid)
+        self.schedule()
+
+    def reopen_step(self, step_id: str) -> None:
+        cur = self.state.step(step_id)
+        if cur.attempt == 0 and cur.map is None:  # never dispatched: pending again
+            del self.state.steps[step_id]
+            self._owned.discard(step_id)
+            return
+        st = self.st(step_id)
+        st.error, st.ended_at = None, None
+        if st.map is None:
+            self.dispatch(step_id, cur.attempt + 1, cur.iteration)
+            return
+        st.status = QUEUED
+        for idx, inst in list(st.map.active.items()):
+            self.dispatch_instance(step_id, idx, inst.attempt + 1)
+
+    def on_failed(self, e: Event) -> None:
+        self.catch_up(e)
+        cur = self.state.step(e.step_id)
+        if cur.status in STEP_TERMINAL:
+            return
+        payload = e.payload or {}
+        error = str(payload.get("error") or "failed")
+        kind = payload.get("failure_type", RETRIABLE)
+        idx = e.map_index
+        if idx is not None:
+            inst = cur.map.active.get(idx) if cur.map else None
+            if inst is None or inst.status == RETRYING or e.attempt_number not in (0, inst.attempt):
+                return
+            delay = self.retry_delay(e.step_id, inst.attempt, kind, payload)
+            if delay is None:
+                self.fail_step(e.step_id, f"item {idx}: {error}", inst.attempt, idx)
+                return
+            inst = self.instance(e.step_id, idx)
+            inst.status, inst.due_at = RETRYING, self.now + delay
+            self.actions.append(SetTimer(inst.due_at, "retry", e.step_id, idx, inst.attempt))
+            return
+        stale = e.attempt_number not in (0, cur.attempt) or (e.iteration or 0) != cur.iteration
+        if cur.status == RETRYING or stale:
+            return  # stale: an earlier attempt's (or loop iteration's) late report
+        delay = self.retry_delay(e.step_id, cur.attempt, kind, payload)
+        if delay is None:
+            self.fail_step(e.step_id, error, cur.attempt)
+            return
+        st = self.st(e.step_id)
+        st.status, st.error, st.due_at = RETRYING, error, self.now + delay
+        self.actions.append(SetTimer(st.due_at, "retry", e.step_id, None, st.attempt))
+
+    def on_continue(self, e: Event) -> None:
+        self.catch_up(e)
+        cur = self.state.step(e.step_id)
+        if cur.status in STEP_TERMINAL or cur.status == WAITING:
+            return
+        if (e.iteration or 0) != cur.iteration:
+            return
+        loop = self.plan.loops.get(e.step_id)
+        output = (e.payload or {}).get("output")
+        nxt = cur.iteration + 1
+        stop = None
+        if loop is None or nxt >= loop.max_iterations:
+            stop = LOOP_MAX_ITERATIONS_STOP
+        elif loop.max_duration and self.now - (cur.first_at or self.now) >= (
+            loop.max_duration.total_seconds()
+        ):
+            stop = LOOP_MAX_DURATION_STOP
+        if stop is not None:
+            self.complete_step(e.step_id, output, stopped=stop, publish=True)
+            self.schedule()
+            return
+        st = self.st(e.step_id)
+        st.output = output
+        delay = loop.loop_delay.total_seconds() if loop.loop_delay else 0.0
+        if delay > 0:
+            st.status, st.due_at = WAITING, self.now + delay
+            self.actions.append(SetTimer(st.due_at, "loop", e.step_id, None, nxt))
+        else:
+            st.input, st.output = output, None
+            self.dispatch(e.step_id, attempt=1, iteration=nxt)
+
+    def on_timer(self, t: Timer) -> None:
+        """Publish the timer's decision and leave the state alone: a timer is not an event,
+        so the state changes when the decision's event comes back (``catch_up``,
+        ``on_run_terminal``), in the same place in the history as on replay."""
+        s = self.state
+        if s.terminal:
+            return
+        if t.kind == "run_timeout":
+            if t.seqno != s.reopened:
+                return  # the deadline of the run before a replay reopened it
+            timeout = self.defn.timeout.total_seconds() if self.defn.timeout else 0
+            error = f"workflow '{s.workflow}' timed out after {timeout:g}s"
+            payload = {"error": error}
+            self.publish(self.event(WORKFLOW_FAILED, payload=payload, attempt=s.reopened))
+            return
+        cur = s.step(t.step_id)
+        if t.kind == "loop" and cur.status == WAITING and cur.iteration + 1 == t.seqno:
+            self.publish_task(t.step_id, cur.output, 1, t.seqno)
+        elif t.kind == "retry" and t.map_index is None:
+            if cur.status == RETRYING and cur.attempt == t.seqno:
+                self.publish_task(t.step_id, cur.input, cur.attempt + 1, cur.iteration)
+        elif t.kind == "retry" and cur.map is not None:
+            inst = cur.map.active.get(t.map_index)
+            if inst is not None and inst.status == RETRYING and inst.attempt == t.seqno:
+                value = cur.input[t.map_index]
+                self.publish_task(t.step_id, value, inst.attempt + 1, 0, t.map_index)
