@@ -60,6 +60,6 @@ def test_small_store_caps_telemetry_below_it(tmp_path):
 def test_store_error_ignores_api_errors_without_a_code():
     from nats.js.errors import KeyWrongLastSequenceError
 
-    from dagnats_nb.wire.resources import store_error
+    from dagnats_nb.transport.errors import store_error
 
     assert store_error(KeyWrongLastSequenceError("wrong last sequence")) is None

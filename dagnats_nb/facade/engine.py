@@ -43,11 +43,11 @@ from dagnats_nb.runtime.orchestrator import Orchestrator
 from dagnats_nb.runtime.threads import DaemonThreadPool
 from dagnats_nb.runtime.workers import TaskWorker, ensure_task_consumer, new_worker_id
 from dagnats_nb.server.process import EmbeddedServer, require_engine_url
-from dagnats_nb.transport import jetstream
+from dagnats_nb.transport import jetstream, provision
 from dagnats_nb.transport.connect import close_connection, connect
+from dagnats_nb.transport.errors import store_error
 from dagnats_nb.transport.stores import DefinitionStore, PayloadStore
 from dagnats_nb.wire import protocol, resources
-from dagnats_nb.wire.resources import store_error
 
 log = logging.getLogger("dagnats_nb")
 
@@ -179,7 +179,7 @@ class Engine(Observing):
         s = self.settings
         max_age = s.runs_max_age.total_seconds() if s.runs_max_age else None
         streams = resources.streams_for(max_age, s.history_max_bytes, s.max_store_bytes)
-        await jetstream.ensure_resources(self._js, streams, s.nats_jetstream_replicas, self.url)
+        await provision.ensure_resources(self._js, streams, s.nats_jetstream_replicas, self.url)
         self._started["resources"] = True
         self.orchestrator = Orchestrator(self._nc, self._js, self.defs, self.payloads)
         await self.orchestrator.start()
@@ -264,7 +264,7 @@ class Engine(Observing):
         s = self.settings
         max_age = s.runs_max_age.total_seconds() if s.runs_max_age else None
         streams = resources.streams_for(max_age, s.history_max_bytes, s.max_store_bytes)
-        await jetstream.ensure_resources(self._js, streams, s.nats_jetstream_replicas, self.url)
+        await provision.ensure_resources(self._js, streams, s.nats_jetstream_replicas, self.url)
         self.defs = DefinitionStore(self._js)  # what the streams hold now, not a cache
         self.orchestrator = Orchestrator(self._nc, self._js, self.defs, self.payloads)
         await self.orchestrator.start()  # replays the history

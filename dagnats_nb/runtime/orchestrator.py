@@ -27,9 +27,9 @@ from dagnats_nb.dag.advance import advance, compact, resume, start
 from dagnats_nb.dag.state import DeadLetter, Dispatch, Publish, RunEnded, RunState, SetTimer, Timer
 from dagnats_nb.errors import RunError
 from dagnats_nb.runtime.sticky import FALLBACK_CHECK, StickyRouter, still_waiting
+from dagnats_nb.transport.errors import store_error
 from dagnats_nb.transport.stores import DefinitionStore, PayloadStore
 from dagnats_nb.wire import protocol
-from dagnats_nb.wire.resources import store_error
 
 log = logging.getLogger("dagnats_nb.runtime.orchestrator")
 

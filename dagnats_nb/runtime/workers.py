@@ -30,9 +30,9 @@ from nats.js.errors import FetchTimeoutError, NotFoundError
 
 from dagnats_nb.runtime.handlers import Continue, Handler, Permanent, RetryAfter, TaskContext
 from dagnats_nb.transport.buffer import take_buffered
+from dagnats_nb.transport.errors import store_error
 from dagnats_nb.transport.stores import PayloadStore
 from dagnats_nb.wire import protocol
-from dagnats_nb.wire.resources import store_error
 
 log = logging.getLogger("dagnats_nb.runtime.workers")
 

@@ -37,12 +37,8 @@ from nats.js.client import NO_RESPONDERS_STATUS
 from nats.js.errors import (
     APIError,
     NoStreamResponseError,
-    NotFoundError,
     TooManyStalledMsgsError,
 )
-
-from dagnats_nb.errors import ConfigError
-from dagnats_nb.wire import protocol
 
 __all__ = [
     "ClusterJetStream",
@@ -253,36 +249,3 @@ def _retriable_error(error: dict) -> bool:
     temporarily unavailable; never a full store (a 503 with its own code)."""
     code = error.get("err_code")
     return code in _RETRIABLE_CODES or (error.get("code") == 503 and not code)
-
-
-async def ensure_resources(js: JetStreamContext, streams: tuple, replicas: int, where: str) -> None:
-    """``resources.ensure`` with ``replicas``; a replica count the server cannot place is one
-    line naming ``nats_jetstream_replicas``."""
-    from dagnats_nb.wire import resources
-
-    try:
-        await _set_replicas(js, resources.BUCKETS, replicas)
-        await resources.ensure(js, streams, replicas=replicas)
-    except APIError as exc:
-        if exc.err_code not in (10074, 10005):  # not clustered / no suitable peers
-            raise
-        raise ConfigError(
-            f"nats_jetstream_replicas = {replicas}: NATS at {where} cannot place {replicas} "
-            f"replicas ({exc.description}); use 1 on a single server, at most the number of "
-            "servers of a cluster"
-        ) from None
-
-
-async def _set_replicas(js: JetStreamContext, buckets: tuple, replicas: int) -> None:
-    """Give existing KV buckets and the payload object store ``replicas``: creating them
-    again with another replica count is refused ("already in use with a different
-    configuration"), so a deployment moving to a cluster updates them first."""
-
-    for name in [b.stream for b in buckets] + [f"OBJ_{protocol.PAYLOAD_BUCKET}"]:
-        try:
-            info = await js.stream_info(name)
-        except NotFoundError:
-            continue
-        if info.config.num_replicas != replicas:
-            info.config.num_replicas = replicas
-            await js.update_stream(info.config)

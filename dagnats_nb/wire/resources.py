@@ -1,6 +1,7 @@
-"""The NATS layout (streams and KV buckets of WIRE.md) declared as data, and one ``ensure()``.
+"""The NATS layout (streams and KV buckets of WIRE.md) declared as data.
 
-``observe`` code reads the same declarations to compare configured limits with usage.
+``transport.provision.ensure_resources`` creates them on the server; ``observe`` code reads
+the same declarations to compare configured limits with usage.
 """
 
 from __future__ import annotations
@@ -8,9 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from nats.js import JetStreamContext
 from nats.js import api as js_api
-from nats.js.errors import APIError, BadRequestError, NotFoundError
 
 from dagnats_nb.wire import protocol
 
@@ -96,51 +95,3 @@ def streams_for(
             spec = replace(spec, max_bytes=max(1 << 20, max_store_bytes // 10))
         out.append(spec)
     return tuple(out)
-
-
-async def ensure(
-    js: JetStreamContext,
-    streams: tuple[StreamSpec, ...] = STREAMS,
-    buckets: tuple[BucketSpec, ...] = BUCKETS,
-    replicas: int = 1,
-) -> None:
-    """Create every stream, bucket and the payload object store, or update them to the spec."""
-    for spec in streams:
-        cfg = spec.config(replicas)
-        try:
-            await js.stream_info(spec.name)
-        except NotFoundError:
-            await js.add_stream(cfg)
-        else:
-            try:
-                await js.update_stream(cfg)
-            except BadRequestError as e:  # e.g. a retention change the server refuses
-                raise RuntimeError(f"stream {spec.name} cannot be updated: {e.description}") from e
-    for bucket in buckets:
-        await js.create_key_value(
-            bucket=bucket.name,
-            ttl=bucket.ttl,
-            history=bucket.history,
-            storage=js_api.StorageType(bucket.storage),
-            replicas=replicas,
-        )
-    try:
-        await js.object_store(protocol.PAYLOAD_BUCKET)
-    except NotFoundError:
-        await js.create_object_store(protocol.PAYLOAD_BUCKET, replicas=replicas)
-
-
-def store_error(exc: BaseException) -> str | None:
-    """A clear message when JetStream refused a write because the store is full."""
-    if isinstance(exc, APIError) and getattr(exc, "err_code", None) in (10047, 10028, 10023, 10077):
-        return (
-            f"JetStream storage is full ({exc.description}): raise max_store_bytes, "
-            "set runs_max_age, or delete old runs"
-        )
-    text = str(exc).lower()
-    if "insufficient" in text or "resources" in text or "maximum bytes" in text:
-        return (
-            f"JetStream storage is full ({exc}): raise max_store_bytes, set runs_max_age, "
-            "or delete old runs"
-        )
-    return None

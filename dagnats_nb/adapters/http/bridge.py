@@ -39,8 +39,8 @@ from nats.js.errors import FetchTimeoutError
 from dagnats_nb.adapters.http.server import Reply, Request, Route
 from dagnats_nb.errors import DagnatsError
 from dagnats_nb.runtime.workers import ensure_task_consumer, task_event
+from dagnats_nb.transport.errors import store_error
 from dagnats_nb.wire import protocol
-from dagnats_nb.wire.resources import store_error
 
 if TYPE_CHECKING:
     from dagnats_nb.facade.engine import Engine
