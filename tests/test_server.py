@@ -20,7 +20,8 @@ import pytest
 
 import dagnats_nb
 from dagnats_nb.errors import EngineLocked, ServerError
-from dagnats_nb.server.process import EmbeddedServer, find_nats_server, read_engine_info
+from dagnats_nb.server.datadir import read_engine_info
+from dagnats_nb.server.process import EmbeddedServer, find_nats_server
 
 HAS_PROC = Path("/proc/self/stat").exists()
 linux_only = pytest.mark.skipif(not HAS_PROC, reason="needs /proc")

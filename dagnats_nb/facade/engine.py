@@ -42,7 +42,8 @@ from dagnats_nb.runtime.loop import LoopThread
 from dagnats_nb.runtime.orchestrator import Orchestrator
 from dagnats_nb.runtime.threads import DaemonThreadPool
 from dagnats_nb.runtime.workers import TaskWorker, ensure_task_consumer, new_worker_id
-from dagnats_nb.server.process import EmbeddedServer, require_engine_url
+from dagnats_nb.server.datadir import require_engine_url
+from dagnats_nb.server.process import EmbeddedServer
 from dagnats_nb.transport import jetstream, provision
 from dagnats_nb.transport.connect import close_connection, connect
 from dagnats_nb.transport.errors import store_error

@@ -17,7 +17,7 @@ from nats.js.errors import KeyNotFoundError, NoKeysError, NotFoundError
 
 from dagnats_nb.dag import parse_duration
 from dagnats_nb.observe import health, monitor, sampler, sizing, stats
-from dagnats_nb.server.process import read_engine_info
+from dagnats_nb.server.datadir import read_engine_info
 from dagnats_nb.wire import protocol, resources
 
 

@@ -57,7 +57,7 @@ from dagnats_nb.runtime.workers import (
     ensure_task_consumer,
     new_worker_id,
 )
-from dagnats_nb.server.process import read_engine_info, require_engine_url
+from dagnats_nb.server.datadir import read_engine_info, require_engine_url
 from dagnats_nb.transport import jetstream
 from dagnats_nb.transport.connect import close_connection, connect
 from dagnats_nb.transport.stores import DefinitionStore, PayloadStore

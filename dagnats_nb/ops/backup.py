@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from dagnats_nb.errors import BackupError
+from dagnats_nb.server.files import fsync_dir, make_private_dir, write_private
 
 __all__ = [
     "DATA_NAMES",
@@ -236,10 +237,10 @@ async def backup_stream(
         data_path = partial / DATA_NAMES[0]
         meta, size = await _snapshot(nc, name, data_path, progress, api, chunk_size, no_consumers)
         doc = {"config": meta.get("config", {}), "state": meta.get("state", {})}
-        _write_private(partial / BACKUP_JSON, json.dumps(doc, indent=2).encode())
-        _fsync_dir(partial)
+        write_private(partial / BACKUP_JSON, json.dumps(doc, indent=2).encode(), fsync=True)
+        fsync_dir(partial)
         os.rename(partial, final)
-        _fsync_dir(root)
+        fsync_dir(root)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
@@ -590,31 +591,6 @@ def _result(name: str, state: dict, started: float, size: int, path: Path) -> St
 
 def _make_private_dir(path: Path) -> None:
     try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(path, 0o700)
+        make_private_dir(path)
     except OSError as exc:
         raise BackupError(f"backup folder {path}: cannot create it ({exc.strerror})") from None
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename, mode 0600."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "wb") as file:
-        file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(tmp, path)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -35,7 +35,6 @@ Choices:
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import importlib.metadata
 import json
@@ -56,13 +55,18 @@ from pathlib import Path
 from typing import Any
 
 from dagnats_nb.config import Settings
-from dagnats_nb.errors import EngineLocked, ServerError
+from dagnats_nb.errors import ServerError
 from dagnats_nb.server import leaf
+from dagnats_nb.server.datadir import (
+    ENGINE_JSON,
+    acquire_lock,
+    clean_stale,
+    make_data_dir,
+)
+from dagnats_nb.server.files import write_private
 
-__all__ = ["EmbeddedServer", "find_nats_server", "read_engine_info"]
+__all__ = ["EmbeddedServer", "find_nats_server"]
 
-ENGINE_JSON = "engine.json"
-LOCK_FILE = "engine.lock"
 CONF_FILE = "nats-server.conf"
 LOG_FILE = "nats-server.log"
 _PORT_ATTEMPTS = 5
@@ -120,34 +124,6 @@ def find_nats_server(env: Mapping[str, str] | None = None) -> Path:
     if found:
         return Path(found).resolve()
     raise ServerError(f"nats-server binary not found: {_INSTALL_HINT} to its path")
-
-
-def read_engine_info(data_dir: str | Path) -> dict[str, Any] | None:
-    """The ``engine.json`` of the engine in ``data_dir`` (None if there is none).
-
-    ``alive`` tells whether a process still holds the data_dir's lock.
-    """
-    data_dir = Path(data_dir).expanduser().resolve()
-    try:
-        info = json.loads((data_dir / ENGINE_JSON).read_text(encoding="utf-8"))
-    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
-        return None
-    if not isinstance(info, dict):
-        return None
-    info["alive"] = _lock_held(data_dir / LOCK_FILE)
-    return info
-
-
-def require_engine_url(data_dir: str | Path, hint: str = "or pass --data-dir") -> str:
-    """The URL of the engine running on ``data_dir``; a one-line ServerError when none
-    runs there (``hint``: what else the caller may do)."""
-    info = read_engine_info(data_dir)
-    if not info or not info.get("alive"):
-        raise ServerError(
-            f"no engine is running on {data_dir}: start one with `dagnats serve` or "
-            f"Engine.start(), {hint}"
-        )
-    return info["url"]
 
 
 class EmbeddedServer:
@@ -211,11 +187,11 @@ class EmbeddedServer:
                 raise ServerError(f"{self} is already started; call stop() first")
             remotes = leaf.check_leaf_remotes(self.leaf_remotes)
             binary = find_nats_server()
-            _make_private_dir(self.data_dir)
-            lock_fd = _acquire_lock(self.data_dir)
+            make_data_dir(self.data_dir)
+            lock_fd = acquire_lock(self.data_dir)
             info_path, proc, creds = self.data_dir / ENGINE_JSON, None, None
             try:
-                _clean_stale(self.data_dir, self.conf_path)
+                clean_stale(self.data_dir, self.conf_path)
                 leaf.remove_leaf_credentials(self.data_dir)  # a crashed engine's
                 if remotes:
                     self.leaf_creds, written = leaf.leaf_credentials_file(
@@ -223,7 +199,7 @@ class EmbeddedServer:
                     )
                     creds = self.leaf_creds if written else None
                 proc = self._launch(binary)
-                _write_private(info_path, json.dumps(self._engine_info(), indent=2))
+                write_private(info_path, json.dumps(self._engine_info(), indent=2))
             except BaseException:
                 _shutdown(info_path, proc, lock_fd, creds)
                 raise
@@ -258,7 +234,7 @@ class EmbeddedServer:
         for _ in range(_PORT_ATTEMPTS):
             port = s.nats_port or _free_port()
             mport = None if s.monitor_port is None else (s.monitor_port or _free_port())
-            _write_private(self.conf_path, self._conf_text(port, mport))
+            write_private(self.conf_path, self._conf_text(port, mport))
             offset = self.log_path.stat().st_size if self.log_path.exists() else 0
             argv = [str(binary), "-c", str(self.conf_path)]
             proc, info = _Supervisor(argv, self.log_path, self.watchdog, self._env()), None
@@ -462,118 +438,6 @@ def _wait_ready(proc: _Supervisor, port: int, name: str, timeout: float) -> dict
     )
 
 
-def _make_private_dir(path: Path) -> None:
-    try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if path.stat().st_mode & 0o777 != 0o700:
-            os.chmod(path, 0o700)
-    except OSError as exc:
-        raise ServerError(
-            f"data_dir {path}: cannot create it with mode 0700 ({exc.strerror}); "
-            "choose a directory you own"
-        ) from exc
-
-
-def _acquire_lock(data_dir: Path) -> int:
-    fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    for attempt in range(5):  # read_engine_info() elsewhere may hold a shared lock briefly
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
-        except BlockingIOError:
-            if attempt < 4:
-                time.sleep(0.02)
-    else:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
-        os.close(fd)
-        if not holder.isdigit():
-            info = read_engine_info(data_dir) or {}
-            holder = str(info.get("pid", "unknown"))
-        this = ", this process" if holder == str(os.getpid()) else ""
-        raise EngineLocked(
-            f"data_dir {data_dir} is in use by another engine (pid {holder}{this}): stop that "
-            "engine, or use another data_dir, or attach to it with Engine.connect"
-        ) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
-
-
-def _lock_held(lock_path: Path) -> bool:
-    try:
-        fd = os.open(lock_path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
-
-
-def _clean_stale(data_dir: Path, conf_path: Path) -> None:
-    """Remove the engine.json of a crashed engine and stop its server if it still runs."""
-    info_path = data_dir / ENGINE_JSON
-    try:
-        info = json.loads(info_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return
-    except (OSError, ValueError):
-        info = {}
-    server_pid = info.get("server_pid") if isinstance(info, dict) else None
-    stopped = ""
-    if isinstance(server_pid, int) and _is_our_server(server_pid, conf_path):
-        _kill(server_pid, grace=2.0)
-        stopped = f"; stopped its nats-server (pid {server_pid})"
-    info_path.unlink(missing_ok=True)
-    owner = info.get("pid", "unknown") if isinstance(info, dict) else "unknown"
-    warnings.warn(f"cleaned stale engine.json left by pid {owner}{stopped}", stacklevel=3)
-
-
-def _is_our_server(pid: int, conf_path: Path) -> bool:
-    if not _pid_alive(pid):
-        return False
-    try:
-        if Path("/proc").is_dir():
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
-        else:
-            cmd = subprocess.run(
-                ["ps", "-o", "command=", "-p", str(pid)], capture_output=True
-            ).stdout
-    except OSError:
-        return False
-    text = cmd.decode(errors="replace")
-    return "nats-server" in text.split(" -c ")[0] and str(conf_path) in text
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
-
-
-def _kill(pid: int, grace: float) -> None:
-    """SIGTERM ``pid`` (not our child), then SIGKILL after ``grace`` seconds."""
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 2.0)):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            if not _pid_alive(pid):
-                return
-            time.sleep(0.02)
-
-
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -584,15 +448,6 @@ def _quote(text: str) -> str:
     if any(ord(ch) < 32 for ch in text):
         raise ServerError(f"{text!r}: control characters cannot go into the nats-server config")
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically, readable by the owner only."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as file:
-        file.write(text)
-    os.replace(tmp, path)
 
 
 def _log_tail(path: Path, offset: int, lines: int = 20) -> list[str]:
