@@ -6,10 +6,10 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from conftest import until
 
 CLI = [sys.executable, "-m", "dagnats_nb"]
 UNSUPPORTED = {
@@ -82,12 +82,14 @@ def test_status_reports_streams_workers_and_pending_tasks(engine):
     engine.register({"name": "orphan", "steps": [{"id": "a", "task": "unserved"}]})
     engine.start_run("orphan")
     data_dir = str(engine.settings.data_dir)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
+
+    def status_with_the_pending_task():
         status = json.loads(dagnats("status", "--data-dir", data_dir, "--json").stdout)
-        if status["pending_tasks"].get("unserved"):
-            break
-        time.sleep(0.1)
+        return status if status["pending_tasks"].get("unserved") else None
+
+    status = until(
+        status_with_the_pending_task, timeout=20, every=0.1, what="the unserved task pending"
+    )
     assert status["url"] == engine.url and status["connected"] is True
     assert {s["stream"] for s in status["streams"]} >= {"WORKFLOW_HISTORY", "TASK_QUEUES"}
     history = next(s for s in status["streams"] if s["stream"] == "WORKFLOW_HISTORY")

@@ -2,19 +2,8 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
-
-
-def wait_for(predicate, timeout=15.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value is not None:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not reached")
+from conftest import until
 
 
 def test_stream_stats_count_the_exact_events_of_a_known_workload(engine):
@@ -57,9 +46,10 @@ def test_consumer_lag_shows_waiting_tasks_then_drains_when_a_worker_starts(engin
 
     def lag():
         df = engine.consumer_lag().set_index("consumer")
-        return df.loc["worker-later"] if df.loc["worker-later", "pending"] == 4 else None
+        row = df.loc["worker-later"]
+        return row.to_dict() if row["pending"] == 4 else None
 
-    row = wait_for(lag)
+    row = until(lag, timeout=15, what="four tasks pending on worker-later")
     assert row["stream"] == "TASK_QUEUES" and row["filter"] == "task.later.>"
     assert row["ack_pending"] == 0 and row["durable"]
 
