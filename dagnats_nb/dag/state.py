@@ -193,6 +193,22 @@ class SetTimer:
 
 
 @dataclass(frozen=True, slots=True)
+class TimerKey:
+    """Which timer a run's :class:`SetTimer` is (its time aside): the shell keeps one timer
+    per key, so a timer asked for again (``resume`` after a replay) is set once."""
+
+    run_id: str
+    kind: str
+    step_id: str
+    map_index: int | None
+    seqno: int
+
+    @classmethod
+    def of(cls, run_id: str, timer: SetTimer) -> TimerKey:
+        return cls(run_id, timer.kind, timer.step_id, timer.map_index, timer.seqno)
+
+
+@dataclass(frozen=True, slots=True)
 class RunEnded:
     status: str
 

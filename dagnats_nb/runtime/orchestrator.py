@@ -24,7 +24,16 @@ from nats.js.errors import KeyWrongLastSequenceError
 
 from dagnats_nb.dag import WorkflowDef
 from dagnats_nb.dag.advance import advance, compact, resume, start
-from dagnats_nb.dag.state import DeadLetter, Dispatch, Publish, RunEnded, RunState, SetTimer, Timer
+from dagnats_nb.dag.state import (
+    DeadLetter,
+    Dispatch,
+    Publish,
+    RunEnded,
+    RunState,
+    SetTimer,
+    Timer,
+    TimerKey,
+)
 from dagnats_nb.errors import RunError
 from dagnats_nb.runtime.sticky import FALLBACK_CHECK, StickyRouter, still_waiting
 from dagnats_nb.transport.errors import store_error
@@ -60,7 +69,7 @@ class Orchestrator:
         self.store_full: str | None = None
         self._waiters: dict[str, list[asyncio.Future]] = {}
         self._watchers: dict[str, list[Callable[[RunState], None]]] = {}
-        self._timers: dict[tuple, asyncio.TimerHandle] = {}
+        self._timers: dict[TimerKey, asyncio.TimerHandle] = {}
         self._replay_until = 0
         self._replay_started = 0.0
         self._sub = None
@@ -297,14 +306,14 @@ class Orchestrator:
         raise RunError(f"run {run_id}: its summary in KV workflow_runs kept changing under us")
 
     def _set_timer(self, run_id: str, t: SetTimer) -> None:
-        key = (run_id, t.kind, t.step_id, t.map_index, t.seqno)
+        key = TimerKey.of(run_id, t)
         if key in self._timers:
             return
         delay = max(0.0, t.at - time.time())
         loop = asyncio.get_running_loop()
         self._timers[key] = loop.call_later(delay, self._fire, key, run_id, t)
 
-    def _fire(self, key: tuple, run_id: str, t: SetTimer) -> None:
+    def _fire(self, key: TimerKey, run_id: str, t: SetTimer) -> None:
         self._timers.pop(key, None)
         state = self.runs.get(run_id)
         if state is None or state.terminal:
