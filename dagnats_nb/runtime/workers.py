@@ -29,8 +29,8 @@ from nats.js import api as js_api
 from nats.js.errors import FetchTimeoutError, NotFoundError
 
 from dagnats_nb.runtime.handlers import Continue, Handler, Permanent, RetryAfter, TaskContext
+from dagnats_nb.runtime.results import output_payload, record_result
 from dagnats_nb.transport.buffer import take_buffered
-from dagnats_nb.transport.errors import store_error
 from dagnats_nb.transport.stores import PayloadStore
 from dagnats_nb.wire import protocol
 
@@ -353,15 +353,13 @@ class TaskWorker:
         if isinstance(result, Continue):
             kind, result = protocol.STEP_CONTINUE, result.output
         try:
-            encoded = protocol.dumps(result)
+            output = await output_payload(self.payloads, task, result)
         except (TypeError, ValueError) as exc:
             err = (
                 f"step '{task.step_id}' returned a value that is not JSON-serialisable "
                 f"({exc}): return dicts, lists, strings, numbers, booleans or None"
             )
             return protocol.STEP_FAILED, {"error": err, "failure_type": protocol.NON_RETRIABLE}
-        prefix = f"{task.run_id}/{task.step_id}/output"
-        output = await self.payloads.shrink(result, len(encoded), prefix)
         payload: dict[str, Any] = {"output": output, "duration_ms": elapsed_ms}
         if task.iteration:
             payload["iteration"] = task.iteration
@@ -385,21 +383,9 @@ class TaskWorker:
 
     async def _report(self, msg, task: protocol.TaskPayload, kind: str, payload: dict) -> None:
         """Store the result event, then acknowledge the task (never the other way round)."""
-        event = self._event(task, kind, payload)
-        try:
-            ack = await self.js.publish_async(
-                protocol.history_subject(task.run_id),
-                event.encode(),
-                headers={"Nats-Msg-Id": event.msg_id},
-            )
-            await asyncio.wait_for(ack, 30)
-        except Exception as exc:
-            full = store_error(exc)
-            if full and self.on_fault is not None:
-                self.on_fault(full)
-            log.error(
-                "cannot record %s of %s: %s; the task will run again", kind, task.task_id, exc
-            )
+        problem = await record_result(self.js, msg, self._event(task, kind, payload), self.on_fault)
+        if problem is not None:
+            log.error("%s; task %s will run again", problem, task.task_id)
             with contextlib.suppress(Exception):
                 await msg.nak(delay=1.0)
             return
@@ -407,7 +393,6 @@ class TaskWorker:
             self.failed += 1
         else:
             self.completed += 1
-        await msg.ack()
 
     async def _announce(self, event: protocol.Event) -> None:
         """Publish without waiting for the ack, but in order on the wire (before the result)."""

@@ -12,17 +12,17 @@ __all__ = ["store_error"]
 STORE_FULL_CODES = (10047, 10028, 10023, 10077)
 
 
+STORE_FULL = "JetStream storage is full"
+
+
 def store_error(exc: BaseException) -> str | None:
     """A clear message when JetStream refused a write because the store is full."""
     if isinstance(exc, APIError) and getattr(exc, "err_code", None) in STORE_FULL_CODES:
         return (
-            f"JetStream storage is full ({exc.description}): raise max_store_bytes, "
+            f"{STORE_FULL} ({exc.description}): raise max_store_bytes, "
             "set runs_max_age, or delete old runs"
         )
     text = str(exc).lower()
     if "insufficient" in text or "resources" in text or "maximum bytes" in text:
-        return (
-            f"JetStream storage is full ({exc}): raise max_store_bytes, set runs_max_age, "
-            "or delete old runs"
-        )
+        return f"{STORE_FULL} ({exc}): raise max_store_bytes, set runs_max_age, or delete old runs"
     return None

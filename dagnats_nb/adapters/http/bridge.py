@@ -38,8 +38,9 @@ from nats.js.errors import FetchTimeoutError
 
 from dagnats_nb.adapters.http.server import Reply, Request, Route
 from dagnats_nb.errors import DagnatsError
+from dagnats_nb.runtime.results import output_payload, record_result
 from dagnats_nb.runtime.workers import ensure_task_consumer, task_event
-from dagnats_nb.transport.errors import store_error
+from dagnats_nb.transport.errors import STORE_FULL
 from dagnats_nb.wire import protocol
 
 if TYPE_CHECKING:
@@ -379,32 +380,23 @@ class Bridge:
 
     async def _output(self, task: protocol.TaskPayload, output: Any) -> dict[str, Any]:
         try:
-            encoded = protocol.dumps(output)
+            return {"output": await output_payload(self.eng.payloads, task, output)}
         except (TypeError, ValueError) as exc:
             raise BridgeError(f"resolve: field 'output' cannot be stored ({exc})") from None
-        prefix = f"{task.run_id}/{task.step_id}/output"
-        return {"output": await self.eng.payloads.shrink(output, len(encoded), prefix)}
 
     async def _report(self, held: Held, kind: str, payload: dict) -> str | None:
         """Store the result event, then acknowledge the task; the problem, if any."""
         event = task_event(held.task, kind, payload, held.worker_id)
         try:
-            await self.eng._js.publish(
-                protocol.history_subject(held.task.run_id),
-                event.encode(),
-                headers={"Nats-Msg-Id": event.msg_id},
-            )
-        except Exception as exc:
-            full = store_error(exc)
-            if full:
-                self.eng._store_full(full)
-            log.error("bridge: cannot record %s of %s: %s", kind, held.task.task_id, exc)
-            return full or f"cannot record the result of {held.task.task_id}: {exc}; retry"
-        try:
-            await held.msg.ack()
-        except Exception as exc:  # delivered again later; its result is then a duplicate
+            problem = await record_result(self.eng._js, held.msg, event, self.eng._store_full)
+        except Exception as exc:  # the ack: delivered again later, its result a duplicate
             log.warning("bridge: cannot acknowledge %s: %s", held.task.task_id, exc)
-        return None
+            return None
+        if problem is not None:
+            log.error("bridge: %s", problem)
+            if not problem.startswith(STORE_FULL):
+                problem += "; retry"
+        return problem
 
     async def stop(self) -> None:
         """Give the held tasks back (delivered again at once) and unsubscribe."""
