@@ -7,6 +7,8 @@ import json
 import sys
 import time
 
+from conftest import until  # tests/ is this script's directory, first on sys.path
+
 import dagnats_nb as dn
 
 WORKFLOW = {
@@ -33,7 +35,7 @@ def main(data_dir: str, runs: int) -> None:
 
     @eng.task("slow", concurrency=8)
     def slow(ctx):
-        time.sleep(600)
+        time.sleep(600)  # in flight when the process is SIGKILLed
 
     @eng.task("flaky")
     def flaky(ctx):
@@ -41,21 +43,19 @@ def main(data_dir: str, runs: int) -> None:
 
     eng.register(WORKFLOW)
     ids = [eng.start_run("crashy", input={"n": i}).id for i in range(runs)]
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+
+    def in_the_wanted_state() -> bool:
         states = [eng.run_state(r)["state"] for r in ids]
-        if all(
+        return all(
             s.step("a").status == "completed"
             and s.step("b").status == "running"
             and s.step("c").status == "retrying"
             for s in states
-        ):
-            break
-        time.sleep(0.05)
-    else:
-        raise SystemExit("runs never reached the wanted state")
+        )
+
+    until(in_the_wanted_state, timeout=30, every=0.05, what="runs in the wanted state")
     print(json.dumps({"runs": ids, "server_pid": eng.server.pid}), flush=True)
-    time.sleep(600)
+    time.sleep(600)  # waits to be SIGKILLed by the test
 
 
 if __name__ == "__main__":

@@ -7,11 +7,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import until
 
 import dagnats_nb as dn
 
@@ -39,10 +39,12 @@ def test_sigkill_mid_run_then_restart_finishes_every_run(tmp_path):
         child.send_signal(signal.SIGKILL)
         child.wait()
     server_pid = info["server_pid"]
-    deadline = time.monotonic() + 5
-    while pid_alive(server_pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not pid_alive(server_pid), "nats-server outlived its SIGKILLed parent"
+    until(
+        lambda: not pid_alive(server_pid),
+        timeout=5,
+        every=0.05,
+        what="nats-server to die with its SIGKILLed parent",
+    )
 
     calls: Counter = Counter()
     with pytest.warns(UserWarning, match=f"cleaned stale engine.json left by pid {child.pid}"):
@@ -66,10 +68,8 @@ def test_sigkill_mid_run_then_restart_finishes_every_run(tmp_path):
             return "flaky done"
 
         runs = [eng.get_run(r) for r in info["runs"]]
-        t0 = time.monotonic()
         for run in runs:
             run.wait(timeout=60)
-        recovery = time.monotonic() - t0
         for run in runs:
             assert run.status == "completed", run.error
             assert run.output == {"step": "d", "input": {"b": "slow done", "c": "flaky done"}}
@@ -83,5 +83,4 @@ def test_sigkill_mid_run_then_restart_finishes_every_run(tmp_path):
         # Step a finished before the crash and never runs again; b (in flight) and c (retry
         # pending) run once more each per run; d runs once per run.
         assert calls == {"b": 4, "c": 4, "d": 4}
-        assert recovery < 60
     assert not os.path.exists(data / "engine.json")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-import time
 from collections import deque
 
 import pytest
+from conftest import until
 
 import dagnats_nb as dn
 from dagnats_nb.adapters.cli import main as cli
@@ -46,12 +46,14 @@ class Gate:
 
 
 def newest_letter(eng: dn.Engine, run_id: str, count: int = 1):
-    deadline = time.monotonic() + 10
-    while True:
-        df = eng.dlq(run=run_id)
-        if len(df) >= count or time.monotonic() > deadline:
-            return df
-        time.sleep(0.05)
+    seen = {}
+
+    def enough() -> bool:
+        seen["df"] = eng.dlq(run=run_id)
+        return len(seen["df"]) >= count
+
+    until(enough, every=0.05, what=f"{count} dead letter(s) of {run_id}")
+    return seen["df"]
 
 
 def test_replay_resumes_a_failed_run_at_the_failed_step(engine):
@@ -147,10 +149,7 @@ def test_an_attached_engine_sees_a_replayed_run_fail_again_then_complete(engine)
         [row] = other.dlq_replay(run=run.id)
         assert row["replayed"]
         assert [int(a) for a in newest_letter(engine, run.id, count=2)["attempts"]] == [1, 2]
-        deadline = time.monotonic() + 10
-        while other.get_run(run.id).status != "failed" and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert other.get_run(run.id).status == "failed"
+        until(lambda: other.get_run(run.id).status == "failed", what="the run to fail again")
         assert engine.orchestrator.errors == deque()  # no KV write failed on the way
         gate.fixed.set()
         other.dlq_replay(run=run.id)

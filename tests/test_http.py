@@ -14,6 +14,7 @@ import urllib.error
 import urllib.request
 
 import nats
+from conftest import until
 
 import dagnats_nb as dn
 from dagnats_nb.wire import protocol
@@ -83,7 +84,7 @@ def test_ready_is_503_while_replay_runs_then_200(tmp_path):
         while starter.is_alive():
             with contextlib.suppress(urllib.error.URLError, ConnectionError):
                 seen.append(get(url + "/ready"))  # fails until it listens
-            time.sleep(0.01)
+            time.sleep(0.01)  # paces the sampling of /ready for as long as the start lasts
         starter.join()
         not_ready = [b for s, b in seen if s == 503]
         assert not_ready, seen
@@ -102,13 +103,13 @@ def test_health_is_503_after_the_server_is_killed(tmp_path):
     eng = dn.Engine.start(data_dir=tmp_path / "e", http_addr="127.0.0.1:0")
     try:
         os.kill(eng.server.pid, signal.SIGKILL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
+
+        def unhealthy():
             status, body = get(eng.http_url + "/health")
-            if status == 503:
-                break
-            time.sleep(0.1)
-        assert status == 503 and body["status"] == "unhealthy"
+            return body if status == 503 else None
+
+        body = until(unhealthy, every=0.1, what="/health to answer 503")
+        assert body["status"] == "unhealthy"
         assert "NATS" in body["reason"] or "JetStream" in body["reason"]
         status, body = get(eng.http_url + "/ready")
         assert status == 503 and body["status"] == "not ready"

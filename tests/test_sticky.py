@@ -8,9 +8,12 @@ import threading
 import time
 from collections import defaultdict
 
+from conftest import until
+
 import dagnats_nb as dn
 from dagnats_nb.config import load_settings
 from dagnats_nb.facade.worker_process import WorkerProcess
+from dagnats_nb.wire import protocol
 
 
 class Calls:
@@ -25,7 +28,7 @@ class Calls:
     def handler(self, ctx):
         with self.lock:
             self.rows.append((ctx.run_id, ctx.step_id, ctx.attempt, ctx.worker_id))
-        time.sleep(self.slow.get(ctx.step_id, 0.0))
+        time.sleep(self.slow.get(ctx.step_id, 0.0))  # simulated work of the slow steps
         if ctx.step_id in self.fail_once and ctx.attempt == 1:
             raise RuntimeError("transient")
         return ctx.step_id
@@ -88,9 +91,7 @@ def test_soft_falls_back_to_the_shared_queue_when_the_bound_worker_is_gone(engin
     wa = worker(engine, calls, "wa", concurrency=2)
     engine.register(chain("soft-two", "soft", n=3))
     run = engine.start_run("soft-two", 1)
-    deadline = time.monotonic() + 10
-    while ("s1" not in calls.workers_of(run.id)) and time.monotonic() < deadline:
-        time.sleep(0.02)
+    until(lambda: "s1" in calls.workers_of(run.id), what="s1 to start")
     assert calls.workers_of(run.id) == {"s0": "wa", "s1": "wa"}
     wb = worker(engine, calls, "wb")
     try:
@@ -116,14 +117,21 @@ def test_hard_waits_for_its_worker_and_a_restart_with_the_same_id_takes_it(engin
     try:
         engine.register(wf)
         run = engine.start_run("hard-two", 1)
-        deadline = time.monotonic() + 10
-        while not any(s == "s1" for r, s, *_ in calls.rows if r == run.id):
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+        until(lambda: any(s == "s1" for r, s, *_ in calls.rows if r == run.id), what="s1")
         bound = calls.workers_of(run.id)["s0"]
         other = wb if bound == "wa" else wa
         (wa if bound == "wa" else wb).stop(1)  # gone during s1's retry delay
-        time.sleep(2.0)
+        # The retry is due after 1 s: it is sent to the bound worker's own queue (the first
+        # attempt's message is the other one there), where it waits for that worker.
+        subject = protocol.sticky_subject("hop", bound, run.id)
+
+        def queued_for_the_bound_worker() -> int:
+            info = engine._call(
+                engine._js.stream_info(protocol.STICKY_STREAM, subjects_filter=subject)
+            )
+            return (info.state.subjects or {}).get(subject, 0)
+
+        until(lambda: queued_for_the_bound_worker() == 2, what="the retry in its worker's queue")
         assert engine.get_run(run.id).status == "running"  # the retry waits for its worker
         assert [a for r, s, a, _ in calls.rows if r == run.id and s == "s1"] == [1]
         back = worker(engine, calls, bound)
