@@ -46,6 +46,12 @@ def add_extension(factory: ExtensionFactory) -> None:
         _factories.append(factory)
 
 
+def remove_extension(factory: ExtensionFactory) -> None:
+    """Engines started from now on no longer start ``factory``'s extension."""
+    if factory in _factories:
+        _factories.remove(factory)
+
+
 def factories() -> list[ExtensionFactory]:
     return list(_factories)
 
