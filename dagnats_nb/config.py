@@ -8,7 +8,8 @@ Choices:
 
 - Sizes are ints or strings such as ``10GiB``, ``512MB``, ``1.5G``, ``100k``: KiB/MiB/GiB/TiB
   and bare K/M/G/T are binary (1024), KB/MB/GB/TB decimal (1000); case does not matter.
-- Durations are Go duration strings (``720h``, ``1h30m``, ``500ms``) or numbers of seconds.
+- Durations are Go duration strings (``720h``, ``1h30m``, ``500ms``; read by
+  :mod:`dagnats_nb.dag.durations`, as in workflow files) or numbers of seconds.
   For the optional limits (``runs_max_age``, ``history_max_bytes``, ``max_memory_store``)
   0 means "unset", as in the Go zero value.
 - ``sync_interval`` is kept as the string nats-server reads: ``always`` or a duration.
@@ -44,7 +45,8 @@ from pydantic import (
     field_validator,
 )
 
-from dagnats_nb.errors import ConfigError
+from dagnats_nb.dag.durations import parse_duration
+from dagnats_nb.errors import ConfigError, WorkflowError
 
 __all__ = ["Settings", "load_settings", "parse_size", "CONFIG_FILE_NAME", "ENV_PREFIX"]
 
@@ -55,9 +57,6 @@ ARGUMENT_SOURCE = "argument"
 
 _SIZE_RE = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)\s*(?:([kmgtp])(i?)(b?)|(b?))$", re.IGNORECASE)
 _POWERS = {"k": 1, "m": 2, "g": 3, "t": 4, "p": 5}
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
-_NANOS = dict(ns=1, us=10**3, ms=10**6, s=10**9, m=60 * 10**9, h=3600 * 10**9)
-_NANOS |= {"µs": 10**3, "μs": 10**3}
 SECRET_KEYS = frozenset({"llm_api_key", "webhook_secret", "bridge_token"})
 _LOG_LEVELS = dict(debug="debug", info="info", warn="warn", warning="warn", error="error")
 
@@ -92,7 +91,8 @@ def _split_sign(text: str) -> tuple[int, str]:
 
 
 def _parse_duration(value: Any) -> timedelta:
-    """Parse a Go duration string (``1h30m``, ``500ms``) or a number of seconds."""
+    """Parse a Go duration string (``1h30m``, ``500ms``) or a number of seconds. A sign is
+    kept (the keys' own checks refuse negative values with their hint)."""
     if isinstance(value, timedelta):
         return value
     if isinstance(value, bool) or not isinstance(value, int | float | str):
@@ -103,18 +103,11 @@ def _parse_duration(value: Any) -> timedelta:
         sign, text = _split_sign(value)
         if re.fullmatch(r"\d+(\.\d*)?", text):
             return sign * timedelta(seconds=float(text))
-        nanos, pos = Decimal(0), 0
-        while pos < len(text):
-            part = _DURATION_PART.match(text, pos)
-            if not part:
-                raise ValueError(f"not a duration: {value!r}")
-            nanos += Decimal(part.group(1)) * _NANOS[part.group(2)]
-            pos = part.end()
-        if pos == 0:
-            raise ValueError(f"not a duration: {value!r}")
-        return sign * timedelta(microseconds=int(nanos / 1000))
+        return sign * parse_duration(text)
     except OverflowError as exc:
         raise ValueError("duration out of range") from exc
+    except WorkflowError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def _to_size(value: Any) -> int:
