@@ -1,41 +1,47 @@
 """Stream, consumer, KV and account statistics, read from the JetStream API.
 
-Reads only. The raw JetStream API (``$JS.API.*``) is used rather than nats-py's typed
-wrappers because it carries every field (first/last timestamps, waiting pulls, last
-activity) as the server sends it. Each collector returns plain rows (dicts) for a DataFrame.
+Reads only. The raw JetStream API (``$JS.API.*``, through ``transport.api``) is used rather
+than nats-py's typed wrappers because it carries every field (first/last timestamps, waiting
+pulls, last activity) as the server sends it. Each collector returns plain rows (dicts) for a
+DataFrame. ``api`` is the API prefix: ``$JS.<domain>.API`` for a JetStream domain
+(``transport.api.api_prefix(settings.jetstream_domain)``).
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from nats.aio.client import Client as NATS
 
+from dagnats_nb.transport.api import DEFAULT_API, JetStreamAPIError, js_api
 from dagnats_nb.wire import resources
+
+__all__ = [
+    "JetStreamAPIError",
+    "account_rows",
+    "api",
+    "consumer_rows",
+    "kv_rows",
+    "stream_names",
+    "stream_rows",
+]
 
 NS = 1e9
 
 
-class JetStreamAPIError(RuntimeError):
-    pass
+async def api(
+    nc: NATS, subject: str, body: dict[str, Any] | None = None, *, api: str = DEFAULT_API
+) -> dict[str, Any]:
+    """One JetStream API request (``subject`` after the prefix, e.g. ``STREAM.INFO.X``);
+    its JSON reply, or JetStreamAPIError."""
+    return await js_api(nc, subject, body, prefix=api)
 
 
-async def api(nc: NATS, subject: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-    """One JetStream API request; its JSON reply, or JetStreamAPIError."""
-    msg = await nc.request(f"$JS.API.{subject}", json.dumps(body or {}).encode(), timeout=10)
-    reply = json.loads(msg.data)
-    if "error" in reply:
-        err = reply["error"]
-        raise JetStreamAPIError(f"{subject}: {err.get('description')} ({err.get('err_code')})")
-    return reply
-
-
-async def stream_names(nc: NATS) -> list[str]:
+async def stream_names(nc: NATS, *, api: str = DEFAULT_API) -> list[str]:
     names: list[str] = []
     offset = 0
     while True:
-        page = await api(nc, "STREAM.NAMES", {"offset": offset})
+        page = await js_api(nc, "STREAM.NAMES", {"offset": offset}, prefix=api)
         names += page.get("streams") or []
         offset += page.get("limit", 0)
         if offset >= page.get("total", 0) or not page.get("streams"):
@@ -46,12 +52,14 @@ def _seconds(ns: int | None) -> float | None:
     return ns / NS if ns else None
 
 
-async def stream_rows(nc: NATS, max_store_bytes: int | None = None) -> list[dict[str, Any]]:
+async def stream_rows(
+    nc: NATS, max_store_bytes: int | None = None, *, api: str = DEFAULT_API
+) -> list[dict[str, Any]]:
     """Per stream: size, sequences and times, limits, retention, share of the store."""
     declared = {s.name for s in resources.STREAMS}
     rows = []
-    for name in await stream_names(nc):
-        info = await api(nc, f"STREAM.INFO.{name}")
+    for name in await stream_names(nc, api=api):
+        info = await js_api(nc, f"STREAM.INFO.{name}", prefix=api)
         cfg, st = info["config"], info["state"]
         kind = (
             "engine"
@@ -90,14 +98,16 @@ async def stream_rows(nc: NATS, max_store_bytes: int | None = None) -> list[dict
     return rows
 
 
-async def consumer_rows(nc: NATS, streams: list[str] | None = None) -> list[dict[str, Any]]:
+async def consumer_rows(
+    nc: NATS, streams: list[str] | None = None, *, api: str = DEFAULT_API
+) -> list[dict[str, Any]]:
     """Per consumer of ``streams`` (default: every stream): pending, ack pending,
     redelivered, waiting pulls..."""
     rows = []
-    for stream in streams if streams is not None else await stream_names(nc):
+    for stream in streams if streams is not None else await stream_names(nc, api=api):
         offset = 0
         while True:
-            page = await api(nc, f"CONSUMER.LIST.{stream}", {"offset": offset})
+            page = await js_api(nc, f"CONSUMER.LIST.{stream}", {"offset": offset}, prefix=api)
             for c in page.get("consumers") or []:
                 cfg = c.get("config", {})
                 filters = cfg.get("filter_subjects") or [cfg.get("filter_subject") or ""]
@@ -127,13 +137,13 @@ async def consumer_rows(nc: NATS, streams: list[str] | None = None) -> list[dict
     return rows
 
 
-async def kv_rows(nc: NATS) -> list[dict[str, Any]]:
+async def kv_rows(nc: NATS, *, api: str = DEFAULT_API) -> list[dict[str, Any]]:
     """Per KV bucket: keys (live values), bytes, history kept per key, TTL."""
     rows = []
-    for name in await stream_names(nc):
+    for name in await stream_names(nc, api=api):
         if not name.startswith("KV_"):
             continue
-        info = await api(nc, f"STREAM.INFO.{name}")
+        info = await js_api(nc, f"STREAM.INFO.{name}", prefix=api)
         cfg, st = info["config"], info["state"]
         rows.append(
             {
@@ -149,9 +159,11 @@ async def kv_rows(nc: NATS) -> list[dict[str, Any]]:
     return rows
 
 
-async def account_rows(nc: NATS, max_store_bytes: int | None = None) -> list[dict[str, Any]]:
+async def account_rows(
+    nc: NATS, max_store_bytes: int | None = None, *, api: str = DEFAULT_API
+) -> list[dict[str, Any]]:
     """JetStream account usage against its limits (and against ``max_store_bytes``)."""
-    info = await api(nc, "INFO")
+    info = await js_api(nc, "INFO", prefix=api)
     limits = info.get("limits", {})
     rows = [
         _usage("file storage (bytes)", info.get("storage", 0), limits.get("max_storage")),

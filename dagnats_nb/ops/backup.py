@@ -56,6 +56,7 @@ from typing import Any
 
 from dagnats_nb.errors import BackupError
 from dagnats_nb.server.files import fsync_dir, make_private_dir, write_private
+from dagnats_nb.transport import api as jetstream_api
 
 __all__ = [
     "DATA_NAMES",
@@ -117,7 +118,7 @@ def results_frame(rows: Iterable[StreamResult]):
 
 def api_prefix(domain: str | None = None) -> str:
     """``$JS.API``, or ``$JS.<domain>.API`` for a JetStream domain."""
-    return f"$JS.{domain}.API" if domain else "$JS.API"
+    return jetstream_api.api_prefix(domain)
 
 
 def _check_name(name: str) -> str:
@@ -136,46 +137,32 @@ def _progress_call(progress: Progress | None, stream: str, done: int, total: int
 
 async def _api(nc, subject: str, body: dict[str, Any] | bytes, timeout: float = 10.0) -> dict:
     """A JetStream API request; the decoded reply (``error`` key included, not raised)."""
-    import nats.errors
-
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
     try:
-        msg = await nc.request(subject, data, timeout=timeout)
-    except nats.errors.NoRespondersError:
-        raise BackupError(
-            f"no JetStream API answers on {subject}: is JetStream enabled on this server "
-            "(and jetstream_domain right)?"
-        ) from None
-    except nats.errors.TimeoutError:
-        raise BackupError(f"JetStream did not answer {subject} within {timeout:g} s") from None
-    try:
-        return json.loads(msg.data)
-    except ValueError:
-        raise BackupError(f"JetStream answered {subject} with non-JSON data") from None
+        return await jetstream_api.js_api(nc, subject, body, prefix="", timeout=timeout)
+    except jetstream_api.JetStreamAPIError as exc:
+        if exc.reply is None:  # no answer, a late or a non-JSON one
+            raise BackupError(str(exc)) from None
+        return exc.reply
 
 
 def _api_error(resp: dict) -> str | None:
-    err = resp.get("error")
-    if not err:
-        return None
-    return f"{err.get('description', 'error')} (code {err.get('code')}/{err.get('err_code')})"
+    return jetstream_api.error_text(resp)
 
 
 async def stream_exists(nc, name: str, api: str = "$JS.API") -> bool:
-    resp = await _api(nc, f"{api}.STREAM.INFO.{name}", b"")
-    err = resp.get("error")
-    if err is None:
-        return True
-    if err.get("err_code") == 10059 or err.get("code") == 404:
-        return False
-    raise BackupError(f"stream {name}: info failed: {_api_error(resp)}")
+    try:
+        return await jetstream_api.stream_exists(nc, name, prefix=api)
+    except jetstream_api.JetStreamAPIError as exc:
+        why = _api_error(exc.reply) if exc.reply else str(exc)
+        raise BackupError(f"stream {name}: info failed: {why}") from None
 
 
 async def delete_stream(nc, name: str, api: str = "$JS.API") -> None:
-    resp = await _api(nc, f"{api}.STREAM.DELETE.{name}", b"")
-    err = resp.get("error")
-    if err and err.get("err_code") != 10059:
-        raise BackupError(f"stream {name}: delete failed: {_api_error(resp)}")
+    try:
+        await jetstream_api.delete_stream(nc, name, prefix=api)
+    except jetstream_api.JetStreamAPIError as exc:
+        why = _api_error(exc.reply) if exc.reply else str(exc)
+        raise BackupError(f"stream {name}: delete failed: {why}") from None
 
 
 # -- backup ----------------------------------------------------------------------------------
