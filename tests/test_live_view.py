@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
+from conftest import until
 from IPython.core.interactiveshell import InteractiveShell
 
 import dagnats_nb as dn
@@ -26,7 +27,7 @@ def eng(engine):
     async def work(ctx):
         import asyncio
 
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # simulated work: the view sees the map in progress
         if ctx.input == "boom":
             raise dn.Permanent("element boom is broken")
         return ctx.input
@@ -113,9 +114,7 @@ def test_layers_and_drawing_need_no_graphviz():
 def test_stopping_a_view_leaves_its_last_frame_with_a_note(eng):
     run = eng.start_run("fan", {"n": 40})
     view = RunView(eng, run, interval=0.05).start()
-    deadline = time.monotonic() + 10
-    while not view.frames and time.monotonic() < deadline:
-        time.sleep(0.01)
+    until(lambda: view.frames, every=0.01, what="the view's first frame")
     view.stop()
     assert view.done.is_set() and view.final.status == "running"
     assert "no longer follows the run" in view.final.last_error
