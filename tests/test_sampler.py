@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
+from conftest import until
 
 import dagnats_nb as dn
 
@@ -21,7 +22,12 @@ def test_sampler_records_streams_lag_rates_and_draws_them(engine):
     )
     s = engine.sample(every="100ms")
     runs = [engine.start_run("pair", input=i) for i in range(6)]
-    time.sleep(0.5)  # tasks wait: lag builds up
+
+    def sampled(df) -> bool:
+        return "pending.worker-later" in df and df["pending.worker-later"].max() == 6
+
+    # tasks wait with no worker: lag builds up until a sample shows all six pending
+    until(lambda: sampled(s.frame()), what="a sample with six tasks pending")
 
     @engine.task("later", concurrency=6)
     async def later(ctx):
@@ -29,7 +35,15 @@ def test_sampler_records_streams_lag_rates_and_draws_them(engine):
 
     for r in runs:
         r.wait(timeout=20)
-    time.sleep(0.5)
+
+    def drained(df) -> bool:
+        return (
+            len(df) >= 8
+            and df["pending.worker-later"].iloc[-1] == 0
+            and df["runs_ended"].iloc[-1] - df["runs_ended"].iloc[0] >= 6
+        )
+
+    until(lambda: drained(s.frame()), what="samples of the drained queue and ended runs")
     engine.stop_sampling()
     assert not s.running
     df = s.frame()
@@ -66,11 +80,11 @@ def test_dashboard_redraws_while_runs_go_and_leaves_a_static_figure(engine):
     board = dn.dashboard(engine, every="100ms", refresh=0.2)
     for i in range(20):
         engine.run("ticks", input=i, timeout=20)
-        time.sleep(0.05)
-    deadline = time.monotonic() + 20
-    while board.redraws < 2 and time.monotonic() < deadline:
-        time.sleep(0.1)  # each redraw renders a figure (~0.4 s on a busy machine)
-    drawn = board.redraws
+        time.sleep(0.05)  # paces the runs: the dashboard samples while they go
+    # each redraw renders a figure (~0.4 s on a busy machine)
+    drawn = until(
+        lambda: board.redraws if board.redraws >= 2 else 0, timeout=20, every=0.1, what="redraws"
+    )
     engine.stop_sampling()
     fig = board.stop()
     assert drawn >= 2

@@ -9,7 +9,6 @@ import stat
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 import warnings
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import nats
 import pytest
+from conftest import until
 
 import dagnats_nb
 from dagnats_nb.errors import EngineLocked, ServerError
@@ -76,15 +76,6 @@ def process_gone(pid: int) -> bool:
     except (FileNotFoundError, ProcessLookupError):
         return True
     return state in ("Z", "X")
-
-
-def wait_gone(pid: int, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process_gone(pid):
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def parent_pid(pid: int) -> int:
@@ -300,7 +291,12 @@ def test_sigkill_of_the_engine_process_stops_the_server(tmp_path: Path, watchdog
     assert not process_gone(server_pid)
     child.kill()
     child.wait()
-    assert wait_gone(server_pid), "nats-server outlived its SIGKILLed parent"
+    until(
+        lambda: process_gone(server_pid),
+        timeout=5,
+        every=0.05,
+        what="nats-server to die with its SIGKILLed parent",
+    )
     assert json.loads((data_dir / "engine.json").read_text())["pid"] == child.pid
     with pytest.warns(UserWarning, match=f"cleaned stale engine.json left by pid {child.pid}$"):
         server = EmbeddedServer(data_dir=data_dir).start()
@@ -312,10 +308,17 @@ def test_sigkill_of_the_engine_process_stops_the_server(tmp_path: Path, watchdog
 def test_stale_server_is_stopped_at_next_start(tmp_path: Path) -> None:
     data_dir = tmp_path / "engine"
     child, server_pid = spawn_child(data_dir, watchdog=True)
-    os.kill(parent_pid(server_pid), signal.SIGKILL)  # the watchdog: the server is orphaned
+    watchdog = parent_pid(server_pid)
+    os.kill(watchdog, signal.SIGKILL)  # the watchdog: the server is orphaned
     child.kill()
     child.wait()
-    time.sleep(0.2)
+    # The kernel has handled the watchdog's death once the server has a new parent (a
+    # parent-death signal would have been sent then): the server must still be there.
+    until(
+        lambda: process_gone(server_pid) or parent_pid(server_pid) != watchdog,
+        timeout=5,
+        what="the orphaned server to be reparented",
+    )
     assert not process_gone(server_pid)
     with pytest.warns(UserWarning, match=rf"stopped its nats-server \(pid {server_pid}\)"):
         server = EmbeddedServer(data_dir=data_dir).start()
