@@ -26,6 +26,7 @@ from nats.js.errors import APIError, KeyNotFoundError, NoKeysError, NotFoundErro
 from dagnats_nb.config import Settings, load_settings
 from dagnats_nb.dag import WorkflowDef, load_workflow
 from dagnats_nb.dag.advance import replay
+from dagnats_nb.dag.state import RUN_TERMINAL
 from dagnats_nb.errors import BackupError, DagnatsError, RunError, ServerError
 from dagnats_nb.facade import extensions
 from dagnats_nb.facade.observing import Observing
@@ -463,7 +464,7 @@ class Engine(Observing):
             deadline = None if timeout is None else time.monotonic() + timeout
             while True:
                 summary = await self._kv_run(run_id)
-                if summary and summary["status"] in ("completed", "failed", "cancelled"):
+                if summary and summary["status"] in RUN_TERMINAL:
                     return
                 if deadline is not None and time.monotonic() > deadline:
                     raise TimeoutError

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from dagnats_nb.dag.state import RUN_TERMINAL
 from dagnats_nb.errors import RunError
 
 if TYPE_CHECKING:
     from dagnats_nb.facade.engine import Engine
-
-TERMINAL = ("completed", "failed", "cancelled")
 
 
 class RunTimeout(RunError, TimeoutError):
@@ -61,7 +60,7 @@ class Run:
 
     @property
     def done(self) -> bool:
-        return self.status in TERMINAL
+        return self.status in RUN_TERMINAL
 
     def wait(self, timeout: float | None = 60) -> Run:
         """Block until the run ends; return it. Raises :class:`RunTimeout` after ``timeout`` s."""

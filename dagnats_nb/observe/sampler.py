@@ -19,6 +19,7 @@ from typing import Any
 
 import pandas as pd
 
+from dagnats_nb.dag.state import RUN_TERMINAL
 from dagnats_nb.wire import protocol
 
 from ..errors import DagnatsError
@@ -95,7 +96,7 @@ async def collect_row(nc, orchestrator) -> dict[str, Any]:
     if orchestrator is not None:
         counters = orchestrator.counters
         row["steps_completed"] = counters["steps_completed"]
-        row["runs_ended"] = sum(counters[f"runs_{s}"] for s in ("completed", "failed", "cancelled"))
+        row["runs_ended"] = sum(counters[f"runs_{s}"] for s in RUN_TERMINAL)
         row["active_runs"] = sum(1 for s in orchestrator.runs.values() if not s.terminal)
         row["orchestrator_seq"] = orchestrator.last_seq
     return row

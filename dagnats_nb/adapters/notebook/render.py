@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dagnats_nb.dag import WorkflowDef
-from dagnats_nb.dag.state import STEP_TERMINAL, RunState
+from dagnats_nb.dag.state import RUN_TERMINAL, STEP_TERMINAL, RunState
 
 COLORS = {
     "pending": ("#f3f4f6", "#9ca3af"),
@@ -85,7 +85,7 @@ class Frame:
 
     @property
     def terminal(self) -> bool:
-        return self.status in ("completed", "failed", "cancelled")
+        return self.status in RUN_TERMINAL
 
 
 def frame_of(defn: WorkflowDef, state: RunState, now: float | None = None) -> Frame:
