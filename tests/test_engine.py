@@ -8,6 +8,7 @@ import threading
 import time
 
 import pytest
+from conftest import until
 
 import dagnats_nb as dn
 from dagnats_nb.wire import protocol
@@ -343,7 +344,7 @@ def test_agent_loop_stops_when_the_handler_returns_a_plain_value(engine):
 def test_agent_loop_max_duration(engine):
     @engine.task("spin")
     async def spin(ctx):
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.1)  # each iteration takes 0.1 s: max_duration stops the loop
         return dn.Continue(ctx.iteration)
 
     wf = {
@@ -359,6 +360,8 @@ def test_agent_loop_max_duration(engine):
     }
     run = engine.run(wf, timeout=20)
     assert run.status == "completed"
+    # at most ~6 iterations of 0.1 s fit in 600 ms: 8 allows for no more (a busy machine
+    # only makes fewer): the loop is stopped on time, not after max_iterations
     assert 3 <= run.output <= 8
     last = engine.events(run.id).query("type == 'step.completed'").iloc[-1]["payload"]
     assert last["stopped"] == "max_duration"
@@ -371,7 +374,7 @@ def test_step_timeout_is_enforced_and_retried(engine):
     async def slow(ctx):
         calls.append(ctx.attempt)
         if ctx.attempt == 1:
-            await asyncio.sleep(5)
+            await asyncio.sleep(5)  # outlasts the 300 ms step timeout: the subject
         return "fast enough"
 
     wf = {
@@ -394,7 +397,7 @@ def test_step_timeout_is_enforced_and_retried(engine):
 def test_workflow_timeout_fails_the_run(engine):
     @engine.task("nap")
     async def nap(ctx):
-        await asyncio.sleep(10)
+        await asyncio.sleep(10)  # outlasts the 500 ms workflow timeout: the subject
 
     wf = {"name": "sleepy", "timeout": "500ms", "steps": [{"id": "nap", "task": "nap"}]}
     run = engine.run(wf, timeout=20)
@@ -413,7 +416,7 @@ def test_concurrency_max_steps_limits_parallel_steps(engine):
         with lock:
             running += 1
             peak = max(peak, running)
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # simulated work: steps overlap if the limit lets them
         with lock:
             running -= 1
         return ctx.input
@@ -480,12 +483,11 @@ def test_outputs_larger_than_a_message_go_through_the_object_store(engine):
 def test_missing_handler_leaves_the_task_pending_in_status(engine):
     engine.register({"name": "orphan", "steps": [{"id": "a", "task": "nobody-home"}]})
     run = engine.start_run("orphan")
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        status = engine.status()
-        if status["pending_tasks"].get("nobody-home"):
-            break
-        time.sleep(0.05)
+    status = until(
+        lambda: (s := engine.status())["pending_tasks"].get("nobody-home") and s,
+        every=0.05,
+        what="the task pending",
+    )
     assert status["pending_tasks"] == {"nobody-home": 1}
     assert status["tasks_without_worker"] == ["nobody-home"]
     assert run.status == "running"
@@ -499,9 +501,11 @@ def test_missing_handler_leaves_the_task_pending_in_status(engine):
 
 def test_cancel_ends_the_run(engine):
     gate = threading.Event()
+    started = threading.Event()
 
     @engine.task("block")
     def block(ctx):
+        started.set()
         gate.wait(10)
         return "late"
 
@@ -517,13 +521,19 @@ def test_cancel_ends_the_run(engine):
         ],
     }
     run = engine.start_run(wf)
-    time.sleep(0.3)
+    assert started.wait(10), "block never started"
     run.cancel()
     run.wait(timeout=10)
     gate.set()
     assert run.status == "cancelled"
     assert run.error == "cancelled by user"
-    time.sleep(0.3)
+
+    def late_result_applied() -> bool:  # block's result, after the cancel, was applied
+        events = engine.events(run.id)
+        done = events[(events["type"] == "step.completed") & (events["step_id"] == "block")]
+        return not done.empty and engine.orchestrator.last_seq >= done["seq"].max()
+
+    until(late_result_applied, what="block's late result to be applied")
     assert engine.steps(run.id).set_index("step_id").loc["after", "status"] == "pending"
 
 
@@ -540,7 +550,7 @@ def test_long_handler_heartbeats_and_is_not_redelivered(engine):
     @engine.task("long")
     def long(ctx):  # ack_wait is 2 s in the fixture
         calls.append(ctx.attempt)
-        time.sleep(5)
+        time.sleep(5)  # outlasts the 2 s ack wait: the subject
         return "done"
 
     run = engine.run({"name": "long", "steps": [{"id": "l", "task": "long"}]}, timeout=30)
@@ -681,10 +691,7 @@ def test_attached_engine_sees_a_running_run_then_its_end(engine):
     other = dn.Engine.connect(data_dir=engine.settings.data_dir)
     try:
         run = other.start_run("held")
-        deadline = time.monotonic() + 10
-        while run.status != "running" and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert run.status == "running"
+        until(lambda: run.status == "running", every=0.05, what="the attached run running")
         gate.set()
         assert run.wait(timeout=20).status == "completed"
         assert other.get_run(run.id).workflow == "held"
@@ -695,7 +702,7 @@ def test_attached_engine_sees_a_running_run_then_its_end(engine):
 def test_watch_reports_each_state_change_of_a_run(engine):
     @engine.task("step")
     async def step(ctx):
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # simulated work: the watcher sees each state
         return ctx.input
 
     engine.register(
@@ -713,7 +720,7 @@ def test_watch_reports_each_state_change_of_a_run(engine):
         run.id, lambda s: seen.append((s.status, s.step("a").status, s.step("b").status))
     )
     run.wait(timeout=20)
-    time.sleep(0.1)
+    until(lambda: seen and seen[-1][0] == "completed", what="the watcher to see the end")
     unwatch()
     assert seen[-1] == ("completed", "completed", "completed")
     assert ("running", "completed", "queued") in seen or ("running", "completed", "running") in seen
@@ -730,17 +737,22 @@ def test_dead_server_is_one_clear_line_and_runs_resume_after_restart(tmp_path):
     eng = dn.Engine.start(data_dir=data, ack_wait="2s")
     eng.register({"name": "later", "steps": [{"id": "a", "task": "later"}]})
     waiting = eng.start_run("later", input=41)
-    time.sleep(0.3)
+    until(
+        lambda: eng.steps(waiting.id).set_index("step_id").loc["a", "status"] == "queued",
+        what="step a queued",
+    )
     os.kill(eng.server.pid, signal.SIGKILL)
-    time.sleep(0.3)
+    until(lambda: not eng.server.running, what="the server process to exit")
     t0 = time.monotonic()
     with pytest.raises(dn.ServerError, match="the embedded nats-server has exited") as info:
         eng.start_run("later")
     assert "nats-server.log" in str(info.value)
-    assert time.monotonic() - t0 < 2
+    # Functional bounds, far from what they rule out: a publish retried until its 60 s
+    # deadline, and a stop waiting 15 s per part for a drain a dead server cannot answer.
+    assert time.monotonic() - t0 < 10
     t0 = time.monotonic()
     eng.stop()
-    assert time.monotonic() - t0 < 5
+    assert time.monotonic() - t0 < 10
 
     with dn.Engine.start(data_dir=data, ack_wait="2s") as again:
 
