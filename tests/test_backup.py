@@ -14,6 +14,7 @@ from pathlib import Path
 
 import nats
 import pytest
+from conftest import until
 
 import dagnats_nb as dn
 from dagnats_nb.adapters.cli.backup import run_command
@@ -105,11 +106,10 @@ def busy(tmp_path):
 
 
 def wait_started(eng: dn.Engine, run_id: str) -> None:
-    for _ in range(200):
-        if eng.steps(run_id).iloc[0]["status"] == "running":
-            return
-        threading.Event().wait(0.02)
-    raise AssertionError(f"step of {run_id} never started")
+    until(
+        lambda: eng.steps(run_id).iloc[0]["status"] == "running",
+        what=f"the step of {run_id} to start",
+    )
 
 
 @pytest.mark.timeout(120)
