@@ -62,7 +62,7 @@ class ChatServer:
                     server.max_inflight = max(server.max_inflight, server.inflight)
                 try:
                     if reply.delay:
-                        time.sleep(reply.delay)
+                        time.sleep(reply.delay)  # the scripted latency of this reply
                     with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                         server.answer(self, reply, body)
                 finally:
@@ -119,7 +119,7 @@ class ChatServer:
             }
             self._chunk(h, f"data: {json.dumps(chunk)}\n\n")
             if reply.chunk_delay:
-                time.sleep(reply.chunk_delay)
+                time.sleep(reply.chunk_delay)  # scripted pacing of the stream's chunks
         self._chunk(
             h, f": keep-alive comment\n\ndata: {json.dumps({'choices': [], 'usage': usage})}\n\n"
         )

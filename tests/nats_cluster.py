@@ -13,12 +13,12 @@ import json
 import signal
 import socket
 import subprocess
-import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import nats
+from conftest import until
 
 from dagnats_nb.server.process import find_nats_server
 
@@ -94,15 +94,15 @@ class Node:
             return False
 
     def wait_port(self, timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def listens() -> bool:
             if not self.alive:
                 raise RuntimeError(f"{self.name} exited: {self.log.read_text()[-2000:]}")
             with contextlib.suppress(OSError):
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return
-            time.sleep(0.05)
-        raise TimeoutError(f"{self.name} did not listen on {self.port}")
+                return True
+            return False
+
+        until(listens, timeout=timeout, every=0.05, what=f"{self.name} to listen on {self.port}")
 
 
 # Clients without credentials land in APP (JetStream on); SYS, the system account, may ask
@@ -168,13 +168,7 @@ class Cluster:
         return None
 
     def wait_meta_leader(self, timeout: float = 30.0) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            leader = self.meta_leader()
-            if leader:
-                return leader
-            time.sleep(0.1)
-        raise TimeoutError(f"no JetStream meta leader within {timeout:g} s")
+        return until(self.meta_leader, timeout=timeout, every=0.1, what="a JetStream meta leader")
 
     def stepdown_meta(self, preferred: str) -> None:
         """Ask the JetStream meta leader to hand over to ``preferred`` (as the system user)."""
@@ -193,12 +187,12 @@ class Cluster:
     def wait_healthy(self, timeout: float = 30.0) -> None:
         """Until every live server's ``/healthz`` is ok (each stream and consumer it holds
         has a leader and is current)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if all(n.healthy() for n in self.nodes if n.alive):
-                return
-            time.sleep(0.1)
-        raise TimeoutError(f"the cluster was not healthy within {timeout:g} s")
+        until(
+            lambda: all(n.healthy() for n in self.nodes if n.alive),
+            timeout=timeout,
+            every=0.1,
+            what="every live server healthy",
+        )
 
     def node(self, name: str) -> Node:
         return next(n for n in self.nodes if n.name == name)
