@@ -201,9 +201,9 @@ def test_async_stream_and_the_live_view_callback(eng, server):
 def test_stream_of_a_finished_step_ends_at_once(eng, server):
     server.reset()
     run = eng.run(one_step("ask-done", {"prompt": "{input}", "stream": True}), input="x")
-    t0 = time.monotonic()
-    assert list(run.stream("ask", timeout=10)) == []
-    assert time.monotonic() - t0 < 1.0
+    # No timeout: only seeing that the step is over can end this stream (else it hangs and
+    # the test's timeout fails it).
+    assert list(run.stream("ask")) == []
 
 
 def test_simulated_map_with_errors_and_the_usage_table(tmp_path):
@@ -395,7 +395,7 @@ def test_requests_per_minute_are_shared_by_all_steps(tmp_path):
         runs = [e.start_run(map_of("ask-rpm", 20, {"prompt": "n {input}"}), 20) for _ in range(2)]
         assert all(r.wait(30).status == "completed" for r in runs)
         took = time.monotonic() - t0
-        assert 0.9 <= took < 5, took  # 40 calls at 20/s after a burst of 20
+        assert took >= 0.9, took  # 40 calls at 20/s after a burst of 20
         waits = e.llm_calls()["rate_wait_ms"]
         assert (waits > 0).sum() >= 15 and waits.max() >= 500
 
