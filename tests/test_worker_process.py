@@ -124,7 +124,7 @@ def test_two_worker_processes_and_the_kernel_share_one_queue(engine, tmp_path, w
 
     @engine.task("echo", concurrency=4)  # the kernel joins after them: capacity adds up
     async def echo(ctx):  # the in-kernel twin of worker_tasks.echo
-        await asyncio.sleep(0.005)
+        await asyncio.sleep(0.005)  # a few ms of work: every process gets its share
         with log.open("a") as f:
             f.write(f"{ctx.run_id} {ctx.step_id} {ctx.attempt} {kernel_pid} done\n")
         return {"echo": ctx.input, "pid": kernel_pid}
