@@ -12,7 +12,6 @@ import pytest
 from llm_server import ChatServer, Reply
 
 import dagnats_nb as dn
-from dagnats_nb.llm import subscribe_tokens
 from dagnats_nb.wire import protocol
 
 FAST_RETRY = {"max_attempts": 2, "strategy": "fixed", "initial_delay": "10ms"}
@@ -185,7 +184,7 @@ def test_async_stream_and_the_live_view_callback(eng, server):
         with lock:
             seen.append(chunk)
 
-    unsubscribe = subscribe_tokens(eng, run.id, "ask", on_chunk)
+    unsubscribe = eng.subscribe_tokens(run.id, "ask", on_chunk)
 
     async def collect():
         return [t async for t in run.stream("ask", timeout=10)]

@@ -1,13 +1,13 @@
 """The engine's read-only views, mixed into :class:`~dagnats_nb.facade.engine.Engine`: JetStream
 stats, NATS monitoring, health rules, the sampler, sizing, status and ``/health``/``/ready``.
 
-Thin: each method gathers with ``dagnats_nb.observe`` on the engine loop and shapes the
-result; nothing here changes engine state.
+Thin: each view is a private coroutine that gathers with ``dagnats_nb.observe`` on the engine
+loop (a snapshot), and its public pair from :func:`~dagnats_nb.facade.twins.twins` shapes the
+result in the caller's thread; nothing here changes engine state.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections import deque
@@ -16,9 +16,26 @@ from typing import Any
 from nats.js.errors import KeyNotFoundError, NoKeysError, NotFoundError
 
 from dagnats_nb.dag import parse_duration
+from dagnats_nb.facade.twins import twins
 from dagnats_nb.observe import health, monitor, sampler, sizing, stats
 from dagnats_nb.server.datadir import read_engine_info
 from dagnats_nb.wire import protocol, resources
+
+
+def _data_frame(rows: list[dict[str, Any]]):
+    import pandas as pd
+
+    return pd.DataFrame(rows)
+
+
+def _health_frame(rows: list[dict[str, Any]]):
+    import pandas as pd
+
+    return pd.DataFrame(rows, columns=health.COLUMNS)
+
+
+def _monitor_frame(reply: tuple[str, dict[str, Any]]):
+    return monitor.flatten(*reply)
 
 
 class Observing:
@@ -29,47 +46,41 @@ class Observing:
 
     # -- stats (read-only views; see dagnats_nb.observe.stats) ------------------------
 
-    def stream_stats(self):
+    async def _stream_stats(self) -> list[dict[str, Any]]:
         """Per stream: messages, bytes, first/last sequence and time, subjects, consumers,
         limits, retention, storage, share of ``max_store_bytes``, dedup window."""
-        return self._frame(stats.stream_rows(self._nc, self.settings.max_store_bytes))
+        return await stats.stream_rows(self._nc, self.settings.max_store_bytes)
 
-    def consumer_lag(self):
+    stream_stats, stream_stats_async = twins(_stream_stats, _data_frame)
+
+    async def _consumer_lag(self) -> list[dict[str, Any]]:
         """Per consumer: stream, filter, pending, ack pending, redelivered, waiting pulls,
         last delivered/acked sequence, last active."""
-        return self._frame(stats.consumer_rows(self._nc))
+        return await stats.consumer_rows(self._nc)
 
-    def kv_stats(self):
+    consumer_lag, consumer_lag_async = twins(_consumer_lag, _data_frame)
+
+    async def _kv_stats(self) -> list[dict[str, Any]]:
         """Per KV bucket: keys, values, bytes, history, TTL."""
-        return self._frame(stats.kv_rows(self._nc))
+        return await stats.kv_rows(self._nc)
 
-    def account(self):
+    kv_stats, kv_stats_async = twins(_kv_stats, _data_frame)
+
+    async def _account(self) -> list[dict[str, Any]]:
         """JetStream account usage against its limits and ``max_store_bytes``."""
-        return self._frame(stats.account_rows(self._nc, self.settings.max_store_bytes))
+        return await stats.account_rows(self._nc, self.settings.max_store_bytes)
 
-    async def stream_stats_async(self):
-        return await asyncio.to_thread(self.stream_stats)
+    account, account_async = twins(_account, _data_frame)
 
-    async def consumer_lag_async(self):
-        return await asyncio.to_thread(self.consumer_lag)
-
-    async def kv_stats_async(self):
-        return await asyncio.to_thread(self.kv_stats)
-
-    async def account_async(self):
-        return await asyncio.to_thread(self.account)
-
-    def monitor(self, endpoint: str = "varz", **params: Any):
+    async def _monitor(self, endpoint: str = "varz", **params: Any) -> tuple[str, dict]:
         """A NATS monitoring endpoint (``varz``, ``jsz``, ``connz``, ``subsz``) flattened into
         a DataFrame; ``params`` are its query parameters (e.g. ``subs=1``). Needs
         ``monitor_port`` (a clear error says so when monitoring is off)."""
-        data = self._call(monitor.fetch(self.monitor_url, endpoint, params))
-        return monitor.flatten(endpoint, data)
+        return endpoint, await monitor.fetch(self.monitor_url, endpoint, params)
 
-    async def monitor_async(self, endpoint: str = "varz", **params: Any):
-        return await asyncio.to_thread(self.monitor, endpoint, **params)
+    monitor, monitor_async = twins(_monitor, _monitor_frame)
 
-    def sizing(
+    async def _sizing(
         self, workflow: str | None = None, *, days: float = 30.0, **workload: Any
     ) -> sizing.Report:
         """Disk and memory estimate of a workload (``sizing.Workload`` fields as keywords,
@@ -82,10 +93,10 @@ class Observing:
             for r, s in self.orchestrator.runs.items()
             if s.terminal and not s.outbox and (workflow is None or s.workflow == workflow)
         ]
-        info = self._call(stats.api(self._nc, f"STREAM.INFO.{protocol.HISTORY_STREAM}"))["state"]
+        info = (await stats.api(self._nc, f"STREAM.INFO.{protocol.HISTORY_STREAM}"))["state"]
         cal = sizing.calibrate(runs, info.get("bytes", 0), info.get("messages", 0))
         if workflow is not None and "steps" not in workload:
-            workload["steps"] = len(self.workflow(workflow).steps)
+            workload["steps"] = len((await self._workflow(workflow)).steps)
         workload.setdefault("runs_per_day", 1000)
         workload.setdefault("max_store_bytes", self.settings.max_store_bytes)
         if self.settings.runs_max_age and "history_max_age_days" not in workload:
@@ -94,29 +105,32 @@ class Observing:
         est = sizing.estimate(w, cal, days)
         return sizing.Report(est, est.calibration, sizing.compare(est.calibration, w.steps))
 
-    def sample(self, every: float | str = "1s", keep: int = 3600) -> sampler.Sampler:
+    sizing, sizing_async = twins(_sizing)
+
+    async def _sample(self, every: float | str = "1s", keep: int = 3600) -> sampler.Sampler:
         """Record stream sizes, consumer lag, dead letters and run/step rates every
         ``every`` (seconds or a Go duration) in the background; ``.frame()`` is the time
         series, ``.figure()`` its plots, ``.stop()`` ends it. One sampler per engine: a new
         call replaces the previous one."""
         seconds = every if isinstance(every, int | float) else parse_duration(every).total_seconds()
         if self._sampler is not None:
-            self._call(self._sampler.stop())
+            await self._sampler.stop()
         s = sampler.Sampler(
             lambda: sampler.collect_row(self._nc, self.orchestrator), float(seconds), keep
         )
-
-        async def begin() -> None:
-            s.start()
-
-        self._call(begin())
+        s.start()
         self._sampler = s
         return s
 
-    def stop_sampling(self) -> None:
+    sample, sample_async = twins(_sample)
+
+    async def _stop_sampling(self) -> None:
+        """Stop the sampler of :meth:`sample` (its rows stay readable)."""
         if self._sampler is not None:
-            self._call(self._sampler.stop())
+            await self._sampler.stop()
             self._sampler = None
+
+    stop_sampling, stop_sampling_async = twins(_stop_sampling)
 
     @property
     def monitor_url(self) -> str | None:
@@ -126,21 +140,10 @@ class Observing:
         info = read_engine_info(self.settings.data_dir) if not self.embedded else None
         return (info or {}).get("monitor_url")
 
-    def _frame(self, rows_coro):
-        import pandas as pd
-
-        return pd.DataFrame(self._call(rows_coro))
-
     # -- status --------------------------------------------------------------------------
 
-    def status(self) -> dict[str, Any]:
-        """Connection, streams (messages, bytes), workers and pending tasks per task type."""
-        return self._call(self._status())
-
-    async def status_async(self) -> dict[str, Any]:
-        return await self._call_async(self._status())
-
     async def _status(self) -> dict[str, Any]:
+        """Connection, streams (messages, bytes), workers and pending tasks per task type."""
         streams = []
         for spec in resources.STREAMS:
             try:
@@ -180,6 +183,8 @@ class Observing:
         out["health"] = [r for r in rows if r["level"] != health.OK]
         return out
 
+    status, status_async = twins(_status)
+
     async def _workers(self) -> list[dict[str, Any]]:
         """The entries of the ``workers`` KV bucket (live workers of every process)."""
         workers = []
@@ -195,15 +200,12 @@ class Observing:
                 continue
         return workers
 
-    def health(self):
+    async def _health(self) -> list[dict[str, Any]]:
         """The checklist's health rules as a table (check, level, subject, value, threshold,
         action), warnings first. Thresholds are the ``health_*`` settings."""
-        import pandas as pd
+        return await self._health_rows()
 
-        return pd.DataFrame(self._call(self._health_rows()), columns=health.COLUMNS)
-
-    async def health_async(self):
-        return await asyncio.to_thread(self.health)
+    health, health_async = twins(_health, _health_frame)
 
     async def _health_rows(
         self, workers: list[dict[str, Any]] | None = None

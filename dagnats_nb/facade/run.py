@@ -1,24 +1,46 @@
-"""A handle on one run: its status, output and error, and waiting on it."""
+"""A handle on one run: its status, output and error, and waiting on it.
+
+A :class:`Run` holds the narrow :class:`RunHandle` of its engine (what it reads and does is
+the engine's, each call a snapshot taken on the engine loop), not the engine module.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from dagnats_nb.dag.state import RUN_TERMINAL
 from dagnats_nb.errors import RunError
-
-if TYPE_CHECKING:
-    from dagnats_nb.facade.engine import Engine
+from dagnats_nb.facade.tokens import TokenSource, TokenStream
 
 
 class RunTimeout(RunError, TimeoutError):
     """A run did not end within the time a caller waited."""
 
 
+class RunHandle(TokenSource, Protocol):
+    """What a :class:`Run` needs of its engine (the :class:`~dagnats_nb.facade.Engine`)."""
+
+    def run_output(self, run_id: str) -> Any: ...
+
+    async def run_output_async(self, run_id: str) -> Any: ...
+
+    def wait_run(self, run_id: str, timeout: float | None = 60) -> str: ...
+
+    async def wait_run_async(self, run_id: str, timeout: float | None = 60) -> str: ...
+
+    def cancel_run(self, run_id: str, reason: str = "cancelled by user") -> None: ...
+
+    async def cancel_run_async(self, run_id: str, reason: str = "cancelled by user") -> None: ...
+
+    def events(self, run_id: str) -> Any: ...
+
+    def steps(self, run_id: str) -> Any: ...
+
+
 class Run:
     """One run of a workflow. Status and output are read live from the engine."""
 
-    def __init__(self, engine: Engine, run_id: str, workflow: str) -> None:
+    def __init__(self, engine: RunHandle, run_id: str, workflow: str) -> None:
         self.engine = engine
         self.id = run_id
         self.workflow = workflow
@@ -39,20 +61,11 @@ class Run:
     @property
     def output(self) -> Any:
         """The run's output (the single terminal step's output, or ``{step_id: output}``)."""
-        summary = self._summary()
-        if _from_history(summary):  # an attached engine: read it from the history
-            return self.engine._call(self.engine.history_output(self.id))
-        value = summary.get("output")
-        return self.engine._call(self.engine.expand(value)) if value is not None else None
+        return self.engine.run_output(self.id)
 
     async def output_async(self) -> Any:
-        summary = self._summary()
-        if _from_history(summary):
-            return await self.engine._call_async(self.engine.history_output(self.id))
-        value = summary.get("output")
-        return (
-            await self.engine._call_async(self.engine.expand(value)) if value is not None else None
-        )
+        """The awaitable twin of :attr:`output`."""
+        return await self.engine.run_output_async(self.id)
 
     @property
     def error(self) -> str | None:
@@ -64,37 +77,27 @@ class Run:
 
     def wait(self, timeout: float | None = 60) -> Run:
         """Block until the run ends; return it. Raises :class:`RunTimeout` after ``timeout`` s."""
-        try:
-            self.engine._call(self.engine.wait_run(self.id, timeout))
-        except TimeoutError:
-            raise self._timeout(timeout) from None
+        self.engine.wait_run(self.id, timeout)
         return self
 
     async def wait_async(self, timeout: float | None = 60) -> Run:
-        try:
-            await self.engine._call_async(self.engine.wait_run(self.id, timeout))
-        except TimeoutError:
-            raise self._timeout(timeout) from None
+        """The awaitable twin of :meth:`wait`."""
+        await self.engine.wait_run_async(self.id, timeout)
         return self
-
-    def _timeout(self, timeout: float | None) -> RunTimeout:
-        return RunTimeout(
-            f"run {self.id} of workflow '{self.workflow}' is still {self.status} after "
-            f"{timeout}s: wait longer, or look at eng.steps('{self.id}') to see which step waits"
-        )
 
     def cancel(self, reason: str = "cancelled by user") -> None:
         """Cancel the run: queued and running steps are abandoned, the run ends ``cancelled``."""
-        self.engine._call(self.engine.cancel_run(self.id, reason))
+        self.engine.cancel_run(self.id, reason)
 
     async def cancel_async(self, reason: str = "cancelled by user") -> None:
-        await self.engine._call_async(self.engine.cancel_run(self.id, reason))
+        """The awaitable twin of :meth:`cancel`."""
+        await self.engine.cancel_run_async(self.id, reason)
 
-    def stream(self, step_id: str, *, map_index: int | None = None, timeout: float | None = None):
+    def stream(
+        self, step_id: str, *, map_index: int | None = None, timeout: float | None = None
+    ) -> TokenStream:
         """The tokens of a streaming ``llm`` step as they arrive (``for t in run.stream(...)``
         or ``async for``); live only: tokens sent before the call are not replayed."""
-        from dagnats_nb.llm.streaming import TokenStream
-
         return TokenStream(self.engine, self.id, step_id, map_index=map_index, timeout=timeout)
 
     def events(self):
@@ -105,8 +108,3 @@ class Run:
 
     def __repr__(self) -> str:
         return f"<Run {self.id} {self.workflow} {self.status}>"
-
-
-def _from_history(summary: dict[str, Any]) -> bool:
-    """A completed run's KV summary (no run state, no output): the output is in its history."""
-    return "state" not in summary and summary.get("status") == "completed"

@@ -1,0 +1,266 @@
+"""Reading runs, steps, events, outputs, dead letters and LLM usage: a mixin of
+:class:`~dagnats_nb.facade.engine.Engine`.
+
+Each read is a private coroutine run on the engine loop, the one thread that changes the
+orchestrator's state, so what it returns is a snapshot taken at one moment (a run's
+``RunState`` is copy-on-write: the engine replaces it, never changes it). :func:`twins`
+makes its public pair; a DataFrame is built from the snapshot in the caller's thread. An
+attached engine (``Engine.connect``) holds no run state: it reads the ``workflow_runs`` KV
+summaries and the runs' history instead.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from nats.js.errors import KeyNotFoundError, NoKeysError, NotFoundError
+
+from dagnats_nb.dag import WorkflowDef
+from dagnats_nb.dag.advance import replay
+from dagnats_nb.dag.state import RunState
+from dagnats_nb.errors import RunError
+from dagnats_nb.facade.run import Run
+from dagnats_nb.facade.twins import twins
+from dagnats_nb.facade.views import events_frame, runs_frame, steps_frame
+from dagnats_nb.runtime import dead_letters
+from dagnats_nb.runtime.dead_letters import dead_letters_frame, read_dead_letters
+from dagnats_nb.wire import protocol
+
+
+def _steps_frame(snapshot: tuple[WorkflowDef, RunState]):
+    return steps_frame(*snapshot)
+
+
+def _usage_frame(records: list[dict[str, Any]]):
+    from dagnats_nb.llm import usage_frame  # the llm package loads when used
+
+    return usage_frame(records)
+
+
+def _calls_frame(records: list[dict[str, Any]]):
+    from dagnats_nb.llm import calls_frame
+
+    return calls_frame(records)
+
+
+class Reads:
+    """Read-only views of runs (see the module docstring)."""
+
+    # -- runs ----------------------------------------------------------------------------
+
+    async def _runs(self) -> list[RunState | dict[str, Any]]:
+        """All runs as a DataFrame (run_id, workflow, status, started_at, ended_at, error...)."""
+        if self.orchestrator is not None:
+            return list(self.orchestrator.runs.values())
+        return await self._kv_runs()
+
+    runs, runs_async = twins(_runs, runs_frame)
+
+    async def _kv_runs(self) -> list[dict[str, Any]]:
+        kv = await self._js.key_value("workflow_runs")
+        try:
+            keys = await kv.keys()
+        except (NotFoundError, NoKeysError):
+            return []
+        out = []
+        for k in keys:
+            try:
+                out.append(json.loads((await kv.get(k)).value))
+            except (KeyNotFoundError, NotFoundError):
+                continue
+        return out
+
+    async def _run_state(self, run_id: str) -> dict[str, Any] | None:
+        """The run's summary: run_id, workflow, status, output, error and, in the engine
+        that runs it, ``state`` (a ``dag.state.RunState``); None when unknown."""
+        if self.orchestrator is not None:
+            state = self.orchestrator.runs.get(run_id)
+            if state is None:
+                return None
+            return {
+                "run_id": run_id,
+                "workflow": state.workflow,
+                "status": state.status,
+                "output": state.output,
+                "error": state.error,
+                "state": state,
+            }
+        return await self._kv_run(run_id)
+
+    run_state, run_state_async = twins(_run_state)
+
+    async def _kv_run(self, run_id: str) -> dict[str, Any] | None:
+        """An attached engine's view of a run: the KV summary written when it ended, else
+        ``running`` while its history exists."""
+        kv = await self._js.key_value("workflow_runs")
+        try:
+            entry = await kv.get(run_id)
+        except (KeyNotFoundError, NotFoundError):
+            first = await self._history(run_id, limit=1)
+            if not first:
+                return None
+            workflow = (first[0].payload or {}).get("workflow")
+            return {"run_id": run_id, "workflow": workflow, "status": "running", "error": None}
+        return json.loads(entry.value)
+
+    async def _run_status(self, run_id: str) -> str | None:
+        summary = await self._run_state(run_id)
+        return summary["status"] if summary else None
+
+    async def _get_run(self, run_id: str) -> Run:
+        """A handle on an existing run."""
+        summary = await self._run_state(run_id)
+        if summary is None:
+            raise RunError(f"no run with id {run_id}: list runs with eng.runs()")
+        return Run(self, run_id, summary["workflow"])
+
+    get_run, get_run_async = twins(_get_run)
+
+    async def _run_output(self, run_id: str) -> Any:
+        """A run's output (None until it completes): the single terminal step's output, or
+        ``{step_id: output}``; large values are read back from the payload store."""
+        summary = await self._run_state(run_id)
+        if summary is None:
+            return None
+        if "state" not in summary and summary.get("status") == "completed":
+            return await self._history_output(run_id)  # a KV summary holds no output
+        value = summary.get("output")
+        return await self.payloads.expand(value) if value is not None else None
+
+    run_output, run_output_async = twins(_run_output)
+
+    async def _history_output(self, run_id: str) -> Any:
+        """A completed run's output read from its history (what an attached engine, which
+        holds no run state, shows): the ``workflow.completed`` event's, else rebuilt."""
+        events = await self._history(run_id)
+        done = next((e for e in reversed(events) if e.type == protocol.WORKFLOW_COMPLETED), None)
+        if done is None:
+            return None
+        payload = done.payload or {}
+        if "output" in payload:
+            return await self.payloads.expand(payload["output"])
+        first = events[0].payload or {}
+        _, defn = await self.defs.get(first.get("workflow", ""), first.get("def_hash"))
+        return await self.payloads.expand(replay(defn, events).output)
+
+    # -- steps and events ----------------------------------------------------------------
+
+    async def _steps(self, run_id: str) -> tuple[WorkflowDef, RunState]:
+        """A run's steps as a DataFrame (step_id, task, type, status, attempt, times,
+        error); an attached engine rebuilds them from the run's history."""
+        if self.orchestrator is None:
+            return await self._replayed(run_id)
+        state = self.orchestrator.runs.get(run_id)
+        if state is None:
+            raise RunError(f"no run with id {run_id} in this engine")
+        return self.orchestrator.run_defs[run_id], state
+
+    steps, steps_async = twins(_steps, _steps_frame)
+
+    async def _replayed(self, run_id: str) -> tuple[WorkflowDef, RunState]:
+        """The run's definition and its state rebuilt from its history."""
+        events = await self._history(run_id)
+        if not events or events[0].type != protocol.WORKFLOW_STARTED:
+            raise RunError(f"no history for run {run_id}: list runs with eng.runs()")
+        payload = events[0].payload or {}
+        _, defn = await self.defs.get(payload.get("workflow", ""), payload.get("def_hash"))
+        return defn, replay(defn, events)
+
+    async def _events(self, run_id: str) -> list[protocol.Event]:
+        """A run's history as a DataFrame (seq, time, type, step_id, attempt, worker_id...)."""
+        return await self._history(run_id)
+
+    events, events_async = twins(_events, events_frame)
+
+    async def _history(self, run_id: str, limit: int | None = None) -> list[protocol.Event]:
+        """A run's history: its first ``limit`` events (all by default), in order, as
+        ``wire.protocol.Event`` objects (:meth:`events` is the same as a DataFrame)."""
+        subject = protocol.history_subject(run_id)
+        info = await self._js.stream_info(protocol.HISTORY_STREAM, subjects_filter=subject)
+        count = (info.state.subjects or {}).get(subject, 0)
+        if not count:
+            return []
+        sub = await self._js.subscribe(
+            subject, stream=protocol.HISTORY_STREAM, ordered_consumer=True
+        )
+        out: list[protocol.Event] = []
+        try:
+            while True:
+                msg = await sub.next_msg(timeout=5)
+                out.append(protocol.Event.decode(msg.data, seq=msg.metadata.sequence.stream))
+                if msg.metadata.num_pending == 0 or len(out) == limit:
+                    break
+        finally:
+            await sub.unsubscribe()
+        return out
+
+    history, history_async = twins(_history)
+
+    async def _step_output(self, run_id: str, step_id: str) -> Any:
+        """One step's output (a map step: the list of its elements' outputs), rebuilt from
+        the run's history: finished runs keep only the run's output in memory."""
+        defn, state = await self._replayed(run_id)
+        defn.step(step_id)  # names the workflow's steps when step_id is unknown
+        st = state.step(step_id)
+        if st.status != "completed":
+            raise RunError(f"step '{step_id}' of run {run_id} is {st.status}: it has no output")
+        return await self.payloads.expand(st.output)
+
+    step_output, step_output_async = twins(_step_output)
+
+    # -- dead letters --------------------------------------------------------------------
+
+    async def _dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The last ``limit`` dead letters (steps that failed for good) as a DataFrame:
+        seq, failed_at, workflow, task, run_id, step_id, map_index, attempts, error."""
+        return await self._dlq(limit=limit)
+
+    dead_letters, dead_letters_async = twins(_dead_letters, dead_letters_frame)
+
+    async def _dlq(
+        self, workflow: str | None = None, run: str | None = None, *, limit: int = 1000
+    ) -> list[dict[str, Any]]:
+        """Dead letters as a DataFrame, newest last: the last ``limit`` of DEAD_LETTERS,
+        of one workflow and/or one run when named."""
+        letters = await read_dead_letters(self._js, limit)
+        return dead_letters.select(letters, workflow, run)
+
+    dlq, dlq_async = twins(_dlq, dead_letters_frame)
+
+    async def _dlq_replay(
+        self,
+        seq: int | None = None,
+        *,
+        run: str | None = None,
+        dry_run: bool = False,
+        wait: float = 5.0,
+    ) -> list[dict[str, Any]]:
+        """Replay a dead letter (by ``seq``, or the newest of ``run``): its failed run resumes
+        at the failed step, as a new attempt. Returns what was (or, ``dry_run``, would be)
+        replayed and the run's status after up to ``wait`` seconds."""
+        return await dead_letters.replay(self._js, self._run_status, seq, run, dry_run, wait)
+
+    dlq_replay, dlq_replay_async = twins(_dlq_replay)
+
+    # -- llm usage -----------------------------------------------------------------------
+
+    async def _llm_usage(self, run_id: str | None = None) -> list[dict[str, Any]]:
+        """LLM calls per run, step and model (calls, tokens, latency p50/p95, errors,
+        retries) as a DataFrame, read from TELEMETRY; ``llm_calls`` has one row per call."""
+        return await self._llm_records(run_id)
+
+    llm_usage, llm_usage_async = twins(_llm_usage, _usage_frame)
+
+    async def _llm_calls(self, run_id: str | None = None) -> list[dict[str, Any]]:
+        """Every recorded LLM call as a DataFrame (status, latency_ms, tokens, error...)."""
+        return await self._llm_records(run_id)
+
+    llm_calls, llm_calls_async = twins(_llm_calls, _calls_frame)
+
+    async def _llm_records(self, run_id: str | None) -> list[dict[str, Any]]:
+        from dagnats_nb.llm import read_calls
+
+        if self.llm is not None:  # this engine's calls not yet stored
+            await self.llm.recorder.flush(wait=True)
+        return await read_calls(self._js, run_id)

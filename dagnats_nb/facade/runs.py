@@ -1,0 +1,159 @@
+"""Starting, waiting on, cancelling and watching runs: a mixin of
+:class:`~dagnats_nb.facade.engine.Engine`.
+
+Each operation is a private coroutine run on the engine loop and its public pair from
+:func:`~dagnats_nb.facade.twins.twins`; ``_start_run`` is also what the HTTP adapter's
+webhooks call on the engine loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import secrets
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from nats.js.errors import APIError
+
+from dagnats_nb.dag import WorkflowDef, load_workflow
+from dagnats_nb.dag.state import RUN_TERMINAL
+from dagnats_nb.errors import RunError
+from dagnats_nb.facade import tokens
+from dagnats_nb.facade.run import Run, RunTimeout
+from dagnats_nb.facade.twins import twins
+from dagnats_nb.transport.errors import store_error
+from dagnats_nb.wire import protocol
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def new_run_id() -> str:
+    """A time-ordered id (ULID layout: 48-bit milliseconds + 80 random bits, base32)."""
+    value = (int(time.time() * 1000) << 80) | secrets.randbits(80)
+    return "".join(_CROCKFORD[(value >> (5 * i)) & 31] for i in range(25, -1, -1))
+
+
+class Runs:
+    """Runs started and steered through the engine (see the module docstring)."""
+
+    async def _start_run(
+        self, workflow: str | WorkflowDef | dict, input: Any = None, *, run_id: str | None = None
+    ) -> Run:
+        """Start a run of a registered workflow (or register this definition first)."""
+        if isinstance(workflow, str) and not _looks_like_definition(workflow):
+            h, defn = await self.defs.get(workflow)
+        else:
+            defn = load_workflow(workflow)
+            h = await self._store_definition(defn)
+        run_id = run_id or new_run_id()
+        if not protocol.is_token(run_id):
+            raise RunError(f"run id {run_id!r} cannot be used in a NATS subject")
+        try:
+            encoded = json.dumps(input, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise RunError(
+                f"input of workflow '{defn.name}' is not JSON-serialisable ({exc}): "
+                "pass dicts, lists, strings, numbers, booleans or None"
+            ) from None
+        value = await self.payloads.shrink(input, len(encoded), f"{run_id}/input")
+        event = protocol.Event(
+            type=protocol.WORKFLOW_STARTED,
+            run_id=run_id,
+            payload={"workflow": defn.name, "version": defn.version, "def_hash": h, "input": value},
+        )
+        try:
+            await self._js.publish(
+                protocol.history_subject(run_id),
+                event.encode(),
+                headers={"Nats-Msg-Id": event.msg_id},
+            )
+        except APIError as exc:
+            msg = store_error(exc)
+            raise RunError(msg or f"cannot start a run of '{defn.name}': {exc}") from None
+        return Run(self, run_id, defn.name)
+
+    start_run, start_run_async = twins(_start_run)
+
+    async def _run(
+        self, workflow: str | WorkflowDef | dict, input: Any = None, *, timeout: float | None = 60
+    ) -> Run:
+        """Start a run and wait for it to end (completed, failed or cancelled)."""
+        run = await self._start_run(workflow, input)
+        await self._wait_run(run.id, timeout)
+        return run
+
+    run, run_async = twins(_run)
+
+    async def _wait_run(self, run_id: str, timeout: float | None = 60) -> str:
+        """Wait until the run ends; its status. Raises :class:`RunTimeout` after ``timeout``
+        seconds (``run.wait()`` is the same on a :class:`Run`)."""
+        try:
+            if self.orchestrator is not None:
+                state = await asyncio.wait_for(self.orchestrator.wait(run_id), timeout)
+                return state.status
+            return await asyncio.wait_for(self._poll_run(run_id), timeout)
+        except TimeoutError:
+            summary = await self._run_state(run_id) or {"status": "pending"}
+            workflow = summary.get("workflow") or "?"
+            raise RunTimeout(
+                f"run {run_id} of workflow '{workflow}' is still {summary['status']} after "
+                f"{timeout}s: wait longer, or look at eng.steps('{run_id}') to see which "
+                "step waits"
+            ) from None
+
+    wait_run, wait_run_async = twins(_wait_run)
+
+    async def _poll_run(self, run_id: str) -> str:
+        """An attached engine waits for the run's KV summary to say it ended."""
+        while True:
+            summary = await self._kv_run(run_id)
+            if summary and summary["status"] in RUN_TERMINAL:
+                return summary["status"]
+            await asyncio.sleep(0.2)
+
+    async def _cancel_run(self, run_id: str, reason: str = "cancelled by user") -> None:
+        """Cancel a run: queued and running steps are abandoned, the run ends ``cancelled``."""
+        event = protocol.Event(
+            type=protocol.WORKFLOW_CANCELLED, run_id=run_id, payload={"reason": reason}
+        )
+        await self._js.publish(
+            protocol.history_subject(run_id), event.encode(), headers={"Nats-Msg-Id": event.msg_id}
+        )
+
+    cancel_run, cancel_run_async = twins(_cancel_run)
+
+    async def _watch(self, run_id: str, callback: Callable[[Any], None]) -> Callable[[], None]:
+        """Call ``callback(state)`` (a ``dag.state.RunState``) on the engine thread after
+        every change of the run, and once at once; returns ``unwatch()``. Keep the callback
+        quick and thread-safe: it runs on the engine loop."""
+        self._need_orchestrator("watch a run")
+        unwatch = self.orchestrator.watch(run_id, callback)
+        loop = asyncio.get_running_loop()
+
+        def unwatch_from_any_thread() -> None:
+            with contextlib.suppress(RuntimeError):  # the engine stopped: nothing to unwatch
+                loop.call_soon_threadsafe(unwatch)
+
+        return unwatch_from_any_thread
+
+    watch, watch_async = twins(_watch)
+
+    async def _subscribe_tokens(
+        self, run_id: str, step_id: str, callback: Callable[[dict[str, Any]], None]
+    ) -> Callable[[], None]:
+        """Call ``callback(chunk)`` on the engine thread for every message a streaming step
+        sends (``{"delta", "seq", "attempt"[, "map_index"]}``, and ``{"done": true, ...}``
+        at the end of each attempt); returns ``unsubscribe()``. For live views: keep the
+        callback quick. ``run.stream(step_id)`` iterates the tokens instead."""
+        return await tokens.subscribe(self._nc, run_id, step_id, callback)
+
+    subscribe_tokens, subscribe_tokens_async = twins(_subscribe_tokens)
+
+
+def _looks_like_definition(text: str) -> bool:
+    t = text.lstrip()
+    return t.startswith("{") or "\n" in t or Path(text).suffix in (".json", ".yaml", ".yml")
