@@ -145,7 +145,7 @@ def test_worker_that_stops_heartbeating_warns_until_it_beats(tmp_path):
             what="the heartbeat gap to warn",
         )
         assert any(r["subject"] == me for r in eng.status()["health"])
-        eng._call(eng.registry.beat())
+        eng._call(eng.host.registry.beat())
         assert levels(eng, "worker heartbeat gap (s)")[me] == "ok"
 
 

@@ -378,6 +378,8 @@ def resolve(http, task_id: str, **body) -> httpx.Response:
 def test_bridge_refuses_a_missing_or_wrong_token(eng, http):
     eng.register(one_step("guarded_queue", "ext_guard"))
     run = eng.start_run("guarded_queue", {"n": 1})
+    # the task waits in its queue: a poll that was not refused would take it
+    until(lambda: eng.status()["pending_tasks"].get("ext_guard"), what="the task queued")
     body = {"task_types": ["ext_guard"], "timeout_ms": 200}
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"}):
         resp = http.post("/v1/tasks/poll", json=body, headers=headers)
