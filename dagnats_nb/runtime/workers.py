@@ -30,7 +30,7 @@ from nats.js.errors import FetchTimeoutError, NotFoundError
 
 from dagnats_nb.runtime.handlers import Continue, Handler, Permanent, RetryAfter, TaskContext
 from dagnats_nb.runtime.results import output_payload, record_result
-from dagnats_nb.transport.buffer import take_buffered
+from dagnats_nb.transport.pull import fetch_available, take_buffered
 from dagnats_nb.transport.stores import PayloadStore
 from dagnats_nb.wire import protocol
 
@@ -107,40 +107,6 @@ def task_event(
 def describe_error(exc: BaseException) -> str:
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-async def fetch_available(psub, batch: int, timeout: float) -> list:
-    """Up to ``batch`` tasks as soon as there is one, never waiting for a full batch.
-
-    nats-py's ``fetch(n)`` asks with ``no_wait``; when other workers' pull requests wait on
-    the same consumer the server answers "408 Requests Pending", and fetch then holds the
-    tasks it receives until ``n`` arrived or ``timeout`` passed (5 s stalls with two worker
-    processes). Here: tasks already buffered, else a lingering request for one task (no
-    ``no_wait``), then a ``no_wait`` request for what else is there, read until its status.
-    """
-    sub = psub._sub  # nats-py internals (2.x): the pull subscription's inbox and queue
-    queue = sub._pending_queue
-    msgs: list = []
-    while len(msgs) < batch and not queue.empty():
-        msg = queue.get_nowait()
-        sub._pending_size -= len(msg.data)
-        if not JetStreamContext.is_status_msg(msg):  # statuses of earlier requests
-            msgs.append(msg)
-    if msgs:
-        return msgs
-    msgs = await psub.fetch(1, timeout=timeout)
-    if batch > 1:
-        more = json.dumps({"batch": batch - 1, "no_wait": True}).encode()
-        await psub._nc.publish(psub._nms, more, psub._deliver)
-        while len(msgs) < batch:
-            try:
-                msg = await sub.next_msg(timeout=0.05)
-            except (TimeoutError, NatsTimeout):
-                break
-            if JetStreamContext.is_status_msg(msg):
-                break
-            msgs.append(msg)
-    return msgs
 
 
 class TaskWorker:

@@ -12,6 +12,10 @@ Choices:
   KV write (``$KV.``) is retried likewise. Other publishes are left as nats-py does them.
   A refusal (a full store...) fails the future at once: nats-py 2.16 raises inside its
   reply callback there and leaves the future pending for ever.
+- **Public nats-py API only.** The retried publishes have their own reply inbox
+  (``nc.new_inbox()``), futures and in-flight limit; nats-py's ``publish_async``
+  machinery (its private reply prefix, futures and semaphore) is not touched.
+  ``publish_async_pending``/``publish_async_completed`` count both kinds.
 - **Across a leaf node, by JetStream domain.** A client of the hub addresses the engine's
   JetStream as ``nc.jetstream(domain=...)`` (``$JS.<domain>.API.>``). nats-server denies
   ``$KV.>`` across a leaf connection whose domains differ, and maps
@@ -22,15 +26,15 @@ Choices:
 from __future__ import annotations
 
 import asyncio
-import functools
+import itertools
 import json
 import logging
 import time
-from secrets import token_hex
 from typing import Any
 
 import nats.errors
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js.client import NO_RESPONDERS_STATUS
@@ -40,11 +44,7 @@ from nats.js.errors import (
     TooManyStalledMsgsError,
 )
 
-__all__ = [
-    "ClusterJetStream",
-    "jetstream",
-    "server_list",
-]
+__all__ = ["ClusterJetStream", "jetstream"]
 
 log = logging.getLogger("dagnats_nb.transport.jetstream")
 
@@ -68,48 +68,69 @@ def _retriable(exc: BaseException) -> bool:
     return exc.err_code in _RETRIABLE_CODES or (exc.code == 503 and not exc.err_code)
 
 
-async def close_connection(nc: NATS) -> None:
-    """Drain a connection (pending publishes and acks go out), or close it at once when it
-    is not connected (a drain would only wait)."""
-    if nc.is_closed:
-        return
-    try:
-        if not nc.is_connected:
-            raise ConnectionError("not connected")
-        await asyncio.wait_for(nc.drain(), 5)
-    except Exception:
-        await nc.close()
+def _retriable_error(error: dict) -> bool:
+    """Not stored yet, send again: no responders, the same id still in process, JetStream
+    temporarily unavailable; never a full store (a 503 with its own code)."""
+    code = error.get("err_code")
+    return code in _RETRIABLE_CODES or (error.get("code") == 503 and not code)
 
 
-def server_list(url: str) -> list[str]:
-    """``nats://a:4222,nats://b:4222`` (``nats_url`` may list a cluster's servers) as a list."""
-    return [u.strip() for u in url.split(",") if u.strip()]
+class _Sent:
+    """A retried publish in flight: what to send again, when it was sent, its future."""
+
+    __slots__ = ("subject", "payload", "reply", "headers", "last", "first", "future")
+
+    def __init__(self, subject: str, payload: bytes, reply: str, headers, future) -> None:
+        self.subject, self.payload, self.reply, self.headers = subject, payload, reply, headers
+        self.last = self.first = time.monotonic()
+        self.future: asyncio.Future = future
 
 
 class ClusterJetStream(JetStreamContext):
     """nats-py's JetStream context, with publishes retried through a server loss and KV
     writes routed through the domain mapping (see the module docstring).
 
-    ``publish_async`` of a message with ``Nats-Msg-Id`` (or a KV write) is nats-py's, plus
-    a note of what was sent: every 0.5 s a sweep sends again, with the same reply inbox,
-    what has had no ack for ``ack_timeout``; a "no responders", 503 or "duplicate in
-    process" reply triggers the same instead of failing the caller's future. The first ack
-    resolves the future; later ones find it gone.
+    ``publish_async`` of a message with ``Nats-Msg-Id`` (or a KV write) sends it with a
+    reply subject on this context's own inbox and keeps what was sent: every 0.5 s a sweep
+    sends again, with the same reply subject, what has had no ack for ``ack_timeout``; a
+    "no responders", 503 or "duplicate in process" reply triggers the same instead of
+    failing the caller's future. The first ack resolves the future; later ones find it gone.
     """
 
     ack_timeout = 3.0  # seconds without an ack before the same message is sent again
     publish_deadline = 60.0  # then the publish fails with a TimeoutError
 
-    def __init__(self, conn: NATS, **kwargs: Any) -> None:
-        super().__init__(conn, **kwargs)
-        # token -> [subject, payload, reply, headers, last sent, first sent]
-        self._resend: dict[str, list] = {}
+    def __init__(
+        self,
+        conn: NATS,
+        prefix: str = js_api.DEFAULT_PREFIX,
+        domain: str | None = None,
+        timeout: float = 5,
+        publish_async_max_pending: int = 4000,
+    ) -> None:
+        super().__init__(
+            conn,
+            prefix=prefix,
+            domain=domain,
+            timeout=timeout,
+            publish_async_max_pending=publish_async_max_pending,
+        )
+        self.conn = conn
+        self.api = f"$JS.{domain}.API" if domain is not None else prefix
+        self.request_timeout = timeout
         self.resent = 0  # messages sent again so far
+        self._sent: dict[str, _Sent] = {}  # reply token -> the publish in flight
+        self._slots = asyncio.Semaphore(publish_async_max_pending)
+        self._idle = asyncio.Event()  # set when nothing is in flight
+        self._idle.set()
+        self._tokens = itertools.count()
+        self._reply_prefix: str | None = None  # "<inbox>." : replies come to <inbox>.<token>
+        self._reply_lock = asyncio.Lock()
         self._sweeper: asyncio.Task | None = None
 
     def _kv_subject(self, subject: str) -> str:
-        if subject.startswith("$KV.") and self._prefix != js_api.DEFAULT_PREFIX:
-            return f"{self._prefix}.{subject}"
+        if subject.startswith("$KV.") and self.api != js_api.DEFAULT_PREFIX:
+            return f"{self.api}.{subject}"
         return subject
 
     async def publish(
@@ -126,7 +147,7 @@ class ClusterJetStream(JetStreamContext):
         if not (kv or (headers and "Nats-Msg-Id" in headers)):
             return await super().publish(subject, payload, timeout, stream, headers, msg_ttl)
         deadline = time.monotonic() + self.publish_deadline
-        each = min(timeout or self._timeout, self.ack_timeout)
+        each = min(timeout or self.request_timeout, self.ack_timeout)
         while True:
             try:
                 return await super().publish(subject, payload, each, stream, headers, msg_ttl)
@@ -150,102 +171,98 @@ class ClusterJetStream(JetStreamContext):
                 subject, payload, wait_stall, stream, headers, msg_ttl
             )
         subject = self._kv_subject(subject)
-        # nats-py's publish_async (2.9-2.16), keeping the token and reply to send again
-        if not self._async_reply_prefix:
-            await self._init_async_reply()
         hdr = headers
         if stream is not None:
             hdr = {**(hdr or {}), js_api.Header.EXPECTED_STREAM: stream}
         if msg_ttl is not None:
             hdr = {**(hdr or {}), js_api.Header.MSG_TTL: str(int(msg_ttl))}
         try:
-            await asyncio.wait_for(
-                self._publish_async_pending_semaphore.acquire(), timeout=wait_stall
-            )
+            await asyncio.wait_for(self._slots.acquire(), timeout=wait_stall)
         except (TimeoutError, asyncio.CancelledError):
             raise TooManyStalledMsgsError from None
-        token = self._nc._nuid.next()
-        token.extend(token_hex(2).encode())
-        inbox = self._async_reply_prefix[:]
-        inbox.extend(token)
-        key, reply = token.decode(), inbox.decode()
-        future: asyncio.Future = asyncio.Future()
-        future.add_done_callback(functools.partial(self._publish_done, key))
-        self._publish_async_futures[key] = future
-        if self._publish_async_completed_event.is_set():
-            self._publish_async_completed_event.clear()
-        now = time.monotonic()
-        self._resend[key] = [subject, payload, reply, hdr, now, now]
-        await self._nc.publish(subject, payload, reply=reply, headers=hdr)
+        try:
+            prefix = self._reply_prefix or await self._subscribe_replies()
+        except BaseException:
+            self._slots.release()
+            raise
+        token = format(next(self._tokens), "x")
+        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        sent = _Sent(subject, payload, prefix + token, hdr, future)
+        self._sent[token] = sent
+        self._idle.clear()
+        future.add_done_callback(lambda _: self._done(token))
+        await self.conn.publish(subject, payload, reply=sent.reply, headers=hdr)
         if self._sweeper is None:
             self._sweeper = asyncio.create_task(self._sweep(), name="dagnats-publish-retry")
         return future
 
-    def _publish_done(self, key: str, _future: asyncio.Future) -> None:
-        self._publish_async_futures.pop(key, None)
-        self._resend.pop(key, None)
-        if not self._publish_async_futures:
-            self._publish_async_completed_event.set()
-        self._publish_async_pending_semaphore.release()
+    def publish_async_pending(self) -> int:
+        return super().publish_async_pending() + len(self._sent)
 
-    async def _handle_async_reply(self, msg) -> None:
-        key = msg.subject[len(self._nc._inbox_prefix) + 22 + 2 :]
-        entry = self._resend.get(key)
-        if entry is None:
-            await super()._handle_async_reply(msg)
-            return
-        future = self._publish_async_futures.get(key)
-        if future is None or future.done():
-            return
+    async def publish_async_completed(self) -> None:
+        await super().publish_async_completed()
+        await self._idle.wait()
+
+    async def _subscribe_replies(self) -> str:
+        async with self._reply_lock:
+            if self._reply_prefix is None:
+                inbox = self.conn.new_inbox()
+                await self.conn.subscribe(f"{inbox}.*", cb=self._on_reply)
+                self._reply_prefix = f"{inbox}."
+        return self._reply_prefix
+
+    def _done(self, token: str) -> None:
+        self._sent.pop(token, None)
+        if not self._sent:
+            self._idle.set()
+        self._slots.release()
+
+    async def _on_reply(self, msg: Msg) -> None:
+        sent = self._sent.get(msg.subject[len(self._reply_prefix or "") :])
+        if sent is None or sent.future.done():
+            return  # an ack of a send the first ack already resolved
         if msg.headers and msg.headers.get(js_api.Header.STATUS) == NO_RESPONDERS_STATUS:
-            entry[4] = float("-inf")  # no stream answers yet: send again at the next sweep
+            sent.last = float("-inf")  # no stream answers yet: send again at the next sweep
             return
         try:
             resp = json.loads(msg.data)
         except ValueError as exc:
-            future.set_exception(exc)
+            sent.future.set_exception(exc)
             return
         error = resp.get("error")
         if error is None:
-            future.set_result(js_api.PubAck.from_response(resp))
+            sent.future.set_result(js_api.PubAck.from_response(resp))
         elif _retriable_error(error):
-            entry[4] = float("-inf")
-        else:  # nats-py raises inside its callback here, leaving the future pending
+            sent.last = float("-inf")
+        else:
             try:
                 APIError.from_error(error)
             except APIError as exc:
-                future.set_exception(exc)
+                sent.future.set_exception(exc)
 
     async def _sweep(self) -> None:
         """Every 0.5 s: send again what has had no ack for ``ack_timeout``; fail what has
         had none for ``publish_deadline``."""
         try:
-            while not self._nc.is_closed:
+            while not self.conn.is_closed:
                 await asyncio.sleep(0.5)
-                if not self._resend or not self._nc.is_connected:
+                if not self._sent or not self.conn.is_connected:
                     continue
                 now = time.monotonic()
-                for key, entry in list(self._resend.items()):
-                    future = self._publish_async_futures.get(key)
-                    if future is None or future.done():
-                        self._resend.pop(key, None)
-                    elif now - entry[5] > self.publish_deadline:
-                        future.set_exception(
-                            nats.errors.TimeoutError(f"no ack for {entry[0]} after retries")
+                for sent in list(self._sent.values()):
+                    if sent.future.done():
+                        continue
+                    if now - sent.first > self.publish_deadline:
+                        sent.future.set_exception(
+                            nats.errors.TimeoutError(f"no ack for {sent.subject} after retries")
                         )
-                    elif now - entry[4] >= self.ack_timeout:
-                        entry[4] = now
+                    elif now - sent.last >= self.ack_timeout:
+                        sent.last = now
                         self.resent += 1
-                        subject, payload, reply, hdr = entry[:4]
-                        await self._nc.publish(subject, payload, reply=reply, headers=hdr)
+                        await self.conn.publish(
+                            sent.subject, sent.payload, reply=sent.reply, headers=sent.headers
+                        )
         except Exception as exc:  # the connection closed under us: nothing to retry on
             log.debug("publish retry sweep ended: %s", exc)
         finally:
             self._sweeper = None
-
-
-def _retriable_error(error: dict) -> bool:
-    """Not stored yet, send again: no responders, the same id still in process, JetStream
-    temporarily unavailable; never a full store (a 503 with its own code)."""
-    code = error.get("err_code")
-    return code in _RETRIABLE_CODES or (error.get("code") == 503 and not code)
