@@ -33,7 +33,7 @@ from typing import Any
 
 import nats
 
-from dagnats_nb.ops import backup
+from dagnats_nb.ops import backup, restore
 from dagnats_nb.server.process import EmbeddedServer
 from dagnats_nb.wire import protocol
 from dagnats_nb.wire.resources import STREAMS
@@ -166,7 +166,7 @@ async def measure(work: Path, mb: float) -> dict[str, Any]:
     with EmbeddedServer(data_dir=work / "dst", **big) as dst:
         nc = await nats.connect(dst.url)
         t = time.perf_counter()
-        restored = await backup.restore_streams(nc, work / "bk")
+        restored = await restore.restore_streams(nc, work / "bk")
         restore_s = time.perf_counter() - t
         state = (await nc.jetstream().stream_info(protocol.HISTORY_STREAM)).state
         await nc.close()

@@ -22,7 +22,7 @@ from dagnats_nb.adapters.cli.main import main
 from dagnats_nb.adapters.notebook.progress import default_progress
 from dagnats_nb.config import load_settings
 from dagnats_nb.errors import BackupError
-from dagnats_nb.ops import backup
+from dagnats_nb.ops import backup, restore
 from dagnats_nb.server.process import EmbeddedServer
 
 FLOW = {
@@ -267,10 +267,10 @@ def test_a_damaged_backup_is_refused_and_leaves_the_target_untouched(busy, tmp_p
     damage(bad / "WORKFLOW_HISTORY", how)
     if how == "truncated":
         assert "truncated" in (
-            backup.check_s2_framing(bad / "WORKFLOW_HISTORY/stream.tar.s2") or ""
+            restore.check_s2_framing(bad / "WORKFLOW_HISTORY/stream.tar.s2") or ""
         )
     else:
-        assert backup.check_s2_framing(bad / "WORKFLOW_HISTORY/stream.tar.s2") is None
+        assert restore.check_s2_framing(bad / "WORKFLOW_HISTORY/stream.tar.s2") is None
     # into a fresh data dir: a clear one-line error, and no stream left behind
     settings = load_settings(data_dir=tmp_path / "fresh")
     with pytest.raises(BackupError) as info:
@@ -326,7 +326,7 @@ def test_layout_names_and_bad_folders(engine, tmp_path):
 
     arc = root / "KV_workflow_defs"
     os.rename(arc / "stream.tar.s2", arc / "stream.arc.s2")  # the later jsm.go name
-    doc, data = backup.check_backup(arc)
+    doc, data = restore.check_backup(arc)
     assert data.name == "stream.arc.s2" and doc["config"]["name"] == "KV_workflow_defs"
 
     async def drop(js):

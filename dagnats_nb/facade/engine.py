@@ -34,7 +34,7 @@ from dagnats_nb.facade.run import Run, RunTimeout
 from dagnats_nb.facade.runs import Runs, new_run_id
 from dagnats_nb.facade.twins import twins
 from dagnats_nb.observe import sampler
-from dagnats_nb.ops import backup
+from dagnats_nb.ops import backup, restore
 from dagnats_nb.ops.backup import results_frame
 from dagnats_nb.runtime.capacity import share_capacity
 from dagnats_nb.runtime.handlers import make_handler
@@ -398,11 +398,11 @@ class Engine(Runs, Reads, Observing):
                 "and run `dagnats restore`"
             )
         api = backup.api_prefix(self.settings.jetstream_domain)
-        plan = await backup.plan_restore(self._nc, dir, force, streams, api)
+        plan = await restore.plan_restore(self._nc, dir, force, streams, api)
         await self._pause()
         try:
             scratch = self.settings.data_dir
-            return await backup.run_restore(self._nc, plan, progress, api, scratch=scratch)
+            return await restore.run_restore(self._nc, plan, progress, api, scratch=scratch)
         finally:
             await self._resume()
 

@@ -15,8 +15,8 @@ from dagnats_nb.ops.backup import (
     StreamResult,
     api_prefix,
     backup_streams,
-    restore_streams,
 )
+from dagnats_nb.ops.restore import restore_streams
 from dagnats_nb.server.datadir import read_engine_info
 from dagnats_nb.server.process import EmbeddedServer
 from dagnats_nb.transport.connect import connect
