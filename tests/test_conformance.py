@@ -9,6 +9,7 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+from conftest import SHARED_HINT
 
 from dagnats_nb.dag import load_workflow
 from dagnats_nb.errors import UnsupportedStepType, WorkflowError
@@ -29,6 +30,11 @@ def _conformance_dir() -> Path:
 
 
 CONFORMANCE = _conformance_dir()
+if not CONFORMANCE.is_dir():  # a fresh clone alone: skip, saying how (CI fails instead)
+    message = f"{CONFORMANCE} not found: {SHARED_HINT}"
+    if os.environ.get("DAGNATS_REQUIRE_SHARED") == "1":
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message, allow_module_level=True)
 # A missing folder must fail the parametrized test, not leave it empty (pytest would skip it).
 WORKFLOW_FILES = sorted(
     p.name for p in CONFORMANCE.glob("*.json") if p.name != "workflow-schema.json"
