@@ -237,7 +237,9 @@ class Engine(Runs, Reads, Observing):
         if self._sampler is not None:
             await self._sampler.stop()
         # Without a connection there is nothing to drain or deregister: do not wait for it.
-        online = self._nc is not None and self._nc.is_connected
+        # The client may not have noticed yet that our own server died: that is offline too.
+        server_gone = self.server is not None and not self.server.running
+        online = self._nc is not None and self._nc.is_connected and not server_gone
         parts = []
         if self.host is not None:
             parts.append(self.host.stop(drain_timeout=5.0 if online else 0.0, deregister=online))
