@@ -118,3 +118,31 @@ def test_stats_cli_prints_json_records(engine):
         timeout=60,
     )
     assert text.returncode == 0 and "WORKFLOW_HISTORY" in text.stdout
+
+
+
+def test_stats_and_health_address_the_engines_jetstream_domain(tmp_path):
+    """With ``jetstream_domain``, the raw API requests of stats and health go to
+    ``$JS.<domain>.API``: an attached engine naming the server's domain reads them, one
+    naming a domain nobody serves gets no answer (the same calls, another prefix)."""
+    import dagnats_nb as dn
+    from dagnats_nb.server.process import EmbeddedServer
+
+    with EmbeddedServer(data_dir=tmp_path / "srv", jetstream_domain="tdom") as server:
+        opts = dict(nats_url=server.url, jetstream_domain="tdom", llm_enabled=False)
+        with dn.Engine.start(data_dir=tmp_path / "e", **opts) as eng:
+            assert eng.jetstream_api == "$JS.tdom.API"
+            attached = dn.Engine.connect(data_dir=tmp_path / "a", url=server.url, **opts)
+            try:
+                assert "WORKFLOW_HISTORY" in set(attached.stream_stats()["stream"])
+                assert len(attached.kv_stats()) > 0 and len(attached.health()) > 0
+            finally:
+                attached.stop()
+            opts["jetstream_domain"] = "nope"
+            stranger = dn.Engine.connect(data_dir=tmp_path / "b", url=server.url, **opts)
+            try:
+                assert stranger.jetstream_api == "$JS.nope.API"
+                with pytest.raises(dn.DagnatsError):
+                    stranger.stream_stats()
+            finally:
+                stranger.stop()

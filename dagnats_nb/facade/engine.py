@@ -46,6 +46,7 @@ from dagnats_nb.runtime.workers import TaskWorker, ensure_task_consumer, new_wor
 from dagnats_nb.server.datadir import require_engine_url
 from dagnats_nb.server.process import EmbeddedServer
 from dagnats_nb.transport import jetstream, provision
+from dagnats_nb.transport.api import api_prefix
 from dagnats_nb.transport.connect import close_connection, connect
 from dagnats_nb.transport.stores import DefinitionStore, PayloadStore
 from dagnats_nb.wire import resources
@@ -90,6 +91,7 @@ class Engine(Runs, Reads, Observing):
         }
         self.extensions: list[extensions.Extension] = []  # adapters plugged in (HTTP...)
         self._sampler: sampler.Sampler | None = None
+        self.jetstream_api = "$JS.API"
         self.http_url: str | None = None  # where /health and /ready answer (http_addr set)
         self.llm = None  # the built-in llm task type (dagnats_nb.llm.LLMService)
         self._paused: list | None = None  # the handlers to start again on resume()
@@ -180,6 +182,7 @@ class Engine(Runs, Reads, Observing):
         self._nc = await connect(self.url, name=f"dagnats-nb {self.worker_id}")
         # its own embedded server: local JetStream; elsewhere jetstream_domain, if set
         domain = None if self.server is not None else self.settings.jetstream_domain
+        self.jetstream_api = api_prefix(domain)  # raw $JS API requests (stats, backup)
         self._js = jetstream.jetstream(self._nc, domain, timeout=10)
         self.defs = DefinitionStore(self._js)
         self.payloads = PayloadStore(self._js, self._nc.max_payload)
@@ -376,7 +379,7 @@ class Engine(Runs, Reads, Observing):
         per stream (stream, messages, bytes, first_seq, last_seq, seconds, mb_per_s). A
         progress bar shows in Jupyter; ``progress(stream, done_bytes, total_bytes)`` replaces
         it."""
-        api = backup.api_prefix(self.settings.jetstream_domain)
+        api = self.jetstream_api
         return await backup.backup_streams(self._nc, dir, streams, progress, api=api)
 
     backup, backup_async = twins(_backup, results_frame, prepare=_default_progress("backing up"))
@@ -399,7 +402,7 @@ class Engine(Runs, Reads, Observing):
                 "would keep its old state; call restore in that engine's process, or stop it "
                 "and run `dagnats restore`"
             )
-        api = backup.api_prefix(self.settings.jetstream_domain)
+        api = self.jetstream_api
         plan = await restore.plan_restore(self._nc, dir, force, streams, api)
         await self._pause()
         try:

@@ -49,26 +49,30 @@ class Observing:
     async def _stream_stats(self) -> list[dict[str, Any]]:
         """Per stream: messages, bytes, first/last sequence and time, subjects, consumers,
         limits, retention, storage, share of ``max_store_bytes``, dedup window."""
-        return await stats.stream_rows(self._nc, self.settings.max_store_bytes)
+        return await stats.stream_rows(
+            self._nc, self.settings.max_store_bytes, api=self.jetstream_api
+        )
 
     stream_stats, stream_stats_async = twins(_stream_stats, _data_frame)
 
     async def _consumer_lag(self) -> list[dict[str, Any]]:
         """Per consumer: stream, filter, pending, ack pending, redelivered, waiting pulls,
         last delivered/acked sequence, last active."""
-        return await stats.consumer_rows(self._nc)
+        return await stats.consumer_rows(self._nc, api=self.jetstream_api)
 
     consumer_lag, consumer_lag_async = twins(_consumer_lag, _data_frame)
 
     async def _kv_stats(self) -> list[dict[str, Any]]:
         """Per KV bucket: keys, values, bytes, history, TTL."""
-        return await stats.kv_rows(self._nc)
+        return await stats.kv_rows(self._nc, api=self.jetstream_api)
 
     kv_stats, kv_stats_async = twins(_kv_stats, _data_frame)
 
     async def _account(self) -> list[dict[str, Any]]:
         """JetStream account usage against its limits and ``max_store_bytes``."""
-        return await stats.account_rows(self._nc, self.settings.max_store_bytes)
+        return await stats.account_rows(
+            self._nc, self.settings.max_store_bytes, api=self.jetstream_api
+        )
 
     account, account_async = twins(_account, _data_frame)
 
@@ -93,7 +97,11 @@ class Observing:
             for r, s in self.orchestrator.runs.items()
             if s.terminal and not s.outbox and (workflow is None or s.workflow == workflow)
         ]
-        info = (await stats.api(self._nc, f"STREAM.INFO.{protocol.HISTORY_STREAM}"))["state"]
+        info = (
+            await stats.api(
+                self._nc, f"STREAM.INFO.{protocol.HISTORY_STREAM}", api=self.jetstream_api
+            )
+        )["state"]
         cal = sizing.calibrate(runs, info.get("bytes", 0), info.get("messages", 0))
         if workflow is not None and "steps" not in workload:
             workload["steps"] = len((await self._workflow(workflow)).steps)
@@ -116,7 +124,9 @@ class Observing:
         if self._sampler is not None:
             await self._sampler.stop()
         s = sampler.Sampler(
-            lambda: sampler.collect_row(self._nc, self.orchestrator), float(seconds), keep
+            lambda: sampler.collect_row(self._nc, self.orchestrator, self.jetstream_api),
+            float(seconds),
+            keep,
         )
         s.start()
         self._sampler = s
@@ -211,11 +221,17 @@ class Observing:
         self, workers: list[dict[str, Any]] | None = None
     ) -> list[dict[str, Any]]:
         # The history's end and the orchestrator's position, read at the same moment.
-        history = await stats.api(self._nc, f"STREAM.INFO.{protocol.HISTORY_STREAM}")
+        history = await stats.api(
+            self._nc, f"STREAM.INFO.{protocol.HISTORY_STREAM}", api=self.jetstream_api
+        )
         applied = self.orchestrator.last_seq if self.orchestrator else None
-        consumers = await stats.consumer_rows(self._nc, [protocol.TASK_STREAM])
-        account = await stats.api(self._nc, "INFO")
-        dead = await stats.api(self._nc, f"STREAM.INFO.{protocol.DEAD_STREAM}")
+        consumers = await stats.consumer_rows(
+            self._nc, [protocol.TASK_STREAM], api=self.jetstream_api
+        )
+        account = await stats.api(self._nc, "INFO", api=self.jetstream_api)
+        dead = await stats.api(
+            self._nc, f"STREAM.INFO.{protocol.DEAD_STREAM}", api=self.jetstream_api
+        )
         now = time.time()
         self._dlq_samples.append((now, dead["state"].get("messages", 0)))
         if workers is None:

@@ -83,14 +83,15 @@ class Sampler:
         return plot(self.frame())
 
 
-async def collect_row(nc, orchestrator) -> dict[str, Any]:
-    """One sample: stream sizes, consumer pending, DEAD_LETTERS, orchestrator counters."""
+async def collect_row(nc, orchestrator, api: str = "$JS.API") -> dict[str, Any]:
+    """One sample: stream sizes, consumer pending, DEAD_LETTERS, orchestrator counters
+    (``api``: the JetStream API prefix, ``$JS.<domain>.API`` for a domain)."""
     row: dict[str, Any] = {"time": pd.Timestamp.now(tz="UTC")}
-    for s in await stats.stream_rows(nc):
+    for s in await stats.stream_rows(nc, api=api):
         if s["kind"] == "engine":
             row[f"bytes.{s['stream']}"] = s["bytes"]
             row[f"messages.{s['stream']}"] = s["messages"]
-    for c in await stats.consumer_rows(nc, [protocol.TASK_STREAM]):
+    for c in await stats.consumer_rows(nc, [protocol.TASK_STREAM], api=api):
         row[f"pending.{c['consumer']}"] = c["pending"] + c["ack_pending"]
     row["dead_letters"] = row.get(f"messages.{protocol.DEAD_STREAM}", 0)
     if orchestrator is not None:

@@ -44,7 +44,7 @@ class HTTPSide:
         if eng._nc is None or not eng._nc.is_connected:
             return 503, {"status": "unhealthy", "reason": f"not connected to NATS at {eng.url}"}
         try:
-            await asyncio.wait_for(stats.api(eng._nc, "INFO"), 2)
+            await asyncio.wait_for(stats.api(eng._nc, "INFO", api=eng.jetstream_api), 2)
         except Exception as exc:
             reason = f"JetStream does not answer: {type(exc).__name__}: {exc}"
             return 503, {"status": "unhealthy", "reason": reason}
