@@ -411,6 +411,7 @@ class FakeSource:
     def __init__(self, chunks: list[dict], status: str = "running") -> None:
         self.chunks, self.status = chunks, status
         self.log: list[tuple] = []
+        self.running = True
 
     def run_state(self, run_id: str) -> dict[str, Any]:
         return {"status": self.status}
@@ -485,3 +486,28 @@ def test_run_needs_only_a_run_handle():
         ("wait", "r1", 7),
         ("cancel", "r1", "cancelled by user"),
     ]
+
+
+def test_a_finished_run_still_tells_its_end_after_the_engine_stopped(tmp_path):
+    """A stopped engine can be asked nothing, yet a Run that was seen to end keeps telling
+    how it ended (its repr in a notebook, a script reading it after ``with``)."""
+    with dn.Engine.start(data_dir=tmp_path / "e", llm_enabled=False) as eng:
+
+        @eng.task("one")
+        def one(ctx):
+            return 1
+
+        @eng.task("bad")
+        def bad(ctx):
+            raise dn.Permanent("no")
+
+        eng.register({"name": "ok", "steps": [{"id": "one", "task": "one"}]})
+        eng.register({"name": "ko", "steps": [{"id": "bad", "task": "bad"}]})
+        waited = eng.start_run("ok").wait(20)  # only waited on: its status is known
+        failed = eng.run("ko", timeout=20)
+        assert failed.status == "failed" and "no" in failed.error  # read while running
+        running = eng.start_run("ok")
+    assert waited.status == "completed" and repr(waited).endswith("completed>")
+    assert failed.status == "failed" and "no" in failed.error
+    with pytest.raises(dn.DagnatsError, match="the engine is stopped"):
+        _ = running.status  # never seen ending: nothing to tell

@@ -20,6 +20,11 @@ class RunTimeout(RunError, TimeoutError):
 class RunHandle(TokenSource, Protocol):
     """What a :class:`Run` needs of its engine (the :class:`~dagnats_nb.facade.Engine`)."""
 
+    @property
+    def running(self) -> bool: ...
+
+    def run_state(self, run_id: str) -> dict[str, Any] | None: ...
+
     def run_output(self, run_id: str) -> Any: ...
 
     async def run_output_async(self, run_id: str) -> Any: ...
@@ -44,13 +49,25 @@ class Run:
         self.engine = engine
         self.id = run_id
         self.workflow = workflow
+        self._last: dict[str, Any] | None = None  # what was last read of a finished run
 
     def _summary(self) -> dict[str, Any]:
-        return self.engine.run_state(self.id) or {
+        """The engine's summary of the run; once the engine has stopped, what was last seen
+        of it when it had ended (a stopped engine can be asked nothing)."""
+        if self._last is not None and not self.engine.running:
+            return self._last
+        summary = self.engine.run_state(self.id) or {
             "status": "pending",
             "output": None,
             "error": None,
         }
+        if summary["status"] in RUN_TERMINAL:
+            self._last = {k: v for k, v in summary.items() if k != "state"}
+        return summary
+
+    def _ended(self, status: str) -> None:
+        if self._last is None or self._last["status"] != status:
+            self._last = {"status": status, "output": None, "error": None}
 
     @property
     def status(self) -> str:
@@ -77,12 +94,12 @@ class Run:
 
     def wait(self, timeout: float | None = 60) -> Run:
         """Block until the run ends; return it. Raises :class:`RunTimeout` after ``timeout`` s."""
-        self.engine.wait_run(self.id, timeout)
+        self._ended(self.engine.wait_run(self.id, timeout))
         return self
 
     async def wait_async(self, timeout: float | None = 60) -> Run:
         """The awaitable twin of :meth:`wait`."""
-        await self.engine.wait_run_async(self.id, timeout)
+        self._ended(await self.engine.wait_run_async(self.id, timeout))
         return self
 
     def cancel(self, reason: str = "cancelled by user") -> None:
