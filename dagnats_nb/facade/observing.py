@@ -8,17 +8,17 @@ result in the caller's thread; nothing here changes engine state.
 
 from __future__ import annotations
 
-import json
 import time
 from collections import deque
 from typing import Any
 
-from nats.js.errors import KeyNotFoundError, NoKeysError, NotFoundError
+from nats.js.errors import NotFoundError
 
 from dagnats_nb.dag import parse_duration
 from dagnats_nb.facade.twins import twins
 from dagnats_nb.observe import health, monitor, sampler, sizing, stats
 from dagnats_nb.server.datadir import read_engine_info
+from dagnats_nb.transport.stores import json_values
 from dagnats_nb.wire import protocol, resources
 
 
@@ -197,18 +197,7 @@ class Observing:
 
     async def _workers(self) -> list[dict[str, Any]]:
         """The entries of the ``workers`` KV bucket (live workers of every process)."""
-        workers = []
-        kv = await self._js.key_value("workers")
-        try:
-            keys = await kv.keys()
-        except (NotFoundError, NoKeysError):
-            keys = []
-        for k in keys:
-            try:
-                workers.append(json.loads((await kv.get(k)).value))
-            except (KeyNotFoundError, NotFoundError):
-                continue
-        return workers
+        return list((await json_values(self._js, "workers")).values())
 
     async def _health(self) -> list[dict[str, Any]]:
         """The checklist's health rules as a table (check, level, subject, value, threshold,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from nats.js.errors import KeyNotFoundError, NoKeysError, NotFoundError
+from nats.js.errors import KeyNotFoundError, NotFoundError
 
 from dagnats_nb.dag import WorkflowDef
 from dagnats_nb.dag.advance import replay
@@ -25,6 +25,7 @@ from dagnats_nb.facade.twins import twins
 from dagnats_nb.facade.views import events_frame, runs_frame, steps_frame
 from dagnats_nb.runtime import dead_letters
 from dagnats_nb.runtime.dead_letters import dead_letters_frame, read_dead_letters
+from dagnats_nb.transport.stores import json_values
 from dagnats_nb.wire import protocol
 
 
@@ -58,18 +59,7 @@ class Reads:
     runs, runs_async = twins(_runs, runs_frame)
 
     async def _kv_runs(self) -> list[dict[str, Any]]:
-        kv = await self._js.key_value("workflow_runs")
-        try:
-            keys = await kv.keys()
-        except (NotFoundError, NoKeysError):
-            return []
-        out = []
-        for k in keys:
-            try:
-                out.append(json.loads((await kv.get(k)).value))
-            except (KeyNotFoundError, NotFoundError):
-                continue
-        return out
+        return list((await json_values(self._js, "workflow_runs")).values())
 
     async def _run_state(self, run_id: str) -> dict[str, Any] | None:
         """The run's summary: run_id, workflow, status, output, error and, in the engine

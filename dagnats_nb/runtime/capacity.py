@@ -4,12 +4,10 @@ processes of concurrency 4 run 8 tasks at once."""
 
 from __future__ import annotations
 
-import json
-
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError, NoKeysError, NotFoundError
 
 from dagnats_nb.runtime.workers import ensure_task_consumer
+from dagnats_nb.transport.stores import json_values
 
 
 async def share_capacity(js: JetStreamContext, task: str, ack_wait: float) -> int:
@@ -26,18 +24,9 @@ async def registered_concurrency(
     js: JetStreamContext, exclude: str | None = None
 ) -> dict[str, int]:
     """Sum of the concurrency per task over the live entries of the ``workers`` KV."""
-    kv = await js.key_value("workers")
-    try:
-        keys = await kv.keys()
-    except (NoKeysError, NotFoundError):
-        return {}
     totals: dict[str, int] = {}
-    for key in keys:
-        if key == exclude:
-            continue
-        try:
-            body = json.loads((await kv.get(key)).value)
-        except (KeyNotFoundError, NotFoundError, ValueError, TypeError):
+    for key, body in (await json_values(js, "workers")).items():
+        if key == exclude or not isinstance(body, dict):
             continue
         for task, info in (body.get("tasks") or {}).items():
             totals[task] = totals.get(task, 0) + int(info.get("concurrency") or 0)

@@ -1,4 +1,5 @@
-"""Workflow definitions in KV ``workflow_defs``; oversized values in the ``payloads`` store."""
+"""Workflow definitions in KV ``workflow_defs``; oversized values in the ``payloads`` store;
+reading a bucket's JSON values."""
 
 from __future__ import annotations
 
@@ -19,6 +20,23 @@ from dagnats_nb.wire import protocol
 _KV_KEY = re.compile(r"^[-/_=.a-zA-Z0-9]+$")
 # Room left in a message for the envelope around a value.
 ENVELOPE_HEADROOM = 16 * 1024
+
+
+async def json_values(js: JetStreamContext, bucket: str) -> dict[str, Any]:
+    """Every live value of a KV bucket, decoded from JSON, by key (a key deleted while
+    reading, or a value that is not JSON, is left out; an empty bucket is ``{}``)."""
+    kv = await js.key_value(bucket)
+    try:
+        keys = await kv.keys()
+    except (NotFoundError, NoKeysError):
+        return {}
+    out: dict[str, Any] = {}
+    for key in keys:
+        try:
+            out[key] = json.loads((await kv.get(key)).value)
+        except (KeyNotFoundError, NotFoundError, ValueError, TypeError):
+            continue
+    return out
 
 
 def kv_key(name: str) -> str:
