@@ -120,7 +120,6 @@ def test_stats_cli_prints_json_records(engine):
     assert text.returncode == 0 and "WORKFLOW_HISTORY" in text.stdout
 
 
-
 def test_stats_and_health_address_the_engines_jetstream_domain(tmp_path):
     """With ``jetstream_domain``, the raw API requests of stats and health go to
     ``$JS.<domain>.API``: an attached engine naming the server's domain reads them, one

@@ -232,7 +232,7 @@ class TaskWorker:
         while not self._stopping:
             await self._slots.acquire()
             free = 1
-            while free < 256 and self._slots._value > 0:  # take every free slot at once
+            while free < 256 and not self._slots.locked():  # take every free slot at once
                 await self._slots.acquire()
                 free += 1
             try:
