@@ -212,7 +212,13 @@ class Engine(Runs, Reads, Observing):
         s = self.settings
         max_age = s.runs_max_age.total_seconds() if s.runs_max_age else None
         streams = resources.streams_for(max_age, s.history_max_bytes, s.max_store_bytes)
-        await provision.ensure_resources(self._js, streams, s.nats_jetstream_replicas, self.url)
+        await provision.ensure_resources(
+            self._js,
+            streams,
+            s.nats_jetstream_replicas,
+            self.url,
+            owned=self.server is not None,  # the embedded server's streams are all ours
+        )
 
     def stop(self) -> None:
         """Stop workers (in-flight tasks get a few seconds), orchestrator and server."""

@@ -1,0 +1,99 @@
+"""The real dagnats (Go), from ``../shared/interop/``, for the interop tests.
+
+``DAGNATS_GO_BIN`` names another ``dagnats`` binary, ``DAGNATS_GO_WORKER`` another
+``interopworker``. Without them the tests skip with one line saying how to get them;
+``DAGNATS_REQUIRE_SHARED=1`` (set by ``.ci/run``) turns that skip into a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+INTEROP = Path(__file__).resolve().parents[3] / "shared" / "interop"
+HINT = (
+    "put the project's shared/ folder beside this checkout as ../shared (its interop/ holds "
+    "the Go dagnats binaries), or name them with DAGNATS_GO_BIN / DAGNATS_GO_WORKER"
+)
+
+
+def go_binary(name: str, env: str) -> Path:
+    """The Go binary ``name`` (``DAGNATS_GO_BIN``-style override ``env``), or skip/fail."""
+    path = Path(os.environ.get(env) or INTEROP / name)
+    if path.is_file() and os.access(path, os.X_OK):
+        return path
+    message = f"{path} not found: {HINT}"
+    if os.environ.get("DAGNATS_REQUIRE_SHARED") == "1":
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class GoServe:
+    """``dagnats serve`` (embedded nats-server, Go engine, HTTP API) on loopback ports in
+    its own data dir; stopped with SIGTERM."""
+
+    def __init__(self, binary: Path, root: Path) -> None:
+        self.root = root
+        self.nats_port, self.http_port = free_port(), free_port()
+        self.url = f"nats://127.0.0.1:{self.nats_port}"
+        self.http = f"http://127.0.0.1:{self.http_port}"
+        self.log = root / "dagnats-serve.log"
+        env = {
+            **os.environ,
+            "DAGNATS_DATA_DIR": str(root / "data"),
+            "DAGNATS_HTTP_ADDR": f"127.0.0.1:{self.http_port}",
+            "DAGNATS_NATS_PORT": str(self.nats_port),
+            "NO_COLOR": "1",
+        }
+        root.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(
+                [str(binary), "serve"], cwd=root, env=env, stdout=log, stderr=log
+            )
+        self._wait_healthy(60)
+
+    def _wait_healthy(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"dagnats serve exited: {self.log.read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(self.http + "/health", timeout=1) as reply:
+                    if reply.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"dagnats serve not healthy in {timeout}s: see {self.log}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+@pytest.fixture
+def go_serve(tmp_path) -> Iterator[GoServe]:
+    server = GoServe(go_binary("dagnats", "DAGNATS_GO_BIN"), tmp_path / "go")
+    try:
+        yield server
+    finally:
+        server.stop()
