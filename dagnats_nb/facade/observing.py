@@ -20,6 +20,7 @@ from dagnats_nb.observe import health, monitor, sampler, sizing, stats
 from dagnats_nb.server.datadir import read_engine_info
 from dagnats_nb.transport.stores import json_values
 from dagnats_nb.wire import protocol, resources
+from dagnats_nb.wire.workers import read_entry
 
 
 def _data_frame(rows: list[dict[str, Any]]):
@@ -169,7 +170,7 @@ class Observing:
             task = subject.split(".")[1]
             pending[task] = pending.get(task, 0) + n
         workers = await self._workers()
-        served = {t for w in workers for t in w.get("tasks", {})}
+        served = {t for w in workers for t in read_entry(w).tasks}
         out = {
             "url": self.url,
             "data_dir": str(self.settings.data_dir),
@@ -225,11 +226,11 @@ class Observing:
         self._dlq_samples.append((now, dead["state"].get("messages", 0)))
         if workers is None:
             workers = await self._workers()
-        workers = [dict(w) for w in workers]  # heartbeat_at becomes POSIX seconds below
-        for w in workers:
-            w["heartbeat_at"] = (
-                protocol.parse_time(w["heartbeat_at"]) if w.get("heartbeat_at") else now
-            )
+        entries = [read_entry(w) for w in workers]  # ours and Go's, heartbeats as POSIX s
+        workers = [
+            {"worker_id": e.worker_id, "heartbeat_at": e.heartbeat_at or now, "tasks": e.tasks}
+            for e in entries
+        ]
         snap = health.Snapshot(
             now=now,
             consumers=consumers,
@@ -239,6 +240,6 @@ class Observing:
             workers=workers,
             history_last_seq=history["state"].get("last_seq", 0),
             orchestrator_seq=applied,
-            served_tasks={t for w in workers for t in w.get("tasks", {})},
+            served_tasks={t for e in entries for t in e.tasks},
         )
         return health.evaluate(snap, health.Thresholds.from_settings(self.settings))

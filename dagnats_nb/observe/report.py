@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from dagnats_nb.wire.workers import read_entry
+
 
 def format_status(status: dict[str, Any]) -> str:
     """Health warnings first, then connection, streams, workers and pending tasks."""
@@ -24,9 +26,10 @@ def format_status(status: dict[str, Any]) -> str:
         lines.append(f"{s['stream']:<18}{s['messages']:>10}{s['bytes']:>14}")
     lines.append("")
     lines.append("workers:" if status["workers"] else "workers: none")
-    for w in status["workers"]:
-        tasks = ", ".join(f"{t} (x{v['concurrency']})" for t, v in w.get("tasks", {}).items())
-        lines.append(f"  {w['worker_id']}  pid {w['pid']}  {tasks or '(no tasks)'}")
+    for w in map(read_entry, status["workers"]):
+        tasks = ", ".join(t if c is None else f"{t} (x{c})" for t, c in w.tasks.items())
+        lang = "" if w.language == "python" else f" ({w.language})"
+        lines.append(f"  {w.worker_id}{lang}  pid {w.pid}  {tasks or '(no tasks)'}")
     pending = status.get("pending_tasks", {})
     lines.append("pending tasks: " + (", ".join(f"{t}={n}" for t, n in pending.items()) or "none"))
     orch = status.get("orchestrator")

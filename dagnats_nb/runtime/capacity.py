@@ -8,6 +8,7 @@ from nats.js import JetStreamContext
 
 from dagnats_nb.runtime.workers import ensure_task_consumer
 from dagnats_nb.transport.stores import json_values
+from dagnats_nb.wire.workers import read_entry
 
 
 async def share_capacity(js: JetStreamContext, task: str, ack_wait: float) -> int:
@@ -28,6 +29,7 @@ async def registered_concurrency(
     for key, body in (await json_values(js, "workers")).items():
         if key == exclude or not isinstance(body, dict):
             continue
-        for task, info in (body.get("tasks") or {}).items():
-            totals[task] = totals.get(task, 0) + int(info.get("concurrency") or 0)
+        for task, concurrency in read_entry(body).tasks.items():
+            # None: a Go worker, which pulls through its own consumer (workers-{task})
+            totals[task] = totals.get(task, 0) + (concurrency or 0)
     return totals

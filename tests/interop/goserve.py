@@ -97,3 +97,34 @@ def go_serve(tmp_path) -> Iterator[GoServe]:
         yield server
     finally:
         server.stop()
+
+
+class GoWorker:
+    """``interopworker`` (dagnats' own Go ``worker`` package): task types ``ggreet``,
+    ``gupper``, ``sgreet``."""
+
+    def __init__(self, binary: Path, url: str, log: Path) -> None:
+        self.log = log
+        with open(log, "wb") as out:
+            self.proc = subprocess.Popen(
+                [str(binary)], env={**os.environ, "NATS_URL": url}, stdout=out, stderr=out
+            )
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+@pytest.fixture
+def go_worker(go_serve, tmp_path) -> Iterator[GoWorker]:
+    binary = go_binary("interopworker", "DAGNATS_GO_WORKER")
+    worker = GoWorker(binary, go_serve.url, tmp_path / "interopworker.log")
+    try:
+        yield worker
+    finally:
+        worker.stop()

@@ -17,6 +17,7 @@ from dagnats_nb.dag import WorkflowDef
 from dagnats_nb.facade.engine import Engine
 from dagnats_nb.facade.run import Run
 from dagnats_nb.observe.report import format_status
+from dagnats_nb.wire.workers import read_entry
 
 
 def engine_info(eng: Engine) -> dict[str, Any]:
@@ -106,8 +107,7 @@ class Status:
     def workers(self) -> pd.DataFrame:
         """One row per worker: worker_id, tasks."""
         rows = [
-            [w.get("worker_id") or w.get("id"), ", ".join(w.get("tasks", {}))]
-            for w in self.data.get("workers", [])
+            [e.worker_id, ", ".join(e.tasks)] for e in map(read_entry, self.data.get("workers", []))
         ]
         return pd.DataFrame(rows, columns=["worker_id", "tasks"])
 
