@@ -36,6 +36,17 @@ def go_binary(name: str, env: str) -> Path:
     pytest.skip(message)
 
 
+def terminate(proc: subprocess.Popen, grace: float) -> None:
+    """SIGTERM (a Go process drains), then SIGKILL after ``grace`` seconds."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -81,13 +92,7 @@ class GoServe:
         raise AssertionError(f"dagnats serve not healthy in {timeout}s: see {self.log}")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        terminate(self.proc, grace=20)
 
 
 @pytest.fixture
@@ -111,13 +116,7 @@ class GoWorker:
             )
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        terminate(self.proc, grace=10)
 
 
 @pytest.fixture
