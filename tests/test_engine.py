@@ -542,6 +542,14 @@ def test_wait_times_out_with_a_clear_message(engine):
     run = engine.start_run("never")
     with pytest.raises(dn.RunTimeout, match="is still running after 0.3s"):
         run.wait(timeout=0.3)
+    for _ in range(3):  # waits that time out leave no waiter behind (a run waited on often)
+        with pytest.raises(dn.RunTimeout):
+            run.wait(timeout=0.05)
+    assert engine._call(_waiters_of(engine, run.id)) == 0
+
+
+async def _waiters_of(engine, run_id: str) -> int:
+    return len(engine.orchestrator._waiters.get(run_id, ()))
 
 
 def test_long_handler_heartbeats_and_is_not_redelivered(engine):

@@ -378,8 +378,15 @@ class Orchestrator:
         if self.store_full:
             raise RunError(self.store_full)
         fut = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(run_id, []).append(fut)
-        return await fut
+        waiters = self._waiters.setdefault(run_id, [])
+        waiters.append(fut)
+        try:
+            return await fut
+        finally:  # a wait that timed out (or was cancelled) leaves nothing behind
+            if fut in waiters:
+                waiters.remove(fut)
+            if not waiters and self._waiters.get(run_id) is waiters:
+                del self._waiters[run_id]
 
 
 COUNTED = {
