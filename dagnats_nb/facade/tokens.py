@@ -100,6 +100,12 @@ class TokenStream:
         state = summary.get("state")
         return state is not None and state.step(self.step_id).status in STEP_TERMINAL
 
+    def _read(self, chunk: dict[str, Any]) -> tuple[bool, str | None]:
+        """Whether ``chunk`` ends this stream, and the token it carries for it (if any)."""
+        if ends_stream(chunk, self.map_index):
+            return True, None
+        return False, token_of(chunk, self.map_index)
+
     def __iter__(self) -> Iterator[str]:
         q: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
         unsubscribe = self.source.subscribe_tokens(self.run_id, self.step_id, q.put)
@@ -115,9 +121,9 @@ class TokenStream:
                     # one more pass drains what is already queued
                     over = self._over(self.source.run_state(self.run_id))
                     continue
-                if ends_stream(chunk, self.map_index):
+                end, token = self._read(chunk)
+                if end:
                     return
-                token = token_of(chunk, self.map_index)
                 if token is not None:
                     yield token
         finally:
@@ -143,9 +149,9 @@ class TokenStream:
                         return
                     over = self._over(await self.source.run_state_async(self.run_id))
                     continue
-                if ends_stream(chunk, self.map_index):
+                end, token = self._read(chunk)
+                if end:
                     return
-                token = token_of(chunk, self.map_index)
                 if token is not None:
                     yield token
         finally:
