@@ -460,7 +460,7 @@ def test_negative_retries_set_after_construction():
 
 def test_agent_loop_needs_max_iterations():
     assert_problem(
-        wf(step("a", type="agent_loop")), "step 'a'", "field 'loop'", "max_iterations > 0"
+        wf(step("a", type="agent_loop")), "step 'a'", "field 'config'", "max_iterations > 0"
     )
     assert_problem(
         wf(step("a", type="agent_loop", config={"max_iterations": 0})),
@@ -648,7 +648,7 @@ def test_map_config():
     assert got.map_config == MapConfig(max_items=5, concurrency=2)
 
 
-def test_reserved_metadata_round_trip():
+def test_type_settings_are_written_in_config_as_go_reads_them():
     data = wf(
         step("src"),
         step(
@@ -670,27 +670,83 @@ def test_reserved_metadata_round_trip():
             },
         ),
         step("n", depends_on=["src"], config={"n": 1}),
+        step("bare", type="map", depends_on=["src"]),
     )
     defn = load_workflow(data)
     out = defn.to_dict()
-    m_meta = out["steps"][1]["metadata"]
-    assert m_meta["dagnats.map.max_items"] == "7"
-    assert m_meta["dagnats.map.concurrency"] == "3"
-    assert json.loads(m_meta["dagnats.config.opts"]) == {"a": [1, None]}
-    assert out["steps"][2]["loop"] == {"max_iterations": 5, "max_duration": "1h"}
-    assert out["steps"][2]["metadata"] == {
-        "dagnats.loop.budget_warn_at": "3",
-        "dagnats.loop.budget_force_at": "4",
+    steps = {s["id"]: s for s in out["steps"]}
+    assert steps["m"]["config"] == {
+        "max_items": 7,
+        "concurrency": 3,
+        "label": "ü",
+        "opts": {"a": [1, None]},
     }
+    assert steps["m"]["metadata"] == {"team": "x"}
+    assert steps["loop"]["config"] == {
+        "max_iterations": 5,
+        "max_duration": 3_600_000_000_000,
+        "budget_warn_at": 3,
+        "budget_force_at": 4,
+    }
+    assert "loop" not in steps["loop"] and "metadata" not in steps["loop"]
+    assert steps["n"]["config"] == {"n": 1}
+    assert steps["bare"]["config"] == {"max_items": 1000}  # Go refuses a map step without
+    assert not any(k.startswith("dagnats.") for s in steps.values() for k in s.get("metadata", {}))
     again = load_workflow(out)
     assert again == defn
-    assert again.step("m").metadata == {"team": "x"}
     assert again.step("m").map_config == MapConfig(max_items=7, concurrency=3)
     assert again.step("loop").loop_config.budget_force_at == 4
     assert again.step("n").config == {"n": 1}
 
 
-def test_to_dict_omits_empty_fields_and_writes_go_durations():
+def test_reserved_metadata_of_older_files_is_still_read():
+    old = wf(
+        step("src"),
+        step(
+            "m",
+            type="map",
+            depends_on=["src"],
+            metadata={
+                "team": "x",
+                "dagnats.map.max_items": "7",
+                "dagnats.map.concurrency": "3",
+                "dagnats.config.opts": '{"a": [1, null]}',
+            },
+        ),
+        step(
+            "loop",
+            type="agent_loop",
+            depends_on=["src"],
+            loop={"max_iterations": 5, "max_duration": "1h"},
+            metadata={"dagnats.loop.budget_warn_at": "3", "dagnats.loop.budget_force_at": "4"},
+        ),
+    )
+    new = wf(
+        step("src"),
+        step(
+            "m",
+            type="map",
+            depends_on=["src"],
+            metadata={"team": "x"},
+            config={"max_items": 7, "concurrency": 3, "opts": {"a": [1, None]}},
+        ),
+        step(
+            "loop",
+            type="agent_loop",
+            depends_on=["src"],
+            config={
+                "max_iterations": 5,
+                "max_duration": 3_600_000_000_000,
+                "budget_warn_at": 3,
+                "budget_force_at": 4,
+            },
+        ),
+    )
+    assert load_workflow(old) == load_workflow(new)
+    assert load_workflow(old).to_dict() == load_workflow(new).to_dict()
+
+
+def test_to_dict_omits_empty_fields_and_writes_nanoseconds():
     defn = load_workflow(
         wf(
             step("a", timeout=1_500_000_000, retries=2, required_capabilities=[]),
@@ -702,9 +758,11 @@ def test_to_dict_omits_empty_fields_and_writes_go_durations():
     assert out == {
         "name": "w",
         "version": "1.0",
-        "steps": [{"id": "a", "task": "a", "type": "normal", "timeout": "1500ms", "retries": 2}],
+        "steps": [
+            {"id": "a", "task": "a", "retries": 2, "timeout": 1_500_000_000, "type": "normal"}
+        ],
         "concurrency": {"max_steps": 4},
-        "timeout": "2h",
+        "timeout": 7_200_000_000_000,
     }
     assert json.loads(defn.to_json()) == out
     assert load_workflow(defn.to_json()) == defn

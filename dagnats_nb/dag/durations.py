@@ -1,11 +1,16 @@
-"""Durations as the wire writes them: Go duration strings or integer nanoseconds.
+"""Durations in workflow files: read as Go duration strings ("1h30m", "500ms") or integer
+nanoseconds, written as integer nanoseconds (Go's `time.Duration` JSON form, the only one
+the Go engine reads).
 
-Python's `timedelta` has microsecond resolution, so a sub-microsecond part of a duration
-is rounded to the nearest microsecond (half up): "1500ns" becomes 2 µs, "10ns" becomes 0.
+Python's `timedelta` has microsecond resolution, so the timedelta value of a duration is
+rounded to the nearest microsecond (half up): "1500ns" compares equal to 2 µs, "10ns" to 0.
+What `parse_duration` returns for a string or a number is a `GoDuration`, a timedelta that
+also keeps the exact nanoseconds (a fraction of a nanosecond is dropped, as Go does), so
+`to_nanoseconds` writes back exactly the number that was read.
 
-`format_duration` writes a single number and unit ("90m", "1500ms", "0s") because the
-published workflow schema's duration pattern `^[0-9]+(ns|us|µs|ms|s|m|h)+$` accepts
-neither decimals nor several components ("1h30m" does not match it).
+`format_duration` writes a single number and unit ("90m", "1500ms", "0s") for people (and
+the published workflow schema's pattern `^[0-9]+(ns|us|µs|ms|s|m|h)+$`); files are not
+written with it.
 """
 
 from __future__ import annotations
@@ -37,8 +42,41 @@ _HINT = 'use a Go duration such as "30s" or integer nanoseconds'
 _FORMAT_UNITS = (("h", 3_600_000_000), ("m", 60_000_000), ("s", 1_000_000), ("ms", 1_000))
 
 
+class GoDuration(timedelta):
+    """A timedelta read from a Go duration, with its exact nanoseconds in `ns` (the
+    timedelta value is `ns` rounded to the microsecond, equality is the timedelta's; it is
+    false only when `ns` is 0)."""
+
+    __slots__ = ("ns",)
+    ns: int
+
+    def __new__(cls, ns: int) -> GoDuration:
+        if not 0 <= ns <= _MAX_NS:
+            raise ValueError(f"{ns} ns is outside 0..{_MAX_NS}")
+        self = super().__new__(cls, microseconds=(ns + 500) // 1000)
+        self.ns = ns
+        return self
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (GoDuration, (self.ns,))
+
+    def __bool__(self) -> bool:
+        return self.ns != 0  # 1 ns is a duration, though its timedelta value is 0
+
+
+def to_nanoseconds(td: timedelta) -> int:
+    """`td` as Go's `time.Duration` JSON value: integer nanoseconds (exact for a
+    GoDuration, microseconds × 1000 for any other timedelta)."""
+    if isinstance(td, GoDuration):
+        return td.ns
+    if not isinstance(td, timedelta):
+        raise TypeError(f"to_nanoseconds needs a timedelta, got {type(td).__name__}")
+    return ((td.days * 86_400 + td.seconds) * 1_000_000 + td.microseconds) * 1000
+
+
 def parse_duration(value: Any, *, where: str = "") -> timedelta:
-    """Return `value` (Go duration string, integer nanoseconds or timedelta) as a timedelta.
+    """Return `value` (Go duration string, integer nanoseconds or timedelta) as a timedelta
+    (a GoDuration unless `value` already is a timedelta).
 
     Raises WorkflowError, prefixed with `where`, for negative, empty, malformed or boolean
     values.
@@ -118,7 +156,7 @@ def _from_ns(ns: Fraction, original: Any) -> timedelta:
         raise ValueError(f"{_show(original)} is negative; durations must be >= 0")
     if ns > _MAX_NS:
         raise ValueError(f"{_show(original)} is too large; the longest duration is about 292 years")
-    return timedelta(microseconds=math.floor(ns / 1000 + Fraction(1, 2)))
+    return GoDuration(math.floor(ns))
 
 
 def _show(value: Any) -> str:

@@ -1,8 +1,11 @@
 """Reading a workflow definition from a dict, JSON or YAML text or a .json/.yaml/.yml file
 (the only I/O in `dag/`), with every problem told on one line.
 
-Writing it back is the models' own business (`WorkflowDef.to_dict`, in `model`), as is
-reading back the settings `to_dict` keeps in reserved `dagnats.` metadata.
+Every field of Go's `dag.WorkflowDef` / `dag.StepDef` (and a file's `triggers`) is
+accepted, with Go's JSON types; a field Go does not have is refused, naming it (the only
+extras: `$schema`, dropped, and a step's `loop`, the form earlier versions wrote). Writing a
+definition back, in the form the Go engine reads, is the models' own business
+(`WorkflowDef.to_dict`, in `model`), as is reading the older forms (`oldform`).
 """
 
 from __future__ import annotations

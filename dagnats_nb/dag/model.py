@@ -1,25 +1,27 @@
 """Workflow definitions: the models of a dagnats workflow file (JSON or YAML), and their
-wire form (`to_dict`). Reading files and text is `loader`'s job, the structural rules are
-`validate`'s.
+wire form (`to_dict`), which is the Go engine's `dag.WorkflowDef` JSON. Reading files and
+text is `loader`'s job, the structural rules are `validate`'s.
 
-Durations in every field are Go duration strings, integer nanoseconds or timedeltas.
-Valid agent_loop settings given under `config` (as the reference's files do) are moved
-to `loop` when a step is built.
+Written as Go writes and reads it (Go `dag/types.go`, `retry.go`, `config.go`):
 
-The published schema lacks `config` on steps although real files use it (type-specific
-settings such as `max_iterations` or `max_items` live there). So `to_dict` writes them
-where the schema has room, and building a step reads them back from there:
+- every duration as integer nanoseconds (Go's `time.Duration`); read also as Go duration
+  strings ("1h30m") or timedeltas, and 0 in a timeout means none, as in Go;
+- type-specific settings in the step's `config`: agent_loop `max_iterations`,
+  `max_duration`, `loop_delay`, `budget_warn_at`, `budget_force_at` (Go's AgentLoopConfig),
+  map `max_items` (Go's MapConfig; always written, Go requires it) and our `concurrency`
+  (Go ignores unknown config keys), any other key as given;
+- `aux_steps` names every on_failure / compensate target, as Go's builder writes it: Go runs
+  a step not in it as an ordinary DAG step, we never do.
 
-- agent_loop settings go under `loop`; `budget_warn_at` / `budget_force_at`, which the
-  schema's AgentLoopConfig lacks, go in `metadata` as `dagnats.loop.<key>`;
-- a map step's MapConfig goes in `metadata` as `dagnats.map.max_items` /
-  `dagnats.map.concurrency` (string values);
-- any other `config` key goes in `metadata` as `dagnats.config.<key>` = JSON text.
+Read as well, from files written before (`read both forms`): agent_loop settings under
+`loop`, and settings kept in reserved metadata as `dagnats.map.<key>`,
+`dagnats.loop.<key>` and `dagnats.config.<key>` (JSON text). On a model, agent_loop
+settings are in `loop` and the rest of `config` in `config`; `load_workflow(d.to_dict())
+== d`, and durations keep their exact nanoseconds.
 
-Metadata keys starting with `dagnats.` are therefore reserved, and
-`load_workflow(d.to_dict()) == d`. Steps of types we do not run (`respond`,
-`sub_workflow`...) carry no task in the reference's files although the schema requires
-one; we do not write such definitions, so that gap does not reach our output.
+Fields of Go's WorkflowDef / StepDef that the engine does not enforce yet are accepted,
+kept and written back: see `fields` (rate limits, priority, cancel_on, singleton) and the
+fields' comments below.
 """
 
 from __future__ import annotations
@@ -33,11 +35,8 @@ from datetime import timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
-    PlainSerializer,
     Strict,
     ValidationError,
     field_validator,
@@ -46,7 +45,14 @@ from pydantic import (
 
 from ..errors import WorkflowError
 from . import graph
-from .durations import format_duration, parse_duration
+from .durations import to_nanoseconds
+from .fields import CancelOn as CancelOn
+from .fields import Duration, GoModel, NonNegInt, OptDuration, PosInt, debounce_in_ns
+from .fields import KeyedRateLimit as KeyedRateLimit
+from .fields import PriorityConfig as PriorityConfig
+from .fields import RateLimit as RateLimit
+from .fields import SingletonConfig as SingletonConfig
+from .oldform import read_reserved_metadata
 
 StepType = Literal[
     "normal",
@@ -63,42 +69,28 @@ StepType = Literal[
 SUPPORTED_STEP_TYPES: frozenset[str] = frozenset({"normal", "map", "agent_loop"})
 RETRY_ATTEMPTS_MAX = 100_000
 MAP_ITEMS_MAX = 10_000
+MAP_ITEMS_DEFAULT = 1000
 MAX_STEPS_LIMIT = 1_000
+TASK_CONCURRENCY_MAX = 1_000
+CANCEL_ON_MAX = 5
 
 LOOP_KEYS = ("max_iterations", "max_duration", "loop_delay", "budget_warn_at", "budget_force_at")
 MAP_KEYS = ("max_items", "concurrency")
-MAP_PREFIX = "dagnats.map."
-LOOP_PREFIX = "dagnats.loop."
-CONFIG_PREFIX = "dagnats.config."
 _GO_DURATION_MAX = timedelta(microseconds=(2**63 - 1) // 1000)
 
 
-def _opt_duration(value: Any) -> Any:
-    return None if value is None else _duration(value)
+def _empty_is_none(value: Any) -> Any:
+    """Go's zero string, map or slice ("", {}, [], null) means unset."""
+    return None if isinstance(value, str | dict | list) and not value else value
 
 
-def _duration(value: Any) -> Any:
-    try:
-        return parse_duration(value)
-    except WorkflowError as exc:
-        raise ValueError(str(exc)) from None
+class RetryPolicy(GoModel):
+    """How often and how soon a failed step is retried (Go `dag.RetryPolicy`).
 
-
-_DurationCore = Annotated[
-    timedelta, PlainSerializer(format_duration, return_type=str, when_used="json")
-]
-Duration = Annotated[_DurationCore, BeforeValidator(_duration)]
-OptDuration = Annotated[_DurationCore | None, BeforeValidator(_opt_duration)]
-NonNegInt = Annotated[int, Strict(), Field(ge=0)]
-PosInt = Annotated[int, Strict(), Field(gt=0)]
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class RetryPolicy(_Model):
-    """How often and how soon a failed step is retried; total attempts = max_attempts + 1."""
+    `max_attempts` counts retries, not runs: a step runs at most `max_attempts + 1` times
+    (0 = no retry), as in the Go engine, whose attempt number starts at 1 with the first
+    run and which retries while `attempts <= max_attempts`. `max_delay` 0 means no cap.
+    """
 
     max_attempts: Annotated[int, Strict(), Field(ge=0, le=RETRY_ATTEMPTS_MAX)]
     strategy: Literal["fixed", "linear", "exponential"]
@@ -123,21 +115,10 @@ class RetryPolicy(_Model):
         cap = _micros(self.max_delay) if self.max_delay else _micros(_GO_DURATION_MAX)
         return timedelta(microseconds=cap if micros >= cap else round(micros))
 
-    def to_dict(self) -> dict[str, Any]:
-        """The policy as the wire writes it (durations as Go strings)."""
-        out: dict[str, Any] = {
-            "max_attempts": self.max_attempts,
-            "strategy": self.strategy,
-            "initial_delay": format_duration(self.initial_delay),
-        }
-        if self.max_delay:
-            out["max_delay"] = format_duration(self.max_delay)
-        out["multiplier"] = self.multiplier
-        return out
 
-
-class AgentLoopConfig(_Model):
-    """Bounds of an agent_loop step: whichever of the limits fires first ends the loop."""
+class AgentLoopConfig(GoModel):
+    """Bounds of an agent_loop step (Go `dag.AgentLoopConfig`, read from and written to the
+    step's `config`): whichever of the limits fires first ends the loop."""
 
     max_iterations: PosInt
     max_duration: OptDuration = None
@@ -145,20 +126,11 @@ class AgentLoopConfig(_Model):
     budget_warn_at: NonNegInt | None = None
     budget_force_at: NonNegInt | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        """The settings the schema's AgentLoopConfig has room for."""
-        out: dict[str, Any] = {"max_iterations": self.max_iterations}
-        if self.max_duration is not None:
-            out["max_duration"] = format_duration(self.max_duration)
-        if self.loop_delay is not None:
-            out["loop_delay"] = format_duration(self.loop_delay)
-        return out
 
-
-class MapConfig(_Model):
+class MapConfig(GoModel):
     """Fan-out bounds of a map step; `concurrency` None means all instances at once."""
 
-    max_items: Annotated[int, Strict(), Field(gt=0, le=MAP_ITEMS_MAX)] = 1000
+    max_items: Annotated[int, Strict(), Field(gt=0, le=MAP_ITEMS_MAX)] = MAP_ITEMS_DEFAULT
     concurrency: PosInt | None = None
 
 
@@ -172,7 +144,7 @@ _OPS = {
 }
 
 
-class ParentCond(_Model):
+class ParentCond(GoModel):
     """A comparison on one top-level field of a parent step's output (used by skip_if)."""
 
     step_id: str
@@ -198,27 +170,24 @@ class ParentCond(_Model):
         return bool(_OPS[self.op](left, right))
 
     def to_dict(self) -> dict[str, Any]:
-        """The condition as the wire writes it."""
-        return {"step_id": self.step_id, "field": self.field, "op": self.op, "value": self.value}
+        """The condition as Go writes it."""
+        value = copy.deepcopy(self.value)
+        return {"step_id": self.step_id, "field": self.field, "op": self.op, "value": value}
 
 
-class ConcurrencyLimit(_Model):
+class ConcurrencyLimit(GoModel):
     """Workflow-level parallelism; 0 or None means unlimited."""
 
     max_runs: NonNegInt | None = None
     max_steps: Annotated[int, Strict(), Field(ge=0, le=MAX_STEPS_LIMIT)] | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        """The limits that are set."""
-        return {
-            k: v
-            for k, v in (("max_runs", self.max_runs), ("max_steps", self.max_steps))
-            if v is not None
-        }
 
+class StepDef(GoModel):
+    """One step of a workflow (Go `dag.StepDef`).
 
-class StepDef(_Model):
-    """One step of a workflow."""
+    Accepted and kept, not enforced yet: `rate_limit`, `keyed_rate_limit`,
+    `max_task_concurrency` and `singleton`; `compensate` handlers are not run yet.
+    """
 
     id: str
     task: str | None = None
@@ -230,26 +199,36 @@ class StepDef(_Model):
     retries: Annotated[int, Strict(), Field(ge=0, le=RETRY_ATTEMPTS_MAX)] | None = None
     retry: RetryPolicy | None = None
     config: dict[str, Any] | None = None
-    loop: AgentLoopConfig | None = None
+    loop: AgentLoopConfig | None = None  # read only (older files); written in `config`
     skip_if: ParentCond | None = None
     metadata: dict[str, str] | None = None
     worker_group: str | None = None
     on_failure: str | None = None
     compensate: str | None = None
+    rate_limit: RateLimit | None = None
+    keyed_rate_limit: KeyedRateLimit | None = None
+    max_task_concurrency: Annotated[int, Strict(), Field(ge=0, le=TASK_CONCURRENCY_MAX)] = 0
+    singleton: Annotated[bool, Strict()] = False
     required_capabilities: list[str] | None = None
 
     @model_validator(mode="before")
     @classmethod
     def _read_reserved_metadata(cls, data: Any) -> Any:
-        return _read_reserved_metadata(data)
+        return read_reserved_metadata(data)
 
-    @field_validator("config", "metadata", "required_capabilities")
-    @classmethod
-    def _empty_is_none(cls, value: Any) -> Any:
-        return value or None
+    _none_if_empty = field_validator(
+        "config",
+        "metadata",
+        "required_capabilities",
+        "worker_group",
+        "on_failure",
+        "compensate",
+    )(_empty_is_none)
 
     @model_validator(mode="after")
-    def _loop_from_config(self) -> StepDef:
+    def _settings_in_place(self) -> StepDef:
+        """Valid agent_loop settings given in `config` move to `loop`; a map step's config
+        gets the default `max_items` when it has none (Go needs the key)."""
         if self.type == "agent_loop" and self.loop is None and self.config:
             settings = {k: v for k, v in self.config.items() if k in LOOP_KEYS}
             if settings:
@@ -258,6 +237,8 @@ class StepDef(_Model):
                 except ValidationError:
                     return self
                 self.config = {k: v for k, v in self.config.items() if k not in LOOP_KEYS} or None
+        if self.type == "map" and "max_items" not in (self.config or {}):
+            self.config = {"max_items": MAP_ITEMS_DEFAULT, **(self.config or {})}
         return self
 
     @property
@@ -286,50 +267,49 @@ class StepDef(_Model):
             raise WorkflowError(f"step '{self.id}': field 'config': {why}") from None
 
     def to_dict(self) -> dict[str, Any]:
-        """The step as the published schema allows it: settings without a place go in
-        metadata (see the module's docstring)."""
+        """The step as Go's `dag.StepDef` JSON (see the module's docstring)."""
         out: dict[str, Any] = {"id": self.id}
         if self.task is not None:
             out["task"] = self.task
         if self.depends_on:
             out["depends_on"] = list(self.depends_on)
-        out["type"] = self.type
-        if self.timeout is not None:
-            out["timeout"] = format_duration(self.timeout)
         if self.retries is not None:
             out["retries"] = self.retries
+        if self.timeout is not None:
+            out["timeout"] = to_nanoseconds(self.timeout)
+        out["type"] = self.type
+        config = copy.deepcopy(self.config or {})
+        if self.loop is not None:
+            config = {**self.loop.to_dict(), **config}
+        if config:
+            out["config"] = config
+        if self.skip_if is not None:
+            out["skip_if"] = self.skip_if.to_dict()
+        if self.metadata:
+            out["metadata"] = dict(self.metadata)
         if self.retry is not None:
             out["retry"] = self.retry.to_dict()
-        meta = dict(self.metadata or {})
-        config = dict(self.config or {})
-        loop = self.loop_config if self.type == "agent_loop" else self.loop
-        if loop is not None:
-            out["loop"] = loop.to_dict()
-            for key in ("budget_warn_at", "budget_force_at"):
-                if getattr(loop, key) is not None:
-                    meta[LOOP_PREFIX + key] = str(getattr(loop, key))
-            if self.loop is None:
-                config = {k: v for k, v in config.items() if k not in LOOP_KEYS}
-        if self.type == "map":
-            for key in MAP_KEYS:
-                if key in config:
-                    meta[MAP_PREFIX + key] = json.dumps(config.pop(key))
-        for key, value in config.items():
-            meta[CONFIG_PREFIX + key] = json.dumps(value, ensure_ascii=False)
-        if self.skip_if is not None:
-            out["skip_if"] = copy.deepcopy(self.skip_if.to_dict())
-        if meta:
-            out["metadata"] = meta
         for key in ("worker_group", "on_failure", "compensate"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
+        for key in ("rate_limit", "keyed_rate_limit"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key).to_dict()
+        if self.max_task_concurrency:
+            out["max_task_concurrency"] = self.max_task_concurrency
+        if self.singleton:
+            out["singleton"] = True
         if self.required_capabilities:
             out["required_capabilities"] = list(self.required_capabilities)
         return out
 
 
-class WorkflowDef(_Model):
-    """A workflow: named steps and the dependencies between them."""
+class WorkflowDef(GoModel):
+    """A workflow: named steps and the dependencies between them (Go `dag.WorkflowDef`).
+
+    Accepted and kept, not enforced yet: `idempotency_key`, `priority`, `cancel_on`,
+    `singleton`, and `aux_steps` entries that are not on_failure / compensate targets.
+    """
 
     name: str
     version: str = "1.0"
@@ -339,10 +319,22 @@ class WorkflowDef(_Model):
     timeout: OptDuration = None
     input_schema: Any = None
     output_schema: Any = None
+    # Go's workflow-file `triggers` (cli.workflowFile), kept as given but for debounce
+    # durations, which are read in every form and kept as nanoseconds.
     triggers: list[dict[str, Any]] | None = None
-    # Worker affinity, the reference's WorkflowDef.Sticky (absent from its published schema):
-    # after the first completed step, a run's tasks go to the worker that completed it.
+    # Worker affinity, Go's WorkflowDef.Sticky: after the first completed step, a run's
+    # tasks go to the worker that completed it.
     sticky: Literal["soft", "hard"] | None = None
+    # Go's AuxSteps: steps run only by another step's on_failure / compensate. Every such
+    # target is added (as Go's builder does); other entries are kept, not enforced yet.
+    aux_steps: dict[str, Annotated[bool, Strict()]] | None = None
+    # Accepted and kept, not enforced yet (see `fields`): runs are not deduplicated by
+    # `idempotency_key` (a dot-path into the input) and run in order regardless of
+    # `priority`; `cancel_on` events and `singleton` are not acted on.
+    idempotency_key: str | None = None
+    priority: PriorityConfig | None = None
+    cancel_on: Annotated[list[CancelOn], Field(max_length=CANCEL_ON_MAX)] | None = None
+    singleton: SingletonConfig | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -354,10 +346,19 @@ class WorkflowDef(_Model):
                 data["version"] = str(version)
         return data
 
+    _none_if_empty = field_validator("triggers", "aux_steps", "cancel_on")(_empty_is_none)
+    _none_if_blank = field_validator("sticky", "idempotency_key", mode="before")(_empty_is_none)
+
     @field_validator("triggers")
     @classmethod
-    def _no_triggers_is_none(cls, value: Any) -> Any:
-        return value or None
+    def _debounce_in_nanoseconds(cls, value: Any) -> Any:
+        return None if value is None else [debounce_in_ns(t) for t in value]
+
+    @model_validator(mode="after")
+    def _handlers_are_aux(self) -> WorkflowDef:
+        if self.handler_steps:
+            self.aux_steps = {**(self.aux_steps or {}), **dict.fromkeys(self.handler_steps, True)}
+        return self
 
     @property
     def step_ids(self) -> list[str]:
@@ -421,25 +422,28 @@ class WorkflowDef(_Model):
         return graph.topological_order(self.name, self.steps)
 
     def to_dict(self) -> dict[str, Any]:
-        """The definition as a dict that validates against the published workflow schema."""
+        """The definition as Go's workflow file (`dag.WorkflowDef` JSON plus `triggers`),
+        which `dagnats workflow validate` and `register` read."""
         out: dict[str, Any] = {
             "name": self.name,
             "version": self.version,
             "steps": [s.to_dict() for s in self.steps],
         }
-        if self.default_retry is not None:
-            out["default_retry"] = self.default_retry.to_dict()
-        if self.concurrency is not None:
-            out["concurrency"] = self.concurrency.to_dict()
+        for key in ("default_retry", "concurrency"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key).to_dict()
         if self.timeout is not None:
-            out["timeout"] = format_duration(self.timeout)
-        for key in ("input_schema", "output_schema"):
+            out["timeout"] = to_nanoseconds(self.timeout)
+        for key in ("input_schema", "output_schema", "aux_steps", "idempotency_key", "sticky"):
             if getattr(self, key) is not None:
                 out[key] = copy.deepcopy(getattr(self, key))
+        for key in ("priority", "singleton"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key).to_dict()
+        if self.cancel_on:
+            out["cancel_on"] = [c.to_dict() for c in self.cancel_on]
         if self.triggers:
             out["triggers"] = copy.deepcopy(self.triggers)
-        if self.sticky:  # the reference's field; its published schema does not list it yet
-            out["sticky"] = self.sticky
         return out
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -459,43 +463,3 @@ def _kind(value: Any) -> str | None:
     if isinstance(value, str):
         return "string"
     return None
-
-
-def _read_reserved_metadata(data: Any) -> Any:
-    """Move `dagnats.map.*`, `dagnats.config.*` and `dagnats.loop.*` metadata of a raw step
-    back into `config` and `loop` (explicit `config` / `loop` values win)."""
-    meta = data.get("metadata") if isinstance(data, Mapping) else None
-    if not isinstance(meta, Mapping) or not any(
-        isinstance(k, str) and k.startswith("dagnats.") for k in meta
-    ):
-        return data
-    config: dict[str, Any] = {}
-    loop: dict[str, Any] = {}
-    rest: dict[Any, Any] = {}
-    targets = ((MAP_PREFIX, config), (CONFIG_PREFIX, config), (LOOP_PREFIX, loop))
-    for key, text in meta.items():
-        for prefix, target in targets:
-            if isinstance(key, str) and key.startswith(prefix):
-                target[key[len(prefix) :]] = _decode(text)
-                break
-        else:
-            rest[key] = text
-    data = dict(data)
-    data["metadata"] = rest or None
-    if config and isinstance(data.get("config") or {}, Mapping):
-        data["config"] = {**config, **(data.get("config") or {})}
-    old_loop = data.get("loop")
-    if isinstance(old_loop, AgentLoopConfig):
-        old_loop = old_loop.model_dump(exclude_none=True)
-    if loop and isinstance(old_loop or {}, Mapping):
-        data["loop"] = {**loop, **(old_loop or {})}
-    return data
-
-
-def _decode(text: Any) -> Any:
-    if not isinstance(text, str):
-        return text
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text

@@ -1,5 +1,7 @@
-"""Structural rules of a workflow definition (WIRE.md, plus the reference's map and handler
-rules). Each problem is one line naming the workflow, the step and the field."""
+"""Structural rules of a workflow definition (WIRE.md, plus the reference's rules: map and
+handler steps, and Go's `dag.Validate` / trigger checks for the fields we accept but do not
+enforce yet, so that what we accept the Go engine accepts). Each problem is one line naming
+the workflow, the step and the field."""
 
 from __future__ import annotations
 
@@ -8,7 +10,8 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from ..errors import UnsupportedStepType
+from ..errors import UnsupportedStepType, WorkflowError
+from .durations import parse_duration, to_nanoseconds
 from .graph import cycle_problem, find_cycles
 from .model import (
     LOOP_KEYS,
@@ -29,8 +32,11 @@ _TRIGGER_KINDS = {
     "subject": ("subject",),
     "webhook": ("path",),
     "http": ("path", "method", "timeout_ms", "max_body_bytes"),
+    "external": ("kind",),
 }
-_TRIGGER_KEYS = {"id", "workflow_id", "enabled", "debounce", *_TRIGGER_KINDS}
+_TRIGGER_KEYS = {"id", "workflow_id", "enabled", "debounce", "source", *_TRIGGER_KINDS}
+_DEBOUNCE_KEYS = ("period", "timeout", "key")
+_DEBOUNCE_MAX_NS = 7 * 24 * 3600 * 10**9
 
 
 def model_problems(
@@ -79,6 +85,7 @@ def validate(defn: WorkflowDef) -> list[str]:
             out += _token_problems(s.task, name, label, "task")
     for i, s in enumerate(defn.steps):
         out += _step_problems(defn, s, s.id or i, by_id)
+    out += _idempotency_key_problems(defn)
     out += _trigger_problems(defn)
     out += _sticky_problems(defn)
     out += [cycle_problem(name, cycle) for cycle in find_cycles(defn.steps)]
@@ -163,6 +170,9 @@ def _step_problems(
         if cond.step_id not in s.depends_on:
             why = f"'{cond.step_id}' must be one of this step's depends_on"
             out.append(problem(name, label, "skip_if.step_id", why))
+    if s.rate_limit is not None and s.keyed_rate_limit is not None:
+        why = "set one of rate_limit and keyed_rate_limit, not both"
+        out.append(problem(name, label, "keyed_rate_limit", why))
     if s.type == "agent_loop":
         out += _loop_problems(name, s, label)
     elif s.loop is not None:
@@ -185,8 +195,8 @@ def _loop_problems(name: str, s: StepDef, label: str | int) -> list[str]:
             out.append(problem(name, label, "loop.max_iterations", why))
         return out
     if not in_config:
-        why = "agent_loop steps need max_iterations > 0 (under 'loop' or 'config')"
-        return [problem(name, label, "loop", why)]
+        why = "agent_loop steps need config.max_iterations > 0 (e.g. config: {max_iterations: 10})"
+        return [problem(name, label, "config", why)]
     return model_problems(AgentLoopConfig, in_config, name, label, "config")
 
 
@@ -206,6 +216,20 @@ def _map_problems(name: str, s: StepDef, label: str | int, by_id: dict[str, Step
     return out
 
 
+def _idempotency_key_problems(defn: WorkflowDef) -> list[str]:
+    """Go's rule for the dot-path: no leading or trailing dot, no empty segment."""
+    key = defn.idempotency_key
+    if not key:
+        return []
+    if key.startswith(".") or key.endswith("."):
+        why = f"'{key}' must not start or end with '.'"
+    elif ".." in key:
+        why = f"'{key}' has an empty segment ('..')"
+    else:
+        return []
+    return [problem(defn.name, None, "idempotency_key", why)]
+
+
 def _trigger_problems(defn: WorkflowDef) -> list[str]:
     out: list[str] = []
     for j, trig in enumerate(defn.triggers or []):
@@ -213,12 +237,16 @@ def _trigger_problems(defn: WorkflowDef) -> list[str]:
         tid = trig.get("id")
         if not isinstance(tid, str) or not tid:
             out.append(problem(defn.name, None, f"{field}.id", "must be a non-empty string"))
+        owner = trig.get("workflow_id")
+        if owner not in (None, "", defn.name):
+            why = f"'{owner}' does not match the workflow's name '{defn.name}'"
+            out.append(problem(defn.name, None, f"{field}.workflow_id", why))
         unknown = [k for k in trig if k not in _TRIGGER_KEYS]
         if unknown:
             out.append(problem(defn.name, None, field, f"unknown field(s) {', '.join(unknown)}"))
         kinds = [k for k in _TRIGGER_KINDS if k in trig]
         if len(kinds) != 1:
-            why = "needs exactly one of cron, subject, webhook, http"
+            why = f"needs exactly one of {', '.join(_TRIGGER_KINDS)}"
             out.append(problem(defn.name, None, field, f"{why}; got {len(kinds)}"))
         for kind in kinds:
             spec = trig[kind]
@@ -228,7 +256,35 @@ def _trigger_problems(defn: WorkflowDef) -> list[str]:
             for key in _TRIGGER_KINDS[kind]:
                 if key not in spec:
                     out.append(problem(defn.name, None, f"{field}.{kind}.{key}", "is required"))
+        if "debounce" in trig:
+            why = _debounce_problem(trig["debounce"], "cron" in trig)
+            if why:
+                out.append(problem(defn.name, None, f"{field}.debounce", why))
     return out
+
+
+def _debounce_problem(spec: Any, cron: bool) -> str | None:
+    """Go's DebounceConfig rules: 0 < period <= 7 days, timeout 0 or period..7 days, and no
+    debounce on a cron trigger."""
+    if not isinstance(spec, dict):
+        return "must be a mapping with period (and timeout, key)"
+    unknown = [k for k in spec if k not in _DEBOUNCE_KEYS]
+    if unknown:
+        return f"unknown field(s) {', '.join(map(str, unknown))} (allowed: period, timeout, key)"
+    if cron:
+        return "debounce does not apply to a cron trigger"
+    try:
+        period = to_nanoseconds(parse_duration(spec.get("period", 0), where="period"))
+        timeout = to_nanoseconds(parse_duration(spec.get("timeout", 0), where="timeout"))
+    except WorkflowError as exc:
+        return str(exc)
+    if not period:
+        return "period must be > 0"
+    if max(period, timeout) > _DEBOUNCE_MAX_NS:
+        return "period and timeout must be at most 7 days"
+    if timeout and timeout < period:
+        return "timeout must be 0 or >= period"
+    return None
 
 
 def _sticky_problems(defn: WorkflowDef) -> list[str]:
