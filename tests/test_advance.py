@@ -94,25 +94,22 @@ def wf(data: dict[str, Any]) -> WorkflowDef:
 
 
 def started_event(defn: WorkflowDef, value: Any = None, at: float = T0) -> Event:
-    payload = {"workflow": defn.name, "version": defn.version, "def_hash": "h", "input": value}
+    payload = {"workflow_def": defn.to_dict(), "input": value, "def_hash": "h"}
     return Event(ev.WORKFLOW_STARTED, RUN, timestamp=format_time(at), payload=payload)
 
 
-def worker_event(task: TaskPayload, kind: str, payload: dict | None, at: float) -> Event:
-    """The event a worker publishes for ``task`` (workers.py ``_event``)."""
-    body = dict(payload or {})
-    if task.map_index is not None:
-        body["map_index"] = task.map_index
-    if task.iteration and "iteration" not in body:
-        body["iteration"] = task.iteration
+def worker_event(task: TaskPayload, kind: str, payload: Any, at: float) -> Event:
+    """The event a worker publishes for ``task`` (workers.py ``task_event``)."""
     return Event(
         type=kind,
         run_id=task.run_id,
         timestamp=format_time(at),
         step_id=task.step_id,
-        payload=body or None,
+        payload=payload,
         worker_id="w1",
         attempt_number=task.attempt,
+        map_index=task.map_index,
+        iteration=task.iteration,
     )
 
 
@@ -123,9 +120,8 @@ def result_event(task: TaskPayload, result: Any, at: float) -> Event:
             payload["retry_after_ms"] = result.retry_after_ms
         return worker_event(task, ev.STEP_FAILED, payload, at)
     if isinstance(result, Cont):
-        return worker_event(task, ev.STEP_CONTINUE, {"output": result.output}, at)
-    kind = ev.STEP_COMPLETED if task.map_index is None else ev.MAP_INSTANCE_COMPLETED
-    return worker_event(task, kind, {"output": result}, at)
+        return worker_event(task, ev.STEP_CONTINUE, result.output, at)
+    return worker_event(task, ev.STEP_COMPLETED, result, at)
 
 
 def active_steps(defn: WorkflowDef, state: RunState) -> int:
@@ -365,8 +361,9 @@ def ev_at(
     type_: str,
     step_id: str,
     at: float,
-    payload: dict | None = None,
+    payload: Any = None,
     attempt: int = 1,
+    iteration: int | None = None,
 ) -> Event:
     return Event(
         type_,
@@ -376,6 +373,7 @@ def ev_at(
         payload=payload,
         worker_id="w1",
         attempt_number=attempt,
+        iteration=iteration,
     )
 
 
@@ -415,9 +413,7 @@ def test_linear_run_dispatches_one_step_at_a_time_and_outputs_the_last():
     assert actions == [] and state.outbox == {}
     state, actions = advance(defn, state, ev_at(ev.STEP_STARTED, "a", T0 + 1))
     assert actions == [] and state.step("a").status == RUNNING
-    state, actions = advance(
-        defn, state, ev_at(ev.STEP_COMPLETED, "a", T0 + 2, {"output": {"n": 2}})
-    )
+    state, actions = advance(defn, state, ev_at(ev.STEP_COMPLETED, "a", T0 + 2, {"n": 2}))
     [d] = dispatches(actions)
     assert d.task.step_id == "b" and d.task.input == {"n": 2}
     assert state.step("a").status == COMPLETED and state.step("a").output == {"n": 2}
@@ -726,11 +722,11 @@ def test_duplicate_completion_is_applied_once():
         }
     )
     state, _ = start(defn, started_event(defn, 0))
-    done = ev_at(ev.STEP_COMPLETED, "a", T0 + 1, {"output": "first"}, attempt=1)
+    done = ev_at(ev.STEP_COMPLETED, "a", T0 + 1, "first", attempt=1)
     state, actions = advance(defn, state, done)
     assert [d.task.step_id for d in dispatches(actions)] == ["b"]
     same = copy.deepcopy(done)
-    other = ev_at(ev.STEP_COMPLETED, "a", T0 + 2, {"output": "second"}, attempt=2)
+    other = ev_at(ev.STEP_COMPLETED, "a", T0 + 2, "second", attempt=2)
     for dup in (same, other):
         after, actions = advance(defn, state, dup)
         assert actions == []
@@ -756,17 +752,17 @@ def test_duplicate_workflow_started_unknown_steps_and_late_events_are_ignored():
     state, _ = start(defn, started_event(defn, 1))
     for e in (
         started_event(defn, 2, T0 + 1),
-        ev_at(ev.STEP_COMPLETED, "ghost", T0 + 1, {"output": 1}),
+        ev_at(ev.STEP_COMPLETED, "ghost", T0 + 1, 1),
         ev_at(ev.STEP_FAILED, "ghost", T0 + 1, {"error": "x"}),
-        Event(ev.STEP_COMPLETED, RUN, format_time(T0 + 1), payload={"output": 1}),  # no step
+        Event(ev.STEP_COMPLETED, RUN, format_time(T0 + 1), payload=1),  # no step
     ):
         after, actions = advance(defn, state, e)
         assert actions == [] and summary(defn, after) == summary(defn, state)
         assert after.input == 1 and after.started_at == T0
-    done, _ = advance(defn, state, ev_at(ev.STEP_COMPLETED, "a", T0 + 2, {"output": 5}))
+    done, _ = advance(defn, state, ev_at(ev.STEP_COMPLETED, "a", T0 + 2, 5))
     assert done.status == RUN_COMPLETED and done.output == 5
     for e in (
-        ev_at(ev.STEP_COMPLETED, "a", T0 + 3, {"output": 6}, attempt=2),
+        ev_at(ev.STEP_COMPLETED, "a", T0 + 3, 6, attempt=2),
         ev_at(ev.STEP_FAILED, "a", T0 + 3, {"error": "late"}),
         Event(ev.WORKFLOW_CANCELLED, RUN, format_time(T0 + 3), payload={"reason": "late"}),
         Event(ev.WORKFLOW_FAILED, RUN, format_time(T0 + 3), payload={"error": "late"}),
@@ -930,7 +926,7 @@ def test_map_outputs_are_in_item_order_whatever_the_completion_order():
         (2, 3),
         (3, 4),
     ]
-    assert [t.payload.task_id for t in tasks] == [f"{RUN}.m.{i}" for i in range(4)]
+    assert [t.payload.task_id for t in tasks] == [f"{RUN}.m.map.{i}" for i in range(4)]
     for t in reversed(tasks):
         sim.work(t)
         if t.payload.map_index:
@@ -940,7 +936,11 @@ def test_map_outputs_are_in_item_order_whatever_the_completion_order():
     assert sim.inputs("total") == [[1, 4, 9, 16]] and final.output == [1, 4, 9, 16]
     [completed] = sim.events(ev.MAP_COMPLETED)
     assert completed.payload == {"count": 4}
-    assert len(sim.events(ev.MAP_INSTANCE_COMPLETED)) == 4
+    instances = sim.events(ev.STEP_COMPLETED, "m")
+    assert sorted(e.map_index for e in instances) == [0, 1, 2, 3]
+    assert {json.loads(e.encode())["step_id"] for e in instances} == {
+        f"m.map.{i}" for i in range(4)
+    }
 
 
 def test_map_over_an_empty_list_completes_with_an_empty_list():
@@ -986,7 +986,7 @@ def test_a_map_step_failing_at_start_stops_scheduling_its_siblings():
         }
     )
     state, _ = start(defn, started_event(defn))
-    done = ev_at(ev.STEP_COMPLETED, "a", T0 + 1, {"output": {"not": "a list"}})
+    done = ev_at(ev.STEP_COMPLETED, "a", T0 + 1, {"not": "a list"})
     state, actions = advance(defn, state, done)
     assert state.status == RUN_FAILED
     assert dispatches(actions) == []
@@ -1008,7 +1008,7 @@ def test_a_run_ended_by_a_map_step_drops_the_tasks_decided_before_in_the_same_ev
         }
     )
     state, _ = start(defn, started_event(defn))
-    done = ev_at(ev.STEP_COMPLETED, "a", T0 + 1, {"output": "no list"})
+    done = ev_at(ev.STEP_COMPLETED, "a", T0 + 1, "no list")
     state, actions = advance(defn, state, done)
     assert state.status == RUN_FAILED and state.step("b").status == CANCELLED
     assert dispatches(actions) == []
@@ -1129,11 +1129,11 @@ def test_agent_loop_continues_with_the_continued_output_as_input():
         (2, 1, {"n": 2}),
     ]
     queued = sim.events(ev.STEP_QUEUED, "think")
-    assert [q.payload for q in queued] == [None, {"iteration": 1}, {"iteration": 2}]
+    assert [(q.payload, q.iteration) for q in queued] == [(None, 0), (None, 1), (None, 2)]
     assert final.step("think").output == {"n": 3, "done": True}
     assert final.step("think").iteration == 2
     assert sim.inputs("after") == [{"n": 3, "done": True}]
-    assert [e.payload["iteration"] for e in sim.events(ev.STEP_CONTINUE)[1:]] == [1]
+    assert [e.iteration for e in sim.events(ev.STEP_CONTINUE)[1:]] == [1]
 
 
 def test_agent_loop_stops_at_max_iterations():
@@ -1144,7 +1144,9 @@ def test_agent_loop_stops_at_max_iterations():
     assert final.step("think").output == {"n": 3}
     [done] = sim.events(ev.STEP_COMPLETED, "think")
     assert done.attempt_number == 0
-    assert done.payload == {"output": {"n": 3}, "stopped": "max_iterations", "iteration": 2}
+    assert done.payload == {"n": 3} and done.iteration == 2
+    [why] = sim.events(ev.AGENT_LOOP_ITERATION)
+    assert why.payload == {"stopped": "max_iterations", "iteration": 2}
     assert final.output == {"n": 3}
 
 
@@ -1179,7 +1181,9 @@ def test_agent_loop_max_duration_stops_the_loop():
         state, actions = advance(defn, state, cont)
     assert state.step("think").status == COMPLETED and state.step("think").output == {"n": 3}
     [done] = [e for e in publishes(actions) if e.type == ev.STEP_COMPLETED]
-    assert done.payload == {"output": {"n": 3}, "stopped": "max_duration", "iteration": 2}
+    assert done.payload == {"n": 3} and done.iteration == 2
+    [why] = [e for e in publishes(actions) if e.type == ev.AGENT_LOOP_ITERATION]
+    assert why.payload == {"stopped": "max_duration", "iteration": 2}
     assert [d.task.step_id for d in dispatches(actions)] == ["after"]
 
 
@@ -1224,7 +1228,7 @@ def test_a_step_finishing_before_the_timeout_event_is_stored_wins_the_race():
     state, _ = advance(defn, state, queued)
     state, actions = advance(defn, state, Timer(T0 + 10, "run_timeout", RUN))
     [failed] = publishes(actions)
-    done = ev_at(ev.STEP_COMPLETED, "s", T0 + 10, {"output": 5})
+    done = ev_at(ev.STEP_COMPLETED, "s", T0 + 10, 5)
     history = [started, queued, done, failed]
     for e in history[2:]:
         state, actions = advance(defn, state, e)
@@ -1282,7 +1286,7 @@ def test_replay_keeps_a_retry_whose_report_came_before_its_queued_event():
     assert state.step("s").status == RETRYING and state.step("s").attempt == 2
     assert state.step("s").error == "y" and state.step("s").due_at == T0 + 5
     assert resume(defn, state) == [SetTimer(T0 + 5, "retry", "s", None, 2)]
-    done3 = ev_at(ev.STEP_COMPLETED, "s", T0 + 6, {"output": "ok"}, attempt=3)
+    done3 = ev_at(ev.STEP_COMPLETED, "s", T0 + 6, "ok", attempt=3)
     state, actions = advance(defn, state, done3)
     assert state.status == RUN_COMPLETED and state.step("s").attempt == 3
     # the late step.queued of attempt 2 and 3 change nothing
@@ -1296,8 +1300,8 @@ def test_replay_keeps_a_loop_iteration_reported_before_its_queued_event():
     started = started_event(defn, {"n": 0})
     state, actions = start(defn, started)
     queued0 = dispatches(actions)[0].queued
-    cont0 = ev_at(ev.STEP_CONTINUE, "think", T0 + 1, {"output": {"n": 1}})
-    cont1 = ev_at(ev.STEP_CONTINUE, "think", T0 + 3, {"output": {"n": 2}, "iteration": 1})
+    cont0 = ev_at(ev.STEP_CONTINUE, "think", T0 + 1, {"n": 1})
+    cont1 = ev_at(ev.STEP_CONTINUE, "think", T0 + 3, {"n": 2}, iteration=1)
     state = replay(defn, [started, queued0, cont0, cont1])
     think = state.step("think")
     assert think.status == WAITING and think.iteration == 1 and think.output == {"n": 2}
@@ -1317,14 +1321,14 @@ def test_cancel_event_cancels_the_run_and_its_unfinished_steps():
         }
     )
     state, _ = start(defn, started_event(defn))
-    state, _ = advance(defn, state, ev_at(ev.STEP_COMPLETED, "b", T0 + 1, {"output": 1}))
+    state, _ = advance(defn, state, ev_at(ev.STEP_COMPLETED, "b", T0 + 1, 1))
     cancel = Event(ev.WORKFLOW_CANCELLED, RUN, format_time(T0 + 2), payload={"reason": "by user"})
     state, actions = advance(defn, state, cancel)
     assert actions == [RunEnded(RUN_CANCELLED)]
     assert state.status == RUN_CANCELLED and state.error == "by user" and state.ended_at == T0 + 2
     assert state.step("a").status == CANCELLED and state.step("b").status == COMPLETED
     assert state.step("c").status == PENDING
-    late = ev_at(ev.STEP_COMPLETED, "a", T0 + 3, {"output": 2})
+    late = ev_at(ev.STEP_COMPLETED, "a", T0 + 3, 2)
     after, actions = advance(defn, state, late)
     assert actions == [] and summary(defn, after) == summary(defn, state)
     no_reason = Event(ev.WORKFLOW_CANCELLED, RUN, format_time(T0 + 2))
@@ -1388,8 +1392,8 @@ def test_resume_of_a_finished_run_publishes_its_events_but_dispatches_no_task():
     assert state.status == RUN_CANCELLED and queued_b.msg_id in state.outbox
     assert resume(defn, state) == []
     # a finished run's undelivered events are still published
-    done = ev_at(ev.STEP_COMPLETED, "a", T0 + 1, {"output": 1})
-    done_b = ev_at(ev.STEP_COMPLETED, "b", T0 + 2, {"output": 2})
+    done = ev_at(ev.STEP_COMPLETED, "a", T0 + 1, 1)
+    done_b = ev_at(ev.STEP_COMPLETED, "b", T0 + 2, 2)
     state = replay(defn, [started, queued_a, queued_b, done, done_b])
     [completed] = [e for e in publishes(resume(defn, state))]
     assert state.status == RUN_COMPLETED and completed.type == ev.WORKFLOW_COMPLETED
@@ -1401,7 +1405,7 @@ def looping_state() -> tuple[WorkflowDef, RunState]:
     defn = loop_wf(max_iterations=5)
     state, actions = start(defn, started_event(defn, {"n": 0}))
     state, _ = advance(defn, state, dispatches(actions)[0].queued)
-    cont = ev_at(ev.STEP_CONTINUE, "think", T0 + 1, {"output": {"n": 1}})
+    cont = ev_at(ev.STEP_CONTINUE, "think", T0 + 1, {"n": 1})
     state, actions = advance(defn, state, cont)
     state, _ = advance(defn, state, dispatches(actions)[0].queued)
     assert state.step("think").iteration == 1 and state.step("think").status == QUEUED
@@ -1413,8 +1417,8 @@ def looping_state() -> tuple[WorkflowDef, RunState]:
     [
         (ev.STEP_STARTED, None),
         (ev.STEP_FAILED, {"error": "late", "failure_type": ev.RETRIABLE}),
-        (ev.STEP_COMPLETED, {"output": {"n": 99}}),
-        (ev.STEP_CONTINUE, {"output": {"n": 99}}),
+        (ev.STEP_COMPLETED, {"n": 99}),
+        (ev.STEP_CONTINUE, {"n": 99}),
     ],
 )
 def test_a_report_on_an_earlier_loop_iteration_is_stale(type_: str, payload: dict | None):
@@ -1422,7 +1426,7 @@ def test_a_report_on_an_earlier_loop_iteration_is_stale(type_: str, payload: dic
     reporting again (a handler need not answer the same twice) was taken for iteration 1:
     a failure failed the loop, a completion ended it with iteration 0's output."""
     defn, state = looping_state()
-    late = ev_at(type_, "think", T0 + 2, payload, attempt=1)  # iteration 0: no "iteration"
+    late = ev_at(type_, "think", T0 + 2, payload, attempt=1, iteration=0)
     after, actions = advance(defn, state, late)
     assert actions == []
     assert summary(defn, after) == summary(defn, state)
@@ -1897,3 +1901,112 @@ def test_compact_keeps_what_views_need_and_drops_step_values():
     assert lean.step("m").map.outputs == []
     assert done.step("a").output == {"y": 2}  # the input state is untouched
     assert compact(lean) is lean
+
+
+# -- 6. the wire as Go writes it, and histories written before it --------------------------------
+
+
+def legacy_form(e: Event) -> Event:
+    """``e`` as dagnats-nb < 0.4 wrote it: outputs wrapped, map index and loop iteration in the
+    payload, map instances completing as step.map.instance.completed."""
+    if e.type == ev.WORKFLOW_STARTED:
+        payload = {"workflow": "w", "version": "1", "def_hash": "h", "input": e.payload["input"]}
+        return Event(e.type, e.run_id, e.timestamp, payload=payload)
+    if not e.step_id or e.type not in (
+        ev.STEP_QUEUED,
+        ev.STEP_STARTED,
+        ev.STEP_COMPLETED,
+        ev.STEP_CONTINUE,
+        ev.STEP_FAILED,
+    ):
+        return e
+    body: dict[str, Any] = {}
+    if e.type in (ev.STEP_COMPLETED, ev.STEP_CONTINUE):
+        body = {"output": e.payload, "duration_ms": 1.5}
+    elif e.type == ev.STEP_FAILED:
+        body = dict(e.payload)
+    if e.map_index is not None:
+        body["map_index"] = e.map_index
+    if e.iteration:
+        body["iteration"] = e.iteration
+    kind = e.type
+    if kind == ev.STEP_COMPLETED and e.map_index is not None:
+        kind = ev.MAP_INSTANCE_COMPLETED
+    return Event(
+        kind,
+        e.run_id,
+        e.timestamp,
+        step_id=e.step_id,
+        payload=body or None,
+        worker_id=e.worker_id,
+        attempt_number=e.attempt_number,
+    )
+
+
+def test_a_history_written_before_the_go_wire_replays_to_the_same_state():
+    """Runs recorded by dagnats-nb < 0.4 (wrapped outputs, map index in the payload) read as
+    they always did: a map step with a retried item, an agent loop, a fan-in."""
+    defn = wf(
+        {
+            "name": "mixed",
+            "steps": [
+                {"id": "items", "task": "items"},
+                {"id": "m", "task": "sq", "type": "map", "depends_on": ["items"]},
+                {
+                    "id": "think",
+                    "task": "think",
+                    "type": "agent_loop",
+                    "loop": {"max_iterations": 5},
+                },
+                {"id": "join", "task": "join", "depends_on": ["m", "think"]},
+            ],
+            "default_retry": {"max_attempts": 2, "strategy": "fixed", "initial_delay": "1s"},
+        }
+    )
+    tries: Counter = Counter()
+
+    def square(t: TaskPayload) -> Any:
+        tries[t.map_index] += 1
+        if t.map_index == 1 and tries[1] == 1:
+            return Fail(error="flaky")
+        return {"sq": t.input * t.input, "output": "a key named output"}
+
+    sim = Sim(
+        defn,
+        {"items": lambda t: [1, 2, 3], "m": square, "think": counter(3), "join": echo},
+    )
+    final = sim.run({"n": 0})
+    assert final.status == RUN_COMPLETED
+    assert final.step("m").output[1] == {"sq": 4, "output": "a key named output"}
+    new = replay(defn, sim.history)
+    old = replay(defn, [legacy_form(e) for e in sim.history])
+    assert old.legacy and not new.legacy
+    assert summary(defn, old) == summary(defn, new) == summary(defn, final)
+
+
+def test_a_go_workers_report_without_an_iteration_counts_for_the_current_one():
+    """Go's workers echo no iteration: a report from one on a later loop iteration is that
+    iteration's, not a stale one."""
+    defn, state = looping_state()
+    go_report = ev_at(ev.STEP_COMPLETED, "think", T0 + 2, {"n": 7}, attempt=1, iteration=None)
+    after, actions = advance(defn, state, go_report)
+    assert after.step("think").status == COMPLETED and after.step("think").output == {"n": 7}
+    assert [d.task.step_id for d in dispatches(actions)] == ["after"]
+
+
+def test_go_wire_events_decode_to_the_step_and_map_index():
+    raw = {
+        "type": "step.completed",
+        "run_id": "r1",
+        "step_id": "m.map.12",
+        "timestamp": "2026-11-30T10:00:00.5Z",
+        "payload": "Hello, ada!",
+        "worker_id": "go-1",
+        "attempt_number": 1,
+    }
+    e = Event.decode(json.dumps(raw).encode())
+    assert (e.step_id, e.map_index, e.payload, e.iteration) == ("m", 12, "Hello, ada!", None)
+    assert json.loads(e.encode()) == raw | {"timestamp": e.timestamp}
+    assert e.msg_id == "r1.m.map.12.step.completed.1"
+    falsy = Event(ev.STEP_COMPLETED, "r1", step_id="a", payload=0)
+    assert json.loads(falsy.encode())["payload"] == 0  # a raw output of 0 is not "no payload"

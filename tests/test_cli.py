@@ -102,7 +102,7 @@ def test_status_reports_streams_workers_and_pending_tasks(engine):
     assert text.returncode == 0
     first = text.stdout.splitlines()[0]
     assert first == (
-        "WARNING: consumer pending of worker-unserved is 1 (threshold 1000): "
+        "WARNING: consumer pending of workers-unserved is 1 (threshold 1000): "
         "no worker serves task 'unserved': register a handler for it"
     )
     assert "WORKFLOW_HISTORY" in text.stdout and "pending tasks: unserved=1" in text.stdout

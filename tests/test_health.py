@@ -30,7 +30,10 @@ def test_rules_on_a_snapshot():
     )
     snap = health.Snapshot(
         now=1000.0,
-        consumers=[{"consumer": "worker-a", "pending": 11}, {"consumer": "worker-b", "pending": 0}],
+        consumers=[
+            {"consumer": "workers-a", "pending": 11},
+            {"consumer": "workers-b", "pending": 0},
+        ],
         store_bytes=85,
         max_store_bytes=100,
         dlq_samples=[(900.0, 0), (950.0, 1), (1000.0, 3)],
@@ -41,9 +44,9 @@ def test_rules_on_a_snapshot():
     )
     rows = health.evaluate(snap, t)
     by = {(r["check"], r["subject"]): r for r in rows}
-    assert by[("consumer pending", "worker-a")]["level"] == "warning"
-    assert "add workers for task 'a'" in by[("consumer pending", "worker-a")]["action"]
-    assert by[("consumer pending", "worker-b")]["level"] == "ok"
+    assert by[("consumer pending", "workers-a")]["level"] == "warning"
+    assert "add workers for task 'a'" in by[("consumer pending", "workers-a")]["action"]
+    assert by[("consumer pending", "workers-b")]["level"] == "ok"
     dlq = by[("dead letters per minute", "DEAD_LETTERS")]
     assert dlq["value"] == pytest.approx(2 / 50 * 60) and dlq["level"] == "warning"  # window 60s
     assert by[("storage share of max_store_bytes", "JetStream file store")]["level"] == "warning"
@@ -72,11 +75,11 @@ def test_pending_tasks_warn_then_clear_when_workers_come(tmp_path):
         eng.register({"name": "q", "steps": [{"id": "a", "task": "queued-up"}]})
         runs = [eng.start_run("q", input=i) for i in range(5)]
         until(
-            lambda: levels(eng, "consumer pending").get("worker-queued-up") == "warning",
+            lambda: levels(eng, "consumer pending").get("workers-queued-up") == "warning",
             timeout=15,
             what="the queued-up consumer to warn",
         )
-        row = eng.health().query("subject == 'worker-queued-up'").iloc[0]
+        row = eng.health().query("subject == 'workers-queued-up'").iloc[0]
         assert row["value"] == 5 and row["threshold"] == 3
 
         @eng.task("queued-up", concurrency=5)
@@ -85,7 +88,7 @@ def test_pending_tasks_warn_then_clear_when_workers_come(tmp_path):
 
         for r in runs:
             r.wait(timeout=20)
-        assert levels(eng, "consumer pending")["worker-queued-up"] == "ok"
+        assert levels(eng, "consumer pending")["workers-queued-up"] == "ok"
 
 
 def test_steady_dead_letters_warn_then_clear(tmp_path):

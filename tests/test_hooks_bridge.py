@@ -514,7 +514,7 @@ def test_map_instances_through_the_bridge(eng, http):
     until(all_polled, what="the three map tasks polled")
     assert sorted(t["map_index"] for t in tasks) == [0, 1, 2]
     for t in tasks:
-        assert t["task_id"] == f"{run.id}.each.{t['map_index']}"
+        assert t["task_id"] == f"{run.id}.each.map.{t['map_index']}"  # Go's instance id
         assert (
             resolve(http, t["task_id"], action="complete", output=t["input"] * 10).status_code
             == 200

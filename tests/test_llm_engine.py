@@ -4,7 +4,6 @@ Chat Completions server, and on the simulator."""
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 import time
 
@@ -12,7 +11,6 @@ import pytest
 from llm_server import ChatServer, Reply
 
 import dagnats_nb as dn
-from dagnats_nb.wire import protocol
 
 FAST_RETRY = {"max_attempts": 2, "strategy": "fixed", "initial_delay": "10ms"}
 
@@ -123,18 +121,9 @@ def test_a_401_fails_permanently_and_is_dead_lettered_with_the_message(eng, serv
     assert len(server.requests) == 1  # no retry despite max_attempts 2
     assert failures(eng, run.id)[0]["failure_type"] == "non_retriable"
 
-    async def dead():
-        sub = await eng._js.subscribe(
-            protocol.dead_subject("llm", run.id), stream=protocol.DEAD_STREAM, ordered_consumer=True
-        )
-        try:
-            return json.loads((await sub.next_msg(timeout=5)).data)
-        finally:
-            await sub.unsubscribe()
-
-    letter = eng._call(dead())
+    [letter] = eng.dlq(run=run.id).to_dict("records")
     assert "Incorrect API key provided" in letter["error"]
-    assert letter["task"]["step_id"] == "ask" and letter["attempts"] == 1
+    assert letter["step_id"] == "ask" and letter["attempts"] == 1
 
 
 def test_a_reply_that_is_not_json_is_retried_with_the_raw_text(eng, server):

@@ -36,7 +36,9 @@ def test_streams_lag_kv_account_and_health(ip):
     assert streams.loc["WORKFLOW_HISTORY", "messages"] == 3 * (2 + 2 * 2)
     assert ip.user_ns["s"].equals(streams.reset_index())
     lag = ip.run_line_magic("dagnats", "lag").set_index("consumer")
-    assert lag.loc["worker-hop", "pending"] == 0 and lag.loc["worker-hop", "filter"] == "task.hop.>"
+    assert (
+        lag.loc["workers-hop", "pending"] == 0 and lag.loc["workers-hop", "filter"] == "task.hop.>"
+    )
     kv = ip.run_line_magic("dagnats", "kv").set_index("bucket")
     assert kv.loc["workflow_runs", "keys"] == 3
     account = ip.run_line_magic("dagnats", "account").set_index("item")

@@ -24,7 +24,7 @@ def test_sampler_records_streams_lag_rates_and_draws_them(engine):
     runs = [engine.start_run("pair", input=i) for i in range(6)]
 
     def sampled(df) -> bool:
-        return "pending.worker-later" in df and df["pending.worker-later"].max() == 6
+        return "pending.workers-later" in df and df["pending.workers-later"].max() == 6
 
     # tasks wait with no worker: lag builds up until a sample shows all six pending
     until(lambda: sampled(s.frame()), what="a sample with six tasks pending")
@@ -39,7 +39,7 @@ def test_sampler_records_streams_lag_rates_and_draws_them(engine):
     def drained(df) -> bool:
         return (
             len(df) >= 8
-            and df["pending.worker-later"].iloc[-1] == 0
+            and df["pending.workers-later"].iloc[-1] == 0
             and df["runs_ended"].iloc[-1] - df["runs_ended"].iloc[0] >= 6
         )
 
@@ -49,7 +49,7 @@ def test_sampler_records_streams_lag_rates_and_draws_them(engine):
     df = s.frame()
     assert len(df) >= 8
     assert df.index.is_monotonic_increasing
-    assert df["pending.worker-later"].max() == 6 and df["pending.worker-later"].iloc[-1] == 0
+    assert df["pending.workers-later"].max() == 6 and df["pending.workers-later"].iloc[-1] == 0
     assert df["bytes.WORKFLOW_HISTORY"].iloc[-1] > df["bytes.WORKFLOW_HISTORY"].iloc[0]
     assert df["runs_ended"].iloc[-1] - df["runs_ended"].iloc[0] == 6
     assert df["steps_completed"].iloc[-1] - df["steps_completed"].iloc[0] == 12
@@ -63,7 +63,7 @@ def test_sampler_records_streams_lag_rates_and_draws_them(engine):
         "DEAD_LETTERS size",
     ]
     lag_lines = {ln.get_label(): ln for ln in fig.axes[1].get_lines()}
-    assert max(lag_lines["worker-later"].get_ydata()) == 6
+    assert max(lag_lines["workers-later"].get_ydata()) == 6
 
 
 def test_sampler_rejects_a_bad_interval(engine):

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from .events import WORKFLOW_STARTED, Event
+from .events import WORKFLOW_STARTED, Event, start_shape, started_input, upgrade_legacy
 from .fold import Fold
 from .model import WorkflowDef
 from .plan import resolve_input, run_output
@@ -41,14 +41,15 @@ __all__ = ["advance", "compact", "replay", "resolve_input", "resume", "run_outpu
 
 def start(defn: WorkflowDef, event: Event) -> tuple[RunState, list[Action]]:
     """The state of a new run from its ``workflow.started`` event."""
-    payload = event.payload or {}
+    payload = event.payload if isinstance(event.payload, dict) else {}
     state = RunState(
         run_id=event.run_id,
         workflow=defn.name,
         version=defn.version,
         def_hash=payload.get("def_hash", ""),
-        input=payload.get("input"),
+        input=started_input(event.payload),
         started_at=event.time,
+        legacy=start_shape(event.payload) == "legacy",
     )
     tx = Fold(defn, state, event.time)
     if defn.timeout:
@@ -65,6 +66,8 @@ def advance(
         tx = Fold(defn, state, event.at)
         tx.on_timer(event)
         return tx.state, tx.actions
+    if state.legacy:
+        event = upgrade_legacy(event)
     tx = Fold(defn, state, event.time)
     tx.on_event(event)
     return tx.finish(event)

@@ -83,42 +83,106 @@ def format_time(ts: float) -> str:
     return f"{cached[1]}.{micros:06d}Z"
 
 
+MAP_INSTANCE = ".map."
+# The keys a step event's payload had before step events carried the raw output (runs
+# started by dagnats-nb < 0.4; see ``upgrade_legacy``).
+_LEGACY_KEYS = frozenset({"output", "duration_ms", "iteration", "map_index", "stopped"})
+_LEGACY_STEP_EVENTS = frozenset(
+    {STEP_QUEUED, STEP_STARTED, STEP_COMPLETED, STEP_CONTINUE, STEP_FAILED, MAP_INSTANCE_COMPLETED}
+)
+
+
+def start_shape(payload: Any) -> str:
+    """Which of the ``workflow.started`` payloads Go's orchestrator accepts this is:
+    ``"def"`` ``{workflow_def, input}`` (what both engines write), ``"trigger"`` (a Go
+    trigger's envelope ``{trigger, workflow_id, ...}``: the definition is the registered
+    one, the envelope is the input), ``"legacy"`` (dagnats-nb < 0.4: ``{workflow,
+    def_hash, input}``), ``"bare"`` (a bare definition, no input)."""
+    if not isinstance(payload, dict):
+        return "bare"
+    if "workflow_def" in payload:
+        return "def"
+    if payload.get("trigger") and payload.get("workflow_id"):
+        return "trigger"
+    if "def_hash" in payload and "workflow" in payload:
+        return "legacy"
+    return "bare"
+
+
+def started_input(payload: Any) -> Any:
+    """The run input a ``workflow.started`` payload carries (see ``start_shape``)."""
+    shape = start_shape(payload)
+    if shape in ("def", "legacy"):
+        return payload.get("input")
+    return payload if shape == "trigger" else None
+
+
+def started_workflow(payload: Any) -> str:
+    """The workflow name a ``workflow.started`` payload names (see ``start_shape``)."""
+    shape = start_shape(payload)
+    if shape == "def":
+        d = payload["workflow_def"]
+        return str(d.get("name", "")) if isinstance(d, dict) else ""
+    if shape == "trigger":
+        return str(payload["workflow_id"])
+    if shape == "legacy":
+        return str(payload["workflow"])
+    return str(payload.get("name", "")) if isinstance(payload, dict) else ""
+
+
+def split_step_id(wire_id: str) -> tuple[str, int | None]:
+    """``"{step}.map.{i}"`` (a map instance, as Go writes it) -> ``(step, i)``; any other
+    step id -> ``(step_id, None)``. Our step ids are NATS tokens, so never hold a dot."""
+    base, sep, index = wire_id.partition(MAP_INSTANCE)
+    if sep and index.isdigit():
+        return base, int(index)
+    return wire_id, None
+
+
+def wire_step_id(step_id: str, map_index: int | None) -> str:
+    return step_id if map_index is None else f"{step_id}{MAP_INSTANCE}{map_index}"
+
+
 @dataclass(slots=True)
 class Event:
-    """One entry of a run's history (the event envelope of WIRE.md)."""
+    """One entry of a run's history, in the Go engine's envelope (``protocol.Event``).
+
+    A map instance's events carry ``{step}.map.{i}`` as their step id on the wire (read
+    back into ``step_id`` and ``map_index``). ``iteration`` is ours, an extra envelope
+    field Go ignores: written for agent-loop steps only; None when the writer did not say
+    (a Go worker), which the core takes as the step's current iteration. A step event's
+    payload is what Go puts there: the raw output for ``step.completed`` and
+    ``step.continue``, ``{error, failure_type, retry_after_ms}`` for ``step.failed``.
+    """
 
     type: str
     run_id: str
     timestamp: str = field(default_factory=now_rfc3339)
     step_id: str = ""
-    payload: dict[str, Any] | None = None
+    payload: Any = None
     worker_id: str = ""
     attempt_number: int = 0
+    map_index: int | None = None
+    iteration: int | None = None
     seq: int = 0  # stream sequence, set when read back; not on the wire
 
     @property
     def time(self) -> float:
         return parse_time(self.timestamp)
 
-    @property
-    def map_index(self) -> int | None:
-        return self.payload.get("map_index") if self.payload else None
-
-    @property
-    def iteration(self) -> int | None:
-        return self.payload.get("iteration") if self.payload else None
-
     def to_wire(self) -> dict[str, Any]:
         out: dict[str, Any] = {"type": self.type, "run_id": self.run_id}
         if self.step_id:
-            out["step_id"] = self.step_id
+            out["step_id"] = wire_step_id(self.step_id, self.map_index)
         out["timestamp"] = self.timestamp
-        if self.payload:
+        if self.payload is not None:
             out["payload"] = self.payload
         if self.worker_id:
             out["worker_id"] = self.worker_id
         if self.attempt_number:
             out["attempt_number"] = self.attempt_number
+        if self.iteration is not None:
+            out["iteration"] = self.iteration
         return out
 
     def encode(self) -> bytes:
@@ -127,38 +191,81 @@ class Event:
     @classmethod
     def decode(cls, data: bytes, seq: int = 0) -> Event:
         raw = loads(data)
+        step_id, index = split_step_id(raw.get("step_id") or "")
+        iteration = raw.get("iteration")
         return cls(
             type=raw["type"],
             run_id=raw["run_id"],
             timestamp=raw.get("timestamp", ""),
-            step_id=raw.get("step_id", ""),
+            step_id=step_id,
             payload=raw.get("payload"),
-            worker_id=raw.get("worker_id", ""),
-            attempt_number=raw.get("attempt_number", 0),
+            worker_id=raw.get("worker_id") or "",
+            attempt_number=raw.get("attempt_number") or 0,
+            map_index=index,
+            iteration=iteration if isinstance(iteration, int) else None,
             seq=seq,
         )
 
     @property
     def msg_id(self) -> str:
-        """``Nats-Msg-Id`` of this event (WIRE.md), extended for map instances and loops."""
+        """``Nats-Msg-Id`` of this event: Go's ``{run}[.{step}].{type}[.{attempt}]``, with
+        ``.n{iteration}`` for later agent-loop iterations (so they are not deduplicated)."""
         if not self.step_id:  # a run reopened by a replay numbers its later run events
             if self.attempt_number:
                 return f"{self.run_id}.{self.type}.{self.attempt_number}"
             return f"{self.run_id}.{self.type}"
-        parts = [self.run_id, self.step_id]
-        if self.map_index is not None:
-            parts.append(f"i{self.map_index}")
-        parts.append(self.type)
+        step = wire_step_id(self.step_id, self.map_index)
+        base = f"{self.run_id}.{step}.{self.type}"
         if self.attempt_number:
-            parts.append(str(self.attempt_number))
+            base = f"{base}.{self.attempt_number}"
         if self.iteration:
-            parts.append(f"n{self.iteration}")
-        return ".".join(parts)
+            base = f"{base}.n{self.iteration}"
+        return base
+
+
+def upgrade_legacy(e: Event) -> Event:
+    """A step event of a run started by dagnats-nb < 0.4 in today's form: its payload was
+    ``{"output": ..., "duration_ms", "iteration", "map_index", "stopped"}`` and map
+    instances kept the plain step id. Applied only to such runs (their workflow.started
+    has no ``workflow_def``); a payload that is not that wrapper (a newer worker's raw
+    output) is left as it is."""
+    p = e.payload
+    if e.type not in _LEGACY_STEP_EVENTS or not isinstance(p, dict):
+        return e
+    if e.type == STEP_FAILED:
+        payload: Any = {k: v for k, v in p.items() if k not in _LEGACY_KEYS}
+    elif not p.keys() <= _LEGACY_KEYS:
+        return e
+    elif e.type == STEP_QUEUED or e.type == STEP_STARTED:
+        payload = None
+    elif "output" in p:
+        payload = p["output"]
+    else:
+        return e
+    index = p.get("map_index")
+    iteration = p.get("iteration")
+    return Event(
+        type=STEP_COMPLETED if e.type == MAP_INSTANCE_COMPLETED else e.type,
+        run_id=e.run_id,
+        timestamp=e.timestamp,
+        step_id=e.step_id,
+        payload=payload,
+        worker_id=e.worker_id,
+        attempt_number=e.attempt_number,
+        map_index=index if isinstance(index, int) else e.map_index,
+        iteration=iteration if isinstance(iteration, int) else (e.iteration or 0),
+        seq=e.seq,
+    )
 
 
 @dataclass(slots=True)
 class TaskPayload:
-    """One unit of work on ``task.{task}.{run_id}``."""
+    """One unit of work on ``task.{task}.{run_id}``: Go's ``protocol.TaskPayload`` plus our
+    fields (``task``, ``timeout_s``, ``def_hash``), which Go's workers ignore.
+
+    A map instance's ``step_id`` on the wire is ``{step}.map.{i}`` (its task id
+    ``{run}.{step}.map.{i}``), as the Go engine sends it. ``iteration`` is None for steps
+    that are not agent loops (and then left off the wire, as Go leaves a zero off)."""
 
     run_id: str
     step_id: str
@@ -166,34 +273,32 @@ class TaskPayload:
     input: Any
     workflow_name: str
     attempt: int = 1
-    iteration: int = 0
+    iteration: int | None = None
     map_index: int | None = None
     timeout_s: float | None = None
     metadata: dict[str, str] = field(default_factory=dict)
-    def_hash: str = ""  # the definition version the run follows (KV workflow_defs)
+    def_hash: str = ""  # the definition version the run follows
 
     @property
     def task_id(self) -> str:
-        base = f"{self.run_id}.{self.step_id}"
-        return base if self.map_index is None else f"{base}.{self.map_index}"
+        return f"{self.run_id}.{wire_step_id(self.step_id, self.map_index)}"
 
     @property
     def msg_id(self) -> str:
-        return f"{self.task_id}.task.{self.attempt}.n{self.iteration}"
+        return f"{self.task_id}.task.{self.attempt}.n{self.iteration or 0}"
 
     def to_wire(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "task_id": self.task_id,
             "run_id": self.run_id,
-            "step_id": self.step_id,
+            "step_id": wire_step_id(self.step_id, self.map_index),
             "task": self.task,
-            "iteration": self.iteration,
             "attempt": self.attempt,
             "input": self.input,
             "workflow_name": self.workflow_name,
         }
-        if self.map_index is not None:
-            out["map_index"] = self.map_index
+        if self.iteration is not None:
+            out["iteration"] = self.iteration
         if self.timeout_s is not None:
             out["timeout_s"] = self.timeout_s
         if self.metadata:
@@ -206,18 +311,27 @@ class TaskPayload:
         return dumps(self.to_wire())
 
     @classmethod
-    def decode(cls, data: bytes) -> TaskPayload:
+    def decode(cls, data: bytes, subject: str = "") -> TaskPayload:
+        """A task as our engine or Go's writes it (``subject`` names the task type when the
+        payload does not: ``task.{task}[.{group}].{run}``)."""
         raw = loads(data)
+        if not isinstance(raw, dict):
+            raise ValueError(f"a task must be a JSON object, got {type(raw).__name__}")
+        step_id, index = split_step_id(raw["step_id"])
+        if index is None and isinstance(raw.get("map_index"), int):  # written before 0.4
+            index = raw["map_index"]
+        task = raw.get("task") or (subject.split(".")[1] if subject.count(".") >= 2 else "")
+        iteration = raw.get("iteration")
         return cls(
             run_id=raw["run_id"],
-            step_id=raw["step_id"],
-            task=raw.get("task", ""),
+            step_id=step_id,
+            task=task,
             input=raw.get("input"),
-            workflow_name=raw.get("workflow_name", ""),
-            attempt=raw.get("attempt", 1),
-            iteration=raw.get("iteration", 0),
-            map_index=raw.get("map_index"),
+            workflow_name=raw.get("workflow_name") or "",
+            attempt=raw.get("attempt") or 1,
+            iteration=iteration if isinstance(iteration, int) else None,
+            map_index=index,
             timeout_s=raw.get("timeout_s"),
             metadata=raw.get("metadata") or {},
-            def_hash=raw.get("def_hash", ""),
+            def_hash=raw.get("def_hash") or "",
         )

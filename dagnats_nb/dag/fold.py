@@ -5,7 +5,6 @@ firing. What follows from it is decided by `transaction.Transaction`."""
 from __future__ import annotations
 
 from .events import (
-    MAP_INSTANCE_COMPLETED,
     RETRIABLE,
     RUN_TERMINAL_EVENTS,
     STEP_COMPLETED,
@@ -61,7 +60,7 @@ class Fold(Transaction):
             self.on_queued(e)
         elif t == STEP_STARTED:
             self.on_started(e)
-        elif t in (STEP_COMPLETED, MAP_INSTANCE_COMPLETED):
+        elif t == STEP_COMPLETED:
             self.on_completed(e)
         elif t == STEP_FAILED:
             self.on_failed(e)
@@ -73,7 +72,7 @@ class Fold(Transaction):
         s = self.state
         if s.terminal:
             return
-        payload = e.payload or {}
+        payload = e.payload if isinstance(e.payload, dict) else {}
         if e.type == WORKFLOW_CANCELLED:
             self.end_run(RUN_CANCELLED, error=payload.get("reason") or "cancelled", publish=False)
         elif e.type == WORKFLOW_FAILED:
@@ -110,14 +109,15 @@ class Fold(Transaction):
                 return True
             return False
         cur = self.state.step(e.step_id)
-        newer = (e.iteration or 0, e.attempt_number) > (cur.iteration, cur.attempt)
+        iteration = cur.iteration if e.iteration is None else e.iteration
+        newer = (iteration, e.attempt_number) > (cur.iteration, cur.attempt)
         if cur.status not in (RETRYING, WAITING) or not newer:
             return False
         st = self.st(e.step_id)
         if cur.status == WAITING:
             st.input = st.output
             st.output = None
-        st.status, st.attempt, st.iteration = QUEUED, e.attempt_number, e.iteration or 0
+        st.status, st.attempt, st.iteration = QUEUED, e.attempt_number, iteration
         st.due_at, st.queued_at = None, self.now
         return True
 
@@ -132,7 +132,7 @@ class Fold(Transaction):
             if cur.status == QUEUED:
                 self.st(e.step_id).status = RUNNING
             return
-        same = e.attempt_number in (0, cur.attempt) and (e.iteration or 0) == cur.iteration
+        same = e.attempt_number in (0, cur.attempt) and e.iteration in (None, cur.iteration)
         if cur.status in (QUEUED, PENDING) and same:
             st = self.st(e.step_id)
             st.status = RUNNING
@@ -144,13 +144,13 @@ class Fold(Transaction):
         cur = self.state.step(e.step_id)
         if cur.status in STEP_TERMINAL:
             return  # a duplicate delivery: applied once
-        output = (e.payload or {}).get("output")
+        output = e.payload
         self.bind(e.worker_id)
         idx = e.map_index
         if idx is not None:
             self.instance_completed(e.step_id, idx, output)
             return
-        if (e.iteration or 0) != cur.iteration:
+        if e.iteration is not None and e.iteration != cur.iteration:
             return  # an earlier loop iteration's late report (its attempt is 1 again)
         self.complete_step(e.step_id, output, worker_id=e.worker_id)
         self.schedule()
@@ -201,7 +201,7 @@ class Fold(Transaction):
         cur = self.state.step(e.step_id)
         if cur.status in STEP_TERMINAL:
             return
-        payload = e.payload or {}
+        payload = failure_of(e.payload)
         error = str(payload.get("error") or "failed")
         kind = payload.get("failure_type", RETRIABLE)
         idx = e.map_index
@@ -217,7 +217,7 @@ class Fold(Transaction):
             inst.status, inst.due_at = RETRYING, self.now + delay
             self.actions.append(SetTimer(inst.due_at, "retry", e.step_id, idx, inst.attempt))
             return
-        stale = e.attempt_number not in (0, cur.attempt) or (e.iteration or 0) != cur.iteration
+        stale = e.attempt_number not in (0, cur.attempt) or e.iteration not in (None, cur.iteration)
         if cur.status == RETRYING or stale:
             return  # stale: an earlier attempt's (or loop iteration's) late report
         delay = self.retry_delay(e.step_id, cur.attempt, kind, payload)
@@ -233,10 +233,10 @@ class Fold(Transaction):
         cur = self.state.step(e.step_id)
         if cur.status in STEP_TERMINAL or cur.status == WAITING:
             return
-        if (e.iteration or 0) != cur.iteration:
+        if e.iteration is not None and e.iteration != cur.iteration:
             return
         loop = self.plan.loops.get(e.step_id)
-        output = (e.payload or {}).get("output")
+        output = e.payload
         nxt = cur.iteration + 1
         stop = None
         if loop is None or nxt >= loop.max_iterations:
@@ -285,3 +285,13 @@ class Fold(Transaction):
             if inst is not None and inst.status == RETRYING and inst.attempt == t.seqno:
                 value = cur.input[t.map_index]
                 self.publish_task(t.step_id, value, inst.attempt + 1, 0, t.map_index)
+
+
+def failure_of(payload: object) -> dict:
+    """A step.failed payload as Go reads it: ``{error, failure_type, retry_after_ms}``, or
+    a bare JSON string (an error text, retriable)."""
+    if isinstance(payload, dict):
+        return payload
+    if isinstance(payload, str):
+        return {"error": payload, "failure_type": RETRIABLE}
+    return {}

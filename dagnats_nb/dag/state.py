@@ -120,6 +120,7 @@ class RunState:
     reopened: int = 0  # times a dead-letter replay resumed the failed run
     resumed_at: float | None = None  # the last reopening: the run's timeout counts from it
     bound_worker: str = ""  # sticky workflows: the worker that completed the first step
+    legacy: bool = False  # started by dagnats-nb < 0.4: step events wrap their output
 
     def clone(self) -> RunState:
         """A shallow copy (much faster than ``copy.copy`` on a slotted dataclass)."""
@@ -142,6 +143,7 @@ class RunState:
             self.reopened,
             self.resumed_at,
             self.bound_worker,
+            self.legacy,
         )
 
     def step(self, step_id: str) -> StepState:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from .events import (
+    AGENT_LOOP_ITERATION,
     MAP_COMPLETED,
     MAP_STARTED,
     NON_RETRIABLE,
@@ -104,7 +105,15 @@ class Transaction:
         self.outbox()[event.msg_id] = (event, task)
         self.actions.append(Dispatch(task, event) if task is not None else Publish(event))
 
-    def event(self, type_: str, step_id: str = "", payload: dict | None = None, attempt: int = 0):
+    def event(
+        self,
+        type_: str,
+        step_id: str = "",
+        payload: Any = None,
+        attempt: int = 0,
+        map_index: int | None = None,
+        iteration: int | None = None,
+    ) -> Event:
         return Event(
             type=type_,
             run_id=self.state.run_id,
@@ -112,6 +121,8 @@ class Transaction:
             step_id=step_id,
             payload=payload,
             attempt_number=attempt,
+            map_index=map_index,
+            iteration=iteration,
         )
 
     def finish(self, event: Event) -> tuple[RunState, list[Action]]:
@@ -248,11 +259,7 @@ class Transaction:
     ) -> None:
         """Dispatch a task and its step.queued event (the state is the caller's business)."""
         task = self.task(step_id, value, attempt, iteration, idx)
-        if idx is not None:
-            payload: dict[str, Any] | None = {"map_index": idx}
-        else:
-            payload = {"iteration": iteration} if iteration else None
-        queued = self.event(STEP_QUEUED, step_id, payload, attempt)
+        queued = self.event(STEP_QUEUED, step_id, None, attempt, idx, task.iteration)
         if queued.msg_id not in self.state.outbox:  # a timer that fires twice
             self.publish(queued, task)
 
@@ -267,7 +274,7 @@ class Transaction:
             input=value,
             workflow_name=self.defn.name,
             attempt=attempt,
-            iteration=iteration,
+            iteration=iteration if step_id in self.plan.loops else None,
             map_index=idx,
             timeout_s=step.timeout.total_seconds() if step.timeout else None,
             metadata=dict(step.metadata or {}),
@@ -301,11 +308,10 @@ class Transaction:
         if worker_id:
             st.worker_id = worker_id
         if publish:
-            payload: dict[str, Any] = {"output": output}
             if stopped:
-                payload["stopped"] = stopped
-                payload["iteration"] = st.iteration
-            self.publish(self.event(STEP_COMPLETED, step_id, payload))
+                why = {"iteration": st.iteration, "stopped": stopped}
+                self.publish(self.event(AGENT_LOOP_ITERATION, step_id, why))
+            self.publish(self.event(STEP_COMPLETED, step_id, output, iteration=st.iteration))
         if step_id in self.plan.handlers and self.state.failure is not None:
             self.end_run(RUN_FAILED, error=self.state.failure.error)
 

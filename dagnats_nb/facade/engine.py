@@ -432,7 +432,7 @@ class Engine(Runs, Reads, Observing):
         """The definition a run follows: the orchestrator's, else the version its tasks name
         (a worker in another process), else the latest."""
         defn = self.orchestrator.run_defs.get(run_id) if self.orchestrator else None
-        return defn if defn is not None else (await self.defs.get(workflow, def_hash or None))[1]
+        return defn if defn is not None else await self.defs.for_run(run_id, workflow, def_hash)
 
     # -- plumbing ------------------------------------------------------------------------
 

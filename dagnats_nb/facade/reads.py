@@ -27,6 +27,7 @@ from dagnats_nb.runtime import dead_letters
 from dagnats_nb.runtime.dead_letters import dead_letters_frame, read_dead_letters
 from dagnats_nb.transport.stores import json_values
 from dagnats_nb.wire import protocol
+from dagnats_nb.wire.runs import read_record, run_key
 
 
 def _steps_frame(snapshot: tuple[WorkflowDef, RunState]):
@@ -59,7 +60,12 @@ class Reads:
     runs, runs_async = twins(_runs, runs_frame)
 
     async def _kv_runs(self) -> list[dict[str, Any]]:
-        return list((await json_values(self._js, "workflow_runs")).values())
+        out: dict[str, dict[str, Any]] = {}
+        for key, raw in (await json_values(self._js, "workflow_runs")).items():
+            summary = read_record(raw)
+            if summary is not None and (key.startswith("run.") or summary["run_id"] not in out):
+                out[summary["run_id"]] = summary
+        return list(out.values())
 
     async def _run_state(self, run_id: str) -> dict[str, Any] | None:
         """The run's summary: run_id, workflow, status, output, error and, in the engine
@@ -84,15 +90,19 @@ class Reads:
         """An attached engine's view of a run: the KV summary written when it ended, else
         ``running`` while its history exists."""
         kv = await self._js.key_value("workflow_runs")
-        try:
-            entry = await kv.get(run_id)
-        except (KeyNotFoundError, NotFoundError):
-            first = await self._history(run_id, limit=1)
-            if not first:
-                return None
-            workflow = (first[0].payload or {}).get("workflow")
-            return {"run_id": run_id, "workflow": workflow, "status": "running", "error": None}
-        return json.loads(entry.value)
+        for key in (run_key(run_id), run_id):  # Go's key, then dagnats-nb < 0.4's
+            try:
+                entry = await kv.get(key)
+            except (KeyNotFoundError, NotFoundError):
+                continue
+            summary = read_record(json.loads(entry.value))
+            if summary is not None:
+                return summary
+        first = await self._history(run_id, limit=1)
+        if not first:
+            return None
+        workflow = protocol.started_workflow(first[0].payload)
+        return {"run_id": run_id, "workflow": workflow, "status": "running", "error": None}
 
     async def _run_status(self, run_id: str) -> str | None:
         summary = await self._run_state(run_id)
@@ -127,11 +137,10 @@ class Reads:
         done = next((e for e in reversed(events) if e.type == protocol.WORKFLOW_COMPLETED), None)
         if done is None:
             return None
-        payload = done.payload or {}
+        payload = done.payload if isinstance(done.payload, dict) else {}
         if "output" in payload:
             return await self.payloads.expand(payload["output"])
-        first = events[0].payload or {}
-        _, defn = await self.defs.get(first.get("workflow", ""), first.get("def_hash"))
+        _, defn = await self.defs.for_started(events[0].payload)
         return await self.payloads.expand(replay(defn, events).output)
 
     # -- steps and events ----------------------------------------------------------------
@@ -153,8 +162,7 @@ class Reads:
         events = await self._history(run_id)
         if not events or events[0].type != protocol.WORKFLOW_STARTED:
             raise RunError(f"no history for run {run_id}: list runs with eng.runs()")
-        payload = events[0].payload or {}
-        _, defn = await self.defs.get(payload.get("workflow", ""), payload.get("def_hash"))
+        _, defn = await self.defs.for_started(events[0].payload)
         return defn, replay(defn, events)
 
     async def _events(self, run_id: str) -> list[protocol.Event]:

@@ -63,7 +63,7 @@ class Runs:
         event = protocol.Event(
             type=protocol.WORKFLOW_STARTED,
             run_id=run_id,
-            payload={"workflow": defn.name, "version": defn.version, "def_hash": h, "input": value},
+            payload={"workflow_def": self.defs.wire(h, defn), "input": value, "def_hash": h},
         )
         try:
             await self._js.publish(

@@ -2,7 +2,7 @@
 
 A :class:`WorkerProcess` connects to the engine's NATS server and runs one
 :class:`~dagnats_nb.runtime.workers.TaskWorker` per handler on the same durable consumer
-(``worker-{task}``) as the engine's own workers, so every process of a task type takes its
+(``workers-{task}``) as the engine's own workers, so every process of a task type takes its
 share of one queue and a task goes to exactly one of them. It registers in the ``workers``
 KV bucket (worker id, host, pid, tasks) and heartbeats there like the engine.
 
@@ -285,7 +285,7 @@ class WorkerProcess:
 
     async def _run_def(self, run_id: str, workflow: str, def_hash: str = ""):
         """The definition version a task names (the built-in llm handler reads its step)."""
-        return (await self._defs.get(workflow, def_hash or None))[1]
+        return await self._defs.for_run(run_id, workflow, def_hash)
 
 
 def _on_fault(message: str) -> None:

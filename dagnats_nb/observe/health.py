@@ -72,10 +72,19 @@ def _row(check: str, level: str, subject: str, value: Any, threshold: Any, actio
     }
 
 
+def _task_of(consumer: dict[str, Any]) -> str:
+    """The task type a TASK_QUEUES consumer serves, from its filter ``task.{t}[.{group}].>``
+    (its name ``workers-{t}`` is lossy: Go's sanitising maps dots to dashes)."""
+    parts = (consumer.get("filter") or "").split(".")
+    if len(parts) >= 3 and parts[0] == "task":
+        return parts[1]
+    return (consumer.get("consumer") or "").removeprefix("workers-")
+
+
 def consumer_pending(snap: Snapshot, t: Thresholds) -> list[dict[str, Any]]:
     rows = []
     for c in snap.consumers:
-        task = (c.get("consumer") or "").removeprefix("worker-")
+        task = _task_of(c)
         pending = c.get("pending", 0)
         if pending > t.consumer_pending:
             level = WARNING

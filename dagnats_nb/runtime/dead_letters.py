@@ -56,14 +56,45 @@ async def read_dead_letters(js: Any, limit: int = 100) -> list[dict[str, Any]]:
     try:
         while True:
             msg = await sub.next_msg(timeout=5)
-            body = json.loads(msg.data)
-            body["seq"] = msg.metadata.sequence.stream
-            out.append(body)
+            out.append(_letter(msg.data, msg.headers, msg.metadata.sequence.stream))
             if msg.metadata.num_pending == 0:
                 break
     finally:
         await sub.unsubscribe()
     return out[-limit:]
+
+
+def _letter(data: bytes, headers: dict[str, str] | None, seq: int) -> dict[str, Any]:
+    """A dead letter as ``{"seq", "task", "error", "attempts", "failed_at"}``, from Go's form
+    (the task as body, the rest in ``Dagnats-Dlq-*`` headers) or from dagnats-nb < 0.4's
+    (all in a JSON body); the task's step id and map index apart."""
+    try:
+        body = json.loads(data)
+    except ValueError:
+        body = None
+    h = headers or {}
+    if isinstance(body, dict) and isinstance(body.get("task"), dict):  # dagnats-nb < 0.4
+        letter = dict(body)
+    else:
+        try:
+            attempts = int(h.get(protocol.DLQ_ATTEMPTS) or 0)
+        except ValueError:
+            attempts = 0
+        letter = {
+            "task": body if isinstance(body, dict) else {},
+            "error": h.get(protocol.DLQ_ERROR),
+            "attempts": attempts,
+            "failed_at": h.get(protocol.DLQ_FAILED_AT),
+        }
+    task = letter["task"]
+    if isinstance(task.get("step_id"), str):
+        step_id, index = protocol.split_step_id(task["step_id"])
+        if index is not None:
+            letter["task"] = {**task, "step_id": step_id, "map_index": index}
+    if not letter["task"].get("task") and h.get(protocol.DLQ_TASK):
+        letter["task"] = {**letter["task"], "task": h[protocol.DLQ_TASK]}
+    letter["seq"] = seq
+    return letter
 
 
 def _by_start_seq(seq: int) -> Any:
@@ -114,8 +145,7 @@ async def read_dead_letter(js: Any, seq: int) -> dict[str, Any]:
         raise RunError(
             f"no dead letter with seq {seq}: list them with `dagnats dlq list` or eng.dlq()"
         ) from None
-    body = json.loads(msg.data)
-    body["seq"] = seq
+    body = _letter(msg.data, msg.headers, seq)
     if not isinstance(body.get("task"), dict) or not body["task"].get("run_id"):
         raise RunError(f"dead letter {seq} holds no task: it cannot be replayed")
     return body
@@ -131,6 +161,7 @@ def replay_event(letter: dict[str, Any]) -> protocol.Event:
         type=protocol.STEP_REPLAYED,
         run_id=task["run_id"],
         step_id=task["step_id"],
+        map_index=task.get("map_index"),
         payload=payload,
         attempt_number=int(letter.get("attempts") or task.get("attempt") or 1),
     )

@@ -10,12 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import logging
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from typing import Any
 
 import nats.errors
 from nats.aio.client import Client as NATS
@@ -39,6 +37,7 @@ from dagnats_nb.runtime.sticky import FALLBACK_CHECK, StickyRouter, still_waitin
 from dagnats_nb.transport.errors import store_error
 from dagnats_nb.transport.stores import DefinitionStore, PayloadStore
 from dagnats_nb.wire import protocol
+from dagnats_nb.wire.runs import run_key, run_record
 
 log = logging.getLogger("dagnats_nb.runtime.orchestrator")
 
@@ -138,10 +137,13 @@ class Orchestrator:
         if event.type == protocol.WORKFLOW_STARTED:
             if run_id in self.runs:
                 return
-            payload = event.payload or {}
-            _, defn = await self.defs.get(payload.get("workflow", ""), payload.get("def_hash"))
+            h, defn = await self.defs.for_started(event.payload)
+            if isinstance(event.payload, dict) and not event.payload.get("def_hash"):
+                event.payload["def_hash"] = h  # a run started by Go: its tasks name the version
             state, actions = start(defn, event)
             self.run_defs[run_id] = defn
+            if not self.replaying:  # `dagnats run list / status` show it while it runs
+                self._track(self._snapshot(state, first=True))
         else:
             old = self.runs.get(run_id)
             if old is None:
@@ -269,41 +271,50 @@ class Orchestrator:
             self._track(self._publish_event(queued))
 
     async def _dead_letter(self, action: DeadLetter) -> None:
-        body = {
-            "task": action.task.to_wire(),
-            "error": action.error,
-            "attempts": action.attempts,
-            "failed_at": protocol.now_rfc3339(),
-        }
-        data = json.dumps(body, separators=(",", ":"), default=str).encode()
+        """A step that failed for good, as Go writes it to DEAD_LETTERS: the task as its
+        body, the failure in ``Dagnats-Dlq-*`` headers."""
+        task = action.task
+        data = task.encode()
         if len(data) > self.payloads.limit:
-            body["task"]["input"] = await self.payloads.put(
-                action.task.input, f"{action.task.run_id}/{action.task.step_id}/dead"
-            )
-            data = json.dumps(body, separators=(",", ":"), default=str).encode()
-        await self.js.publish(protocol.dead_subject(action.task.task, action.task.run_id), data)
+            ref = await self.payloads.put(task.input, f"{task.run_id}/{task.step_id}/dead")
+            data = protocol.dumps({**task.to_wire(), "input": ref})
+        headers = protocol.dead_letter_headers(
+            task, action.error, action.attempts, protocol.now_rfc3339()
+        )
+        subject = protocol.dead_subject(task.task, task.run_id, task.step_id)
+        await self.js.publish(subject, data, headers=headers)
 
-    async def _snapshot(self, state: RunState) -> None:
-        """Write the run's summary to KV ``workflow_runs`` with an optimistic revision check:
-        create it, or update exactly the revision read. Two writes of one run can race (a
-        replay reopens a run that then ends at once), so each attempt writes the run's
-        latest state and a lost race is tried again."""
+    async def _snapshot(self, state: RunState, first: bool = False) -> None:
+        """Write the run's record (``wire.runs``) to KV ``workflow_runs`` with an optimistic
+        revision check: create it, or update exactly the revision read. Two writes of one run
+        can race (a replay reopens a run that then ends at once), so each attempt writes the
+        run's latest state and a lost race is tried again. The ``first`` record (at the start)
+        is only created, never written over a later one."""
         run_id = state.run_id
+        key = run_key(run_id)
         for _ in range(5):
-            body = protocol.dumps(run_summary(self.runs.get(run_id, state)))
+            body = protocol.dumps(run_record(self._newest(state)))
             try:
-                await self._kv_runs.create(run_id, body)
+                await self._kv_runs.create(key, body)
                 return
             except KeyWrongLastSequenceError:
-                pass
-            entry = await self._kv_runs.get(run_id)
-            body = protocol.dumps(run_summary(self.runs.get(run_id, state)))
+                if first:
+                    return  # the record of a later state is there already
+            entry = await self._kv_runs.get(key)
+            body = protocol.dumps(run_record(self._newest(state)))
             try:
-                await self._kv_runs.update(run_id, body, last=entry.revision)
+                await self._kv_runs.update(key, body, last=entry.revision)
                 return
             except KeyWrongLastSequenceError:
                 continue
         raise RunError(f"run {run_id}: its summary in KV workflow_runs kept changing under us")
+
+    def _newest(self, state: RunState) -> RunState:
+        """``state``, unless the run has moved on since (a replay reopened it, it ended):
+        a finished run's state in ``runs`` is compacted, without the outputs its record
+        shows, so the state the record was asked for is kept while its status holds."""
+        now = self.runs.get(state.run_id, state)
+        return state if now.status == state.status else now
 
     def _set_timer(self, run_id: str, t: SetTimer) -> None:
         key = TimerKey.of(run_id, t)
@@ -404,17 +415,3 @@ def stream_seq(msg) -> int:
     if len(tokens) == 9:  # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>
         return int(tokens[5])
     return msg.metadata.sequence.stream  # v2 form, with domain and account hash
-
-
-def run_summary(state: RunState) -> dict[str, Any]:
-    """What ``workflow_runs`` KV keeps of a run (a convenience; history is the authority)."""
-    return {
-        "run_id": state.run_id,
-        "workflow": state.workflow,
-        "version": state.version,
-        "status": state.status,
-        "started_at": protocol.format_time(state.started_at),
-        "ended_at": protocol.format_time(state.ended_at) if state.ended_at else None,
-        "error": state.error,
-        "steps": {sid: st.status for sid, st in state.steps.items()},
-    }

@@ -85,5 +85,5 @@ def still_waiting(state: RunState | None, task: protocol.TaskPayload) -> bool:
     if task.map_index is not None:
         inst = st.map.active.get(task.map_index) if st.map is not None else None
         return inst is not None and inst.status in STEP_ACTIVE and inst.attempt == task.attempt
-    current = st.attempt == task.attempt and st.iteration == task.iteration
+    current = st.attempt == task.attempt and st.iteration == (task.iteration or 0)
     return st.status in STEP_ACTIVE and current

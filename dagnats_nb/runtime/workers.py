@@ -1,6 +1,6 @@
 """Workers pull tasks of one task type and publish the step's events. They never touch run state.
 
-Each task type has one durable pull consumer on TASK_QUEUES (``worker-{task}``, filter
+Each task type has one durable pull consumer on TASK_QUEUES (``workers-{task}``, filter
 ``task.{task}.>``), shared by every worker of that type in any process, with
 ``MaxAckPending`` = the handler's concurrency. A task is acknowledged only after its result
 event is stored, so a worker that dies mid-task loses nothing: the task is delivered again
@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import socket
-import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -82,25 +81,21 @@ def new_worker_id() -> str:
 
 
 def task_event(
-    task: protocol.TaskPayload, kind: str, payload: dict | None, worker_id: str
+    task: protocol.TaskPayload, kind: str, payload: Any, worker_id: str
 ) -> protocol.Event:
     """The event a worker publishes about ``task`` (any worker: in-kernel, a worker process,
-    the HTTP bridge): map items carry ``map_index`` and complete as
-    ``step.map.instance.completed``, loop iterations carry ``iteration``."""
-    payload = dict(payload or {})
-    if task.map_index is not None:
-        payload["map_index"] = task.map_index
-        if kind == protocol.STEP_COMPLETED:
-            kind = protocol.MAP_INSTANCE_COMPLETED
-    if task.iteration and "iteration" not in payload:
-        payload["iteration"] = task.iteration
+    the HTTP bridge), as Go's workers write it: the raw output (or failure) as payload, a
+    map instance's step id ``{step}.map.{i}``; plus the loop iteration when the task had
+    one."""
     return protocol.Event(
         type=kind,
         run_id=task.run_id,
         step_id=task.step_id,
-        payload=payload or None,
+        payload=payload,
         worker_id=worker_id,
         attempt_number=task.attempt,
+        map_index=task.map_index,
+        iteration=task.iteration,
     )
 
 
@@ -262,8 +257,8 @@ class TaskWorker:
 
     async def _handle(self, msg) -> None:
         try:
-            task = protocol.TaskPayload.decode(msg.data)
-        except (ValueError, KeyError) as exc:
+            task = protocol.TaskPayload.decode(msg.data, msg.subject)
+        except (ValueError, KeyError, TypeError) as exc:
             log.error("dropping malformed task on %s: %s", msg.subject, exc)
             await msg.term()
             return
@@ -280,7 +275,7 @@ class TaskWorker:
         await watch.announced()  # a step.started that went out precedes the result
         await self._report(msg, task, kind, payload)
 
-    async def _execute(self, task: protocol.TaskPayload, msg) -> tuple[str, dict[str, Any]]:
+    async def _execute(self, task: protocol.TaskPayload, msg) -> tuple[str, Any]:
         """Run the handler on one task: the result event's type and payload."""
         try:
             value = await self.payloads.expand(task.input)
@@ -292,7 +287,7 @@ class TaskWorker:
             step_id=task.step_id,
             task=self.handler.task,
             attempt=task.attempt,
-            iteration=task.iteration,
+            iteration=task.iteration or 0,
             workflow_name=task.workflow_name,
             worker_id=self.worker_id,
             map_index=task.map_index,
@@ -300,7 +295,6 @@ class TaskWorker:
             def_hash=task.def_hash,
             _beat=functools.partial(self._beat_now, msg),
         )
-        t0 = time.perf_counter()
         try:
             result = await self._call(ctx, task.timeout_s)
         except TimeoutError:
@@ -314,7 +308,6 @@ class TaskWorker:
             return protocol.STEP_FAILED, payload
         except Exception as exc:
             return protocol.STEP_FAILED, failure(exc, protocol.RETRIABLE)
-        elapsed_ms = round((time.perf_counter() - t0) * 1000, 3)
         kind = protocol.STEP_COMPLETED
         if isinstance(result, Continue):
             kind, result = protocol.STEP_CONTINUE, result.output
@@ -326,12 +319,7 @@ class TaskWorker:
                 f"({exc}): return dicts, lists, strings, numbers, booleans or None"
             )
             return protocol.STEP_FAILED, {"error": err, "failure_type": protocol.NON_RETRIABLE}
-        payload: dict[str, Any] = {"output": output, "duration_ms": elapsed_ms}
-        if task.iteration:
-            payload["iteration"] = task.iteration
-        if task.map_index is not None and kind == protocol.STEP_COMPLETED:
-            kind = protocol.MAP_INSTANCE_COMPLETED
-        return kind, payload
+        return kind, output
 
     async def _call(self, ctx: TaskContext, timeout: float | None) -> Any:
         fn = self.handler.fn
@@ -344,10 +332,10 @@ class TaskWorker:
             return await asyncio.wait_for(coro, timeout)
         return await coro
 
-    def _event(self, task: protocol.TaskPayload, kind: str, payload: dict | None) -> protocol.Event:
+    def _event(self, task: protocol.TaskPayload, kind: str, payload: Any) -> protocol.Event:
         return task_event(task, kind, payload, self.worker_id)
 
-    async def _report(self, msg, task: protocol.TaskPayload, kind: str, payload: dict) -> None:
+    async def _report(self, msg, task: protocol.TaskPayload, kind: str, payload: Any) -> None:
         """Store the result event, then acknowledge the task (never the other way round)."""
         problem = await record_result(self.js, msg, self._event(task, kind, payload), self.on_fault)
         if problem is not None:
@@ -457,6 +445,15 @@ class WorkerRegistry:
             },
             "started_at": self.started_at,
             "heartbeat_at": protocol.now_rfc3339(),
+        }
+        # Go's WorkerRegistration fields, so `dagnats workers list` shows what we serve.
+        body |= {
+            "task_types": sorted(self.tasks),
+            "language": "python",
+            "transport": "nats",
+            "max_tasks": sum(w.handler.concurrency for w in self.tasks.values()),
+            "hostname": body["host"],
+            "last_seen": body["heartbeat_at"],
         }
         await self._kv.put(self.worker_id, json.dumps(body).encode())
 

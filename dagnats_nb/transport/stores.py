@@ -51,13 +51,24 @@ def definition_hash(defn: WorkflowDef) -> str:
     return hashlib.sha256(canon.encode()).hexdigest()[:16]
 
 
+_LEGACY_VERSION = re.compile(r"\.[0-9a-f]{16}$")
+
+
 class DefinitionStore:
-    """Registered workflows: ``{name}`` holds the latest, ``{name}.{hash}`` each version run."""
+    """Registered workflows in KV ``workflow_defs`` as the Go engine keeps them: key = the
+    workflow name, value = its definition (Go's JSON form, the latest registered).
+
+    A run does not depend on that key: its ``workflow.started`` event carries the
+    definition it follows (``{workflow_def, input}``, as Go writes it, plus our
+    ``def_hash``). Data written by dagnats-nb < 0.4 is read too: ``{name}`` holding
+    ``{"hash": h}`` and each version under ``{name}.{h}``.
+    """
 
     def __init__(self, js: JetStreamContext) -> None:
         self.js = js
         self._kv = None
         self._cache: dict[tuple[str, str], WorkflowDef] = {}
+        self._wire: dict[str, dict[str, Any]] = {}  # by hash: the definition as written
         self.latest: dict[str, tuple[str, WorkflowDef]] = {}
 
     async def _bucket(self):
@@ -65,45 +76,114 @@ class DefinitionStore:
             self._kv = await self.js.key_value("workflow_defs")
         return self._kv
 
+    def _remember(self, defn: WorkflowDef, h: str, wire: dict[str, Any] | None = None) -> None:
+        self._cache[(defn.name, h)] = defn
+        if wire is not None:
+            self._wire[h] = wire
+
     async def put(self, defn: WorkflowDef) -> str:
         h = definition_hash(defn)
-        kv = await self._bucket()
-        body = defn.to_json(indent=None).encode()
-        if (defn.name, h) not in self._cache:
-            await kv.put(f"{kv_key(defn.name)}.{h}", body)
         current = self.latest.get(defn.name)
         if current is None or current[0] != h:
-            await kv.put(kv_key(defn.name), json.dumps({"hash": h}).encode())
-        self._cache[(defn.name, h)] = defn
+            kv = await self._bucket()
+            await kv.put(kv_key(defn.name), defn.to_json(indent=None).encode())
+        self._remember(defn, h)
         self.latest[defn.name] = (h, defn)
         return h
 
+    def wire(self, h: str, defn: WorkflowDef) -> dict[str, Any]:
+        """The definition as a ``workflow.started`` event carries it (built once a version)."""
+        out = self._wire.get(h)
+        if out is None:
+            out = self._wire[h] = defn.to_dict()
+        return out
+
     async def get(self, name: str, h: str | None = None) -> tuple[str, WorkflowDef]:
         """The definition of ``name`` (the latest when ``h`` is None) and its hash."""
+        if h is None and name in self.latest:
+            return self.latest[name]
+        if h is not None:
+            hit = self._cache.get((name, h))
+            if hit is not None:
+                return h, hit
         kv = await self._bucket()
-        if h is None:
-            if name in self.latest:
-                return self.latest[name]
-            try:
-                entry = await kv.get(kv_key(name))
-            except (KeyNotFoundError, NotFoundError):
+        try:
+            entry = await kv.get(kv_key(name))
+        except (KeyNotFoundError, NotFoundError):
+            if h is None:
                 raise WorkflowError(
                     f"workflow '{name}' is not registered: register it with eng.register(...), "
                     "the %%dagnats cell magic or `dagnats workflow register FILE`"
                 ) from None
-            h = json.loads(entry.value)["hash"]
-        hit = self._cache.get((name, h))
-        if hit is not None:
-            return h, hit
+            entry = None
+        if entry is not None:
+            raw = json.loads(entry.value)
+            if set(raw) == {"hash"}:  # dagnats-nb < 0.4: a pointer to the version
+                return await self._legacy(name, h or raw["hash"])
+            defn = load_workflow(raw)
+            latest = definition_hash(defn)
+            self._remember(defn, latest)
+            if h is None or h == latest:
+                return latest, defn
+        return await self._legacy(name, h)
+
+    async def _legacy(self, name: str, h: str) -> tuple[str, WorkflowDef]:
+        kv = await self._bucket()
         try:
             entry = await kv.get(f"{kv_key(name)}.{h}")
         except (KeyNotFoundError, NotFoundError):
             raise WorkflowError(
-                f"workflow '{name}' version {h} is missing from KV workflow_defs"
+                f"workflow '{name}' version {h} is not in KV workflow_defs "
+                "(a run's workflow.started event carries the definition it follows)"
             ) from None
         defn = load_workflow(json.loads(entry.value))
-        self._cache[(name, h)] = defn
+        self._remember(defn, h)
         return h, defn
+
+    async def for_started(self, payload: Any) -> tuple[str, WorkflowDef]:
+        """The definition a ``workflow.started`` payload names, in any shape Go's
+        orchestrator accepts (see ``dag.events.start_shape``), and its hash."""
+        shape = protocol.start_shape(payload)
+        if shape == "def":
+            raw = payload["workflow_def"]
+            h = payload.get("def_hash") or _raw_hash(raw)
+            name = raw.get("name", "") if isinstance(raw, dict) else ""
+            hit = self._cache.get((name, h))
+            if hit is not None:
+                return h, hit
+            if not isinstance(raw, dict):
+                raise WorkflowError("workflow.started: 'workflow_def' is not an object")
+            defn = load_workflow(raw)
+            self._remember(defn, h, raw)
+            return h, defn
+        if shape == "trigger":
+            return await self.get(payload["workflow_id"])
+        if shape == "legacy":
+            return await self.get(payload["workflow"], payload["def_hash"])
+        if not isinstance(payload, dict):
+            raise WorkflowError("workflow.started carries no workflow definition")
+        defn = load_workflow(payload)
+        h = _raw_hash(payload)
+        self._remember(defn, h)
+        return h, defn
+
+    async def for_run(self, run_id: str, workflow: str, h: str = "") -> WorkflowDef:
+        """The definition a run follows, for a worker that holds no run state: the version
+        its tasks name when seen before, else its ``workflow.started`` event's, else the
+        latest registered."""
+        hit = self._cache.get((workflow, h)) if h else None
+        if hit is not None:
+            return hit
+        try:
+            msg = await self.js.get_msg(
+                protocol.HISTORY_STREAM, seq=1, subject=protocol.history_subject(run_id), next=True
+            )
+            first = protocol.Event.decode(msg.data)
+            if first.type == protocol.WORKFLOW_STARTED:
+                return (await self.for_started(first.payload))[1]
+        except (NotFoundError, ValueError, KeyError):
+            pass  # the start aged out of the history: the latest definition it is
+        return (await self.get(workflow))[1]
 
     async def names(self) -> list[str]:
         kv = await self._bucket()
@@ -113,13 +193,18 @@ class DefinitionStore:
             return []
         out = []
         for k in keys:
-            if "." in k:
+            if _LEGACY_VERSION.search(k):
                 continue
             if k.startswith("b64_"):
                 pad = "=" * (-len(k[4:]) % 4)
                 k = base64.urlsafe_b64decode(k[4:] + pad).decode()
             out.append(k)
         return sorted(out)
+
+
+def _raw_hash(raw: Any) -> str:
+    canon = json.dumps(raw, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canon.encode()).hexdigest()[:16]
 
 
 class PayloadStore:

@@ -45,6 +45,11 @@ from dagnats_nb.dag.events import (
     loads,
     now_rfc3339,
     parse_time,
+    split_step_id,
+    start_shape,
+    started_input,
+    started_workflow,
+    wire_step_id,
 )
 
 HISTORY_STREAM = "WORKFLOW_HISTORY"
@@ -89,8 +94,39 @@ def sticky_consumer_name(task: str, worker_id: str) -> str:
     return f"sticky-{task}-{worker_id}"
 
 
-def dead_subject(task: str, run_id: str) -> str:
-    return f"dead.{task}.{run_id}"
+def dead_subject(task: str, run_id: str, step_id: str) -> str:
+    """A dead letter's subject, as Go writes it: ``dead.{task}.{run_id}.{step_id}``."""
+    return f"dead.{task}.{run_id}.{step_id}"
+
+
+# Headers of a dead letter (Go's ``Dagnats-Dlq-*``); its body is the task as it was sent.
+DLQ_RUN_ID = "Dagnats-Dlq-Run-Id"
+DLQ_STEP_ID = "Dagnats-Dlq-Step-Id"
+DLQ_TASK = "Dagnats-Dlq-Task"
+DLQ_ERROR = "Dagnats-Dlq-Error"
+DLQ_ATTEMPTS = "Dagnats-Dlq-Attempts"
+DLQ_DELIVERY_COUNT = "Dagnats-Dlq-Delivery-Count"
+DLQ_CONSUMER = "Dagnats-Dlq-Consumer"
+DLQ_TASK_SUBJECT = "Dagnats-Dlq-Task-Subject"
+DLQ_FAILED_AT = "Dagnats-Dlq-Failed-At"  # ours: Go reads the message's own timestamp
+
+
+def dead_letter_headers(task: TaskPayload, error: str, attempts: int, failed_at: str) -> dict:
+    """The headers of a dead letter of ``task`` (Go's, plus the time it failed)."""
+    step = wire_step_id(task.step_id, task.map_index)
+    one_line = " ".join(error.split()) or "failed"  # a header value holds no line breaks
+    return {
+        "Nats-Msg-Id": f"dlq:{task.run_id}:{step}:{attempts}",
+        DLQ_RUN_ID: task.run_id,
+        DLQ_STEP_ID: step,
+        DLQ_TASK: task.task,
+        DLQ_ERROR: one_line,
+        DLQ_ATTEMPTS: str(attempts),
+        DLQ_DELIVERY_COUNT: str(attempts),
+        DLQ_CONSUMER: TASK_STREAM,
+        DLQ_TASK_SUBJECT: task_subject(task.task, task.run_id),
+        DLQ_FAILED_AT: failed_at,
+    }
 
 
 def stream_subject(run_id: str, step_id: str) -> str:
@@ -101,9 +137,19 @@ def telemetry_metric_subject(service: str, name: str) -> str:
     return f"telemetry.metrics.{service}.{name}"
 
 
-def consumer_name(task: str) -> str:
-    """Durable consumer shared by every worker of one task type."""
-    return f"worker-{task}"
+def sanitize_consumer_part(value: str) -> str:
+    """A task type or group as Go's ``consumername.Sanitize`` puts it in a consumer name:
+    dots become ``-``, anything but ``[A-Za-z0-9_-]`` becomes ``_``."""
+    return "".join(
+        c if (c.isascii() and c.isalnum()) or c in "-_" else "-" if c == "." else "_" for c in value
+    )
+
+
+def consumer_name(task: str, group: str = "") -> str:
+    """Durable consumer shared by every worker of one task type (and worker group): Go's
+    ``workers-{task}[-{group}]``, so our workers and Go's share one consumer."""
+    name = f"workers-{sanitize_consumer_part(task)}"
+    return f"{name}-{sanitize_consumer_part(group)}" if group else name
 
 
 def make_ref(name: str, size: int) -> dict[str, Any]:
@@ -146,6 +192,13 @@ __all__ = [
     "WORKFLOW_STARTED",
     "_BAD_TOKEN",
     "consumer_name",
+    "sanitize_consumer_part",
+    "start_shape",
+    "started_input",
+    "started_workflow",
+    "split_step_id",
+    "wire_step_id",
+    "dead_letter_headers",
     "dead_subject",
     "dumps",
     "format_time",

@@ -2,7 +2,7 @@
 
 ``POST /v1/tasks/poll`` with ``{"task_types": [...], "max_tasks": N, "timeout_ms": T}``
 (N default 1, at most 256; T default 5000, at most 60000) long-polls the same durable
-consumers ``worker-{task}`` on TASK_QUEUES as in-kernel workers, so both share the queue. It
+consumers ``workers-{task}`` on TASK_QUEUES as in-kernel workers, so both share the queue. It
 answers a JSON list of ``{"task_id", "run_id", "step_id", "iteration", "attempt", "input"}``
 (plus ``task``, ``workflow_name``, ``map_index``, ``metadata`` when set); an empty list when
 nothing came within T.
@@ -168,7 +168,7 @@ def task_view(task: protocol.TaskPayload, value: Any) -> dict[str, Any]:
         "task_id": task.task_id,
         "run_id": task.run_id,
         "step_id": task.step_id,
-        "iteration": task.iteration,
+        "iteration": task.iteration or 0,
         "attempt": task.attempt,
         "input": value,
     }
@@ -307,8 +307,8 @@ class Bridge:
 
     async def _take(self, msg: Any, worker_id: str) -> dict[str, Any] | None:
         try:
-            task = protocol.TaskPayload.decode(msg.data)
-        except (ValueError, KeyError) as exc:
+            task = protocol.TaskPayload.decode(msg.data, msg.subject)
+        except (ValueError, KeyError, TypeError) as exc:
             log.error("bridge: dropping malformed task on %s: %s", msg.subject, exc)
             await msg.term()
             return None
@@ -368,8 +368,6 @@ class Bridge:
                 kind, payload = protocol.STEP_COMPLETED, await self._output(held.task, res.output)
             except BridgeError as exc:
                 return _error(400, str(exc))
-        if res.duration_ms is not None:
-            payload["duration_ms"] = res.duration_ms
         del self.held[task_id]
         problem = await self._report(held, kind, payload)
         if problem is not None:
@@ -378,13 +376,13 @@ class Bridge:
         status = "failed" if kind == protocol.STEP_FAILED else "completed"
         return 200, {"task_id": task_id, "status": status}
 
-    async def _output(self, task: protocol.TaskPayload, output: Any) -> dict[str, Any]:
+    async def _output(self, task: protocol.TaskPayload, output: Any) -> Any:
         try:
-            return {"output": await output_payload(self.eng.payloads, task, output)}
+            return await output_payload(self.eng.payloads, task, output)
         except (TypeError, ValueError) as exc:
             raise BridgeError(f"resolve: field 'output' cannot be stored ({exc})") from None
 
-    async def _report(self, held: Held, kind: str, payload: dict) -> str | None:
+    async def _report(self, held: Held, kind: str, payload: Any) -> str | None:
         """Store the result event, then acknowledge the task; the problem, if any."""
         event = task_event(held.task, kind, payload, held.worker_id)
         try:

@@ -1,0 +1,112 @@
+"""The Go dagnats CLI on a dagnats-nb engine: what it lists, starts, shows and cancels is
+what our engine holds and runs (workflow definitions, run records, history, dead letters,
+workers), through the CLI's own commands."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import threading
+
+from conftest import until
+from goserve import go_binary
+
+import dagnats_nb as dn
+
+HELLO = {"name": "nb-hello", "steps": [{"id": "greet", "task": "hi", "timeout": "10s"}]}
+BOOM = {"name": "nb-boom", "steps": [{"id": "bill", "task": "boom"}]}
+# Registered by the Go CLI (its own file form: integer nanoseconds, config).
+GO_FILE = {
+    "name": "go-registered",
+    "version": "2",
+    "steps": [
+        {"id": "first", "task": "hi", "timeout": 5_000_000_000},
+        {"id": "wait", "task": "slow", "depends_on": ["first"], "timeout": 60_000_000_000},
+    ],
+}
+
+
+def go(url: str, *args: str) -> str:
+    out = subprocess.run(
+        [str(go_binary("dagnats", "DAGNATS_GO_BIN")), *args],
+        env={**os.environ, "DAGNATS_NATS_URL": url, "NO_COLOR": "1"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, (args, out.stdout, out.stderr)
+    return out.stdout
+
+
+def test_the_go_cli_lists_starts_shows_and_cancels_our_runs(tmp_path):
+    release = threading.Event()
+    with dn.Engine.start(data_dir=tmp_path / "nb", llm_enabled=False) as eng:
+
+        @eng.task("hi")
+        def hi(ctx):
+            return {"hi": ctx.input}
+
+        @eng.task("boom")
+        def boom(ctx):
+            raise dn.Permanent("card declined\nby the bank")
+
+        @eng.task("slow")
+        def slow(ctx):
+            release.wait(30)
+            return "late"
+
+        eng.register(HELLO)
+        eng.register(BOOM)
+        url = eng.url
+        path = tmp_path / "go-registered.json"
+        path.write_text(json.dumps(GO_FILE))
+        go(url, "workflow", "register", str(path))
+        assert {"nb-hello", "nb-boom", "go-registered"} <= set(eng.workflows())
+        listed = go(url, "workflow", "list")
+        assert all(name in listed for name in ("nb-hello", "nb-boom", "go-registered"))
+
+        ours = eng.run("nb-hello", {"x": 1}, timeout=30)
+        failed = eng.run("nb-boom", None, timeout=30)
+        assert failed.status == "failed"
+
+        # A run the Go CLI starts runs on our engine.
+        started = json.loads(go(url, "run", "start", "nb-hello", '{"from": "go"}', "--json"))
+        go_run = eng.get_run(started["run_id"])
+        assert go_run.wait(30).status == "completed" and go_run.output == {"hi": {"from": "go"}}
+
+        listing = go(url, "run", "list")
+        for run_id in (ours.id, failed.id, started["run_id"]):
+            assert run_id in listing
+        status = json.loads(go(url, "run", "status", ours.id, "--json"))
+        assert status["status"] == "completed" and status["workflow_id"] == "nb-hello"
+        greet = status["steps"]["greet"]
+        assert greet["status"] == "completed" and greet["attempts"] == 1
+        assert json.loads(base64.b64decode(greet["output"])) == {"hi": {"x": 1}}
+        failed_status = json.loads(go(url, "run", "status", failed.id, "--json"))
+        assert failed_status["status"] == "failed"
+        assert "card declined" in failed_status["steps"]["bill"]["error"]
+
+        events = go(url, "run", "events", ours.id)
+        assert "workflow.started" in events and "step.completed" in events
+        assert '{"hi":{"x":1}}' in events  # the raw output, as Go's workers write it
+
+        dlq = go(url, "dlq", "list")
+        [row] = [line for line in dlq.splitlines() if failed.id in line]
+        assert "bill" in row and "boom" in row and "card declined by the bank" in row
+
+        workers = go(url, "workers", "list")
+        [mine] = [line for line in workers.splitlines() if eng.worker_id in line]
+        assert "hi" in mine and "boom" in mine and "python" in mine
+
+        assert "WORKFLOW_HISTORY" in go(url, "status")
+
+        # A run the Go CLI cancels stops on our engine.
+        waiting = eng.start_run("go-registered", "ada")
+        until(lambda: eng.steps(waiting.id).set_index("step_id").loc["wait", "status"] == "running")
+        go(url, "run", "cancel", waiting.id)
+        assert waiting.wait(30).status == "cancelled"
+        release.set()
+        status = json.loads(go(url, "run", "status", waiting.id, "--json"))
+        assert status["status"] == "cancelled"

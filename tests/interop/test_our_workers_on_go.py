@@ -1,0 +1,126 @@
+"""Our workers serving the Go engine's runs: ``dagnats worker MODULE --nats-url`` (a worker
+process) next to dagnats' own Go worker, on a running ``dagnats serve``; the runs are
+registered, started and read back with the Go CLI."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from conftest import until
+from goserve import go_binary, go_serve, go_worker  # noqa: F401  (fixtures)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+HANDLERS = textwrap.dedent(
+    """
+    import dagnats_nb as dn
+
+    @dn.task("pyshout")
+    def pyshout(ctx):
+        return ctx.input["msg"].upper()  # a bare string, for Go's string handler
+
+    @dn.task("pylen")
+    def pylen(ctx):
+        return {"text": ctx.input, "len": len(ctx.input), "attempt": ctx.attempt}
+
+    @dn.task("pyfail")
+    def pyfail(ctx):
+        raise dn.Permanent("no such customer")
+    """
+)
+
+WORKFLOW = {
+    "name": "go-runs-py",
+    "version": "1",
+    "steps": [
+        {"id": "greet", "task": "ggreet", "timeout": 30_000_000_000},  # Go worker
+        {"id": "shout", "task": "pyshout", "depends_on": ["greet"], "timeout": 30_000_000_000},
+        {"id": "hello", "task": "sgreet", "depends_on": ["shout"], "timeout": 30_000_000_000},
+        {"id": "size", "task": "pylen", "depends_on": ["hello"], "timeout": 30_000_000_000},
+    ],
+}
+
+FAILING = {
+    "name": "go-runs-py-fail",
+    "version": "1",
+    "steps": [{"id": "bill", "task": "pyfail", "timeout": 30_000_000_000}],
+}
+
+
+def go(cli: Path, url: str, *args: str) -> str:
+    out = subprocess.run(
+        [str(cli), *args],
+        env={**os.environ, "DAGNATS_NATS_URL": url, "NO_COLOR": "1"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, (args, out.stdout, out.stderr)
+    return out.stdout
+
+
+def output(step: dict):
+    """A step's output in ``dagnats run status --json`` (Go's []byte: base64 of the JSON)."""
+    return json.loads(base64.b64decode(step["output"]))
+
+
+def run_status(cli: Path, url: str, run_id: str) -> dict:
+    return json.loads(go(cli, url, "run", "status", run_id, "--json"))
+
+
+def test_our_worker_process_serves_go_engine_runs(go_serve, go_worker, tmp_path):  # noqa: F811
+    cli = go_binary("dagnats", "DAGNATS_GO_BIN")
+    (tmp_path / "pyhandlers.py").write_text(HANDLERS)
+    for wf in (WORKFLOW, FAILING):
+        path = tmp_path / f"{wf['name']}.json"
+        path.write_text(json.dumps(wf))
+        go(cli, go_serve.url, "workflow", "register", str(path))
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "dagnats_nb", "worker", "pyhandlers", "--nats-url", go_serve.url],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert "ready:" in worker.stdout.readline()
+        started = json.loads(
+            go(cli, go_serve.url, "run", "start", "go-runs-py", '{"name": "ada"}', "--json")
+        )
+        run_id = started["run_id"]
+        status = until(
+            lambda: (s := run_status(cli, go_serve.url, run_id))["status"] != "running" and s,
+            timeout=60,
+            what="the Go engine to finish the run",
+        )
+        assert status["status"] == "completed", json.dumps(status)
+        outputs = {sid: output(st) for sid, st in status["steps"].items()}
+        assert outputs == {
+            "greet": {"msg": "hello ada"},
+            "shout": "HELLO ADA",
+            "hello": "Hello, HELLO ADA!",
+            "size": {"text": "Hello, HELLO ADA!", "len": 17, "attempt": 1},
+        }
+
+        failing = json.loads(
+            go(cli, go_serve.url, "run", "start", "go-runs-py-fail", "{}", "--json")
+        )
+        status = until(
+            lambda: (
+                (s := run_status(cli, go_serve.url, failing["run_id"]))["status"] != "running" and s
+            ),
+            timeout=60,
+            what="the failing run to end",
+        )
+        assert status["status"] == "failed"
+        assert "no such customer" in json.dumps(status)
+    finally:
+        worker.terminate()
+        worker.wait(20)
