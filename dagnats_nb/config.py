@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -240,6 +240,13 @@ class Settings(BaseModel):
     )
     nats_jetstream_replicas: Annotated[int, Field(ge=1, le=5)] = _key(
         1, "must be the stream replica count, 1 to 5 (3 on a three-server cluster)"
+    )
+    # Who applies WORKFLOW_HISTORY on a NATS we attach to: "auto" orchestrates unless the
+    # Go dagnats engine does (its durable consumer `orchestrator` on WORKFLOW_HISTORY), "on"
+    # always (refused in one line while Go's runs), "off" never (this engine works tasks
+    # and reads). The embedded server is always ours to orchestrate.
+    orchestrate: Literal["auto", "on", "off"] = _key(
+        "auto", "must be auto, on or off (who runs the orchestrator on a shared NATS)"
     )
     ack_wait: Duration = _key(timedelta(seconds=30), "must be a positive duration such as 30s")
     log_level: Annotated[str, BeforeValidator(_to_log_level)] = _key(

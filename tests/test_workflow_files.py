@@ -312,9 +312,8 @@ def test_go_sub_workflow_step_with_empty_task_loads_with_allow_unsupported(tmp_p
     )
     defn = load_workflow(data, allow_unsupported=True)
     out = defn.to_dict()
-    assert out["steps"][1] == {
+    assert out["steps"][1] == {  # Go's empty task is no task: written as none
         "id": "child",
-        "task": "",
         "depends_on": ["a"],
         "type": "sub_workflow",
         "config": {"workflow": "payment-flow"},

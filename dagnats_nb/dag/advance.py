@@ -20,12 +20,14 @@ from collections.abc import Iterable
 
 from .events import WORKFLOW_STARTED, Event, start_shape, started_input, upgrade_legacy
 from .fold import Fold
+from .model import SUPPORTED_STEP_TYPES as SUPPORTED
 from .model import WorkflowDef
 from .plan import resolve_input, run_output
 from .state import (
     RETRYING,
     RUN_CANCELLED,
     RUN_COMPLETED,
+    RUN_FAILED,
     WAITING,
     Action,
     Dispatch,
@@ -52,6 +54,14 @@ def start(defn: WorkflowDef, event: Event) -> tuple[RunState, list[Action]]:
         legacy=start_shape(event.payload) == "legacy",
     )
     tx = Fold(defn, state, event.time)
+    unsupported = [f"{s.type} (step '{s.id}')" for s in defn.steps if s.type not in SUPPORTED]
+    if unsupported:  # started by another engine (the Go CLI) from a definition we cannot run
+        why = (
+            f"workflow '{defn.name}' uses step types this engine does not run yet: "
+            f"{', '.join(unsupported)}; run it on the Go dagnats engine"
+        )
+        tx.end_run(RUN_FAILED, error=why)
+        return tx.finish(event)
     if defn.timeout:
         tx.actions.append(SetTimer(state.started_at + defn.timeout.total_seconds(), "run_timeout"))
     tx.schedule()

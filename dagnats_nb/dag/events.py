@@ -278,6 +278,7 @@ class TaskPayload:
     timeout_s: float | None = None
     metadata: dict[str, str] = field(default_factory=dict)
     def_hash: str = ""  # the definition version the run follows
+    from_go: bool = False  # sent by the Go engine (no ``task`` field): not on the wire
 
     @property
     def task_id(self) -> str:
@@ -334,4 +335,5 @@ class TaskPayload:
             timeout_s=raw.get("timeout_s"),
             metadata=raw.get("metadata") or {},
             def_hash=raw.get("def_hash") or "",
+            from_go="task" not in raw,
         )

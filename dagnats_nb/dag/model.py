@@ -217,6 +217,7 @@ class StepDef(GoModel):
         return read_reserved_metadata(data)
 
     _none_if_empty = field_validator(
+        "task",
         "config",
         "metadata",
         "required_capabilities",

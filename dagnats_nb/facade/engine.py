@@ -29,6 +29,7 @@ from dagnats_nb.dag import WorkflowDef, load_workflow
 from dagnats_nb.errors import BackupError, DagnatsError, ServerError
 from dagnats_nb.facade import extensions
 from dagnats_nb.facade.observing import Observing
+from dagnats_nb.facade.orchestration import orchestrates
 from dagnats_nb.facade.reads import Reads
 from dagnats_nb.facade.run import Run, RunTimeout
 from dagnats_nb.facade.runs import Runs, new_run_id
@@ -197,8 +198,9 @@ class Engine(Runs, Reads, Observing):
                 self.extensions.append(extension)
         await self._ensure_resources()
         self._started["resources"] = True
-        self.orchestrator = Orchestrator(self._nc, self._js, self.defs, self.payloads)
-        await self.orchestrator.start()
+        if await orchestrates(self._js, self.settings, self.url, self.server is not None):
+            self.orchestrator = Orchestrator(self._nc, self._js, self.defs, self.payloads)
+            await self.orchestrator.start()
         self._started["orchestrator"] = True
         self.host = WorkerHost(
             self._nc, self._js, self.payloads, self.worker_id, self._executor, self._store_full
@@ -323,7 +325,11 @@ class Engine(Runs, Reads, Observing):
         """Run ``fn`` for every step whose ``task`` is ``name`` (``concurrency`` at once:
         by default 64 for ``async def``, else 1)."""
         handler = make_handler(name, fn, concurrency)
-        self._need_orchestrator("register a handler")
+        if self.host is None:
+            raise DagnatsError(
+                "cannot register a handler on an attached engine: handlers run in an engine "
+                "started with Engine.start(), or in a worker process: `dagnats worker MODULE`"
+            )
         await self._add_worker(handler)
 
     add_handler, add_handler_async = twins(_add_handler)

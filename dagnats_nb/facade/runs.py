@@ -21,6 +21,7 @@ from nats.js.errors import APIError
 
 from dagnats_nb.dag import WorkflowDef, load_workflow
 from dagnats_nb.dag.state import RUN_TERMINAL
+from dagnats_nb.dag.validate import check
 from dagnats_nb.errors import RunError
 from dagnats_nb.facade import tokens
 from dagnats_nb.facade.run import Run, RunTimeout
@@ -46,6 +47,7 @@ class Runs:
         """Start a run of a registered workflow (or register this definition first)."""
         if isinstance(workflow, str) and not _looks_like_definition(workflow):
             h, defn = await self.defs.get(workflow)
+            check(defn)  # registered by another engine (Go): step types we cannot run
         else:
             defn = load_workflow(workflow)
             h = await self._store_definition(defn)

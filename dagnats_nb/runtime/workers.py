@@ -262,7 +262,12 @@ class TaskWorker:
             log.error("dropping malformed task on %s: %s", msg.subject, exc)
             await msg.term()
             return
-        watch = _Watch(self, msg, self._event(task, protocol.STEP_STARTED, None))
+        if msg.headers and any(h.startswith(protocol.DLQ_HEADER_PREFIX) for h in msg.headers):
+            await self._resume_dead_letter(msg, task)
+            return
+        started = self._event(task, protocol.STEP_STARTED, None)
+        # The Go engine counts attempts from step.started: its tasks announce at once.
+        watch = _Watch(self, msg, started, 0.0 if task.from_go else ANNOUNCE_AFTER)
         try:
             kind, payload = await self._execute(task, msg)
         except asyncio.CancelledError:
@@ -274,6 +279,24 @@ class TaskWorker:
             watch.cancel()
         await watch.announced()  # a step.started that went out precedes the result
         await self._report(msg, task, kind, payload)
+
+    async def _resume_dead_letter(self, msg, task: protocol.TaskPayload) -> None:
+        """A dead letter sent back to its task subject (Go's ``dagnats dlq replay``): the
+        run resumes at that step as with our own replay, through a ``step.replayed`` event;
+        the orchestrator then dispatches the next attempt, so this copy is not run."""
+        event = protocol.Event(
+            type=protocol.STEP_REPLAYED,
+            run_id=task.run_id,
+            step_id=task.step_id,
+            map_index=task.map_index,
+            payload={"resent_to": msg.subject},
+            attempt_number=task.attempt,
+        )
+        problem = await record_result(self.js, msg, event, self.on_fault)
+        if problem is not None:
+            log.error("%s; dead letter of %s will be read again", problem, task.task_id)
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=1.0)
 
     async def _execute(self, task: protocol.TaskPayload, msg) -> tuple[str, Any]:
         """Run the handler on one task: the result event's type and payload."""
@@ -369,16 +392,19 @@ class TaskWorker:
 class _Watch:
     """Timers around one running task, so the many sub-millisecond tasks cost nothing:
 
-    - after ``ANNOUNCE_AFTER`` s it publishes the step's ``step.started`` event (with the
-      time the handler started), so a step that is still running shows as running;
+    - after ``ANNOUNCE_AFTER`` s (at once for a Go engine's task) it publishes the step's
+      ``step.started`` event (with the time the handler started), so a step that is still
+      running shows as running;
     - every third of the ack wait it tells the server the task is still in progress.
     """
 
-    def __init__(self, worker: TaskWorker, msg, started: protocol.Event) -> None:
+    def __init__(
+        self, worker: TaskWorker, msg, started: protocol.Event, announce_after: float
+    ) -> None:
         loop = worker._loop
         self.loop, self.msg, self.worker, self.started = loop, msg, worker, started
         self.every = max(0.2, worker.ack_wait / 3)
-        self._announce = loop.call_later(ANNOUNCE_AFTER, self._send_started)
+        self._announce = loop.call_later(announce_after, self._send_started)
         self._beat = loop.call_later(self.every, self._heartbeat)
         self._sending: asyncio.Task | None = None
 

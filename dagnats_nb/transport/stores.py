@@ -120,7 +120,7 @@ class DefinitionStore:
             raw = json.loads(entry.value)
             if set(raw) == {"hash"}:  # dagnats-nb < 0.4: a pointer to the version
                 return await self._legacy(name, h or raw["hash"])
-            defn = load_workflow(raw)
+            defn = load_workflow(raw, allow_unsupported=True)
             latest = definition_hash(defn)
             self._remember(defn, latest)
             if h is None or h == latest:
@@ -136,7 +136,7 @@ class DefinitionStore:
                 f"workflow '{name}' version {h} is not in KV workflow_defs "
                 "(a run's workflow.started event carries the definition it follows)"
             ) from None
-        defn = load_workflow(json.loads(entry.value))
+        defn = load_workflow(json.loads(entry.value), allow_unsupported=True)
         self._remember(defn, h)
         return h, defn
 
@@ -153,7 +153,7 @@ class DefinitionStore:
                 return h, hit
             if not isinstance(raw, dict):
                 raise WorkflowError("workflow.started: 'workflow_def' is not an object")
-            defn = load_workflow(raw)
+            defn = load_workflow(raw, allow_unsupported=True)
             self._remember(defn, h, raw)
             return h, defn
         if shape == "trigger":
@@ -162,7 +162,7 @@ class DefinitionStore:
             return await self.get(payload["workflow"], payload["def_hash"])
         if not isinstance(payload, dict):
             raise WorkflowError("workflow.started carries no workflow definition")
-        defn = load_workflow(payload)
+        defn = load_workflow(payload, allow_unsupported=True)
         h = _raw_hash(payload)
         self._remember(defn, h)
         return h, defn

@@ -100,6 +100,7 @@ def dead_subject(task: str, run_id: str, step_id: str) -> str:
 
 
 # Headers of a dead letter (Go's ``Dagnats-Dlq-*``); its body is the task as it was sent.
+DLQ_HEADER_PREFIX = "Dagnats-Dlq-"  # a task carrying one is a dead letter sent back
 DLQ_RUN_ID = "Dagnats-Dlq-Run-Id"
 DLQ_STEP_ID = "Dagnats-Dlq-Step-Id"
 DLQ_TASK = "Dagnats-Dlq-Task"

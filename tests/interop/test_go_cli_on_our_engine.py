@@ -48,9 +48,13 @@ def test_the_go_cli_lists_starts_shows_and_cancels_our_runs(tmp_path):
         def hi(ctx):
             return {"hi": ctx.input}
 
+        fixed = threading.Event()
+
         @eng.task("boom")
         def boom(ctx):
-            raise dn.Permanent("card declined\nby the bank")
+            if not fixed.is_set():
+                raise dn.Permanent("card declined\nby the bank")
+            return {"billed": ctx.input, "attempt": ctx.attempt}
 
         @eng.task("slow")
         def slow(ctx):
@@ -95,6 +99,13 @@ def test_the_go_cli_lists_starts_shows_and_cancels_our_runs(tmp_path):
         dlq = go(url, "dlq", "list")
         [row] = [line for line in dlq.splitlines() if failed.id in line]
         assert "bill" in row and "boom" in row and "card declined by the bank" in row
+
+        # `dagnats dlq replay` (Go's: the task sent again) resumes the failed run here.
+        seq = row.split()[0]
+        fixed.set()
+        go(url, "dlq", "replay", seq)
+        until(lambda: eng.get_run(failed.id).status == "completed", what="the run resumed")
+        assert eng.get_run(failed.id).output == {"billed": None, "attempt": 2}
 
         workers = go(url, "workers", "list")
         [mine] = [line for line in workers.splitlines() if eng.worker_id in line]

@@ -15,6 +15,8 @@ from pathlib import Path
 from conftest import until
 from goserve import go_binary, go_serve, go_worker  # noqa: F401  (fixtures)
 
+import dagnats_nb as dn
+
 ROOT = Path(__file__).resolve().parents[2]
 
 HANDLERS = textwrap.dedent(
@@ -32,8 +34,33 @@ HANDLERS = textwrap.dedent(
     @dn.task("pyfail")
     def pyfail(ctx):
         raise dn.Permanent("no such customer")
+
+    @dn.task("pyflaky")
+    def pyflaky(ctx):
+        with open(ctx.input["log"], "a") as log:
+            log.write(f"{ctx.run_id} {ctx.attempt}\\n")
+        raise RuntimeError("still down")
     """
 )
+
+# max_attempts 1: how many times the step runs is the Go engine's to say (and ours must agree).
+FLAKY = {
+    "name": "go-runs-py-flaky",
+    "version": "1",
+    "steps": [
+        {
+            "id": "call",
+            "task": "pyflaky",
+            "timeout": 30_000_000_000,
+            "retry": {
+                "max_attempts": 1,
+                "strategy": "fixed",
+                "initial_delay": 100_000_000,
+                "max_delay": 100_000_000,
+            },
+        }
+    ],
+}
 
 WORKFLOW = {
     "name": "go-runs-py",
@@ -77,7 +104,7 @@ def run_status(cli: Path, url: str, run_id: str) -> dict:
 def test_our_worker_process_serves_go_engine_runs(go_serve, go_worker, tmp_path):  # noqa: F811
     cli = go_binary("dagnats", "DAGNATS_GO_BIN")
     (tmp_path / "pyhandlers.py").write_text(HANDLERS)
-    for wf in (WORKFLOW, FAILING):
+    for wf in (WORKFLOW, FAILING, FLAKY):
         path = tmp_path / f"{wf['name']}.json"
         path.write_text(json.dumps(wf))
         go(cli, go_serve.url, "workflow", "register", str(path))
@@ -121,6 +148,41 @@ def test_our_worker_process_serves_go_engine_runs(go_serve, go_worker, tmp_path)
         )
         assert status["status"] == "failed"
         assert "no such customer" in json.dumps(status)
+        log = tmp_path / "flaky.log"
+        flaky = json.loads(
+            go(
+                cli,
+                go_serve.url,
+                "run",
+                "start",
+                FLAKY["name"],
+                json.dumps({"log": str(log)}),
+                "--json",
+            )
+        )
+        status = until(
+            lambda: (
+                (s := run_status(cli, go_serve.url, flaky["run_id"]))["status"] != "running" and s
+            ),
+            timeout=60,
+            what="the flaky run to end",
+        )
+        assert status["status"] == "failed"
+        go_attempts = [line.split()[1] for line in log.read_text().splitlines()]
+        assert go_attempts == ["1", "2"]  # max_attempts 1 on Go: one retry
     finally:
         worker.terminate()
         worker.wait(20)
+    # The same definition on our engine runs the step as often, numbered alike.
+    with dn.Engine.start(data_dir=tmp_path / "nb", llm_enabled=False) as eng:
+        ours = tmp_path / "ours.log"
+
+        @eng.task("pyflaky")
+        def pyflaky(ctx):
+            with open(ctx.input["log"], "a") as out:
+                out.write(f"{ctx.run_id} {ctx.attempt}\n")
+            raise RuntimeError("still down")
+
+        run = eng.run(FLAKY, {"log": str(ours)}, timeout=30)
+        assert run.status == "failed"
+        assert [line.split()[1] for line in ours.read_text().splitlines()] == go_attempts
