@@ -8,19 +8,24 @@ result in the caller's thread; nothing here changes engine state.
 
 from __future__ import annotations
 
+import json
 import time
 from collections import deque
 from typing import Any
 
-from nats.js.errors import NotFoundError
+from nats.js.errors import KeyNotFoundError, NoKeysError, NotFoundError
 
 from dagnats_nb.dag import parse_duration
+from dagnats_nb.dag.state import RUN_TERMINAL
 from dagnats_nb.facade.twins import twins
 from dagnats_nb.observe import health, monitor, sampler, sizing, stats
 from dagnats_nb.server.datadir import read_engine_info
 from dagnats_nb.transport.stores import json_values
 from dagnats_nb.wire import protocol, resources
+from dagnats_nb.wire.runs import read_record
 from dagnats_nb.wire.workers import read_entry
+
+SIZING_SAMPLE = 200  # finished runs an attached engine reads to calibrate sizing()
 
 
 def _data_frame(rows: list[dict[str, Any]]):
@@ -92,12 +97,14 @@ class Observing:
         e.g. ``runs_per_day=50_000``), calibrated with what this engine measured: bytes per
         event on WORKFLOW_HISTORY and events per run of the finished runs (of ``workflow``
         if given). With nothing run yet the rules of thumb are used."""
-        self._need_orchestrator("measure runs for sizing")
-        runs = [
-            (s.event_count, len(self.orchestrator.run_defs[r].steps))
-            for r, s in self.orchestrator.runs.items()
-            if s.terminal and not s.outbox and (workflow is None or s.workflow == workflow)
-        ]
+        if self.orchestrator is not None:
+            runs = [
+                (s.event_count, len(self.orchestrator.run_defs[r].steps))
+                for r, s in self.orchestrator.runs.items()
+                if s.terminal and not s.outbox and (workflow is None or s.workflow == workflow)
+            ]
+        else:  # attached (a notebook looking at a Go deployment): from its records
+            runs = await self._recorded_runs(workflow)
         info = (
             await stats.api(
                 self._nc, f"STREAM.INFO.{protocol.HISTORY_STREAM}", api=self.jetstream_api
@@ -115,6 +122,36 @@ class Observing:
         return sizing.Report(est, est.calibration, sizing.compare(est.calibration, w.steps))
 
     sizing, sizing_async = twins(_sizing)
+
+    async def _recorded_runs(
+        self, workflow: str | None, limit: int = SIZING_SAMPLE
+    ) -> list[tuple[int, int]]:
+        """``(events, steps)`` of up to ``limit`` finished runs (of ``workflow``), from the
+        ``workflow_runs`` records (Go's or ours) and the run's message count on
+        WORKFLOW_HISTORY: what an engine without an orchestrator can measure."""
+        kv = await self._js.key_value("workflow_runs")
+        try:
+            keys = sorted(await kv.keys())
+        except (NotFoundError, NoKeysError):
+            return []
+        out: list[tuple[int, int]] = []
+        for key in reversed(keys):  # newest ids last in ULID order: recent runs first
+            if len(out) >= limit:
+                break
+            try:
+                summary = read_record(json.loads((await kv.get(key)).value))
+            except (KeyNotFoundError, NotFoundError, ValueError):
+                continue
+            if summary is None or summary["status"] not in RUN_TERMINAL:
+                continue
+            if workflow is not None and summary["workflow"] != workflow:
+                continue
+            subject = protocol.history_subject(summary["run_id"])
+            info = await self._js.stream_info(protocol.HISTORY_STREAM, subjects_filter=subject)
+            events = (info.state.subjects or {}).get(subject, 0)
+            if events and summary["steps"]:
+                out.append((events, len(summary["steps"])))
+        return out
 
     async def _sample(self, every: float | str = "1s", keep: int = 3600) -> sampler.Sampler:
         """Record stream sizes, consumer lag, dead letters and run/step rates every

@@ -13,7 +13,7 @@ import time
 import nats
 import pytest
 from conftest import until
-from goserve import go_serve, go_worker  # noqa: F401  (fixtures)
+from goserve import go_binary, go_serve, go_worker  # noqa: F401  (fixtures)
 
 import dagnats_nb as dn
 
@@ -92,3 +92,58 @@ async def _publish(url: str, subject: str, data: bytes) -> None:
         await nc.jetstream().publish(subject, data)
     finally:
         await nc.close()
+
+
+GREET = {
+    "name": "go-greet",
+    "version": "1",
+    "steps": [
+        {"id": "greet", "task": "ggreet", "timeout": 30_000_000_000},
+        {"id": "shout", "task": "gupper", "depends_on": ["greet"], "timeout": 30_000_000_000},
+    ],
+}
+
+
+def test_a_notebook_sizes_a_go_deployment_from_its_own_history(go_serve, go_worker, tmp_path):  # noqa: F811
+    """The checklist user's case: figures of a production dagnats read by a notebook. Runs
+    orchestrated by the Go engine and worked by its Go worker; ``stream_stats``,
+    ``consumer_lag``, ``health`` and ``sizing()`` (calibrated from Go's own history)."""
+    import subprocess
+
+    cli = [str(go_binary("dagnats", "DAGNATS_GO_BIN"))]
+    env = {**os.environ, "DAGNATS_NATS_URL": go_serve.url, "NO_COLOR": "1"}
+    path = tmp_path / "go-greet.json"
+    path.write_text(json.dumps(GREET))
+    subprocess.run([*cli, "workflow", "register", str(path)], env=env, check=True)
+    eng = dn.Engine.connect(data_dir=tmp_path / "nb", url=go_serve.url)
+    try:
+        ids = []
+        for i in range(4):
+            out = subprocess.run(
+                [*cli, "run", "start", "go-greet", json.dumps({"name": f"n{i}"}), "--json"],
+                env=env,
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+            ids.append(json.loads(out[: out.index("}") + 1])["run_id"])
+        for run_id in ids:
+            assert eng.get_run(run_id).wait(60).status == "completed"
+        counts = [len(eng.events(run_id)) for run_id in ids]
+        history = eng.stream_stats().set_index("stream").loc["WORKFLOW_HISTORY"]
+        assert history["messages"] == sum(counts)  # only these runs are in it
+        lag = eng.consumer_lag().set_index("consumer")
+        assert lag.loc["workers-ggreet", "pending"] == 0
+        assert lag.loc["workers-ggreet", "ack_pending"] == 0
+        assert "critical" not in set(eng.health()["level"])
+        report = eng.sizing("go-greet", runs_per_day=10_000)
+        per_run = sum(counts) / len(counts)
+        assert report.calibration.source == (
+            f"measured (4 runs, {per_run:.1f} events per run of 2.0 steps)"
+        )
+        assert report.calibration.bytes_per_event == pytest.approx(
+            history["bytes"] / history["messages"]
+        )
+        assert report.estimate.disk_bytes > 0
+    finally:
+        eng.stop()
