@@ -103,7 +103,16 @@ def dead_letters(engine) -> list[dict]:
         out = []
         for seq in range(info.state.first_seq, info.state.last_seq + 1):
             msg = await js.get_msg(protocol.DEAD_STREAM, seq)
-            out.append({"subject": msg.subject, **json.loads(msg.data)})
+            h = msg.headers or {}
+            out.append(  # Go's form: the task as body, the failure in Dagnats-Dlq-* headers
+                {
+                    "subject": msg.subject,
+                    "task": json.loads(msg.data),
+                    "error": h.get(protocol.DLQ_ERROR),
+                    "attempts": int(h.get(protocol.DLQ_ATTEMPTS, 0)),
+                    "headers": h,
+                }
+            )
         return out
 
     return engine._call(read())
@@ -147,7 +156,9 @@ def test_exhausted_retries_dead_letter_the_task_and_run_on_failure(engine, confo
     assert list(frame["run_id"]) == [run.id] and frame["error"][0] == "ValueError: upstream says no"
     assert len(letters) == 1
     letter = letters[0]
-    assert letter["subject"] == f"dead.fetch.{run.id}"
+    assert letter["subject"] == f"dead.fetch.{run.id}.fetch"
+    assert letter["headers"]["Nats-Msg-Id"] == f"dlq:{run.id}:fetch:4"
+    assert letter["headers"][protocol.DLQ_TASK_SUBJECT] == f"task.fetch.{run.id}"
     assert letter["attempts"] == 4
     assert letter["error"] == "ValueError: upstream says no"
     assert letter["task"]["input"] == {"source": "s3://bucket/a"}

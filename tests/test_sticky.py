@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections import defaultdict
@@ -55,7 +54,7 @@ def chain(name: str, sticky: str | None, n: int = 4, **extra) -> dict:
 def bindings(engine: dn.Engine) -> dict[str, str]:
     async def read():
         kv = await engine._js.key_value("sticky_bindings")
-        return {k: json.loads((await kv.get(k)).value)["worker_id"] for k in await kv.keys()}
+        return {k: (await kv.get(k)).value.decode() for k in await kv.keys()}  # Go's form
 
     return engine._call(read())
 

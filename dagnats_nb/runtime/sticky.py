@@ -3,8 +3,8 @@
 The binding is a fact of the run's history: the worker that completed its first step
 (``RunState.bound_worker``, decided by the pure core). This shell part routes each later task
 of the run to ``sticky.{task}.{worker_id}.{run_id}`` on STICKY_TASKS, which only that worker
-consumes, and mirrors the binding into KV ``sticky_bindings`` (key: run id, TTL 25 h) for
-operators and other tools.
+consumes, and mirrors the binding into KV ``sticky_bindings`` (key: run id, value: the worker
+id, as Go writes it; TTL 25 h) for operators and other tools.
 
 - ``hard``: tasks always go to the bound worker and wait for it (the workflow's timeout bounds
   the wait; a worker restarted with the same ``--worker-id`` finds its queue again).
@@ -17,11 +17,11 @@ operators and other tools.
 
 from __future__ import annotations
 
-import json
+import contextlib
 import time
 
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError, NotFoundError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 
 from dagnats_nb.dag import WorkflowDef
 from dagnats_nb.dag.state import STEP_ACTIVE, RunState
@@ -66,14 +66,10 @@ class StickyRouter:
         return protocol.task_subject(task.task, task.run_id)
 
     async def bind(self, state: RunState) -> None:
-        """Record the run's binding in KV ``sticky_bindings``."""
-        body = {
-            "run_id": state.run_id,
-            "workflow": state.workflow,
-            "worker_id": state.bound_worker,
-            "bound_at": protocol.now_rfc3339(),
-        }
-        await self._bindings.put(state.run_id, json.dumps(body).encode())
+        """Record the run's binding in KV ``sticky_bindings`` as Go does: the worker id as
+        the value, created once (a binding is never moved)."""
+        with contextlib.suppress(KeyWrongLastSequenceError):
+            await self._bindings.create(state.run_id, state.bound_worker.encode())
 
 
 def still_waiting(state: RunState | None, task: protocol.TaskPayload) -> bool:
