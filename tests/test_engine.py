@@ -818,3 +818,25 @@ def test_step_output_of_a_finished_run_is_rebuilt_from_its_history(engine):
         engine.step_output(run.id, "nope")
     with pytest.raises(dn.RunError, match="no history for run missing"):
         engine.step_output("missing", "split")
+
+
+def test_a_task_message_that_is_not_an_object_does_not_block_its_task_type(engine):
+    """JSON that is not an object on ``task.{t}.*`` (``[1,2,3]``, ``5``, ``"x"``) is dropped
+    with a log line; the one slot of a ``def`` handler is free for the good runs."""
+
+    @engine.task("one-slot")
+    def one_slot(ctx):
+        return ctx.input * 2
+
+    engine.register({"name": "one-slot", "steps": [{"id": "a", "task": "one-slot"}]})
+
+    async def garbage():
+        for body in (b"[1, 2, 3]", b"5", b'"x"', b"{not json"):
+            await engine._js.publish("task.one-slot.garbage", body)
+
+    engine._call(garbage())
+    runs = [engine.start_run("one-slot", i) for i in range(5)]
+    assert [r.wait(timeout=20).output for r in runs] == [0, 2, 4, 6, 8]
+    lag = engine.consumer_lag().set_index("consumer")
+    assert lag.loc["workers-one-slot", "pending"] == 0
+    assert lag.loc["workers-one-slot", "ack_pending"] == 0
