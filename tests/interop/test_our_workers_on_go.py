@@ -35,6 +35,14 @@ HANDLERS = textwrap.dedent(
     def pyfail(ctx):
         raise dn.Permanent("no such customer")
 
+    @dn.task("pylist")
+    def pylist(ctx):
+        return [{"name": n} for n in ctx.input["names"]]
+
+    @dn.task("pyitem")
+    def pyitem(ctx):
+        return {"item": ctx.map_index, "name": ctx.input["name"]}
+
     @dn.task("pyflaky")
     def pyflaky(ctx):
         with open(ctx.input["log"], "a") as log:
@@ -42,6 +50,22 @@ HANDLERS = textwrap.dedent(
         raise RuntimeError("still down")
     """
 )
+
+MAPPED = {  # a map step of the Go engine: instances {step}.map.{i} served by our worker
+    "name": "go-map-py",
+    "version": "1",
+    "steps": [
+        {"id": "list", "task": "pylist", "timeout": 30_000_000_000},
+        {
+            "id": "each",
+            "task": "pyitem",
+            "type": "map",
+            "depends_on": ["list"],
+            "timeout": 30_000_000_000,
+            "config": {"max_items": 10},
+        },
+    ],
+}
 
 # max_attempts 1: how many times the step runs is the Go engine's to say (and ours must agree).
 FLAKY = {
@@ -104,7 +128,7 @@ def run_status(cli: Path, url: str, run_id: str) -> dict:
 def test_our_worker_process_serves_go_engine_runs(go_serve, go_worker, tmp_path):  # noqa: F811
     cli = go_binary("dagnats", "DAGNATS_GO_BIN")
     (tmp_path / "pyhandlers.py").write_text(HANDLERS)
-    for wf in (WORKFLOW, FAILING, FLAKY):
+    for wf in (WORKFLOW, FAILING, FLAKY, MAPPED):
         path = tmp_path / f"{wf['name']}.json"
         path.write_text(json.dumps(wf))
         go(cli, go_serve.url, "workflow", "register", str(path))
@@ -148,6 +172,30 @@ def test_our_worker_process_serves_go_engine_runs(go_serve, go_worker, tmp_path)
         )
         assert status["status"] == "failed"
         assert "no such customer" in json.dumps(status)
+        names = ["ada", "bob", "cy", "di"]
+        mapped = json.loads(
+            go(
+                cli,
+                go_serve.url,
+                "run",
+                "start",
+                "go-map-py",
+                json.dumps({"names": names}),
+                "--json",
+            )
+        )
+        status = until(
+            lambda: (
+                (s := run_status(cli, go_serve.url, mapped["run_id"]))["status"] != "running" and s
+            ),
+            timeout=60,
+            what="the map run to end",
+        )
+        assert status["status"] == "completed", json.dumps(status)
+        assert output(status["steps"]["each"]) == [
+            {"item": i, "name": n} for i, n in enumerate(names)
+        ]
+
         log = tmp_path / "flaky.log"
         flaky = json.loads(
             go(
