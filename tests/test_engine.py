@@ -840,3 +840,52 @@ def test_a_task_message_that_is_not_an_object_does_not_block_its_task_type(engin
     lag = engine.consumer_lag().set_index("consumer")
     assert lag.loc["workers-one-slot", "pending"] == 0
     assert lag.loc["workers-one-slot", "ack_pending"] == 0
+
+
+def test_task_consumers_of_others_are_adopted_and_old_ones_replaced(engine):
+    """A ``workers-{task}`` consumer we did not make (a Go worker's) is used as it is; a
+    ``worker-{task}`` one left by dagnats-nb < 0.4 gives way, its waiting task kept."""
+    from nats.js.api import AckPolicy, ConsumerConfig
+
+    seen: list = []
+
+    async def setup():
+        js = engine._js
+        await js.add_consumer(
+            protocol.TASK_STREAM,
+            ConsumerConfig(
+                durable_name="workers-foreign",
+                filter_subject="task.foreign.>",
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=300,
+                max_ack_pending=1000,
+            ),
+        )
+        await js.add_consumer(
+            protocol.TASK_STREAM,
+            ConsumerConfig(
+                durable_name="worker-legacy",
+                filter_subject="task.legacy.>",
+                ack_policy=AckPolicy.EXPLICIT,
+            ),
+        )
+        body = {"task_id": "R1.a", "run_id": "R1", "step_id": "a", "task": "legacy", "input": 7}
+        await js.publish("task.legacy.R1", json.dumps(body).encode())
+
+    engine._call(setup())
+
+    @engine.task("foreign", concurrency=4)
+    def foreign(ctx):
+        return ctx.input
+
+    @engine.task("legacy")
+    def legacy(ctx):
+        seen.append(ctx.input)
+        return ctx.input
+
+    lag = engine.consumer_lag().set_index("consumer")
+    assert lag.loc["workers-foreign", "max_ack_pending"] == 1000  # not ours: not changed
+    assert "worker-legacy" not in lag.index
+    until(lambda: seen == [7], what="the task left for the old consumer")
+    run = engine.run({"name": "f", "steps": [{"id": "a", "task": "foreign"}]}, input=3)
+    assert run.output == 3

@@ -29,6 +29,7 @@ from nats.js.errors import FetchTimeoutError, NotFoundError
 
 from dagnats_nb.runtime.handlers import Continue, Handler, Permanent, RetryAfter, TaskContext
 from dagnats_nb.runtime.results import output_payload, record_result
+from dagnats_nb.transport.provision import OWNER, OWNER_KEY
 from dagnats_nb.transport.pull import fetch_available, take_buffered
 from dagnats_nb.transport.stores import PayloadStore
 from dagnats_nb.wire import protocol
@@ -48,11 +49,16 @@ async def ensure_task_consumer(
     ack_wait: float,
     max_ack_pending: int | None = None,
 ) -> str:
-    """The durable pull consumer of a task type, created or updated; its name.
+    """The durable pull consumer of a task type (Go's ``workers-{task}``), created or
+    updated; its name.
 
     ``max_ack_pending`` None keeps an existing consumer as it is (the engine creates the
     consumers of a workflow's task types at registration, so their lag shows before any
-    worker exists; a worker then sets its concurrency).
+    worker exists; a worker then sets its concurrency). A consumer we did not create (no
+    ``dagnats-nb.owner`` metadata: a Go worker's, whose ``CreateOrUpdateConsumer`` also
+    rewrites ours) is used as it is, never updated. A ``worker-{task}`` consumer left by
+    dagnats-nb < 0.4 on the same subjects is deleted first (a work queue allows one
+    consumer per subject; its unacknowledged tasks stay in the stream for the new one).
     """
     durable = protocol.consumer_name(task)
     cfg = js_api.ConsumerConfig(
@@ -62,13 +68,18 @@ async def ensure_task_consumer(
         ack_wait=ack_wait,
         max_ack_pending=max_ack_pending or 1,
         max_deliver=-1,
+        metadata={OWNER_KEY: OWNER},
     )
     try:
         info = await js.consumer_info(protocol.TASK_STREAM, durable)
     except NotFoundError:
+        with contextlib.suppress(NotFoundError):
+            await js.delete_consumer(protocol.TASK_STREAM, f"worker-{task}")
         await js.add_consumer(protocol.TASK_STREAM, cfg)
         return durable
     c = info.config
+    if (c.metadata or {}).get(OWNER_KEY) != OWNER:
+        return durable  # not ours: adopted as it is
     if max_ack_pending is not None and (
         c.max_ack_pending != cfg.max_ack_pending or c.ack_wait != cfg.ack_wait
     ):
