@@ -11,7 +11,9 @@ Choices:
 - Durations are Go duration strings (``720h``, ``1h30m``, ``500ms``; read by
   :mod:`dagnats_nb.dag.durations`, as in workflow files) or numbers of seconds.
   For the optional limits (``runs_max_age``, ``history_max_bytes``, ``max_memory_store``)
-  0 means "unset", as in the Go zero value.
+  0 means "unset", as in the Go zero value: no limit (the server's default memory store).
+  ``runs_max_age`` defaults to the Go engine's 720h (30 days: its WORKFLOW_HISTORY max age,
+  and the default of its own ``runs_max_age``); 0 keeps the whole history.
 - ``sync_interval`` is kept as the string nats-server reads: ``always`` or a duration.
 - A relative ``data_dir`` (from any source) is resolved against ``cwd``.
 - An empty ``DAGNATS_*`` variable counts as unset. Unknown ``DAGNATS_*`` variables are
@@ -221,7 +223,9 @@ class Settings(BaseModel):
     max_memory_store: OptionalSize = _key(
         None, "must be a size such as 512MiB, or 0 for the server default"
     )
-    runs_max_age: OptionalDuration = _key(None, "must be a duration such as 720h, or 0 for none")
+    runs_max_age: OptionalDuration = _key(
+        timedelta(hours=720), "must be a duration such as 720h, or 0 for none"
+    )
     history_max_bytes: OptionalSize = _key(None, "must be a size such as 1GiB, or 0 for none")
     server_memory_limit: OptionalSize = _key(
         None, "must be a size such as 256MiB (nats-server's GOMEMLIMIT), or 0 for none"

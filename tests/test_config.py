@@ -25,7 +25,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert s.nats_url is None
     assert s.max_store_bytes == 10737418240
     assert s.max_memory_store is None
-    assert s.runs_max_age is None
+    assert s.runs_max_age == timedelta(hours=720)  # the Go engine's 30 days
     assert s.history_max_bytes is None
     assert s.sync_interval is None
     assert s.leaf_remotes == []

@@ -53,9 +53,24 @@ def test_telemetry_and_dead_letters_keep_their_windows():
         runs_per_day=1_000_000, telemetry_bytes_per_step=300, failure_rate=0.01, payload_bytes=600
     )
     est = sizing.estimate(w, days=60)
-    assert est.streams["TELEMETRY"] == sizing.TELEMETRY_CAP  # 1 GiB cap reached
+    assert est.streams["TELEMETRY"] == GiB  # its cap reached: 10 % of the 10 GiB store
     assert est.streams["DEAD_LETTERS"] == 30 * 1_000_000 * 0.01 * (600 + sizing.DEAD_ENVELOPE)
     assert est.streams["TASK_QUEUES"] == 32 * (600 + sizing.TASK_ENVELOPE)
+
+
+def test_stream_byte_limits_are_the_engines_shares_of_the_store():
+    """TASK_QUEUES 12 %, DEAD_LETTERS 5 %, TELEMETRY 10 % of max_store_bytes (Go's)."""
+    w = sizing.Workload(
+        runs_per_day=1_000_000,
+        telemetry_bytes_per_step=300,
+        failure_rate=0.5,
+        in_flight_tasks=1_000_000,
+        max_store_bytes=2 * GiB,
+    )
+    est = sizing.estimate(w, days=60)
+    assert est.streams["TASK_QUEUES"] == 257_698_037  # what dagnats serve sets at 2 GiB
+    assert est.streams["DEAD_LETTERS"] == 107_374_182
+    assert est.streams["TELEMETRY"] == 214_748_364
 
 
 def test_retries_add_events():

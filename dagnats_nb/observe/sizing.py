@@ -6,7 +6,11 @@ live engine measured:
 - ``WORKFLOW_HISTORY``: ~500 bytes per event; ~12 events for a 10-step workflow (so
   1 M completed ten-step workflows ~ 6 GiB);
 - ``TASK_QUEUES``: work-queue retention, so proportional to in-flight tasks;
-- ``DEAD_LETTERS``: failed tasks, kept 30 days; ``TELEMETRY``: capped at 1 GiB / 7 days;
+- ``DEAD_LETTERS``: failed tasks, kept 30 days; ``TELEMETRY``: kept 7 days;
+- the byte limits of the streams (the Go engine's, ``wire.resources``): shares of
+  ``max_store_bytes``, 12 % for ``TASK_QUEUES``, 5 % for ``DEAD_LETTERS``, 10 % for
+  ``TELEMETRY`` (``WORKFLOW_HISTORY``: ``history_max_bytes`` / ``history_max_age_days`` as
+  given, None for none);
 - memory: ~2 KiB per active run in the engine, the largest payload × ``MaxAckPending`` in
   the workers, at least 256 MiB for ``nats-server``;
 - the minimums table: development / small (< 100 concurrent runs) / medium (< 10,000) /
@@ -26,6 +30,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..errors import DagnatsError
+from ..wire.resources import DEAD_LETTER_SHARE, TASK_QUEUE_SHARE, TELEMETRY_SHARE
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 DAY = 86400.0
@@ -39,7 +44,6 @@ NATS_MIN_MEMORY = 256 * MiB
 TASK_ENVELOPE = 300
 DEAD_ENVELOPE = 400
 DEAD_LETTER_DAYS = 30.0
-TELEMETRY_CAP = 1 * GiB
 TELEMETRY_DAYS = 7.0
 KV_RUN_SUMMARY = 300
 
@@ -219,23 +223,30 @@ def stream_bytes(w: Workload, history_day: float, days: float) -> dict[str, floa
         "WORKFLOW_HISTORY": retained(
             history_day, days, w.history_max_age_days, w.history_max_bytes
         ),
-        "TASK_QUEUES": float(w.in_flight_tasks * (w.payload_bytes + TASK_ENVELOPE)),
+        "TASK_QUEUES": float(
+            min(w.in_flight_tasks * (w.payload_bytes + TASK_ENVELOPE), share(w, TASK_QUEUE_SHARE))
+        ),
         "DEAD_LETTERS": retained(
             w.runs_per_day * w.failure_rate * (w.payload_bytes + DEAD_ENVELOPE),
             days,
             DEAD_LETTER_DAYS,
-            None,
+            share(w, DEAD_LETTER_SHARE),
         ),
         "TELEMETRY": retained(
             w.runs_per_day * w.steps * w.telemetry_bytes_per_step,
             days,
             TELEMETRY_DAYS,
-            TELEMETRY_CAP,
+            share(w, TELEMETRY_SHARE),
         ),
         "KV_workflow_runs": retained(
             w.runs_per_day * KV_RUN_SUMMARY, days, w.history_max_age_days, None
         ),
     }
+
+
+def share(w: Workload, fraction: float) -> int:
+    """A stream's byte limit: ``fraction`` of the store, as the engine sets it."""
+    return int(w.max_store_bytes * fraction)
 
 
 def retained(

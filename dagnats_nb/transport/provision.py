@@ -14,14 +14,18 @@ stream, the field, both values and what to do. What is missing is created, with 
 
 For ours:
 
-- existing KV buckets and the object store first get the wanted replica count (creating a
-  bucket again with another count is refused: "already in use with a different
-  configuration"), so a deployment moving to a cluster updates them in place;
-- then every stream is created or updated to the spec, every bucket and the object store
-  created;
+- every stream and KV bucket is created or updated to its declaration (``wire.resources``:
+  the Go engine's defaults), so a data dir made with other defaults, or a deployment moving
+  to a cluster, is brought in line in place at start. Every such update is one NATS allows
+  on a stream of ours (limits, dedup window, discard policy, ``allow_atomic``, direct gets,
+  replicas; never retention or storage), except turning per-message TTLs off: nats-py
+  created our buckets with them, NATS cannot take them back, so they stay on. An update
+  that drops stored messages (a tighter limit) says how many in a warning;
+- the object store is created, or given the wanted replica count;
 - a replica count the server cannot place is one ConfigError naming
-  ``nats_jetstream_replicas``; a stream update the server refuses (e.g. a retention
-  change) is one ConfigError naming the stream.
+  ``nats_jetstream_replicas``, limits the server has not the storage for one naming
+  ``max_store_bytes``; a stream update the server refuses (e.g. a retention change) is one
+  ConfigError naming the stream.
 """
 
 from __future__ import annotations
@@ -44,8 +48,10 @@ OWNER_KEY = "dagnats-nb.owner"  # stream metadata on everything dagnats-nb creat
 OWNER = "dagnats-nb"
 
 # JetStream error codes: "replicas > 1 not supported in non-clustered mode" (10074), "no
-# suitable peers for placement" (10005).
+# suitable peers for placement" (10005), "insufficient storage resources available" (10047:
+# the byte limits, which NATS reserves, do not fit the server's store).
 _CANNOT_PLACE = (10074, 10005)
+_NO_STORAGE = 10047
 
 
 async def ensure_resources(
@@ -62,10 +68,20 @@ async def ensure_resources(
     try:
         infos = await _existing(js, streams, buckets)
         mine = {name for name, info in infos.items() if owned or _marked(info)}
-        await _set_replicas(js, [infos[n] for n in mine if _is_store(n)], replicas)
-        await _ensure_streams(js, streams, infos, mine, replicas, where)
-        await _ensure_stores(js, buckets, infos, replicas)
+        level = await _api_level(js)
+        configs = [(s.config(replicas, level), s) for s in streams]
+        configs += [(b.config(replicas), None) for b in buckets]
+        for cfg, spec in configs:
+            await _ensure_stream(js, cfg, infos.get(cfg.name), cfg.name in mine, spec, where)
+        await _ensure_object_store(js, infos, mine, replicas)
     except APIError as exc:
+        if exc.err_code == _NO_STORAGE:
+            raise ConfigError(
+                f"NATS at {where} has not the storage for the streams' byte limits "
+                f"({exc.description}): they are shares of max_store_bytes, which must not "
+                "exceed what the server offers (its max_file_store); lower it, or lower "
+                "history_max_bytes"
+            ) from None
         if exc.err_code not in _CANNOT_PLACE:
             raise
         raise ConfigError(
@@ -75,12 +91,13 @@ async def ensure_resources(
         ) from None
 
 
+async def _api_level(js: JetStreamContext) -> int:
+    """The server's JetStream API level (2 from nats-server 2.12: ``allow_atomic``)."""
+    return getattr((await js.account_info()).api, "level", None) or 0
+
+
 def _store_names(buckets: tuple[BucketSpec, ...]) -> list[str]:
     return [b.stream for b in buckets] + [f"OBJ_{protocol.PAYLOAD_BUCKET}"]
-
-
-def _is_store(name: str) -> bool:
-    return name.startswith(("KV_", "OBJ_"))
 
 
 async def _existing(
@@ -105,38 +122,54 @@ def _with_mark(cfg: js_api.StreamConfig) -> js_api.StreamConfig:
     return cfg
 
 
-async def _set_replicas(
-    js: JetStreamContext, infos: list[js_api.StreamInfo], replicas: int
-) -> None:
-    """Give our existing KV buckets and object store ``replicas``."""
-    for info in infos:
-        if info.config.num_replicas != replicas:
-            info.config.num_replicas = replicas
-            await js.update_stream(_with_mark(info.config))
-
-
-async def _ensure_streams(
+async def _ensure_stream(
     js: JetStreamContext,
-    streams: tuple[StreamSpec, ...],
-    infos: dict[str, js_api.StreamInfo],
-    mine: set[str],
-    replicas: int,
+    cfg: js_api.StreamConfig,
+    info: js_api.StreamInfo | None,
+    mine: bool,
+    spec: StreamSpec | None,
     where: str,
 ) -> None:
-    for spec in streams:
-        cfg = _with_mark(spec.config(replicas))
-        info = infos.get(spec.name)
-        if info is None:
-            await js.add_stream(cfg)
-        elif spec.name in mine:
-            try:
-                await js.update_stream(cfg)
-            except BadRequestError as e:  # e.g. a retention change the server refuses
-                raise ConfigError(
-                    f"stream {spec.name} cannot be updated: {e.description}"
-                ) from None
-        else:
-            _check_adoptable(spec, info.config, where)
+    """Create the stream (or KV bucket) ``cfg`` with our mark, update it when it is ours,
+    adopt it when it is not (a stream checked against ``spec``; a bucket as it is)."""
+    cfg = _with_mark(cfg)
+    if info is None:
+        await js.add_stream(cfg)
+    elif mine:
+        if info.config.allow_msg_ttl:
+            cfg.allow_msg_ttl = True  # NATS: "message TTL status can not be disabled"
+        try:
+            after = await js.update_stream(cfg)
+        except BadRequestError as e:  # e.g. a retention change the server refuses
+            raise ConfigError(f"stream {cfg.name} cannot be updated: {e.description}") from None
+        _tell_dropped(info, after)
+    elif spec is not None:
+        _check_adoptable(spec, info.config, where)
+
+
+def _tell_dropped(before: js_api.StreamInfo, after: js_api.StreamInfo) -> None:
+    """Warn when an update's tighter limits dropped stored messages (a work queue is left
+    out: a worker may have taken a task meanwhile)."""
+    if before.config.retention == js_api.RetentionPolicy.WORK_QUEUE:
+        return
+    dropped = (before.state.messages or 0) - (after.state.messages or 0)
+    if dropped > 0:
+        cfg = after.config
+        keep = (
+            "; runs_max_age: 0 and history_max_bytes: 0 keep it all"
+            if cfg.name == protocol.HISTORY_STREAM
+            else ""
+        )
+        log.warning(
+            "stream %s: its limits, applied at start (max_age %ss, max_bytes %s), dropped "
+            "%d stored messages (%d bytes)%s",
+            cfg.name,
+            cfg.max_age,
+            cfg.max_bytes,
+            dropped,
+            (before.state.bytes or 0) - (after.state.bytes or 0),
+            keep,
+        )
 
 
 def _check_adoptable(spec: StreamSpec, have: js_api.StreamConfig, where: str) -> None:
@@ -165,30 +198,16 @@ def _check_adoptable(spec: StreamSpec, have: js_api.StreamConfig, where: str) ->
         )
 
 
-async def _ensure_stores(
-    js: JetStreamContext,
-    buckets: tuple[BucketSpec, ...],
-    infos: dict[str, js_api.StreamInfo],
-    replicas: int,
+async def _ensure_object_store(
+    js: JetStreamContext, infos: dict[str, js_api.StreamInfo], mine: set[str], replicas: int
 ) -> None:
-    """Create the missing KV buckets and object store, with our mark; existing ones (ours
-    already updated, others adopted) are left as they are."""
-    for bucket in buckets:
-        if bucket.stream in infos:
-            continue
-        await js.create_key_value(
-            bucket=bucket.name,
-            ttl=bucket.ttl,
-            history=bucket.history,
-            storage=js_api.StorageType(bucket.storage),
-            replicas=replicas,
-        )
-        await _mark(js, bucket.stream)
-    if f"OBJ_{protocol.PAYLOAD_BUCKET}" not in infos:
+    """Create the payload object store with our mark, or give ours ``replicas``."""
+    name = f"OBJ_{protocol.PAYLOAD_BUCKET}"
+    info = infos.get(name)
+    if info is None:
         await js.create_object_store(protocol.PAYLOAD_BUCKET, replicas=replicas)
-        await _mark(js, f"OBJ_{protocol.PAYLOAD_BUCKET}")
-
-
-async def _mark(js: JetStreamContext, name: str) -> None:
-    info = await js.stream_info(name)
+        info = await js.stream_info(name)
+    elif name not in mine or (info.config.num_replicas == replicas and _marked(info)):
+        return
+    info.config.num_replicas = replicas
     await js.update_stream(_with_mark(info.config))

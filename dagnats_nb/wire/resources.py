@@ -2,6 +2,36 @@
 
 ``transport.provision.ensure_resources`` creates them on the server; ``observe`` code reads
 the same declarations to compare configured limits with usage.
+
+**The Go engine's defaults.** Every stream and bucket we create is configured as the Go
+dagnats creates its own (``internal/natsutil/conn.go`` at the reference commit, and what a
+running ``dagnats serve`` reports in ``$JS.API.STREAM.INFO``): the same names, subjects,
+retention, storage, max ages, dedup windows and ``allow_atomic``; byte limits are the same
+fractions of the store budget (our ``max_store_bytes``, Go's ``max_store_bytes`` too);
+buckets as nats.go's ``CreateKeyValue`` makes them. What a setting of ours overrides:
+``runs_max_age`` / ``history_max_bytes`` (WORKFLOW_HISTORY) and ``nats_jetstream_replicas``
+(every stream; Go leaves TELEMETRY and STICKY_TASKS at one replica). Deliberate differences,
+one rule: what a run still needs is never dropped to make room, a full stream or store
+refuses the write instead ("storage is full", naming what to do):
+
+- ``TASK_QUEUES`` discards *new* messages at its byte limit, Go's discards the oldest: a
+  dropped pending task is a run that waits for ever (nothing of ours sends a stored task
+  again);
+- ``WORKFLOW_HISTORY`` has no byte limit unless ``history_max_bytes`` sets one (Go's: 30 %
+  of the store, oldest events dropped first). Go recovers from its run snapshots; we replay
+  the history, so a byte limit drops the ``workflow.started`` of whatever runs are oldest —
+  waiting or running ones too — as soon as newer runs fill 30 % of the store (minutes on a
+  notebook's small store);
+- we do not create what nothing of ours uses (Go's EVENTS, SLEEP_TIMERS, TRIGGER_HISTORY and
+  its other buckets); our object store ``payloads`` is ours alone.
+
+**History max age vs recovery by replay** (the trade-off, chosen as the Go engine): the
+history keeps 30 days, Go's max age and the default of ``runs_max_age``. A run whose
+``workflow.started`` aged out is gone from the engine at the next start (its record in KV
+``workflow_runs`` stays; Go's own pruner deletes terminal runs after 30 days too), so a run,
+running or waiting, must not outlive 30 days. In exchange the history stops growing on a
+steady load. ``runs_max_age: 0`` keeps everything, as before. README "Retention and
+recovery" says the same.
 """
 
 from __future__ import annotations
@@ -16,6 +46,18 @@ from dagnats_nb.wire import protocol
 DAY = 86400.0
 GiB = 1 << 30
 
+DEFAULT_STORE_BYTES = 10 * GiB  # the default max_store_bytes, Go's and ours
+# Go's byte ceilings: fractions of the store budget, floor(budget * fraction). Go's
+# WORKFLOW_HISTORY (0.30, not ours: see above), EVENTS (0.15), TRIGGER_HISTORY (0.04) and
+# SLEEP_TIMERS (0.04) make its total 0.80.
+GO_HISTORY_SHARE = 0.30
+TASK_QUEUE_SHARE = 0.12
+TELEMETRY_SHARE = 0.10
+DEAD_LETTER_SHARE = 0.05
+HISTORY_MAX_AGE = 30 * DAY  # Go's historyMaxAge; the default of our runs_max_age (720h)
+KV_DUPLICATE_WINDOW = 120.0  # nats.go's KV dedup window (the bucket's TTL when shorter)
+MIN_STREAM_BYTES = 1 << 20  # a share squeezed by history_max_bytes keeps at least this
+
 
 @dataclass(frozen=True, slots=True)
 class StreamSpec:
@@ -25,20 +67,26 @@ class StreamSpec:
     storage: str = "file"  # file | memory
     max_age: float | None = None  # seconds
     max_bytes: int | None = None
-    duplicate_window: float | None = None  # seconds
+    store_share: float | None = None  # max_bytes as this share of max_store_bytes
+    duplicate_window: float | None = None  # seconds; None: the server's (2 min)
+    discard: str = "old"  # old | new
+    allow_atomic: bool = False  # atomic batch publish (nats-server >= 2.12, API level 2)
 
-    def config(self, replicas: int = 1) -> js_api.StreamConfig:
+    def config(self, replicas: int = 1, api_level: int | None = 2) -> js_api.StreamConfig:
+        """The stream config to send; ``allow_atomic`` only to a server that knows it."""
         kw: dict[str, Any] = {
             "name": self.name,
             "subjects": list(self.subjects),
             "retention": js_api.RetentionPolicy(self.retention),
             "storage": js_api.StorageType(self.storage),
+            "discard": js_api.DiscardPolicy(self.discard),
             "num_replicas": replicas,
             "max_age": self.max_age or 0,
             "max_bytes": self.max_bytes or -1,
+            "duplicate_window": self.duplicate_window or 0,
         }
-        if self.duplicate_window is not None:
-            kw["duplicate_window"] = self.duplicate_window
+        if self.allow_atomic and (api_level or 0) >= 2:
+            kw["allow_atomic"] = True
         return js_api.StreamConfig(**kw)
 
 
@@ -53,16 +101,59 @@ class BucketSpec:
     def stream(self) -> str:
         return f"KV_{self.name}"
 
+    def config(self, replicas: int = 1) -> js_api.StreamConfig:
+        """The bucket's stream as nats.go's ``CreateKeyValue`` makes it (Go's buckets): direct
+        gets, rollups, no message deletes, discard new, ``history`` values a key. (nats-py's
+        ``create_key_value`` turns per-message TTLs on and direct gets off instead.)"""
+        window = min(self.ttl, KV_DUPLICATE_WINDOW) if self.ttl else KV_DUPLICATE_WINDOW
+        return js_api.StreamConfig(
+            name=self.stream,
+            subjects=[f"$KV.{self.name}.>"],
+            retention=js_api.RetentionPolicy.LIMITS,
+            storage=js_api.StorageType(self.storage),
+            discard=js_api.DiscardPolicy.NEW,
+            num_replicas=replicas,
+            max_age=self.ttl or 0,
+            max_bytes=-1,
+            max_msgs=-1,
+            max_consumers=-1,
+            max_msg_size=-1,
+            max_msgs_per_subject=self.history,
+            duplicate_window=window,
+            deny_delete=True,
+            allow_rollup_hdrs=True,
+            allow_direct=True,
+        )
 
-STREAMS: tuple[StreamSpec, ...] = (
-    StreamSpec(protocol.HISTORY_STREAM, ("history.>",), duplicate_window=5.0),
-    StreamSpec(protocol.TASK_STREAM, ("task.>",), retention="workqueue"),
-    StreamSpec(protocol.DEAD_STREAM, ("dead.>",), max_age=30 * DAY),
+
+# Go's SetupStreams / SetupTelemetryStream / SetupStickyStream; see the module docstring.
+_DECLARED: tuple[StreamSpec, ...] = (
+    StreamSpec(  # no byte limit but history_max_bytes (Go's: 30 % of the store, see above)
+        protocol.HISTORY_STREAM,
+        ("history.>",),
+        max_age=HISTORY_MAX_AGE,  # runs_max_age
+        duplicate_window=5.0,
+    ),
+    StreamSpec(
+        protocol.TASK_STREAM,
+        ("task.>",),
+        retention="workqueue",  # no max age: a pending task must not age out
+        store_share=TASK_QUEUE_SHARE,
+        discard="new",  # Go: old (see the module docstring)
+        allow_atomic=True,
+    ),
+    StreamSpec(
+        protocol.DEAD_STREAM,
+        ("dead.>",),
+        max_age=30 * DAY,
+        store_share=DEAD_LETTER_SHARE,
+        duplicate_window=DAY,
+    ),
     StreamSpec(
         protocol.TELEMETRY_STREAM,
         ("telemetry.>",),
         max_age=7 * DAY,
-        max_bytes=GiB,
+        store_share=TELEMETRY_SHARE,
         duplicate_window=5.0,
     ),
     StreamSpec(protocol.STICKY_STREAM, ("sticky.>",), storage="memory", max_age=30 * 60.0),
@@ -78,20 +169,36 @@ BUCKETS: tuple[BucketSpec, ...] = (
 
 
 def streams_for(
-    runs_max_age: float | None = None,
+    runs_max_age: float | None = HISTORY_MAX_AGE,
     history_max_bytes: int | None = None,
     max_store_bytes: int | None = None,
 ) -> tuple[StreamSpec, ...]:
-    """The stream declarations with the limits a user configured.
+    """The stream declarations with the limits a user configured, byte limits resolved.
 
-    A stream's ``max_bytes`` may not exceed the store: with a small ``max_store_bytes``
-    (a teaching set-up) TELEMETRY is capped at a tenth of it.
+    ``runs_max_age`` (seconds) and ``history_max_bytes`` bound WORKFLOW_HISTORY, None or 0
+    for no limit (``runs_max_age``'s setting defaults to Go's 720h itself). The other byte
+    limits are shares of ``max_store_bytes`` (default 10 GiB). NATS reserves every byte limit
+    in the store and refuses a stream whose limit does not fit: when ``history_max_bytes``
+    leaves the shares too little room, they give it up in proportion.
     """
-    out = []
-    for spec in STREAMS:
+    budget = max_store_bytes or DEFAULT_STORE_BYTES
+    specs = []
+    for spec in _DECLARED:
         if spec.name == protocol.HISTORY_STREAM:
-            spec = replace(spec, max_age=runs_max_age, max_bytes=history_max_bytes)
-        if max_store_bytes and spec.max_bytes and spec.max_bytes > max_store_bytes // 2:
-            spec = replace(spec, max_bytes=max(1 << 20, max_store_bytes // 10))
-        out.append(spec)
-    return tuple(out)
+            spec = replace(spec, max_age=runs_max_age or None, max_bytes=history_max_bytes or None)
+        specs.append(spec)
+    fixed = sum(s.max_bytes or 0 for s in specs if s.storage == "file" and not s.store_share)
+    shares = sum(s.store_share or 0.0 for s in specs)
+    scale = min(1.0, max(0.0, budget - fixed) / (shares * budget))
+    return tuple(_resolved(s, budget, scale) for s in specs)
+
+
+def _resolved(spec: StreamSpec, budget: int, scale: float) -> StreamSpec:
+    if not spec.store_share:
+        return spec
+    if scale >= 1.0:  # Go's int64(float64(budget) * fraction), to the byte
+        return replace(spec, max_bytes=int(budget * spec.store_share))
+    return replace(spec, max_bytes=max(MIN_STREAM_BYTES, int(budget * spec.store_share * scale)))
+
+
+STREAMS: tuple[StreamSpec, ...] = streams_for()  # at the default store budget
