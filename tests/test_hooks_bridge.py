@@ -4,6 +4,8 @@ standing for workers written in another language."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
@@ -12,14 +14,18 @@ import threading
 import time
 
 import httpx
+import nats
 import pytest
 from conftest import until
+from nats.js.errors import KeyNotFoundError
 
 import dagnats_nb as dn
 from dagnats_nb.adapters.http import bridge, hooks
 from dagnats_nb.adapters.http.extension import http_side
 from dagnats_nb.adapters.http.server import match
 from dagnats_nb.dag import load_workflow
+from dagnats_nb.wire import protocol
+from dagnats_nb.wire.workers import WorkerEntry, read_entry
 
 GLOBAL = "global-secret-for-tests"
 OWN = "trigger-own-secret-123"
@@ -161,34 +167,73 @@ def test_bridge_request_parsing():
     )
     capped = bridge.parse_poll(b'{"task_types": ["a"], "max_tasks": 9999, "timeout_ms": 999999}')
     assert (capped.max_tasks, capped.timeout_ms) == (bridge.MAX_TASKS, bridge.MAX_TIMEOUT_MS)
+    # 0 or less is the default, as Go's bridge reads them
+    zero = bridge.parse_poll(b'{"task_types": ["a"], "max_tasks": 0, "timeout_ms": -1}')
+    assert (zero.max_tasks, zero.timeout_ms) == (1, 5000)
     bad = {
         b"[]": "poll body must be a JSON object",
         b"{nope": "poll body is not JSON",
         b"{}": "field 'task_types' must be a non-empty list",
         b'{"task_types": ["a.b"]}': "field 'task_types'",
-        b'{"task_types": ["a"], "max_tasks": 0}': "field 'max_tasks' must be an integer >= 1",
+        b'{"task_types": ["a"], "max_tasks": 1.5}': "field 'max_tasks' must be an integer",
         b'{"task_types": ["a"], "timeout_ms": "5s"}': "field 'timeout_ms' must be an integer",
         b'{"task_types": ["a"], "worker_id": 3}': "field 'worker_id' must be a string",
     }
     for body, why in bad.items():
         with pytest.raises(bridge.BridgeError, match=why):
             bridge.parse_poll(body)
-    ok = bridge.parse_resolve(
-        b'{"action": "fail", "failure_type": "retry_after", "retry_after_ms": 5}'
-    )
-    assert (ok.action, ok.failure_type, ok.retry_after_ms) == ("fail", "retry_after", 5)
-    assert bridge.failure_payload(ok) == {
+
+    assert bridge.parse_connect(
+        b'{"worker_id": "w-1", "task_types": ["a", "b"], "max_tasks": 0}'
+    ) == bridge.ConnectRequest("w-1", ("a", "b"), 1)
+    bad = {
+        b'{"task_types": ["a"]}': "connect: field 'worker_id' must be a non-empty string",
+        b'{"worker_id": "a b", "task_types": ["a"]}': "field 'worker_id'",
+        b'{"worker_id": ".w", "task_types": ["a"]}': "field 'worker_id'",
+        b'{"worker_id": "w", "task_types": []}': "connect: field 'task_types' must be a non-empty",
+        b'{"worker_id": "w", "task_types": ["a"], "max_tasks": "4"}': "field 'max_tasks' must be",
+        b"[1]": "connect body must be a JSON object",
+    }
+    for body, why in bad.items():
+        with pytest.raises(bridge.BridgeError, match=why):
+            bridge.parse_connect(body)
+
+    def fail(**fields) -> dict:
+        return bridge.failure_payload(bridge.parse_resolve(json.dumps(fields).encode()))
+
+    assert fail(action="fail", failure_type="retry_after", retry_after_ms=5) == {
         "error": "failed by a bridge worker",
         "failure_type": "retry_after",
         "retry_after_ms": 5,
     }
+    # what Go's engine makes of retry_after_ms: absent or <= 0 is 100 ms, at most an hour
+    for given, meant in [(None, 100), (0, 100), (-5, 100), (10**9, 3_600_000)]:
+        payload = fail(action="fail", failure_type="retry_after", retry_after_ms=given)
+        assert payload["retry_after_ms"] == meant, given
+    # no type is retriable; a type Go's engine does not know is passed on (and retried)
+    assert fail(action="fail", error="x") == {"error": "x", "failure_type": "retriable"}
+    assert fail(action="fail", error="x", failure_type="")["failure_type"] == "retriable"
+    assert fail(action="fail", error="x", failure_type="later")["failure_type"] == "later"
+
+    pause = bridge.parse_resolve(b'{"action": "pause", "duration_ms": 10, "checkpoint": {"i": 2}}')
+    assert (pause.duration_ms, pause.data) == (10, b'{"i":2}')
+    assert bridge.parse_resolve(b'{"action": "pause", "duration_ms": 3600000}').data == b""
+    assert bridge.parse_resolve(b'{"action": "checkpoint", "data": null}').data == b"null"
+    assert bridge.parse_resolve(b'{"action": "stream", "data": "tok"}').data == b'"tok"'
+    assert bridge.parse_resolve(b'{"action": "continue", "output": [1]}').output == [1]
     bad = {
-        b'{"action": "continue"}': "action continue is not supported by dagnats-nb",
-        b"{}": "field 'action' must be one of complete, fail, heartbeat",
-        b'{"action": "fail", "failure_type": "later"}': "field 'failure_type' must be one of",
-        b'{"action": "fail", "failure_type": "retry_after"}': "needs field 'retry_after_ms'",
+        b'{"action": "send_signal"}': "action send_signal is not supported by dagnats-nb",
+        b'{"action": "explode"}': "field 'action' must be one of complete, fail, pause, checkpoint",
+        b"{}": "field 'action' must be one of",
+        b'{"action": "fail", "failure_type": 3}': "field 'failure_type' must be a string",
+        b'{"action": "fail", "retry_after_ms": "5s"}': "field 'retry_after_ms' must be an integer",
         b'{"action": "fail", "error": 5}': "field 'error' must be a string",
         b'{"action": "complete", "duration_ms": -1}': "field 'duration_ms' must be a number",
+        b'{"action": "pause"}': "pause needs field 'duration_ms', an integer in",
+        b'{"action": "pause", "duration_ms": 0}': "pause needs field 'duration_ms'",
+        b'{"action": "pause", "duration_ms": 3600001}': "pause needs field 'duration_ms'",
+        b'{"action": "pause", "duration_ms": 1.5}': "pause needs field 'duration_ms'",
+        b'{"action": "pause", "duration_ms": 9, "name": 1}': "field 'name' must be a string",
     }
     for body, why in bad.items():
         with pytest.raises(bridge.BridgeError, match=why):
@@ -196,6 +241,18 @@ def test_bridge_request_parsing():
     assert bridge.bearer_ok("Bearer tok", "tok") and bridge.bearer_ok("bearer  tok ", "tok")
     assert not bridge.bearer_ok("Bearer tok2", "tok") and not bridge.bearer_ok("Basic tok", "tok")
     assert not bridge.bearer_ok(None, "tok") and not bridge.bearer_ok("Bearer ", "")
+    entry = bridge.registration(bridge.ConnectRequest("w-1", ("a",), 4))
+    assert list(entry) == [
+        "worker_id",
+        "task_types",
+        "language",
+        "transport",
+        "max_tasks",
+        "last_seen",
+    ]  # Go's WorkerRegistration, in its order
+    assert read_entry(entry) == WorkerEntry(
+        "w-1", {"a": None}, protocol.parse_time(entry["last_seen"]), None, "", "http"
+    )
 
 
 # -- webhooks ---------------------------------------------------------------------------
@@ -358,6 +415,8 @@ def test_without_any_secret_hooks_are_off_and_without_a_token_the_bridge_is(tmp_
             poll = http.post("/v1/tasks/poll", json={"task_types": ["echo"]}, headers=AUTH)
             assert poll.status_code == 404
             assert http.post("/v1/tasks/x/resolve", json={}, headers=AUTH).status_code == 404
+            hello = {"worker_id": "w", "task_types": ["echo"]}
+            assert http.post("/v1/workers/connect", json=hello, headers=AUTH).status_code == 404
         assert http_side(e).bridge is None
 
 
@@ -375,6 +434,41 @@ def resolve(http, task_id: str, **body) -> httpx.Response:
     return http.post(f"/v1/tasks/{task_id}/resolve", json=body, headers=AUTH)
 
 
+def worker_ids(eng) -> set[str]:
+    return {w["worker_id"] for w in eng.status()["workers"]}
+
+
+def kv_value(eng, bucket: str, key: str) -> bytes | None:
+    """A KV value as any NATS client reads it (None: no such key, or deleted)."""
+
+    async def read() -> bytes | None:
+        nc = await nats.connect(eng.url)
+        try:
+            kv = await nc.jetstream().key_value(bucket)
+            try:
+                return (await kv.get(key)).value or b""
+            except KeyNotFoundError:
+                return None
+        finally:
+            await nc.close()
+
+    return asyncio.run(read())
+
+
+@contextlib.contextmanager
+def heartbeats_every(eng, seconds: float):
+    """Connections made meanwhile beat every ``seconds`` (25 s, as Go, otherwise)."""
+    side = http_side(eng).bridge
+    before, side.heartbeat_every = side.heartbeat_every, seconds
+    try:
+        yield
+    finally:
+        side.heartbeat_every = before
+
+
+BEAT = b"event: heartbeat\ndata: ok\n\n"
+
+
 def test_bridge_refuses_a_missing_or_wrong_token(eng, http):
     eng.register(one_step("guarded_queue", "ext_guard"))
     run = eng.start_run("guarded_queue", {"n": 1})
@@ -389,7 +483,11 @@ def test_bridge_refuses_a_missing_or_wrong_token(eng, http):
             f"/v1/tasks/{run.id}.work/resolve", json={"action": "complete"}, headers=headers
         )
         assert resp.status_code == 401
+        hello = {"worker_id": "refused-worker", "task_types": ["ext_guard"]}
+        resp = http.post("/v1/workers/connect", json=hello, headers=headers)
+        assert resp.status_code == 401 and "bearer token" in resp.json()["error"]
     assert run.status == "running"
+    assert "refused-worker" not in worker_ids(eng)
     [task] = poll(http, "ext_guard")  # the refused polls took nothing
     assert task["run_id"] == run.id
     assert resolve(http, task["task_id"], action="complete", output=1).status_code == 200
@@ -527,20 +625,29 @@ def test_bridge_bad_requests(eng, http):
     run = eng.start_run("ext_misc_wf", None)
     resp = resolve(http, "no-such-task", action="complete")
     assert resp.status_code == 404 and "no polled task no-such-task" in resp.json()["error"]
+    # an unknown task is 404 whatever the body, as in Go
+    resp = http.post("/v1/tasks/no-such-task/resolve", content=b"{oops", headers=AUTH)
+    assert resp.status_code == 404
     resp = http.post("/v1/tasks/poll", content=b"{oops", headers=AUTH)
     assert resp.status_code == 400 and "poll body is not JSON" in resp.json()["error"]
     resp = http.post("/v1/tasks/poll", json={"max_tasks": 1}, headers=AUTH)
     assert resp.status_code == 400 and "task_types" in resp.json()["error"]
     [task] = poll(http, "ext_misc")
-    resp = resolve(http, task["task_id"], action="continue")
-    assert resp.status_code == 400
-    assert resp.json()["error"].startswith("action continue is not supported by dagnats-nb")
-    resp = resolve(http, task["task_id"], action="fail", failure_type="sometimes")
-    assert resp.status_code == 400
+    for body, why in [
+        ({"action": "send_signal"}, "action send_signal is not supported by dagnats-nb"),
+        ({"action": "explode"}, "resolve: field 'action' must be one of complete, fail, pause"),
+        ({"action": "fail", "failure_type": 7}, "field 'failure_type' must be a string"),
+        ({"action": "pause", "duration_ms": 0}, "pause needs field 'duration_ms'"),
+        ({"action": "pause"}, "pause needs field 'duration_ms'"),
+        ({"action": "complete", "duration_ms": "fast"}, "field 'duration_ms' must be a number"),
+    ]:
+        resp = resolve(http, task["task_id"], **body)
+        assert resp.status_code == 400 and why in resp.json()["error"], (body, resp.text)
+        assert "\n" not in resp.json()["error"]
     assert run.status == "running"  # a refused resolution changes nothing
     assert resolve(http, task["task_id"], action="complete", output=None).status_code == 200
     assert run.wait(10).status == "completed"
-    assert poll(http, "ext_misc", timeout_ms=0) == []
+    assert poll(http, "ext_misc", timeout_ms=100) == []
 
 
 def test_a_stopping_bridge_gives_held_tasks_back_at_once(tmp_path):
@@ -560,3 +667,177 @@ def test_a_stopping_bridge_gives_held_tasks_back_at_once(tmp_path):
             assert again["task_id"] == task["task_id"] and again["input"] == "payload"
             assert resolve(http, again["task_id"], action="complete", output=1).status_code == 200
         assert run.wait(10).output == 1
+
+
+def test_a_connected_worker_is_registered_kept_alive_and_deregistered_when_it_hangs_up(eng, http):
+    hello = {"worker_id": "py-http-1", "task_types": ["ext_a", "ext_b"], "max_tasks": 3}
+    with (
+        heartbeats_every(eng, 0.2),
+        http.stream("POST", "/v1/workers/connect", json=hello, headers=AUTH) as resp,
+    ):
+        assert resp.status_code == 200
+        assert resp.headers["content-type"] == "text/event-stream"
+        assert resp.headers["cache-control"] == "no-cache"
+        first = json.loads(kv_value(eng, "workers", "py-http-1"))
+        assert first == {  # Go's bridge registration
+            "worker_id": "py-http-1",
+            "task_types": ["ext_a", "ext_b"],
+            "language": "http",
+            "transport": "bridge",
+            "max_tasks": 3,
+            "last_seen": first["last_seen"],
+        }
+        [entry] = [w for w in eng.status()["workers"] if w["worker_id"] == "py-http-1"]
+        assert read_entry(entry).tasks == {"ext_a": None, "ext_b": None}
+        stream, chunks = b"", resp.iter_bytes()
+        while stream.count(BEAT) < 3:
+            stream += next(chunks)
+        assert stream.replace(BEAT, b"") == b""  # Go's heartbeat event, nothing else
+        later = json.loads(kv_value(eng, "workers", "py-http-1"))
+        assert later["last_seen"] > first["last_seen"]  # put again after each heartbeat
+    # the worker hung up: its entry is deleted, not left to the bucket's TTL
+    until(lambda: kv_value(eng, "workers", "py-http-1") is None, what="the entry deleted")
+    assert "py-http-1" not in worker_ids(eng)
+
+
+def test_connect_bad_requests(eng, http):
+    bad = [
+        ({"task_types": ["x"]}, "connect: field 'worker_id' must be a non-empty string"),
+        ({"worker_id": "has space", "task_types": ["x"]}, "connect: field 'worker_id'"),
+        ({"worker_id": "w-bad"}, "connect: field 'task_types' must be a non-empty list"),
+        ({"worker_id": "w-bad", "task_types": ["x"], "max_tasks": "2"}, "field 'max_tasks'"),
+    ]
+    for body, why in bad:
+        resp = http.post("/v1/workers/connect", json=body, headers=AUTH)
+        assert resp.status_code == 400 and why in resp.json()["error"], (body, resp.text)
+        assert "\n" not in resp.json()["error"]
+    resp = http.post("/v1/workers/connect", content=b"{oops", headers=AUTH)
+    assert resp.status_code == 400 and "connect body is not JSON" in resp.json()["error"]
+    assert "w-bad" not in worker_ids(eng) and "has space" not in worker_ids(eng)
+    assert http.get("/v1/workers/connect", headers=AUTH).status_code == 405
+
+
+def test_stopping_the_http_side_deregisters_connected_workers(tmp_path):
+    opts = dict(http_addr="127.0.0.1:0", bridge_token=TOKEN, llm_enabled=False)
+    hello = {"worker_id": "leaves-with-engine", "task_types": ["ext_any"]}
+    with (
+        dn.Engine.start(data_dir=tmp_path / "e", **opts) as e,
+        httpx.Client(base_url=e.http_url, timeout=10) as http,
+        http.stream("POST", "/v1/workers/connect", json=hello, headers=AUTH) as resp,
+    ):
+        assert resp.status_code == 200
+        assert "leaves-with-engine" in worker_ids(e)
+        e._call(http_side(e).stop())  # what Engine.stop does first (NATS still up after it)
+        assert "leaves-with-engine" not in worker_ids(e)  # deleted before stop returned
+        assert http_side(e).bridge.connections == set()
+
+
+def test_pause_stores_the_checkpoint_and_gives_the_task_back_after_the_delay(eng, http):
+    eng.register(one_step("ext_pause_wf", "ext_pause"))
+    run = eng.start_run("ext_pause_wf", {"pages": 3})
+    [task] = poll(http, "ext_pause")
+    t0 = time.monotonic()
+    resp = resolve(
+        http,
+        task["task_id"],
+        action="pause",
+        name="quota",
+        duration_ms=1500,
+        checkpoint={"page": 2},
+    )
+    assert resp.status_code == 200 and resp.json()["status"] == "paused"
+    # Go's key: {run_id}.{step_id}, the task id
+    assert json.loads(kv_value(eng, "checkpoints", f"{run.id}.work")) == {"page": 2}
+    assert resolve(http, task["task_id"], action="complete").status_code == 404  # given back
+    assert poll(http, "ext_pause", timeout_ms=300) == []  # not before the delay
+    assert eng.steps(run.id).set_index("step_id").loc["work", "status"] == "running"
+    [again] = poll(http, "ext_pause", timeout_ms=5000)
+    assert time.monotonic() - t0 > 1.3
+    assert (again["task_id"], again["attempt"], again["input"]) == (
+        task["task_id"],
+        1,
+        {"pages": 3},
+    )
+    # without a checkpoint an empty one is stored, as Go does
+    assert resolve(http, again["task_id"], action="pause", duration_ms=50).status_code == 200
+    assert kv_value(eng, "checkpoints", task["task_id"]) == b""
+    [third] = poll(http, "ext_pause", timeout_ms=5000)
+    assert resolve(http, third["task_id"], action="complete", output="done").status_code == 200
+    assert run.wait(10).output == "done"
+    # the engine was not told: one attempt, no failure in the history
+    types = list(eng.events(run.id)["type"])
+    assert "step.failed" not in types and types.count("step.completed") == 1
+    assert eng.steps(run.id).set_index("step_id").loc["work", "attempt"] == 1
+
+
+def test_checkpoint_stores_the_data_and_keeps_the_task(eng, http):
+    eng.register(one_step("ext_ckpt_wf", "ext_ckpt"))
+    run = eng.start_run("ext_ckpt_wf", 1)
+    [task] = poll(http, "ext_ckpt")
+    t0, n = time.monotonic(), 0
+    # Time passing is the subject: checkpoints every 0.5 s keep the task past the 2 s ack wait.
+    while time.monotonic() - t0 < 3:
+        n += 1
+        resp = resolve(http, task["task_id"], action="checkpoint", data={"done": n})
+        assert resp.status_code == 200 and resp.json()["status"] == "in_progress"
+        assert poll(http, "ext_ckpt", timeout_ms=500) == []  # not delivered again
+    assert json.loads(kv_value(eng, "checkpoints", task["task_id"])) == {"done": n}
+    assert resolve(http, task["task_id"], action="complete", output=n).status_code == 200
+    assert run.wait(10).output == n
+
+
+def test_fail_as_gos_engine_reads_it(eng, http):
+    retry = {"max_attempts": 2, "strategy": "fixed", "initial_delay": "10ms"}
+    eng.register(one_step("ext_fail_wf", "ext_fail", default_retry=retry))
+    run = eng.start_run("ext_fail_wf", "in")
+    sent = [
+        {"error": "slow down", "failure_type": "retry_after"},  # no retry_after_ms: 100 ms
+        {"error": "odd", "failure_type": "odd_type"},  # a type Go does not know: retriable
+        {"error": "gave up"},  # no type: retriable, and the attempts are used up
+    ]
+    for attempt, body in enumerate(sent, 1):
+        [task] = poll(http, "ext_fail")
+        assert task["attempt"] == attempt
+        resp = resolve(http, task["task_id"], action="fail", **body)
+        assert resp.status_code == 200 and resp.json()["status"] == "failed"
+    assert run.wait(10).status == "failed" and "gave up" in run.error
+    events = eng.events(run.id)
+    failed = list(events[events["type"] == "step.failed"]["payload"])
+    assert failed == [
+        {"error": "slow down", "failure_type": "retry_after", "retry_after_ms": 100},
+        {"error": "odd", "failure_type": "odd_type"},
+        {"error": "gave up", "failure_type": "retriable"},
+    ]
+    dead = eng.dead_letters()
+    assert dead[dead["run_id"] == run.id].iloc[0]["attempts"] == 3  # 1 + max_attempts, as Go
+
+
+def test_continue_starts_the_next_iteration_of_an_agent_loop(eng, http):
+    loop = {"id": "think", "task": "ext_loop", "type": "agent_loop"}
+    eng.register({"name": "ext_loop_wf", "steps": [{**loop, "config": {"max_iterations": 5}}]})
+    run = eng.start_run("ext_loop_wf", {"n": 0})
+    [first] = poll(http, "ext_loop")
+    assert (first["iteration"], first["input"]) == (0, {"n": 0})
+    resp = resolve(http, first["task_id"], action="continue", output={"n": 1})
+    assert resp.status_code == 200 and resp.json()["status"] == "continued"
+    [second] = poll(http, "ext_loop")
+    assert (second["iteration"], second["input"]) == (1, {"n": 1})
+    assert resolve(http, second["task_id"], action="complete", output={"n": 2}).status_code == 200
+    assert run.wait(10).output == {"n": 2}
+
+
+def test_stream_publishes_the_data_on_the_steps_subject(eng, http):
+    eng.register(one_step("ext_stream_wf", "ext_stream"))
+    run = eng.start_run("ext_stream_wf", None)
+    [task] = poll(http, "ext_stream")
+    got: list[dict] = []
+    unsubscribe = eng.subscribe_tokens(run.id, "work", got.append)
+    try:
+        chunk = {"delta": "hel", "seq": 0, "attempt": 1}
+        resp = resolve(http, task["task_id"], action="stream", data=chunk)
+        assert resp.status_code == 200 and resp.json()["status"] == "in_progress"
+        until(lambda: got == [chunk], what="the chunk on stream.{run}.work")
+    finally:
+        unsubscribe()
+    assert resolve(http, task["task_id"], action="complete", output="hello").status_code == 200
+    assert run.wait(10).output == "hello"

@@ -1,7 +1,8 @@
 """The real dagnats (Go), from ``../shared/interop/``, for the interop tests.
 
 ``DAGNATS_GO_BIN`` names another ``dagnats`` binary, ``DAGNATS_GO_WORKER`` another
-``interopworker``. Without them the tests skip with one line saying how to get them;
+``interopworker``, ``DAGNATS_GO_BRIDGE`` another ``bridgeworker``. Without them the tests
+skip with one line saying how to get them;
 ``DAGNATS_REQUIRE_SHARED=1`` (set by ``.ci/run``) turns that skip into a failure.
 """
 
@@ -21,7 +22,8 @@ import pytest
 INTEROP = Path(__file__).resolve().parents[3] / "shared" / "interop"
 HINT = (
     "put the project's shared/ folder beside this checkout as ../shared (its interop/ holds "
-    "the Go dagnats binaries), or name them with DAGNATS_GO_BIN / DAGNATS_GO_WORKER"
+    "the Go dagnats binaries), or name them with DAGNATS_GO_BIN / DAGNATS_GO_WORKER / "
+    "DAGNATS_GO_BRIDGE"
 )
 
 
@@ -127,3 +129,39 @@ def go_worker(go_serve, tmp_path) -> Iterator[GoWorker]:
         yield worker
     finally:
         worker.stop()
+
+
+class GoBridgeWorker:
+    """``bridgeworker`` (dagnats' own Go HTTP-bridge client, ``sdk/httpclient``) against the
+    bridge at ``url``: connects as ``go-bridgeworker-1`` (max_tasks 4) for ``task``, polls,
+    completes each task with ``{"echo": input}`` (``mode="complete"``) or fails it with
+    ``error`` (``"fail"``), and exits after ``n``; ``"pollonce"`` polls once and exits."""
+
+    WORKER_ID = "go-bridgeworker-1"
+
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        task: str,
+        log: Path,
+        mode: str = "complete",
+        n: int = 1,
+        error: str | None = None,
+    ) -> None:
+        binary = go_binary("bridgeworker", "DAGNATS_GO_BRIDGE")
+        args = [str(binary), "-url", url, "-token", token, "-task", task, "-mode", mode]
+        args += ["-n", str(n), "-wait", "60s", *(["-error", error] if error else [])]
+        self.log = log
+        with open(log, "wb") as out:
+            self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
+
+    def wait(self, timeout: float = 60) -> str:
+        """Its output, once it has exited 0."""
+        code = self.proc.wait(timeout)
+        text = self.log.read_text()
+        assert code == 0, text
+        return text
+
+    def stop(self) -> None:
+        terminate(self.proc, grace=5)

@@ -1,20 +1,50 @@
-"""The HTTP worker bridge: workers in any language take tasks over HTTP.
+"""The HTTP worker bridge: workers in any language take tasks over HTTP, speaking dagnats'
+bridge protocol as its Go server does (``bridge/`` in the Go repository; requests are
+parsed in :mod:`~dagnats_nb.adapters.http.bridge_wire`, connected workers kept in
+:mod:`~dagnats_nb.adapters.http.bridge_connect`).
+
+``POST /v1/workers/connect`` with ``{"worker_id", "task_types": [...], "max_tasks": N}``
+registers the worker in the ``workers`` KV bucket under its id, in Go's registration form
+(language ``http``, transport ``bridge``, ``last_seen``), and answers a server-sent-events
+stream: an ``event: heartbeat`` every 25 s, each followed by a fresh put of the entry. When
+the worker hangs up (or the engine stops) the entry is deleted; if the bridge dies instead,
+the bucket's 60 s TTL removes it. Go's own client (``sdk/httpclient``) drops the stream
+when its 30 s HTTP timeout ends, and is deregistered then, here as on Go's server.
 
 ``POST /v1/tasks/poll`` with ``{"task_types": [...], "max_tasks": N, "timeout_ms": T}``
-(N default 1, at most 256; T default 5000, at most 60000) long-polls the same durable
-consumers ``workers-{task}`` on TASK_QUEUES as in-kernel workers, so both share the queue. It
-answers a JSON list of ``{"task_id", "run_id", "step_id", "iteration", "attempt", "input"}``
-(plus ``task``, ``workflow_name``, ``map_index``, ``metadata`` when set); an empty list when
-nothing came within T.
+(N default 1, at most 256; T default 5000, at most 60000; 0 or less is the default, as in
+Go) long-polls the same durable consumers ``workers-{task}`` on TASK_QUEUES as in-kernel
+workers, so both share the queue. It answers a JSON list of ``{"task_id", "run_id",
+"step_id", "iteration", "attempt", "input"}`` (plus ``task``, ``workflow_name``,
+``map_index``, ``metadata`` when set); an empty list when nothing came within T.
 
-``POST /v1/tasks/{task_id}/resolve`` with ``{"action": "complete", "output": ...}``,
-``{"action": "fail", "error": "...", "failure_type": "retriable" | "non_retriable" |
-"retry_after", "retry_after_ms": N}`` or ``{"action": "heartbeat"}``. The result event is
-stored in the run's history (with ``Nats-Msg-Id``) before the task is acknowledged, as an
-in-kernel worker does. Unknown task id: 404; other actions: 400.
+``POST /v1/tasks/{task_id}/resolve`` with an ``action``:
+
+- ``complete`` (``output``), ``continue`` (``output``: the next agent-loop iteration) and
+  ``fail``: the result event is stored in the run's history (with ``Nats-Msg-Id``), then
+  the task is acknowledged, as an in-kernel worker does. ``fail`` writes Go's
+  ``{error, failure_type, retry_after_ms}``: ``non_retriable`` fails the step at once,
+  ``retry_after`` retries after ``retry_after_ms`` (absent or 0: 100 ms; at most an hour;
+  as Go's engine reads it), anything else (absent: ``retriable``) by the retry policy.
+- ``pause`` (``duration_ms`` in (0, 3600000], ``checkpoint``): the checkpoint is put in KV
+  ``checkpoints`` under the task id (``{run_id}.{step_id}``, what Go's workers read with
+  ``LoadCheckpoint``; an absent one is stored empty, as Go does) and the task is given back
+  to the queue (NAK) with that delay, then delivered again, same attempt, to any worker.
+  The engine is not told: the step stays running (its ``timeout``, if any, still counts)
+  and nothing about the pause is in the history.
+- ``checkpoint`` (``data``): put in KV ``checkpoints`` under the task id; the task's ack
+  wait starts again and the task stays with the worker. The engine does not read
+  checkpoints and never deletes them.
+- ``stream`` (``data``): published as it is on core NATS ``stream.{run_id}.{step_id}``
+  (nothing kept); the ack wait starts again.
+- ``heartbeat``: the task's ack wait starts again.
+
+Unknown task id: 404 (before the body is read, as Go); a bad request: 400 naming the field;
+Go's ``send_signal`` and ``wait_signal``: 400 (this engine has no signals bucket).
 
 Every request needs ``Authorization: Bearer <bridge_token>`` (``DAGNATS_BRIDGE_TOKEN``),
-compared in constant time (401 otherwise); with no token the routes do not exist (404).
+compared in constant time (401 otherwise, as Go); with no token the routes do not exist
+(404; Go's bridge lets everyone in then).
 
 The bridge keeps each polled task's message in memory until it is resolved. A task not
 resolved within the ack wait (the ``ack_wait`` setting) is delivered again by JetStream, to
@@ -26,18 +56,33 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
-import json
 import logging
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from nats.errors import ConnectionClosedError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.errors import FetchTimeoutError
 
-from dagnats_nb.adapters.http.server import Reply, Request, Route
-from dagnats_nb.errors import DagnatsError
+from dagnats_nb.adapters.http.bridge_connect import HEARTBEAT_EVERY, Connection
+from dagnats_nb.adapters.http.bridge_wire import (
+    MAX_TASKS,
+    MAX_TIMEOUT_MS,
+    SSE_HEADERS,
+    BridgeError,
+    ConnectRequest,
+    PollRequest,
+    Resolution,
+    bearer_ok,
+    failure_payload,
+    parse_connect,
+    parse_poll,
+    parse_resolve,
+    registration,
+    task_view,
+)
+from dagnats_nb.adapters.http.server import Reply, Request, Route, Stream
 from dagnats_nb.runtime.results import output_payload, record_result
 from dagnats_nb.runtime.workers import ensure_task_consumer, task_event
 from dagnats_nb.transport.errors import STORE_FULL
@@ -48,150 +93,17 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dagnats_nb.adapters.http.bridge")
 
-MAX_TASKS = 256
-DEFAULT_TIMEOUT_MS = 5000
-MAX_TIMEOUT_MS = 60000
 # MaxAckPending the bridge gives a task type no in-kernel worker of this engine serves (the
 # consumer is created with 1 at registration; an in-kernel worker sets its concurrency).
 BRIDGE_ACK_PENDING = 1024
-ACTIONS = ("complete", "fail", "heartbeat")
-FAILURE_TYPES = (protocol.RETRIABLE, protocol.NON_RETRIABLE, protocol.RETRY_AFTER)
 SLICE = 0.25  # seconds each task type is waited on in turn when a poll names several
-
-
-class BridgeError(DagnatsError):
-    """A bridge request the engine cannot use (answered with 400)."""
-
-
-@dataclass(frozen=True, slots=True)
-class PollRequest:
-    task_types: tuple[str, ...]
-    max_tasks: int = 1
-    timeout_ms: int = DEFAULT_TIMEOUT_MS
-    worker_id: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Resolution:
-    action: str
-    output: Any = None
-    error: str | None = None
-    failure_type: str = protocol.RETRIABLE
-    retry_after_ms: int | None = None
-    duration_ms: float | None = None
-
-
-def bearer_ok(header: str | None, token: str | None) -> bool:
-    """True when ``header`` is ``Bearer <token>`` (constant-time compare)."""
-    if not header or not token:
-        return False
-    scheme, _, given = header.strip().partition(" ")
-    if scheme.lower() != "bearer":
-        return False
-    return hmac.compare_digest(given.strip().encode(), token.encode())
-
-
-def _object(body: bytes, what: str) -> dict[str, Any]:
-    try:
-        value = json.loads(body) if body.strip() else {}
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BridgeError(f"{what} body is not JSON ({exc}): send a JSON object") from None
-    if not isinstance(value, dict):
-        raise BridgeError(f"{what} body must be a JSON object, got {type(value).__name__}")
-    return value
-
-
-def _int(raw: dict, key: str, default: int | None, low: int, what: str) -> int | None:
-    value = raw.get(key, default)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise BridgeError(f"{what}: field '{key}' must be an integer >= {low}, got {value!r}")
-    return value
-
-
-def parse_poll(body: bytes) -> PollRequest:
-    """A poll request; ``max_tasks`` and ``timeout_ms`` are capped, not refused."""
-    raw = _object(body, "poll")
-    types = raw.get("task_types")
-    if (
-        not isinstance(types, list)
-        or not types
-        or not all(isinstance(t, str) and protocol.is_token(t) for t in types)
-    ):
-        raise BridgeError(
-            f"poll: field 'task_types' must be a non-empty list of task names, got {types!r}"
-        )
-    n = _int(raw, "max_tasks", 1, 1, "poll")
-    timeout = _int(raw, "timeout_ms", DEFAULT_TIMEOUT_MS, 0, "poll")
-    worker = raw.get("worker_id")
-    if worker is not None and not isinstance(worker, str):
-        raise BridgeError(f"poll: field 'worker_id' must be a string, got {worker!r}")
-    return PollRequest(
-        tuple(dict.fromkeys(types)), min(n, MAX_TASKS), min(timeout, MAX_TIMEOUT_MS), worker
-    )
-
-
-def parse_resolve(body: bytes) -> Resolution:
-    """A resolve request: complete (with output), fail (with error and failure type) or
-    heartbeat."""
-    raw = _object(body, "resolve")
-    action = raw.get("action")
-    if not isinstance(action, str) or not action:
-        raise BridgeError(f"resolve: field 'action' must be one of {', '.join(ACTIONS)}")
-    if action not in ACTIONS:
-        raise BridgeError(
-            f"action {action} is not supported by dagnats-nb: use {', '.join(ACTIONS)}"
-        )
-    error = raw.get("error")
-    if error is not None and not isinstance(error, str):
-        raise BridgeError(f"resolve: field 'error' must be a string, got {error!r}")
-    kind = raw.get("failure_type") or protocol.RETRIABLE
-    if kind not in FAILURE_TYPES:
-        raise BridgeError(
-            f"resolve: field 'failure_type' must be one of {', '.join(FAILURE_TYPES)}, got {kind!r}"
-        )
-    retry_after = _int(raw, "retry_after_ms", None, 0, "resolve")
-    if action == "fail" and kind == protocol.RETRY_AFTER and retry_after is None:
-        raise BridgeError("resolve: failure_type retry_after needs field 'retry_after_ms'")
-    duration = raw.get("duration_ms")
-    if duration is not None and (
-        isinstance(duration, bool) or not isinstance(duration, int | float) or duration < 0
-    ):
-        raise BridgeError(f"resolve: field 'duration_ms' must be a number >= 0, got {duration!r}")
-    return Resolution(action, raw.get("output"), error, kind, retry_after, duration)
-
-
-def task_view(task: protocol.TaskPayload, value: Any) -> dict[str, Any]:
-    """A polled task as a bridge worker sees it (``value``: the input, references expanded)."""
-    out: dict[str, Any] = {
-        "task_id": task.task_id,
-        "run_id": task.run_id,
-        "step_id": task.step_id,
-        "iteration": task.iteration or 0,
-        "attempt": task.attempt,
-        "input": value,
-    }
-    if task.task:
-        out["task"] = task.task
-    if task.workflow_name:
-        out["workflow_name"] = task.workflow_name
-    if task.map_index is not None:
-        out["map_index"] = task.map_index
-    if task.metadata:
-        out["metadata"] = task.metadata
-    return out
-
-
-def failure_payload(res: Resolution) -> dict[str, Any]:
-    """The ``step.failed`` payload of a ``fail`` resolution."""
-    payload: dict[str, Any] = {
-        "error": res.error or "failed by a bridge worker",
-        "failure_type": res.failure_type,
-    }
-    if res.failure_type == protocol.RETRY_AFTER:
-        payload["retry_after_ms"] = res.retry_after_ms
-    return payload
+WORKERS_BUCKET = "workers"
+CHECKPOINT_BUCKET = "checkpoints"
+RESULTS = {
+    "complete": (protocol.STEP_COMPLETED, "completed"),
+    "continue": (protocol.STEP_CONTINUE, "continued"),
+    "fail": (protocol.STEP_FAILED, "failed"),
+}
 
 
 @dataclass(slots=True)
@@ -217,17 +129,22 @@ _UNAUTHORIZED: Reply = (
 
 
 class Bridge:
-    """The bridge's routes on an engine, and the tasks polled and not yet resolved."""
+    """The bridge's routes on an engine, the tasks polled and not yet resolved, and the
+    workers connected."""
 
     def __init__(self, engine: Engine) -> None:
         self.eng = engine
         self.held: dict[str, Held] = {}
+        self.connections: set[Connection] = set()
+        self.heartbeat_every = HEARTBEAT_EVERY
         self._subs: dict[str, Any] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._widened: set[str] = set()
+        self._kv: dict[str, Any] = {}
 
     def routes(self) -> dict[tuple[str, str], Route]:
         return {
+            ("POST", "/v1/workers/connect"): Route(self.connect),
             ("POST", "/v1/tasks/poll"): Route(self.poll),
             ("POST", "/v1/tasks/{task_id}/resolve"): Route(self.resolve),
         }
@@ -242,6 +159,37 @@ class Bridge:
         if self.eng.orchestrator is None or not self.eng._started.get("resources"):
             return _error(503, "the engine is starting: try again in a moment")
         return None
+
+    async def _bucket(self, name: str) -> Any:
+        kv = self._kv.get(name)
+        if kv is None:
+            kv = self._kv[name] = await self.eng._js.key_value(name)
+        return kv
+
+    # -- connect -------------------------------------------------------------------------
+
+    async def connect(self, request: Request) -> Reply | Stream:
+        refused = self._refuse(request)
+        if refused is not None:
+            return refused
+        try:
+            req = parse_connect(request.body)
+        except BridgeError as exc:
+            return _error(400, str(exc))
+        try:
+            conn = Connection(
+                await self._bucket(WORKERS_BUCKET), req, self.heartbeat_every, self._gone
+            )
+            await conn.register()
+        except Exception as exc:  # Go: 500 "register failed"
+            return _error(500, f"cannot register worker {req.worker_id}: {exc}; retry")
+        self.connections.add(conn)
+        log.info("bridge: worker %s connected for %s", req.worker_id, ", ".join(req.task_types))
+        return Stream(conn, 200, dict(SSE_HEADERS))
+
+    def _gone(self, conn: Connection) -> None:
+        self.connections.discard(conn)
+        log.info("bridge: worker %s disconnected", conn.req.worker_id)
 
     # -- poll ----------------------------------------------------------------------------
 
@@ -302,6 +250,8 @@ class Bridge:
                             got += await sub.fetch(want, timeout=max(wait, 0.01))
                 except (TimeoutError, FetchTimeoutError, NatsTimeout):
                     pass
+                except ConnectionClosedError:  # the engine is stopping
+                    return got
             if got or time.monotonic() >= deadline:
                 return got
 
@@ -346,26 +296,54 @@ class Bridge:
         if refused is not None:
             return refused
         task_id = request.params.get("task_id", "")
-        try:
-            res = parse_resolve(request.body)
-        except BridgeError as exc:
-            return _error(400, str(exc))
         held = self.held.get(task_id)
         if held is None:
             return _error(
                 404,
-                f"no polled task {task_id}: it was resolved already, never polled, or "
-                "held past the ack wait and forgotten; poll again",
+                f"no polled task {task_id}: it was resolved or paused already, never polled, "
+                "or held past the ack wait and forgotten; poll again",
             )
-        if res.action == "heartbeat":
-            await held.msg.in_progress()
-            held.touched_at = time.monotonic()
-            return 200, {"task_id": task_id, "status": "in_progress"}
+        try:
+            res = parse_resolve(request.body)
+        except BridgeError as exc:
+            return _error(400, str(exc))
+        if res.action in RESULTS:
+            return await self._result(task_id, held, res)
+        problem = await self._keep(held, res)
+        if problem is not None:
+            return _error(503, problem)
+        if res.action == "pause":
+            await held.msg.nak(delay=res.duration_ms / 1000)
+            self.held.pop(task_id, None)
+            return 200, {"task_id": task_id, "status": "paused"}
+        await held.msg.in_progress()
+        held.touched_at = time.monotonic()
+        return 200, {"task_id": task_id, "status": "in_progress"}
+
+    async def _keep(self, held: Held, res: Resolution) -> str | None:
+        """What ``pause``, ``checkpoint`` and ``stream`` store or publish; the problem, if
+        any (the task is then held as before)."""
+        task_id = held.task.task_id
+        try:
+            if res.action in ("pause", "checkpoint"):
+                await (await self._bucket(CHECKPOINT_BUCKET)).put(task_id, res.data)
+            elif res.action == "stream":
+                step = task_id[len(held.task.run_id) + 1 :]
+                await self.eng._nc.publish(
+                    protocol.stream_subject(held.task.run_id, step), res.data
+                )
+        except Exception as exc:
+            log.error("bridge: %s of %s: %s", res.action, task_id, exc)
+            return f"cannot {res.action} task {task_id}: {exc}; retry"
+        return None
+
+    async def _result(self, task_id: str, held: Held, res: Resolution) -> Reply:
+        kind, status = RESULTS[res.action]
         if res.action == "fail":
-            kind, payload = protocol.STEP_FAILED, failure_payload(res)
+            payload = failure_payload(res)
         else:
             try:
-                kind, payload = protocol.STEP_COMPLETED, await self._output(held.task, res.output)
+                payload = await self._output(held.task, res.output)
             except BridgeError as exc:
                 return _error(400, str(exc))
         del self.held[task_id]
@@ -373,7 +351,6 @@ class Bridge:
         if problem is not None:
             self.held.setdefault(task_id, held)  # the worker may resolve it again
             return _error(503, problem)
-        status = "failed" if kind == protocol.STEP_FAILED else "completed"
         return 200, {"task_id": task_id, "status": status}
 
     async def _output(self, task: protocol.TaskPayload, output: Any) -> Any:
@@ -397,7 +374,10 @@ class Bridge:
         return problem
 
     async def stop(self) -> None:
-        """Give the held tasks back (delivered again at once) and unsubscribe."""
+        """Deregister the connected workers, give the held tasks back (delivered again at
+        once) and unsubscribe."""
+        for conn in list(self.connections):
+            await conn.aclose()
         for held in list(self.held.values()):
             with contextlib.suppress(Exception):
                 await held.msg.nak()
@@ -414,12 +394,19 @@ def _ignore(fut: asyncio.Future) -> None:
 
 
 __all__ = [
+    "MAX_TASKS",
+    "MAX_TIMEOUT_MS",
     "Bridge",
     "BridgeError",
+    "Connection",
+    "ConnectRequest",
     "PollRequest",
     "Resolution",
     "bearer_ok",
+    "failure_payload",
+    "parse_connect",
     "parse_poll",
     "parse_resolve",
+    "registration",
     "task_view",
 ]

@@ -5,7 +5,8 @@ HTTP/1.1 is parsed by ``h11`` (already installed with httpx); routes are a table
 add rows, not code paths. A route's path is exact (``/health``) or a pattern whose segments
 may be ``{name}`` (one segment) or, last, ``{name...}`` (the rest of the path); the values
 land percent-decoded in ``Request.params``. Each route has its own body limit (413 over it,
-before the body is read when Content-Length says so). Loopback by default.
+before the body is read when Content-Length says so). A handler answers JSON (a ``Reply``)
+or a ``Stream`` (e.g. server-sent events). Loopback by default.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
@@ -40,7 +41,20 @@ class Request:
 
 # (status, JSON body) or (status, JSON body, extra response headers)
 Reply = tuple[int, dict[str, Any]] | tuple[int, dict[str, Any], dict[str, str]]
-Handler = Callable[[Request], Awaitable[Reply]]
+
+
+@dataclass(frozen=True, slots=True)
+class Stream:
+    """A reply sent as it is made: status and headers at once, then each chunk ``chunks``
+    yields (chunked transfer encoding), until it ends, the client hangs up or sends anything,
+    or the server stops. ``chunks.aclose()`` (if it has one) is awaited in every case."""
+
+    chunks: AsyncIterator[bytes]
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+Handler = Callable[[Request], Awaitable[Reply | Stream]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +93,7 @@ class HTTPServer:
     def __init__(self, routes: dict[tuple[str, str], Handler | Route]) -> None:
         self.routes = routes
         self._server: asyncio.AbstractServer | None = None
+        self._streams: set[asyncio.Task] = set()
         self.url: str | None = None
 
     async def start(self, addr: str) -> str:
@@ -93,6 +108,10 @@ class HTTPServer:
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
+            streams = list(self._streams)
+            for task in streams:  # a stream's aclose runs before stop returns
+                task.cancel()
+            await asyncio.gather(*streams, return_exceptions=True)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 2)
             self._server = None
@@ -140,7 +159,10 @@ class HTTPServer:
                 early = _too_large(limit)
             if early is None:
                 early = await self._call(route, Request(method, path, headers, body, params))
-            await self._send(conn, writer, early)
+            if isinstance(early, Stream):
+                await self._stream(conn, reader, writer, early)
+            else:
+                await self._send(conn, writer, early)
         except (h11.RemoteProtocolError, ConnectionError, asyncio.IncompleteReadError) as exc:
             log.debug("http: %s", exc)
         except TimeoutError:
@@ -181,7 +203,7 @@ class HTTPServer:
             elif isinstance(event, h11.ConnectionClosed):
                 return None, False
 
-    async def _call(self, route: Route, request: Request) -> Reply:
+    async def _call(self, route: Route, request: Request) -> Reply | Stream:
         try:
             return await route.handler(request)
         except Exception as exc:  # a handler bug is a 500, never a dead server
@@ -202,6 +224,37 @@ class HTTPServer:
         writer.write(conn.send(h11.Data(data=data)))
         writer.write(conn.send(h11.EndOfMessage()))
         await writer.drain()
+
+    async def _stream(
+        self, conn: h11.Connection, reader: asyncio.StreamReader, writer: Any, reply: Stream
+    ) -> None:
+        pump = asyncio.ensure_future(self._pump(conn, writer, reply))
+        self._streams.add(pump)
+        hangup = asyncio.ensure_future(reader.read(1))  # b"" when the client hangs up
+        try:
+            await asyncio.wait({pump, hangup}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            hangup.cancel()
+            pump.cancel()
+            done = await asyncio.gather(pump, hangup, return_exceptions=True)
+            self._streams.discard(pump)
+        if isinstance(done[0], Exception) and not isinstance(done[0], ConnectionError):
+            log.warning("http stream %s", done[0])
+
+    async def _pump(self, conn: h11.Connection, writer: Any, reply: Stream) -> None:
+        try:
+            headers = list(reply.headers.items())  # no length: h11 sends it chunked
+            writer.write(conn.send(h11.Response(status_code=reply.status, headers=headers)))
+            await writer.drain()
+            async for chunk in reply.chunks:
+                writer.write(conn.send(h11.Data(data=chunk)))
+                await writer.drain()
+            writer.write(conn.send(h11.EndOfMessage()))
+            await writer.drain()
+        finally:
+            close = getattr(reply.chunks, "aclose", None)
+            if close is not None:
+                await close()
 
 
 def _too_large(limit: int) -> Reply:
