@@ -179,3 +179,14 @@ def test_calibrated_engine_predicts_a_fresh_workload_within_ten_percent(engine):
     # 2 run events + queued and completed per step (+ started for a step slower than 20 ms)
     assert 12 <= table.loc["events per run (5 steps)", "measured"] <= 12.5
     assert "tier" in report._repr_html_() and "calibration: measured" in repr(report)
+
+
+def test_the_engines_history_limits_bound_its_estimate(tmp_path):
+    import dagnats_nb as dn
+
+    opts = dict(llm_enabled=False, runs_max_age="48h", history_max_bytes="1MiB")
+    with dn.Engine.start(data_dir=tmp_path / "e", **opts) as eng:
+        report = eng.sizing(runs_per_day=1_000_000, days=30)
+        assert report.estimate.streams["WORKFLOW_HISTORY"] <= 1024 * 1024
+        wider = eng.sizing(runs_per_day=1_000_000, days=30, history_max_bytes=10 * GiB)
+        assert wider.estimate.streams["WORKFLOW_HISTORY"] > 1024 * 1024

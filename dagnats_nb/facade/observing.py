@@ -117,6 +117,8 @@ class Observing:
         workload.setdefault("max_store_bytes", self.settings.max_store_bytes)
         if self.settings.runs_max_age and "history_max_age_days" not in workload:
             workload["history_max_age_days"] = self.settings.runs_max_age.total_seconds() / 86400
+        if self.settings.history_max_bytes and "history_max_bytes" not in workload:
+            workload["history_max_bytes"] = self.settings.history_max_bytes
         w = sizing.Workload(**workload)
         est = sizing.estimate(w, cal, days)
         return sizing.Report(est, est.calibration, sizing.compare(est.calibration, w.steps))
