@@ -18,7 +18,6 @@ from collections.abc import Callable
 import nats.errors
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
-from nats.js.errors import KeyWrongLastSequenceError
 
 from dagnats_nb.dag import WorkflowDef
 from dagnats_nb.dag.advance import advance, compact, resume, start
@@ -33,11 +32,11 @@ from dagnats_nb.dag.state import (
     TimerKey,
 )
 from dagnats_nb.errors import RunError
+from dagnats_nb.runtime.records import RunRecords
 from dagnats_nb.runtime.sticky import FALLBACK_CHECK, StickyRouter, still_waiting
 from dagnats_nb.transport.errors import store_error
 from dagnats_nb.transport.stores import DefinitionStore, PayloadStore
 from dagnats_nb.wire import protocol
-from dagnats_nb.wire.runs import run_key, run_record
 
 log = logging.getLogger("dagnats_nb.runtime.orchestrator")
 
@@ -72,11 +71,11 @@ class Orchestrator:
         self._replay_until = 0
         self._replay_started = 0.0
         self._sub = None
-        self._kv_runs = None
+        self.records: RunRecords | None = None
         self._pending: set[asyncio.Future] = set()
 
     async def start(self) -> None:
-        self._kv_runs = await self.js.key_value("workflow_runs")
+        self.records = RunRecords(await self.js.key_value("workflow_runs"))
         self.sticky = StickyRouter(self.js)
         await self.sticky.start()
         info = await self.js.stream_info(protocol.HISTORY_STREAM)
@@ -108,6 +107,9 @@ class Orchestrator:
             self._sub = None
         if self._pending:
             await asyncio.wait(self._pending, timeout=5)
+        if self.records is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.records.close(), 5)
         for futs in self._waiters.values():
             for f in futs:
                 if not f.done():
@@ -143,7 +145,7 @@ class Orchestrator:
             state, actions = start(defn, event)
             self.run_defs[run_id] = defn
             if not self.replaying:  # `dagnats run list / status` show it while it runs
-                self._track(self._snapshot(state, first=True))
+                self.records.due(state)
         else:
             old = self.runs.get(run_id)
             if old is None:
@@ -155,7 +157,7 @@ class Orchestrator:
             elif old.terminal and not state.terminal:  # a dead-letter replay reopened it
                 self.counters["runs_reopened"] += 1
                 if not self.replaying:
-                    self._track(self._snapshot(state))
+                    self.records.due(state)
             if state.bound_worker != old.bound_worker and not self.replaying:
                 self._track(self.sticky.bind(state))
         if event.type in COUNTED:
@@ -194,8 +196,12 @@ class Orchestrator:
             elif isinstance(action, DeadLetter):
                 self._track(self._dead_letter(action))
             elif isinstance(action, RunEnded):
-                self._track(self._snapshot(state))
-                self._wake(state.run_id)
+                self._track(self._ended(state))
+
+    async def _ended(self, state: RunState) -> None:
+        """A run ended: its record, then its waiters (who may read the record next)."""
+        await self.records.now(state)
+        self._wake(state.run_id)
 
     def _track(self, coro) -> None:
         task = asyncio.ensure_future(coro)
@@ -283,38 +289,6 @@ class Orchestrator:
         )
         subject = protocol.dead_subject(task.task, task.run_id, task.step_id)
         await self.js.publish(subject, data, headers=headers)
-
-    async def _snapshot(self, state: RunState, first: bool = False) -> None:
-        """Write the run's record (``wire.runs``) to KV ``workflow_runs`` with an optimistic
-        revision check: create it, or update exactly the revision read. Two writes of one run
-        can race (a replay reopens a run that then ends at once), so each attempt writes the
-        run's latest state and a lost race is tried again. The ``first`` record (at the start)
-        is only created, never written over a later one."""
-        run_id = state.run_id
-        key = run_key(run_id)
-        for _ in range(5):
-            body = protocol.dumps(run_record(self._newest(state)))
-            try:
-                await self._kv_runs.create(key, body)
-                return
-            except KeyWrongLastSequenceError:
-                if first:
-                    return  # the record of a later state is there already
-            entry = await self._kv_runs.get(key)
-            body = protocol.dumps(run_record(self._newest(state)))
-            try:
-                await self._kv_runs.update(key, body, last=entry.revision)
-                return
-            except KeyWrongLastSequenceError:
-                continue
-        raise RunError(f"run {run_id}: its summary in KV workflow_runs kept changing under us")
-
-    def _newest(self, state: RunState) -> RunState:
-        """``state``, unless the run has moved on since (a replay reopened it, it ended):
-        a finished run's state in ``runs`` is compacted, without the outputs its record
-        shows, so the state the record was asked for is kept while its status holds."""
-        now = self.runs.get(state.run_id, state)
-        return state if now.status == state.status else now
 
     def _set_timer(self, run_id: str, t: SetTimer) -> None:
         key = TimerKey.of(run_id, t)

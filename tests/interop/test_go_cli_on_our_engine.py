@@ -80,6 +80,8 @@ def test_the_go_cli_lists_starts_shows_and_cancels_our_runs(tmp_path):
         go_run = eng.get_run(started["run_id"])
         assert go_run.wait(30).status == "completed" and go_run.output == {"hi": {"from": "go"}}
 
+        # records are written in batches, a quarter second behind
+        until(lambda: failed.id in go(url, "run", "list"), what="the run records")
         listing = go(url, "run", "list")
         for run_id in (ours.id, failed.id, started["run_id"]):
             assert run_id in listing
@@ -116,8 +118,16 @@ def test_the_go_cli_lists_starts_shows_and_cancels_our_runs(tmp_path):
         # A run the Go CLI cancels stops on our engine.
         waiting = eng.start_run("go-registered", "ada")
         until(lambda: eng.steps(waiting.id).set_index("step_id").loc["wait", "status"] == "running")
+        until(lambda: waiting.id in go(url, "run", "list"), what="the running run's record")
         go(url, "run", "cancel", waiting.id)
         assert waiting.wait(30).status == "cancelled"
         release.set()
-        status = json.loads(go(url, "run", "status", waiting.id, "--json"))
-        assert status["status"] == "cancelled"
+        status = until(
+            lambda: (
+                (s := json.loads(go(url, "run", "status", waiting.id, "--json")))["status"]
+                == "cancelled"
+                and s
+            ),
+            what="the cancelled run's record",
+        )
+        assert status["steps"]["wait"]["status"] == "cancelled"
