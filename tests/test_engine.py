@@ -889,3 +889,46 @@ def test_task_consumers_of_others_are_adopted_and_old_ones_replaced(engine):
     until(lambda: seen == [7], what="the task left for the old consumer")
     run = engine.run({"name": "f", "steps": [{"id": "a", "task": "foreign"}]}, input=3)
     assert run.output == 3
+
+
+def test_run_records_cost_one_put_for_a_short_run_and_show_a_long_one_running(engine):
+    """Go's run record (``run.{id}`` in ``workflow_runs``): written when a run ends, and a
+    second after its start for a run still going (what ``dagnats run list`` shows)."""
+    release = threading.Event()
+
+    @engine.task("quick")
+    def quick(ctx):
+        return ctx.input
+
+    @engine.task("slow")
+    def slow(ctx):
+        release.wait(20)
+        return "done"
+
+    def puts() -> int:
+        return engine._call(engine._js.stream_info("KV_workflow_runs")).state.last_seq
+
+    def record(run_id: str) -> dict | None:
+        async def read():
+            kv = await engine._js.key_value("workflow_runs")
+            try:
+                return json.loads((await kv.get(f"run.{run_id}")).value)
+            except Exception:
+                return None
+
+        return engine._call(read())
+
+    engine.register({"name": "quick", "steps": [{"id": "a", "task": "quick"}]})
+    before = puts()
+    runs = [engine.run("quick", i, timeout=20) for i in range(10)]
+    assert puts() - before == 10  # one put each: at the end
+    done = record(runs[3].id)
+    assert done["status"] == "completed" and done["workflow_id"] == "quick"
+    assert done["steps"]["a"]["status"] == "completed"
+
+    long = engine.start_run({"name": "long", "steps": [{"id": "s", "task": "slow"}]})
+    running = until(lambda: record(long.id), what="the running run's record")
+    assert running["status"] == "running"
+    release.set()
+    assert long.wait(20).status == "completed"
+    assert record(long.id)["status"] == "completed"  # written before wait() returned

@@ -1,10 +1,11 @@
 """The ``workflow_runs`` records of the runs an orchestrator drives (``wire.runs``: Go's
-run record under ``run.{run_id}``), written off the step's path: a run's record is due when
-it starts or is reopened, and the due records are put every ``EVERY`` seconds in one
-concurrent batch, each with the run's latest state; a run that ended is written at once
-(its waiters are woken after), replacing what was due. A run that starts and ends between
-two batches costs one put. The history stays the authority: a record that cannot be written is
-logged and written again with the run's next change."""
+run record under ``run.{run_id}``), written off the step's path. A run's record is due
+``DELAY`` seconds after it starts or is reopened, and due records are put in concurrent
+batches, each with the run's latest state; a run that ended is written at once (its
+waiters are woken after), replacing what was due. So a run shorter than ``DELAY`` costs one
+put, and ``dagnats run list`` shows a longer one while it runs. The history stays the
+authority: a record that cannot be written is logged and written again with the run's
+next change."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from dagnats_nb.wire.runs import run_key, run_record
 
 log = logging.getLogger("dagnats_nb.runtime.records")
 
-EVERY = 0.25  # seconds between batches
+DELAY = 1.0  # seconds from a run's start (or reopening) to its record
+TICK = 0.25  # seconds between looks for due records
 BATCH = 512  # puts in flight at once
 
 
@@ -27,16 +29,19 @@ class RunRecords:
 
     def __init__(self, kv) -> None:
         self.kv = kv
-        self._due: dict[str, RunState] = {}
+        self._due: dict[str, tuple[RunState, float]] = {}  # run id -> (state, due at)
         self._task: asyncio.Task | None = None
         self.written = 0
 
     def due(self, state: RunState) -> None:
-        """Write ``state`` as its run's record with the next batch (the latest state of a
-        run wins). The state must not change afterwards: the core's states never do."""
-        self._due[state.run_id] = state
+        """Write ``state`` as its run's record ``DELAY`` seconds from now (a later state
+        of the run replaces it, keeping the time). The state must not change afterwards:
+        the core's states never do."""
+        loop = asyncio.get_running_loop()
+        old = self._due.get(state.run_id)
+        self._due[state.run_id] = (state, old[1] if old else loop.time() + DELAY)
         if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._run())
+            self._task = loop.create_task(self._run())
 
     async def now(self, state: RunState) -> None:
         """Write ``state`` as its run's record at once (a run that ended: whoever waits
@@ -45,17 +50,22 @@ class RunRecords:
         await self._put([state])
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         while self._due:
-            await asyncio.sleep(EVERY)
-            await self.flush()
+            await asyncio.sleep(TICK)
+            now = loop.time()
+            ready = [rid for rid, (_, at) in self._due.items() if at <= now]
+            await self._put_all([self._due.pop(rid)[0] for rid in ready])
 
     async def flush(self) -> None:
         """Put every due record now."""
-        while self._due:
-            batch, self._due = self._due, {}
-            states = list(batch.values())
-            for i in range(0, len(states), BATCH):
-                await self._put(states[i : i + BATCH])
+        states = [state for state, _ in self._due.values()]
+        self._due.clear()
+        await self._put_all(states)
+
+    async def _put_all(self, states: list[RunState]) -> None:
+        for i in range(0, len(states), BATCH):
+            await self._put(states[i : i + BATCH])
 
     async def _put(self, states: list[RunState]) -> None:
         results = await asyncio.gather(

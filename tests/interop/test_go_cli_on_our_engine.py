@@ -80,7 +80,7 @@ def test_the_go_cli_lists_starts_shows_and_cancels_our_runs(tmp_path):
         go_run = eng.get_run(started["run_id"])
         assert go_run.wait(30).status == "completed" and go_run.output == {"hi": {"from": "go"}}
 
-        # records are written in batches, a quarter second behind
+        # a run's record is written when it ends (a running one: a second after its start)
         until(lambda: failed.id in go(url, "run", "list"), what="the run records")
         listing = go(url, "run", "list")
         for run_id in (ours.id, failed.id, started["run_id"]):
