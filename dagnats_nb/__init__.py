@@ -56,7 +56,7 @@ __all__ = [
     "unload_ipython_extension",
 ]
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # The composition root: the adapters plug into the engine here (it never imports them).
 from dagnats_nb.adapters.http.extension import http_extension  # noqa: E402

@@ -1907,7 +1907,7 @@ def test_compact_keeps_what_views_need_and_drops_step_values():
 
 
 def legacy_form(e: Event) -> Event:
-    """``e`` as dagnats-nb < 0.4 wrote it: outputs wrapped, map index and loop iteration in the
+    """``e`` as dagnats-nb < 0.2 wrote it: outputs wrapped, map index and loop iteration in the
     payload, map instances completing as step.map.instance.completed."""
     if e.type == ev.WORKFLOW_STARTED:
         payload = {"workflow": "w", "version": "1", "def_hash": "h", "input": e.payload["input"]}
@@ -1944,7 +1944,7 @@ def legacy_form(e: Event) -> Event:
 
 
 def test_a_history_written_before_the_go_wire_replays_to_the_same_state():
-    """Runs recorded by dagnats-nb < 0.4 (wrapped outputs, map index in the payload) read as
+    """Runs recorded by dagnats-nb < 0.2 (wrapped outputs, map index in the payload) read as
     they always did: a map step with a retried item, an agent loop, a fan-in."""
     defn = wf(
         {

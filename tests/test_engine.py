@@ -844,7 +844,7 @@ def test_a_task_message_that_is_not_an_object_does_not_block_its_task_type(engin
 
 def test_task_consumers_of_others_are_adopted_and_old_ones_replaced(engine):
     """A ``workers-{task}`` consumer we did not make (a Go worker's) is used as it is; a
-    ``worker-{task}`` one left by dagnats-nb < 0.4 gives way, its waiting task kept."""
+    ``worker-{task}`` one left by dagnats-nb < 0.2 gives way, its waiting task kept."""
     from nats.js.api import AckPolicy, ConsumerConfig
 
     seen: list = []

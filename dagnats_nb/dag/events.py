@@ -85,7 +85,7 @@ def format_time(ts: float) -> str:
 
 MAP_INSTANCE = ".map."
 # The keys a step event's payload had before step events carried the raw output (runs
-# started by dagnats-nb < 0.4; see ``upgrade_legacy``).
+# started by dagnats-nb < 0.2; see ``upgrade_legacy``).
 _LEGACY_KEYS = frozenset({"output", "duration_ms", "iteration", "map_index", "stopped"})
 _LEGACY_STEP_EVENTS = frozenset(
     {STEP_QUEUED, STEP_STARTED, STEP_COMPLETED, STEP_CONTINUE, STEP_FAILED, MAP_INSTANCE_COMPLETED}
@@ -96,7 +96,7 @@ def start_shape(payload: Any) -> str:
     """Which of the ``workflow.started`` payloads Go's orchestrator accepts this is:
     ``"def"`` ``{workflow_def, input}`` (what both engines write), ``"trigger"`` (a Go
     trigger's envelope ``{trigger, workflow_id, ...}``: the definition is the registered
-    one, the envelope is the input), ``"legacy"`` (dagnats-nb < 0.4: ``{workflow,
+    one, the envelope is the input), ``"legacy"`` (dagnats-nb < 0.2: ``{workflow,
     def_hash, input}``), ``"bare"`` (a bare definition, no input)."""
     if not isinstance(payload, dict):
         return "bare"
@@ -224,7 +224,7 @@ class Event:
 
 
 def upgrade_legacy(e: Event) -> Event:
-    """A step event of a run started by dagnats-nb < 0.4 in today's form: its payload was
+    """A step event of a run started by dagnats-nb < 0.2 in today's form: its payload was
     ``{"output": ..., "duration_ms", "iteration", "map_index", "stopped"}`` and map
     instances kept the plain step id. Applied only to such runs (their workflow.started
     has no ``workflow_def``); a payload that is not that wrapper (a newer worker's raw
@@ -319,7 +319,7 @@ class TaskPayload:
         if not isinstance(raw, dict):
             raise ValueError(f"a task must be a JSON object, got {type(raw).__name__}")
         step_id, index = split_step_id(raw["step_id"])
-        if index is None and isinstance(raw.get("map_index"), int):  # written before 0.4
+        if index is None and isinstance(raw.get("map_index"), int):  # written before 0.2
             index = raw["map_index"]
         task = raw.get("task") or (subject.split(".")[1] if subject.count(".") >= 2 else "")
         iteration = raw.get("iteration")

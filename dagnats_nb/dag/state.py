@@ -120,7 +120,7 @@ class RunState:
     reopened: int = 0  # times a dead-letter replay resumed the failed run
     resumed_at: float | None = None  # the last reopening: the run's timeout counts from it
     bound_worker: str = ""  # sticky workflows: the worker that completed the first step
-    legacy: bool = False  # started by dagnats-nb < 0.4: step events wrap their output
+    legacy: bool = False  # started by dagnats-nb < 0.2: step events wrap their output
 
     def clone(self) -> RunState:
         """A shallow copy (much faster than ``copy.copy`` on a slotted dataclass)."""

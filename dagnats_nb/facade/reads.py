@@ -90,7 +90,7 @@ class Reads:
         """An attached engine's view of a run: the KV summary written when it ended, else
         ``running`` while its history exists."""
         kv = await self._js.key_value("workflow_runs")
-        for key in (run_key(run_id), run_id):  # Go's key, then dagnats-nb < 0.4's
+        for key in (run_key(run_id), run_id):  # Go's key, then dagnats-nb < 0.2's
             try:
                 entry = await kv.get(key)
             except (KeyNotFoundError, NotFoundError):

@@ -66,14 +66,14 @@ async def read_dead_letters(js: Any, limit: int = 100) -> list[dict[str, Any]]:
 
 def _letter(data: bytes, headers: dict[str, str] | None, seq: int) -> dict[str, Any]:
     """A dead letter as ``{"seq", "task", "error", "attempts", "failed_at"}``, from Go's form
-    (the task as body, the rest in ``Dagnats-Dlq-*`` headers) or from dagnats-nb < 0.4's
+    (the task as body, the rest in ``Dagnats-Dlq-*`` headers) or from dagnats-nb < 0.2's
     (all in a JSON body); the task's step id and map index apart."""
     try:
         body = json.loads(data)
     except ValueError:
         body = None
     h = headers or {}
-    if isinstance(body, dict) and isinstance(body.get("task"), dict):  # dagnats-nb < 0.4
+    if isinstance(body, dict) and isinstance(body.get("task"), dict):  # dagnats-nb < 0.2
         letter = dict(body)
     else:
         try:

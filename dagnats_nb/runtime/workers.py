@@ -57,7 +57,7 @@ async def ensure_task_consumer(
     worker exists; a worker then sets its concurrency). A consumer we did not create (no
     ``dagnats-nb.owner`` metadata: a Go worker's, whose ``CreateOrUpdateConsumer`` also
     rewrites ours) is used as it is, never updated. A ``worker-{task}`` consumer left by
-    dagnats-nb < 0.4 on the same subjects is deleted first (a work queue allows one
+    dagnats-nb < 0.2 on the same subjects is deleted first (a work queue allows one
     consumer per subject; its unacknowledged tasks stay in the stream for the new one).
     """
     durable = protocol.consumer_name(task)

@@ -60,7 +60,7 @@ class DefinitionStore:
 
     A run does not depend on that key: its ``workflow.started`` event carries the
     definition it follows (``{workflow_def, input}``, as Go writes it, plus our
-    ``def_hash``). Data written by dagnats-nb < 0.4 is read too: ``{name}`` holding
+    ``def_hash``). Data written by dagnats-nb < 0.2 is read too: ``{name}`` holding
     ``{"hash": h}`` and each version under ``{name}.{h}``.
     """
 
@@ -118,7 +118,7 @@ class DefinitionStore:
             entry = None
         if entry is not None:
             raw = json.loads(entry.value)
-            if set(raw) == {"hash"}:  # dagnats-nb < 0.4: a pointer to the version
+            if set(raw) == {"hash"}:  # dagnats-nb < 0.2: a pointer to the version
                 return await self._legacy(name, h or raw["hash"])
             defn = load_workflow(raw, allow_unsupported=True)
             latest = definition_hash(defn)

@@ -5,7 +5,7 @@ each step's ``status``, ``attempts``, ``output`` (base64 of its JSON, Go's ``[]b
 show our runs. Our own fields ride along (Go ignores them): ``workflow``, ``version``,
 ``started_at``, ``ended_at``, ``error``.
 
-dagnats-nb < 0.4 wrote a smaller summary under the bare run id; :func:`read_record`
+dagnats-nb < 0.2 wrote a smaller summary under the bare run id; :func:`read_record`
 reads both.
 """
 
