@@ -932,3 +932,37 @@ def test_run_records_cost_one_put_for_a_short_run_and_show_a_long_one_running(en
     release.set()
     assert long.wait(20).status == "completed"
     assert record(long.id)["status"] == "completed"  # written before wait() returned
+
+
+def test_worker_groups_route_a_steps_tasks_to_its_groups_workers(engine):
+    """A step's ``worker_group`` sends its tasks to ``task.{task}.{group}.{run}`` (Go's
+    subject), which the group's consumer ``workers-{task}-{group}`` serves; a plain handler
+    of the same task type cannot share the work queue and is refused in one line."""
+    seen: list = []
+
+    @engine.task("render", group="gpu")
+    def render(ctx):
+        seen.append((ctx.step_id, ctx.input))
+        return {"frames": ctx.input * 2}
+
+    @engine.task("notify")
+    def notify(ctx):
+        return ctx.input["frames"]
+
+    wf = {
+        "name": "grouped",
+        "steps": [
+            {"id": "draw", "task": "render", "worker_group": "gpu"},
+            {"id": "tell", "task": "notify", "depends_on": ["draw"]},
+        ],
+    }
+    run = engine.run(wf, 21, timeout=20)
+    assert run.status == "completed" and run.output == 42
+    assert seen == [("draw", 21)]
+    lag = engine.consumer_lag().set_index("consumer")
+    assert lag.loc["workers-render-gpu", "filter"] == "task.render.gpu.>"
+    assert "workers-render" not in lag.index
+
+    with pytest.raises(dn.DagnatsError, match="serve a task type either by worker groups"):
+        engine.add_handler("render", lambda ctx: None)
+    assert engine.run(wf, 5, timeout=20).output == 10  # the group's worker still serves

@@ -279,6 +279,7 @@ class TaskPayload:
     metadata: dict[str, str] = field(default_factory=dict)
     def_hash: str = ""  # the definition version the run follows
     from_go: bool = False  # sent by the Go engine (no ``task`` field): not on the wire
+    group: str = ""  # the step's worker_group: in the task's subject, not in its body
 
     @property
     def task_id(self) -> str:
@@ -321,7 +322,8 @@ class TaskPayload:
         step_id, index = split_step_id(raw["step_id"])
         if index is None and isinstance(raw.get("map_index"), int):  # written before 0.2
             index = raw["map_index"]
-        task = raw.get("task") or (subject.split(".")[1] if subject.count(".") >= 2 else "")
+        tokens = subject.split(".")  # task.{task}[.{group}].{run_id}
+        task = raw.get("task") or (tokens[1] if len(tokens) >= 3 else "")
         iteration = raw.get("iteration")
         return cls(
             run_id=raw["run_id"],
@@ -336,4 +338,5 @@ class TaskPayload:
             metadata=raw.get("metadata") or {},
             def_hash=raw.get("def_hash") or "",
             from_go="task" not in raw,
+            group=tokens[2] if len(tokens) == 4 else "",
         )

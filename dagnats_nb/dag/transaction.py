@@ -279,6 +279,7 @@ class Transaction:
             timeout_s=step.timeout.total_seconds() if step.timeout else None,
             metadata=dict(step.metadata or {}),
             def_hash=self.state.def_hash,
+            group=step.worker_group or "",
         )
 
     def instance_completed(self, step_id: str, idx: int, output: Any) -> None:

@@ -38,12 +38,13 @@ from dagnats_nb.observe import sampler
 from dagnats_nb.ops import backup, restore
 from dagnats_nb.ops.backup import results_frame
 from dagnats_nb.runtime.capacity import share_capacity
+from dagnats_nb.runtime.consumers import ensure_task_consumer
 from dagnats_nb.runtime.handlers import make_handler
 from dagnats_nb.runtime.host import WorkerHost
 from dagnats_nb.runtime.loop import LoopThread
 from dagnats_nb.runtime.orchestrator import Orchestrator
 from dagnats_nb.runtime.threads import DaemonThreadPool
-from dagnats_nb.runtime.workers import TaskWorker, ensure_task_consumer, new_worker_id
+from dagnats_nb.runtime.workers import TaskWorker, new_worker_id
 from dagnats_nb.server.datadir import require_engine_url
 from dagnats_nb.server.process import EmbeddedServer
 from dagnats_nb.transport import jetstream, provision
@@ -312,19 +313,23 @@ class Engine(Runs, Reads, Observing):
 
     # -- handlers and workflows ----------------------------------------------------------
 
-    def task(self, name: str, *, concurrency: int | None = None) -> Callable:
-        """Decorator: run the function for every step whose ``task`` is ``name``."""
+    def task(self, name: str, *, concurrency: int | None = None, group: str = "") -> Callable:
+        """Decorator: run the function for every step whose ``task`` is ``name`` (of worker
+        group ``group``: only steps with that ``worker_group``)."""
 
         def register(fn: Callable) -> Callable:
-            self.add_handler(name, fn, concurrency=concurrency)
+            self.add_handler(name, fn, concurrency=concurrency, group=group)
             return fn
 
         return register
 
-    async def _add_handler(self, name: str, fn: Callable, *, concurrency: int | None = None):
+    async def _add_handler(
+        self, name: str, fn: Callable, *, concurrency: int | None = None, group: str = ""
+    ):
         """Run ``fn`` for every step whose ``task`` is ``name`` (``concurrency`` at once:
-        by default 64 for ``async def``, else 1)."""
-        handler = make_handler(name, fn, concurrency)
+        by default 64 for ``async def``, else 1; with ``group``, only the steps whose
+        ``worker_group`` it is, from the consumer ``workers-{name}-{group}``)."""
+        handler = make_handler(name, fn, concurrency, group)
         if self.host is None:
             raise DagnatsError(
                 "cannot register a handler on an attached engine: handlers run in an engine "
@@ -343,7 +348,7 @@ class Engine(Runs, Reads, Observing):
         ack_wait = self.settings.ack_wait.total_seconds()
         await self.host.add(handler, ack_wait)
         await self.host.registry.beat()
-        await share_capacity(self._js, handler.task, ack_wait)
+        await share_capacity(self._js, handler.task, ack_wait, handler.group)
 
     def _store_full(self, message: str) -> None:
         if self.orchestrator is not None:
@@ -365,8 +370,11 @@ class Engine(Runs, Reads, Observing):
             self.llm.check(defn, self.workers.get("llm"))
         h = await self.defs.put(defn)
         ack_wait = self.settings.ack_wait.total_seconds()
-        for task in sorted({s.task for s in defn.steps if s.task}):
-            await ensure_task_consumer(self._js, task, ack_wait)
+        for task in sorted({s.task for s in defn.steps if s.task and not s.worker_group}):
+            try:
+                await ensure_task_consumer(self._js, task, ack_wait)
+            except DagnatsError as exc:  # its task type is served by worker groups
+                log.warning("%s", exc)
         return h
 
     async def _workflow(self, name: str) -> WorkflowDef:

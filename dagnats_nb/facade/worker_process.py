@@ -47,16 +47,12 @@ from dagnats_nb.errors import DagnatsError, ServerError
 from dagnats_nb.facade.handler_modules import BUILTIN_LLM, HandlerMap
 from dagnats_nb.llm import LLMService
 from dagnats_nb.runtime.capacity import registered_concurrency
+from dagnats_nb.runtime.consumers import ensure_task_consumer
 from dagnats_nb.runtime.handlers import Handler, make_handler
 from dagnats_nb.runtime.host import WorkerHost
 from dagnats_nb.runtime.loop import LoopThread
 from dagnats_nb.runtime.threads import DaemonThreadPool
-from dagnats_nb.runtime.workers import (
-    HEARTBEAT_EVERY,
-    TaskWorker,
-    ensure_task_consumer,
-    new_worker_id,
-)
+from dagnats_nb.runtime.workers import HEARTBEAT_EVERY, TaskWorker, new_worker_id
 from dagnats_nb.server.datadir import read_engine_info, require_engine_url
 from dagnats_nb.transport import jetstream
 from dagnats_nb.transport.connect import close_connection, connect
@@ -79,14 +75,17 @@ class WorkerProcess:
         url: str | None = None,
         worker_id: str | None = None,
         llm: bool = False,
+        group: str = "",
     ) -> None:
         """``handlers`` maps task names to ``(function, concurrency)`` (None: the default,
-        64 for ``async def``, else 1); ``llm`` adds the built-in ``llm`` handler."""
+        64 for ``async def``, else 1); ``llm`` adds the built-in ``llm`` handler; ``group``
+        makes this a worker of that group: it takes only the tasks of steps whose
+        ``worker_group`` is ``group`` (Go's ``worker.WithGroups``)."""
         if not handlers and not llm:
             raise DagnatsError("a worker needs at least one handler: pass handlers or llm=True")
         self.settings = settings
         self.handlers: dict[str, Handler] = {
-            name: make_handler(name, fn, conc) for name, (fn, conc) in handlers.items()
+            name: make_handler(name, fn, conc, group) for name, (fn, conc) in handlers.items()
         }
         self.want_llm = llm and BUILTIN_LLM not in self.handlers
         self.url = url
@@ -238,10 +237,11 @@ class WorkerProcess:
 
     # -- consumers -----------------------------------------------------------------------
 
-    async def _ack_wait(self, task: str) -> float:
+    async def _ack_wait(self, task: str, group: str = "") -> float:
         """The existing consumer's ack wait, else this worker's setting."""
+        name = protocol.consumer_name(task, group)
         try:
-            info = await self._js.consumer_info(protocol.TASK_STREAM, protocol.consumer_name(task))
+            info = await self._js.consumer_info(protocol.TASK_STREAM, name)
         except NotFoundError:
             return self.settings.ack_wait.total_seconds()
         return info.config.ack_wait or self.settings.ack_wait.total_seconds()
@@ -256,8 +256,9 @@ class WorkerProcess:
             if total < 1:
                 continue  # the last worker leaves: the consumer keeps its value
             w = self.workers.get(task)
-            ack_wait = w.ack_wait if w is not None else await self._ack_wait(task)
-            await ensure_task_consumer(self._js, task, ack_wait, total)
+            group = self.handlers[task].group if task in self.handlers else ""
+            ack_wait = w.ack_wait if w is not None else await self._ack_wait(task, group)
+            await ensure_task_consumer(self._js, task, ack_wait, total, group)
 
     async def _share_loop(self) -> None:
         while True:

@@ -6,18 +6,18 @@ from __future__ import annotations
 
 from nats.js import JetStreamContext
 
-from dagnats_nb.runtime.workers import ensure_task_consumer
+from dagnats_nb.runtime.consumers import ensure_task_consumer
 from dagnats_nb.transport.stores import json_values
 from dagnats_nb.wire.workers import read_entry
 
 
-async def share_capacity(js: JetStreamContext, task: str, ack_wait: float) -> int:
+async def share_capacity(js: JetStreamContext, task: str, ack_wait: float, group: str = "") -> int:
     """Set the task consumer's MaxAckPending to the sum of the concurrencies the live
     workers declare for ``task`` in the ``workers`` KV (the engine calls this when it adds
     a handler, so worker processes already running keep their share); the sum."""
     total = (await registered_concurrency(js)).get(task, 0)
     if total >= 1:
-        await ensure_task_consumer(js, task, ack_wait, total)
+        await ensure_task_consumer(js, task, ack_wait, total, group)
     return total
 
 

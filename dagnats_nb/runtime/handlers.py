@@ -59,13 +59,21 @@ class Handler:
     task: str
     fn: Callable[..., Any]
     concurrency: int
+    group: str = ""  # a worker group: only the tasks of steps with this ``worker_group``
 
     @property
     def is_async(self) -> bool:
         return inspect.iscoroutinefunction(self.fn)
 
 
-def make_handler(task: str, fn: Callable[..., Any], concurrency: int | None) -> Handler:
+def make_handler(
+    task: str, fn: Callable[..., Any], concurrency: int | None, group: str = ""
+) -> Handler:
+    if group and not is_token(group):
+        raise DagnatsError(
+            f"worker group {group!r} cannot be used in a NATS subject: "
+            "use letters, digits, '-' or '_' (no '.', '*', '>' or spaces)"
+        )
     if not is_token(task):
         raise DagnatsError(
             f"task name {task!r} cannot be used in a NATS subject: "
@@ -78,4 +86,4 @@ def make_handler(task: str, fn: Callable[..., Any], concurrency: int | None) -> 
         concurrency = 64 if is_async else 1
     if concurrency < 1:
         raise DagnatsError(f"task '{task}': concurrency must be at least 1, got {concurrency}")
-    return Handler(task, fn, concurrency)
+    return Handler(task, fn, concurrency, group)

@@ -12,6 +12,7 @@ from concurrent.futures import Executor
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
+from dagnats_nb.errors import DagnatsError
 from dagnats_nb.runtime.handlers import Handler
 from dagnats_nb.runtime.workers import TaskWorker, WorkerRegistry
 from dagnats_nb.transport.stores import PayloadStore
@@ -44,6 +45,14 @@ class WorkerHost:
 
     async def add(self, handler: Handler, ack_wait: float) -> TaskWorker:
         """Start a worker for ``handler`` (replacing this process's worker of its task)."""
+        old = self.workers.get(handler.task)
+        if old is not None and old.handler.group != handler.group:
+            was = f"worker group '{old.handler.group}'" if old.handler.group else "no group"
+            raise DagnatsError(
+                f"task '{handler.task}' is served here with {was}: a work queue gives its "
+                "subjects to one consumer, so serve a task type either by worker groups or "
+                "without one"
+            )
         old = self.workers.pop(handler.task, None)
         if old is not None:
             await old.stop(drain_timeout=1.0)

@@ -236,7 +236,7 @@ class Orchestrator:
             wire = task.to_wire()
             wire["input"] = ref
             data = protocol.dumps(wire)
-        subject = protocol.task_subject(task.task, task.run_id)
+        subject = protocol.task_subject(task.task, task.run_id, task.group)
         defn = self.run_defs.get(task.run_id)
         if defn is not None and defn.sticky:
             subject = await self.sticky.subject(defn, self.runs.get(task.run_id), task)
@@ -264,7 +264,7 @@ class Orchestrator:
         )
         self.counters["sticky_fallbacks"] += 1
         await self.js.publish(
-            protocol.task_subject(task.task, task.run_id),
+            protocol.task_subject(task.task, task.run_id, task.group),
             data,
             headers={"Nats-Msg-Id": task.msg_id},
         )

@@ -63,7 +63,7 @@ class StickyRouter:
         bound = state.bound_worker if state is not None else ""
         if defn.sticky and bound and (defn.sticky == "hard" or await self.alive(bound)):
             return protocol.sticky_subject(task.task, bound, task.run_id)
-        return protocol.task_subject(task.task, task.run_id)
+        return protocol.task_subject(task.task, task.run_id, task.group)
 
     async def bind(self, state: RunState) -> None:
         """Record the run's binding in KV ``sticky_bindings`` as Go does: the worker id as

@@ -25,11 +25,11 @@ from nats.aio.client import Client as NATS
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js import api as js_api
-from nats.js.errors import FetchTimeoutError, NotFoundError
+from nats.js.errors import FetchTimeoutError
 
+from dagnats_nb.runtime.consumers import ensure_task_consumer
 from dagnats_nb.runtime.handlers import Continue, Handler, Permanent, RetryAfter, TaskContext
 from dagnats_nb.runtime.results import output_payload, record_result
-from dagnats_nb.transport.provision import OWNER, OWNER_KEY
 from dagnats_nb.transport.pull import fetch_available, take_buffered
 from dagnats_nb.transport.stores import PayloadStore
 from dagnats_nb.wire import protocol
@@ -41,50 +41,6 @@ HEARTBEAT_EVERY = 30.0  # seconds between puts to the workers KV (its TTL is 60 
 # faster steps go from queued to completed (three NATS messages fewer per step).
 ANNOUNCE_AFTER = 0.02
 STICKY_IDLE = 30 * 60.0  # a worker's sticky consumer outlives it by STICKY_TASKS' max age
-
-
-async def ensure_task_consumer(
-    js: JetStreamContext,
-    task: str,
-    ack_wait: float,
-    max_ack_pending: int | None = None,
-) -> str:
-    """The durable pull consumer of a task type (Go's ``workers-{task}``), created or
-    updated; its name.
-
-    ``max_ack_pending`` None keeps an existing consumer as it is (the engine creates the
-    consumers of a workflow's task types at registration, so their lag shows before any
-    worker exists; a worker then sets its concurrency). A consumer we did not create (no
-    ``dagnats-nb.owner`` metadata: a Go worker's, whose ``CreateOrUpdateConsumer`` also
-    rewrites ours) is used as it is, never updated. A ``worker-{task}`` consumer left by
-    dagnats-nb < 0.2 on the same subjects is deleted first (a work queue allows one
-    consumer per subject; its unacknowledged tasks stay in the stream for the new one).
-    """
-    durable = protocol.consumer_name(task)
-    cfg = js_api.ConsumerConfig(
-        durable_name=durable,
-        filter_subject=protocol.task_filter(task),
-        ack_policy=js_api.AckPolicy.EXPLICIT,
-        ack_wait=ack_wait,
-        max_ack_pending=max_ack_pending or 1,
-        max_deliver=-1,
-        metadata={OWNER_KEY: OWNER},
-    )
-    try:
-        info = await js.consumer_info(protocol.TASK_STREAM, durable)
-    except NotFoundError:
-        with contextlib.suppress(NotFoundError):
-            await js.delete_consumer(protocol.TASK_STREAM, f"worker-{task}")
-        await js.add_consumer(protocol.TASK_STREAM, cfg)
-        return durable
-    c = info.config
-    if (c.metadata or {}).get(OWNER_KEY) != OWNER:
-        return durable  # not ours: adopted as it is
-    if max_ack_pending is not None and (
-        c.max_ack_pending != cfg.max_ack_pending or c.ack_wait != cfg.ack_wait
-    ):
-        await js.add_consumer(protocol.TASK_STREAM, cfg)  # updates in place
-    return durable
 
 
 def new_worker_id() -> str:
@@ -149,7 +105,7 @@ class TaskWorker:
 
     async def start(self) -> None:
         durable = await ensure_task_consumer(
-            self.js, self.handler.task, self.ack_wait, self.handler.concurrency
+            self.js, self.handler.task, self.ack_wait, self.handler.concurrency, self.handler.group
         )
         self._loop = asyncio.get_running_loop()
         self._is_async = self.handler.is_async

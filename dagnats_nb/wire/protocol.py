@@ -71,12 +71,15 @@ def history_subject(run_id: str) -> str:
     return f"history.{run_id}"
 
 
-def task_subject(task: str, run_id: str) -> str:
-    return f"task.{task}.{run_id}"
+def task_subject(task: str, run_id: str, group: str = "") -> str:
+    """A task's subject: ``task.{task}.{run_id}``, or ``task.{task}.{group}.{run_id}`` for
+    a step with a ``worker_group`` (Go's)."""
+    return f"task.{task}.{group}.{run_id}" if group else f"task.{task}.{run_id}"
 
 
-def task_filter(task: str) -> str:
-    return f"task.{task}.>"
+def task_filter(task: str, group: str = "") -> str:
+    """The subjects of a task type's consumer (of one worker group's, when given)."""
+    return f"task.{task}.{group}.>" if group else f"task.{task}.>"
 
 
 def sticky_subject(task: str, worker_id: str, run_id: str) -> str:
@@ -125,7 +128,7 @@ def dead_letter_headers(task: TaskPayload, error: str, attempts: int, failed_at:
         DLQ_ATTEMPTS: str(attempts),
         DLQ_DELIVERY_COUNT: str(attempts),
         DLQ_CONSUMER: TASK_STREAM,
-        DLQ_TASK_SUBJECT: task_subject(task.task, task.run_id),
+        DLQ_TASK_SUBJECT: task_subject(task.task, task.run_id, task.group),
         DLQ_FAILED_AT: failed_at,
     }
 

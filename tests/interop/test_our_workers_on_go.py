@@ -234,3 +234,61 @@ def test_our_worker_process_serves_go_engine_runs(go_serve, go_worker, tmp_path)
         run = eng.run(FLAKY, {"log": str(ours)}, timeout=30)
         assert run.status == "failed"
         assert [line.split()[1] for line in ours.read_text().splitlines()] == go_attempts
+
+
+GROUPED = {
+    "name": "go-grouped-py",
+    "version": "1",
+    "steps": [
+        {"id": "greet", "task": "ggreet", "timeout": 30_000_000_000},  # the Go worker
+        {
+            "id": "shout",
+            "task": "pyshout",
+            "depends_on": ["greet"],
+            "timeout": 30_000_000_000,
+            "worker_group": "gpu",
+        },
+    ],
+}
+
+
+def test_our_group_worker_serves_a_go_steps_worker_group(go_serve, go_worker, tmp_path):  # noqa: F811
+    """The Go engine sends a step with ``worker_group: gpu`` to ``task.pyshout.gpu.{run}``;
+    ``dagnats worker --group gpu`` serves it from Go's consumer ``workers-pyshout-gpu``."""
+    cli = go_binary("dagnats", "DAGNATS_GO_BIN")
+    (tmp_path / "pyhandlers.py").write_text(HANDLERS)
+    path = tmp_path / "grouped.json"
+    path.write_text(json.dumps(GROUPED))
+    go(cli, go_serve.url, "workflow", "register", str(path))
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "dagnats_nb", "worker", "pyhandlers:pyshout"]
+        + ["--nats-url", go_serve.url, "--group", "gpu"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert "ready:" in worker.stdout.readline()
+        started = go(
+            cli, go_serve.url, "run", "start", "go-grouped-py", '{"name": "ada"}', "--json"
+        )
+        run_id = json.loads(started)["run_id"]
+        status = until(
+            lambda: (s := run_status(cli, go_serve.url, run_id))["status"] != "running" and s,
+            timeout=60,
+            what="the grouped run to end",
+        )
+        assert status["status"] == "completed", json.dumps(status)
+        assert output(status["steps"]["shout"]) == "HELLO ADA"
+        eng = dn.Engine.connect(data_dir=tmp_path / "nb", url=go_serve.url)
+        try:
+            lag = eng.consumer_lag().set_index("consumer")
+        finally:
+            eng.stop()
+        assert lag.loc["workers-pyshout-gpu", "filter"] == "task.pyshout.gpu.>"
+        assert lag.loc["workers-pyshout-gpu", "pending"] == 0
+    finally:
+        worker.terminate()
+        worker.wait(20)

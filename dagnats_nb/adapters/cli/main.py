@@ -263,6 +263,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         url=args.nats_url,
         worker_id=args.worker_id,
         drain_timeout=args.drain_timeout,
+        group=args.group or "",
     )
 
 
@@ -337,6 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, help="tasks in flight per handler")
     p.add_argument("--nats-url", help="the engine's NATS URL (default: its data dir's)")
     p.add_argument("--worker-id", help="id in the workers KV (default: host-pid-random)")
+    p.add_argument(
+        "--group", help="serve only steps with this worker_group (task.{task}.{group}.>)"
+    )
     p.add_argument(
         "--drain-timeout", type=float, default=10.0, help="seconds in-flight tasks get at stop"
     )

@@ -21,6 +21,7 @@ def run_worker(
     url: str | None = None,
     worker_id: str | None = None,
     drain_timeout: float = 10.0,
+    group: str = "",
 ) -> int:
     """``dagnats worker``: run until SIGTERM or SIGINT, then drain; the exit code."""
     if concurrency is not None and concurrency < 1:
@@ -31,7 +32,7 @@ def run_worker(
     handlers, llm = load_handlers(spec, tasks, concurrency)
     if llm and concurrency is not None:
         settings = settings.replace(llm_concurrency=concurrency)
-    worker = WorkerProcess(settings, handlers, url=url, worker_id=worker_id, llm=llm)
+    worker = WorkerProcess(settings, handlers, url=url, worker_id=worker_id, llm=llm, group=group)
     stop = threading.Event()
     sigs = (signal.SIGINT, signal.SIGTERM)
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in sigs}

@@ -83,8 +83,9 @@ from dagnats_nb.adapters.http.bridge_wire import (
     task_view,
 )
 from dagnats_nb.adapters.http.server import Reply, Request, Route, Stream
+from dagnats_nb.runtime.consumers import ensure_task_consumer
 from dagnats_nb.runtime.results import output_payload, record_result
-from dagnats_nb.runtime.workers import ensure_task_consumer, task_event
+from dagnats_nb.runtime.workers import task_event
 from dagnats_nb.transport.errors import STORE_FULL
 from dagnats_nb.wire import protocol
 
