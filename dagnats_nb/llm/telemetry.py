@@ -8,7 +8,8 @@ bad_json, cancelled, error), ``http_status``, ``latency_ms``, ``prompt_tokens``,
 ``attempt`` is above 1 is a retry. Records go out in batches, one message
 ``{"calls": [record, ...]}`` at most every 50 ms or 200 calls (a message per call would add
 a JetStream publish and its ack to every call on the engine thread); a reader also accepts
-single records.
+single records. Each message is also a metric record in Go's form (``name``, ``serviceName``,
+``data.value``: its number of calls, ``timestamp``), so ``dagnats metrics show`` counts them.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ class CallRecorder:
         batch, self._batch = self._batch, []
         if batch:
             try:
-                fut = await self.js.publish_async(SUBJECT, protocol.dumps({"calls": batch}))
+                fut = await self.js.publish_async(SUBJECT, protocol.dumps(batch_message(batch)))
             except Exception as exc:
                 log.warning("cannot record %d llm calls on %s: %s", len(batch), SUBJECT, exc)
             else:
@@ -93,6 +94,19 @@ class CallRecorder:
     def _acked(self, fut: asyncio.Future) -> None:
         self._acks.discard(fut)
         _log_failure(fut)
+
+
+def batch_message(calls: list[dict[str, Any]]) -> dict[str, Any]:
+    """One message of call records, also a metric record as Go's telemetry exporter writes
+    one (``name``, ``serviceName``, ``data.value``: the calls in the batch, ``timestamp``),
+    so ``dagnats metrics show --name=llm --service=worker`` reads it."""
+    return {
+        "name": "llm",
+        "serviceName": "worker",
+        "data": {"value": len(calls)},
+        "timestamp": calls[-1].get("ts") or protocol.now_rfc3339(),
+        "calls": calls,
+    }
 
 
 def _log_failure(fut: asyncio.Future) -> None:

@@ -131,3 +131,42 @@ def test_the_go_cli_lists_starts_shows_and_cancels_our_runs(tmp_path):
             what="the cancelled run's record",
         )
         assert status["steps"]["wait"]["status"] == "cancelled"
+
+
+def test_the_go_cli_reads_our_llm_call_metrics(tmp_path):
+    """Our ``llm`` task's call records on TELEMETRY are metric points in Go's form too:
+    ``dagnats metrics show --name llm --service worker`` counts the calls."""
+    opts = dict(llm_provider="simulated", llm_sim_latency_ms=1, llm_sim_latency_sigma=0.0)
+    with dn.Engine.start(data_dir=tmp_path / "nb", **opts) as eng:
+        wf = {
+            "name": "ask",
+            "steps": [
+                {"id": "items", "task": "items"},
+                {
+                    "id": "each",
+                    "task": "llm",
+                    "type": "map",
+                    "depends_on": ["items"],
+                    "config": {"prompt": "Say {input}", "max_tokens": 4},
+                },
+            ],
+        }
+
+        @eng.task("items")
+        def items(ctx):
+            return [f"word {i}" for i in range(7)]
+
+        assert eng.run(wf, timeout=60).status == "completed"
+        calls = int(eng.llm_usage()["calls"].sum())
+        assert calls == 7
+
+        def shown() -> dict | None:
+            out = json.loads(
+                go(eng.url, "metrics", "show", "--name=llm", "--service=worker", "--json")
+            )
+            summary = out[0] if isinstance(out, list) else out
+            return summary if summary.get("points") else None
+
+        summary = until(shown, what="the llm metric points")
+        assert summary["name"] == "llm" and summary["service_name"] == "worker"
+        assert summary["points"] >= 1 and summary["max"] <= calls
