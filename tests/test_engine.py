@@ -966,3 +966,43 @@ def test_worker_groups_route_a_steps_tasks_to_its_groups_workers(engine):
     with pytest.raises(dn.DagnatsError, match="serve a task type either by worker groups"):
         engine.add_handler("render", lambda ctx: None)
     assert engine.run(wf, 5, timeout=20).output == 10  # the group's worker still serves
+
+
+def test_a_running_runs_record_follows_its_steps(engine):
+    """Go's CLI reads a running run's record: it follows the run's steps (a second behind)."""
+    gate = [threading.Event() for _ in range(2)]
+
+    @engine.task("gated")
+    def gated(ctx):
+        gate[ctx.input].wait(20)
+        return ctx.input + 1
+
+    def record(run_id: str) -> dict | None:
+        async def read():
+            kv = await engine._js.key_value("workflow_runs")
+            try:
+                return json.loads((await kv.get(f"run.{run_id}")).value)
+            except Exception:
+                return None
+
+        return engine._call(read())
+
+    wf = {
+        "name": "gated",
+        "steps": [
+            {"id": "a", "task": "gated"},
+            {"id": "b", "task": "gated", "depends_on": ["a"]},
+        ],
+    }
+    run = engine.start_run(wf, 0)
+    first = until(lambda: (r := record(run.id)) and r["status"] == "running" and r)
+    assert first["steps"]["a"]["status"] in ("queued", "running") and "b" not in first["steps"]
+    gate[0].set()
+    until(
+        lambda: (r := record(run.id)) and r["steps"].get("b", {}).get("status") == "running",
+        what="the record to show step b running",
+    )
+    assert record(run.id)["steps"]["a"]["status"] == "completed"
+    gate[1].set()
+    assert run.wait(20).output == 2
+    assert record(run.id)["status"] == "completed"

@@ -144,8 +144,6 @@ class Orchestrator:
                 event.payload["def_hash"] = h  # a run started by Go: its tasks name the version
             state, actions = start(defn, event)
             self.run_defs[run_id] = defn
-            if not self.replaying:  # `dagnats run list / status` show it while it runs
-                self.records.due(state)
         else:
             old = self.runs.get(run_id)
             if old is None:
@@ -156,14 +154,14 @@ class Orchestrator:
                 self.counters[f"runs_{state.status}"] += 1
             elif old.terminal and not state.terminal:  # a dead-letter replay reopened it
                 self.counters["runs_reopened"] += 1
-                if not self.replaying:
-                    self.records.due(state)
             if state.bound_worker != old.bound_worker and not self.replaying:
                 self._track(self.sticky.bind(state))
         if event.type in COUNTED:
             self.counters[COUNTED[event.type]] += 1
         self.runs[run_id] = state
         if not self.replaying:
+            if not state.terminal:  # `dagnats run list / status` follow it while it runs
+                self.records.due(state)
             self._notify(run_id, state)
             await self.execute(state, actions)
         elif state.terminal:

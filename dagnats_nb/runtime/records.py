@@ -1,11 +1,12 @@
 """The ``workflow_runs`` records of the runs an orchestrator drives (``wire.runs``: Go's
-run record under ``run.{run_id}``), written off the step's path. A run's record is due
-``DELAY`` seconds after it starts or is reopened, and due records are put in concurrent
-batches, each with the run's latest state; a run that ended is written at once (its
-waiters are woken after), replacing what was due. So a run shorter than ``DELAY`` costs one
-put, and ``dagnats run list`` shows a longer one while it runs. The history stays the
-authority: a record that cannot be written is logged and written again with the run's
-next change."""
+run record under ``run.{run_id}``), written off the step's path. Every change of a running
+run makes its record due ``DELAY`` seconds later (a change while one is due keeps that
+time), and due records are put in concurrent batches, each with the run's latest state; a
+run that ended is written at once (its waiters are woken after), replacing what was due.
+So a run shorter than ``DELAY`` costs one put, and ``dagnats run list / status`` follow a
+longer one while it runs, at most ``DELAY`` behind, at most one put per ``DELAY``. The
+history stays the authority: a record that cannot be written is logged and written again
+with the run's next change."""
 
 from __future__ import annotations
 
