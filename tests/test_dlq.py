@@ -167,9 +167,11 @@ def test_concurrent_summary_writes_of_one_run_all_land(engine):
     state = orch.runs[run.id]
 
     async def race():
-        await asyncio.gather(*(orch._snapshot(state) for _ in range(4)))
+        await asyncio.gather(*(orch.records.now(state) for _ in range(4)))
 
-    engine._call(race())  # the old create-else-update lost such races with an exception
+    written = orch.records.written
+    engine._call(race())  # a create-else-update once lost such races with an exception
+    assert orch.records.written == written + 4
     other = dn.Engine.connect(data_dir=engine.settings.data_dir)
     try:
         assert other.get_run(run.id).status == "failed"
