@@ -9,6 +9,7 @@ import time
 
 import pytest
 from conftest import until
+from nats.js.errors import KeyNotFoundError
 
 import dagnats_nb as dn
 from dagnats_nb.wire import protocol
@@ -891,6 +892,19 @@ def test_task_consumers_of_others_are_adopted_and_old_ones_replaced(engine):
     assert run.output == 3
 
 
+def run_record(engine, run_id: str) -> dict | None:
+    """The run's record in KV ``workflow_runs`` (Go's ``run.{id}``), None while there is none."""
+
+    async def read():
+        kv = await engine._js.key_value("workflow_runs")
+        try:
+            return json.loads((await kv.get(f"run.{run_id}")).value)
+        except KeyNotFoundError:
+            return None
+
+    return engine._call(read())
+
+
 def test_run_records_cost_one_put_for_a_short_run_and_show_a_long_one_running(engine):
     """Go's run record (``run.{id}`` in ``workflow_runs``): written when a run ends, and a
     second after its start for a run still going (what ``dagnats run list`` shows)."""
@@ -908,30 +922,20 @@ def test_run_records_cost_one_put_for_a_short_run_and_show_a_long_one_running(en
     def puts() -> int:
         return engine._call(engine._js.stream_info("KV_workflow_runs")).state.last_seq
 
-    def record(run_id: str) -> dict | None:
-        async def read():
-            kv = await engine._js.key_value("workflow_runs")
-            try:
-                return json.loads((await kv.get(f"run.{run_id}")).value)
-            except Exception:
-                return None
-
-        return engine._call(read())
-
     engine.register({"name": "quick", "steps": [{"id": "a", "task": "quick"}]})
     before = puts()
     runs = [engine.run("quick", i, timeout=20) for i in range(10)]
     assert puts() - before == 10  # one put each: at the end
-    done = record(runs[3].id)
+    done = run_record(engine, runs[3].id)
     assert done["status"] == "completed" and done["workflow_id"] == "quick"
     assert done["steps"]["a"]["status"] == "completed"
 
     long = engine.start_run({"name": "long", "steps": [{"id": "s", "task": "slow"}]})
-    running = until(lambda: record(long.id), what="the running run's record")
+    running = until(lambda: run_record(engine, long.id), what="the running run's record")
     assert running["status"] == "running"
     release.set()
     assert long.wait(20).status == "completed"
-    assert record(long.id)["status"] == "completed"  # written before wait() returned
+    assert run_record(engine, long.id)["status"] == "completed"  # written before wait() returned
 
 
 def test_worker_groups_route_a_steps_tasks_to_its_groups_workers(engine):
@@ -977,16 +981,6 @@ def test_a_running_runs_record_follows_its_steps(engine):
         gate[ctx.input].wait(20)
         return ctx.input + 1
 
-    def record(run_id: str) -> dict | None:
-        async def read():
-            kv = await engine._js.key_value("workflow_runs")
-            try:
-                return json.loads((await kv.get(f"run.{run_id}")).value)
-            except Exception:
-                return None
-
-        return engine._call(read())
-
     wf = {
         "name": "gated",
         "steps": [
@@ -995,14 +989,17 @@ def test_a_running_runs_record_follows_its_steps(engine):
         ],
     }
     run = engine.start_run(wf, 0)
-    first = until(lambda: (r := record(run.id)) and r["status"] == "running" and r)
+    first = until(lambda: (r := run_record(engine, run.id)) and r["status"] == "running" and r)
     assert first["steps"]["a"]["status"] in ("queued", "running") and "b" not in first["steps"]
     gate[0].set()
     until(
-        lambda: (r := record(run.id)) and r["steps"].get("b", {}).get("status") == "running",
+        lambda: (
+            ((run_record(engine, run.id) or {}).get("steps") or {}).get("b", {}).get("status")
+            == "running"
+        ),
         what="the record to show step b running",
     )
-    assert record(run.id)["steps"]["a"]["status"] == "completed"
+    assert run_record(engine, run.id)["steps"]["a"]["status"] == "completed"
     gate[1].set()
     assert run.wait(20).output == 2
-    assert record(run.id)["status"] == "completed"
+    assert run_record(engine, run.id)["status"] == "completed"

@@ -38,6 +38,20 @@ def go_binary(name: str, env: str) -> Path:
     pytest.skip(message)
 
 
+def go_cli(url: str, *args: str, check: bool = True) -> str:
+    """Run the Go ``dagnats`` CLI against the NATS at ``url``; its stdout ("" when it failed
+    and ``check`` is off). A failure with ``check`` fails the test with its output."""
+    out = subprocess.run(
+        [str(go_binary("dagnats", "DAGNATS_GO_BIN")), *args],
+        env={**os.environ, "DAGNATS_NATS_URL": url, "NO_COLOR": "1"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0 or not check, (args, out.stdout, out.stderr)
+    return out.stdout if out.returncode == 0 else ""
+
+
 def terminate(proc: subprocess.Popen, grace: float) -> None:
     """SIGTERM (a Go process drains), then SIGKILL after ``grace`` seconds."""
     if proc.poll() is None:

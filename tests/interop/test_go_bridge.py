@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
-import subprocess
 from pathlib import Path
 
 from conftest import until
-from goserve import GoBridgeWorker, GoServe, go_binary
+from goserve import GoBridgeWorker, GoServe, go_binary, go_cli
 
 import dagnats_nb as dn
 
@@ -44,20 +42,8 @@ REGISTRATION = {
 ERROR = "card declined by the go worker"
 
 
-def go(url: str, *args: str, check: bool = True) -> str:
-    out = subprocess.run(
-        [str(go_binary("dagnats", "DAGNATS_GO_BIN")), *args],
-        env={**os.environ, "DAGNATS_NATS_URL": url, "NO_COLOR": "1"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert out.returncode == 0 or not check, (args, out.stdout, out.stderr)
-    return out.stdout if out.returncode == 0 else ""
-
-
 def go_json(url: str, *args: str, check: bool = True):
-    out = go(url, *args, "--json", check=check)
+    out = go_cli(url, *args, "--json", check=check)
     return json.loads(out) if out else None
 
 
@@ -79,7 +65,7 @@ def scenario(nats_url: str, http_url: str, tmp: Path) -> None:
     for wf in WORKFLOWS:
         path = tmp / f"{wf['name']}.json"
         path.write_text(json.dumps(wf))
-        go(nats_url, "workflow", "register", str(path))
+        go_cli(nats_url, "workflow", "register", str(path))
 
     # connect, then complete: registered while connected, deleted when it has left
     worker = GoBridgeWorker(http_url, TOKEN, "bx", tmp / "complete.log")

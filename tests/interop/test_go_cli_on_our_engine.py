@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import subprocess
 import threading
 
 from conftest import until
-from goserve import go_binary
+from goserve import go_cli
 
 import dagnats_nb as dn
 
@@ -26,18 +24,6 @@ GO_FILE = {
         {"id": "wait", "task": "slow", "depends_on": ["first"], "timeout": 60_000_000_000},
     ],
 }
-
-
-def go(url: str, *args: str) -> str:
-    out = subprocess.run(
-        [str(go_binary("dagnats", "DAGNATS_GO_BIN")), *args],
-        env={**os.environ, "DAGNATS_NATS_URL": url, "NO_COLOR": "1"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert out.returncode == 0, (args, out.stdout, out.stderr)
-    return out.stdout
 
 
 def test_the_go_cli_lists_starts_shows_and_cancels_our_runs(tmp_path):
@@ -66,9 +52,9 @@ def test_the_go_cli_lists_starts_shows_and_cancels_our_runs(tmp_path):
         url = eng.url
         path = tmp_path / "go-registered.json"
         path.write_text(json.dumps(GO_FILE))
-        go(url, "workflow", "register", str(path))
+        go_cli(url, "workflow", "register", str(path))
         assert {"nb-hello", "nb-boom", "go-registered"} <= set(eng.workflows())
-        listed = go(url, "workflow", "list")
+        listed = go_cli(url, "workflow", "list")
         assert all(name in listed for name in ("nb-hello", "nb-boom", "go-registered"))
 
         ours = eng.run("nb-hello", {"x": 1}, timeout=30)
@@ -76,55 +62,55 @@ def test_the_go_cli_lists_starts_shows_and_cancels_our_runs(tmp_path):
         assert failed.status == "failed"
 
         # A run the Go CLI starts runs on our engine.
-        started = json.loads(go(url, "run", "start", "nb-hello", '{"from": "go"}', "--json"))
+        started = json.loads(go_cli(url, "run", "start", "nb-hello", '{"from": "go"}', "--json"))
         go_run = eng.get_run(started["run_id"])
         assert go_run.wait(30).status == "completed" and go_run.output == {"hi": {"from": "go"}}
 
         # a run's record is written when it ends (a running one: a second after its start)
-        until(lambda: failed.id in go(url, "run", "list"), what="the run records")
-        listing = go(url, "run", "list")
+        until(lambda: failed.id in go_cli(url, "run", "list"), what="the run records")
+        listing = go_cli(url, "run", "list")
         for run_id in (ours.id, failed.id, started["run_id"]):
             assert run_id in listing
-        status = json.loads(go(url, "run", "status", ours.id, "--json"))
+        status = json.loads(go_cli(url, "run", "status", ours.id, "--json"))
         assert status["status"] == "completed" and status["workflow_id"] == "nb-hello"
         greet = status["steps"]["greet"]
         assert greet["status"] == "completed" and greet["attempts"] == 1
         assert json.loads(base64.b64decode(greet["output"])) == {"hi": {"x": 1}}
-        failed_status = json.loads(go(url, "run", "status", failed.id, "--json"))
+        failed_status = json.loads(go_cli(url, "run", "status", failed.id, "--json"))
         assert failed_status["status"] == "failed"
         assert "card declined" in failed_status["steps"]["bill"]["error"]
 
-        events = go(url, "run", "events", ours.id)
+        events = go_cli(url, "run", "events", ours.id)
         assert "workflow.started" in events and "step.completed" in events
         assert '{"hi":{"x":1}}' in events  # the raw output, as Go's workers write it
 
-        dlq = go(url, "dlq", "list")
+        dlq = go_cli(url, "dlq", "list")
         [row] = [line for line in dlq.splitlines() if failed.id in line]
         assert "bill" in row and "boom" in row and "card declined by the bank" in row
 
         # `dagnats dlq replay` (Go's: the task sent again) resumes the failed run here.
         seq = row.split()[0]
         fixed.set()
-        go(url, "dlq", "replay", seq)
+        go_cli(url, "dlq", "replay", seq)
         until(lambda: eng.get_run(failed.id).status == "completed", what="the run resumed")
         assert eng.get_run(failed.id).output == {"billed": None, "attempt": 2}
 
-        workers = go(url, "workers", "list")
+        workers = go_cli(url, "workers", "list")
         [mine] = [line for line in workers.splitlines() if eng.worker_id in line]
         assert "hi" in mine and "boom" in mine and "python" in mine
 
-        assert "WORKFLOW_HISTORY" in go(url, "status")
+        assert "WORKFLOW_HISTORY" in go_cli(url, "status")
 
         # A run the Go CLI cancels stops on our engine.
         waiting = eng.start_run("go-registered", "ada")
         until(lambda: eng.steps(waiting.id).set_index("step_id").loc["wait", "status"] == "running")
-        until(lambda: waiting.id in go(url, "run", "list"), what="the running run's record")
-        go(url, "run", "cancel", waiting.id)
+        until(lambda: waiting.id in go_cli(url, "run", "list"), what="the running run's record")
+        go_cli(url, "run", "cancel", waiting.id)
         assert waiting.wait(30).status == "cancelled"
         release.set()
         status = until(
             lambda: (
-                (s := json.loads(go(url, "run", "status", waiting.id, "--json")))["status"]
+                (s := json.loads(go_cli(url, "run", "status", waiting.id, "--json")))["status"]
                 == "cancelled"
                 and s
             ),
@@ -162,7 +148,7 @@ def test_the_go_cli_reads_our_llm_call_metrics(tmp_path):
 
         def shown() -> dict | None:
             out = json.loads(
-                go(eng.url, "metrics", "show", "--name=llm", "--service=worker", "--json")
+                go_cli(eng.url, "metrics", "show", "--name=llm", "--service=worker", "--json")
             )
             summary = out[0] if isinstance(out, list) else out
             return summary if summary.get("points") else None

@@ -6,29 +6,15 @@ and, started by the Go CLI on our engine, fails its run with one line."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 
 import pytest
 from conftest import conformance_dir, require_shared, until
-from goserve import go_binary, go_serve  # noqa: F401  (fixtures)
+from goserve import go_cli, go_serve  # noqa: F401  (fixtures)
 
 import dagnats_nb as dn
 from dagnats_nb.errors import UnsupportedStepType
 
 FILES = sorted(p.name for p in conformance_dir().glob("*.json") if p.name != "workflow-schema.json")
-
-
-def go(url: str, *args: str) -> str:
-    out = subprocess.run(
-        [str(go_binary("dagnats", "DAGNATS_GO_BIN")), *args],
-        env={**os.environ, "DAGNATS_NATS_URL": url, "NO_COLOR": "1"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert out.returncode == 0, (args, out.stdout, out.stderr)
-    return out.stdout
 
 
 def test_every_example_file_round_trips_through_a_go_deployment(go_serve, tmp_path):  # noqa: F811
@@ -39,7 +25,7 @@ def test_every_example_file_round_trips_through_a_go_deployment(go_serve, tmp_pa
         defn = dn.load_workflow(folder / name, allow_unsupported=True)
         path = tmp_path / name
         path.write_text(defn.to_json())
-        go(go_serve.url, "workflow", "register", str(path))
+        go_cli(go_serve.url, "workflow", "register", str(path))
         ours[defn.name] = defn
     eng = dn.Engine.connect(data_dir=tmp_path / "nb", url=go_serve.url)
     try:
@@ -49,7 +35,7 @@ def test_every_example_file_round_trips_through_a_go_deployment(go_serve, tmp_pa
             assert eng.workflow(name) == defn.model_copy(update={"triggers": None}), name
     finally:
         eng.stop()
-    listed = go(go_serve.url, "workflow", "list")
+    listed = go_cli(go_serve.url, "workflow", "list")
     assert all(name in listed for name in ours)
 
 
@@ -60,12 +46,12 @@ def test_a_go_definition_we_cannot_run_fails_its_run_in_one_line(name, tmp_path)
     path = tmp_path / name
     path.write_text(defn.to_json())
     with dn.Engine.start(data_dir=tmp_path / "nb", llm_enabled=False) as eng:
-        go(eng.url, "workflow", "register", str(path))
+        go_cli(eng.url, "workflow", "register", str(path))
         with pytest.raises(UnsupportedStepType, match="is not supported yet"):
             eng.start_run(defn.name)
-        started = json.loads(go(eng.url, "run", "start", defn.name, "{}", "--json"))
+        started = json.loads(go_cli(eng.url, "run", "start", defn.name, "{}", "--json"))
         run = until(lambda: eng.get_run(started["run_id"]), what="the Go-started run")
         assert run.wait(30).status == "failed"
         assert "uses step types this engine does not run yet: sub_workflow" in run.error
-        status = json.loads(go(eng.url, "run", "status", run.id, "--json"))
+        status = json.loads(go_cli(eng.url, "run", "status", run.id, "--json"))
         assert status["status"] == "failed"

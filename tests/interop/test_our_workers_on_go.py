@@ -13,7 +13,7 @@ import textwrap
 from pathlib import Path
 
 from conftest import until
-from goserve import go_binary, go_serve, go_worker  # noqa: F401  (fixtures)
+from goserve import go_binary, go_cli, go_serve, go_worker  # noqa: F401  (fixtures)
 
 import dagnats_nb as dn
 
@@ -104,34 +104,27 @@ FAILING = {
 }
 
 
-def go(cli: Path, url: str, *args: str) -> str:
-    out = subprocess.run(
-        [str(cli), *args],
-        env={**os.environ, "DAGNATS_NATS_URL": url, "NO_COLOR": "1"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert out.returncode == 0, (args, out.stdout, out.stderr)
-    return out.stdout
-
-
 def output(step: dict):
     """A step's output in ``dagnats run status --json`` (Go's []byte: base64 of the JSON)."""
     return json.loads(base64.b64decode(step["output"]))
 
 
-def run_status(cli: Path, url: str, run_id: str) -> dict:
-    return json.loads(go(cli, url, "run", "status", run_id, "--json"))
+def ended(url: str, run_id: str) -> dict:
+    """The Go engine's record of ``run_id`` (``dagnats run status --json``) once it ended."""
+
+    def status() -> dict | None:
+        record = json.loads(go_cli(url, "run", "status", run_id, "--json"))
+        return record if record["status"] != "running" else None
+
+    return until(status, timeout=60, what=f"run {run_id} to end")
 
 
 def test_our_worker_process_serves_go_engine_runs(go_serve, go_worker, tmp_path):  # noqa: F811
-    cli = go_binary("dagnats", "DAGNATS_GO_BIN")
     (tmp_path / "pyhandlers.py").write_text(HANDLERS)
     for wf in (WORKFLOW, FAILING, FLAKY, MAPPED):
         path = tmp_path / f"{wf['name']}.json"
         path.write_text(json.dumps(wf))
-        go(cli, go_serve.url, "workflow", "register", str(path))
+        go_cli(go_serve.url, "workflow", "register", str(path))
     worker = subprocess.Popen(
         [sys.executable, "-m", "dagnats_nb", "worker", "pyhandlers", "--nats-url", go_serve.url],
         cwd=tmp_path,
@@ -143,14 +136,10 @@ def test_our_worker_process_serves_go_engine_runs(go_serve, go_worker, tmp_path)
     try:
         assert "ready:" in worker.stdout.readline()
         started = json.loads(
-            go(cli, go_serve.url, "run", "start", "go-runs-py", '{"name": "ada"}', "--json")
+            go_cli(go_serve.url, "run", "start", "go-runs-py", '{"name": "ada"}', "--json")
         )
         run_id = started["run_id"]
-        status = until(
-            lambda: (s := run_status(cli, go_serve.url, run_id))["status"] != "running" and s,
-            timeout=60,
-            what="the Go engine to finish the run",
-        )
+        status = ended(go_serve.url, run_id)
         assert status["status"] == "completed", json.dumps(status)
         outputs = {sid: output(st) for sid, st in status["steps"].items()}
         assert outputs == {
@@ -161,21 +150,14 @@ def test_our_worker_process_serves_go_engine_runs(go_serve, go_worker, tmp_path)
         }
 
         failing = json.loads(
-            go(cli, go_serve.url, "run", "start", "go-runs-py-fail", "{}", "--json")
+            go_cli(go_serve.url, "run", "start", "go-runs-py-fail", "{}", "--json")
         )
-        status = until(
-            lambda: (
-                (s := run_status(cli, go_serve.url, failing["run_id"]))["status"] != "running" and s
-            ),
-            timeout=60,
-            what="the failing run to end",
-        )
+        status = ended(go_serve.url, failing["run_id"])
         assert status["status"] == "failed"
         assert "no such customer" in json.dumps(status)
         names = ["ada", "bob", "cy", "di"]
         mapped = json.loads(
-            go(
-                cli,
+            go_cli(
                 go_serve.url,
                 "run",
                 "start",
@@ -184,13 +166,7 @@ def test_our_worker_process_serves_go_engine_runs(go_serve, go_worker, tmp_path)
                 "--json",
             )
         )
-        status = until(
-            lambda: (
-                (s := run_status(cli, go_serve.url, mapped["run_id"]))["status"] != "running" and s
-            ),
-            timeout=60,
-            what="the map run to end",
-        )
+        status = ended(go_serve.url, mapped["run_id"])
         assert status["status"] == "completed", json.dumps(status)
         assert output(status["steps"]["each"]) == [
             {"item": i, "name": n} for i, n in enumerate(names)
@@ -198,8 +174,7 @@ def test_our_worker_process_serves_go_engine_runs(go_serve, go_worker, tmp_path)
 
         log = tmp_path / "flaky.log"
         flaky = json.loads(
-            go(
-                cli,
+            go_cli(
                 go_serve.url,
                 "run",
                 "start",
@@ -208,13 +183,7 @@ def test_our_worker_process_serves_go_engine_runs(go_serve, go_worker, tmp_path)
                 "--json",
             )
         )
-        status = until(
-            lambda: (
-                (s := run_status(cli, go_serve.url, flaky["run_id"]))["status"] != "running" and s
-            ),
-            timeout=60,
-            what="the flaky run to end",
-        )
+        status = ended(go_serve.url, flaky["run_id"])
         assert status["status"] == "failed"
         go_attempts = [line.split()[1] for line in log.read_text().splitlines()]
         assert go_attempts == ["1", "2"]  # max_attempts 1 on Go: one retry
@@ -255,11 +224,10 @@ GROUPED = {
 def test_our_group_worker_serves_a_go_steps_worker_group(go_serve, go_worker, tmp_path):  # noqa: F811
     """The Go engine sends a step with ``worker_group: gpu`` to ``task.pyshout.gpu.{run}``;
     ``dagnats worker --group gpu`` serves it from Go's consumer ``workers-pyshout-gpu``."""
-    cli = go_binary("dagnats", "DAGNATS_GO_BIN")
     (tmp_path / "pyhandlers.py").write_text(HANDLERS)
     path = tmp_path / "grouped.json"
     path.write_text(json.dumps(GROUPED))
-    go(cli, go_serve.url, "workflow", "register", str(path))
+    go_cli(go_serve.url, "workflow", "register", str(path))
     worker = subprocess.Popen(
         [sys.executable, "-m", "dagnats_nb", "worker", "pyhandlers:pyshout"]
         + ["--nats-url", go_serve.url, "--group", "gpu"],
@@ -271,15 +239,9 @@ def test_our_group_worker_serves_a_go_steps_worker_group(go_serve, go_worker, tm
     )
     try:
         assert "ready:" in worker.stdout.readline()
-        started = go(
-            cli, go_serve.url, "run", "start", "go-grouped-py", '{"name": "ada"}', "--json"
-        )
+        started = go_cli(go_serve.url, "run", "start", "go-grouped-py", '{"name": "ada"}', "--json")
         run_id = json.loads(started)["run_id"]
-        status = until(
-            lambda: (s := run_status(cli, go_serve.url, run_id))["status"] != "running" and s,
-            timeout=60,
-            what="the grouped run to end",
-        )
+        status = ended(go_serve.url, run_id)
         assert status["status"] == "completed", json.dumps(status)
         assert output(status["steps"]["shout"]) == "HELLO ADA"
         eng = dn.Engine.connect(data_dir=tmp_path / "nb", url=go_serve.url)
