@@ -1003,3 +1003,12 @@ def test_a_running_runs_record_follows_its_steps(engine):
     gate[1].set()
     assert run.wait(20).output == 2
     assert run_record(engine, run.id)["status"] == "completed"
+
+
+def test_the_steps_of_a_run_just_started_show_at_once(engine):
+    """``steps()`` right after ``start_run`` (before the orchestrator applied the start)
+    reads the run from its history instead of saying there is no such run."""
+    engine.register({"name": "nobody", "steps": [{"id": "a", "task": "nobody-serves"}]})
+    for _ in range(20):
+        run = engine.start_run("nobody")
+        assert list(engine.steps(run.id)["step_id"]) == ["a"]

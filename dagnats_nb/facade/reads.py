@@ -151,8 +151,8 @@ class Reads:
         if self.orchestrator is None:
             return await self._replayed(run_id)
         state = self.orchestrator.runs.get(run_id)
-        if state is None:
-            raise RunError(f"no run with id {run_id} in this engine")
+        if state is None:  # just started (its start not applied yet), or unknown here
+            return await self._replayed(run_id)
         return self.orchestrator.run_defs[run_id], state
 
     steps, steps_async = twins(_steps, _steps_frame)

@@ -3,17 +3,33 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 
 from nats.js import JetStreamContext
 from nats.js import api as js_api
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import BadRequestError, NotFoundError, ServiceUnavailableError
 
 from dagnats_nb.errors import DagnatsError
 from dagnats_nb.transport.provision import OWNER, OWNER_KEY
 from dagnats_nb.wire import protocol
 
 OVERLAPPING_CONSUMER = 10100  # JetStream: a work queue's filters must not overlap
+PLACEMENT_TRIES = 10  # a replicated stream's peers settling: 503 for a moment
+PLACEMENT_WAIT = 0.5
+
+
+async def add_consumer(js: JetStreamContext, stream: str, cfg: js_api.ConsumerConfig):
+    """``js.add_consumer``, asked again for a few seconds while the server answers 503
+    (insufficient resources), as a clustered stream does while its replicas settle (just
+    after it went from one replica to three); the last answer otherwise."""
+    for attempt in range(PLACEMENT_TRIES):
+        try:
+            return await js.add_consumer(stream, cfg)
+        except ServiceUnavailableError:
+            if attempt == PLACEMENT_TRIES - 1:
+                raise
+            await asyncio.sleep(PLACEMENT_WAIT)
 
 
 async def ensure_task_consumer(
@@ -51,7 +67,7 @@ async def ensure_task_consumer(
         with contextlib.suppress(NotFoundError):
             await js.delete_consumer(protocol.TASK_STREAM, f"worker-{task}")
         try:
-            await js.add_consumer(protocol.TASK_STREAM, cfg)
+            await add_consumer(js, protocol.TASK_STREAM, cfg)
         except BadRequestError as exc:
             if exc.err_code != OVERLAPPING_CONSUMER:
                 raise
@@ -68,5 +84,5 @@ async def ensure_task_consumer(
     if max_ack_pending is not None and (
         c.max_ack_pending != cfg.max_ack_pending or c.ack_wait != cfg.ack_wait
     ):
-        await js.add_consumer(protocol.TASK_STREAM, cfg)  # updates in place
+        await add_consumer(js, protocol.TASK_STREAM, cfg)  # updates in place
     return durable

@@ -27,7 +27,7 @@ from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js.errors import FetchTimeoutError
 
-from dagnats_nb.runtime.consumers import ensure_task_consumer
+from dagnats_nb.runtime.consumers import add_consumer, ensure_task_consumer
 from dagnats_nb.runtime.handlers import Continue, Handler, Permanent, RetryAfter, TaskContext
 from dagnats_nb.runtime.results import output_payload, record_result
 from dagnats_nb.transport.pull import fetch_available, take_buffered
@@ -126,7 +126,7 @@ class TaskWorker:
             max_deliver=-1,
             inactive_threshold=STICKY_IDLE,
         )
-        await self.js.add_consumer(protocol.STICKY_STREAM, cfg)
+        await add_consumer(self.js, protocol.STICKY_STREAM, cfg)
         return await self.js.pull_subscribe_bind(cfg.durable_name, stream=protocol.STICKY_STREAM)
 
     async def _sticky_loop(self) -> None:
