@@ -84,3 +84,30 @@ def test_sigkill_mid_run_then_restart_finishes_every_run(tmp_path):
         # pending) run once more each per run; d runs once per run.
         assert calls == {"b": 4, "c": 4, "d": 4}
     assert not os.path.exists(data / "engine.json")
+
+
+def test_a_forged_start_with_a_bad_run_id_neither_runs_nor_blocks_a_restart(tmp_path):
+    """A ``workflow.started`` whose run id is not its subject's (here: with a space) is
+    skipped with a line in the orchestrator's errors; the engine restarts and runs."""
+    import json as _json
+
+    import dagnats_nb as dn
+
+    with dn.Engine.start(data_dir=tmp_path / "e", llm_enabled=False) as eng:
+        eng.register({"name": "ok", "steps": [{"id": "a", "task": "t"}]})
+        forged = {
+            "type": "workflow.started",
+            "run_id": "has space",
+            "timestamp": "2026-11-30T10:00:00.000000Z",
+            "payload": {"workflow_def": eng.workflow("ok").to_dict(), "input": 1},
+        }
+        eng._call(eng._js.publish("history.forged", _json.dumps(forged).encode()))
+    with dn.Engine.start(data_dir=tmp_path / "e", llm_enabled=False) as eng:
+
+        @eng.task("t")
+        def t(ctx):
+            return ctx.input + 1
+
+        assert eng.run("ok", 1, timeout=20).output == 2
+        assert any("does not match subject history.forged" in e for e in eng.orchestrator.errors)
+        assert "has space" not in set(eng.runs()["run_id"])

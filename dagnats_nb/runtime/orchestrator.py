@@ -124,7 +124,11 @@ class Orchestrator:
             if seq <= self.last_seq:  # sent again by a recreated consumer: applied once
                 self.counters["history_redelivered"] += 1
                 return
-            await self.apply(protocol.Event.decode(msg.data, seq=seq))
+            event = protocol.Event.decode(msg.data, seq=seq)
+            if msg.subject != protocol.history_subject(event.run_id):
+                # not the run's own subject (a forged or broken event: a run id with a space)
+                raise ValueError(f"run id {event.run_id!r} does not match subject {msg.subject}")
+            await self.apply(event)
         except Exception as exc:  # one bad event must not stop the engine
             log.exception("cannot apply history message %s: %s", seq, exc)
             self.errors.append(f"history message {seq} skipped: {exc}")
@@ -176,7 +180,11 @@ class Orchestrator:
         self.replay_seconds = time.perf_counter() - self._replay_started
         for run_id, state in self.runs.items():
             if state.outbox or not state.terminal:
-                await self.execute(state, resume(self.run_defs[run_id], state))
+                try:
+                    await self.execute(state, resume(self.run_defs[run_id], state))
+                except Exception as exc:  # one run must not keep the engine from ready
+                    log.exception("cannot resume run %s: %s", run_id, exc)
+                    self.errors.append(f"run {run_id} not resumed: {exc}")
         self.ready.set()
 
     # -- actions -------------------------------------------------------------------------
