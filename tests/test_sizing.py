@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import re
 
 import pytest
@@ -139,7 +138,9 @@ def test_estimate_frame():
     df = est.to_frame()
     assert list(df.columns) == ["kind", "item", "bytes", "GiB"]
     assert set(df["kind"]) == {"disk", "memory"}
-    assert math.isclose(df.query("kind == 'disk'")["bytes"].sum(), est.disk_bytes)
+    # whole bytes (a table shows 8170825164, not 8.170825e+09), each rounded
+    assert str(df["bytes"].dtype) == "int64"
+    assert abs(df.query("kind == 'disk'")["bytes"].sum() - est.disk_bytes) <= len(df) / 2
 
 
 def test_calibrated_engine_predicts_a_fresh_workload_within_ten_percent(engine):

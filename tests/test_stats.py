@@ -145,3 +145,25 @@ def test_stats_and_health_address_the_engines_jetstream_domain(tmp_path):
                     stranger.stream_stats()
             finally:
                 stranger.stop()
+
+
+def test_consumer_lag_lists_durable_consumers_first(engine):
+    """The task queues' durable consumers come first, the ephemeral ones (a KV watcher's,
+    an ordered reader's, with random names) after them."""
+
+    @engine.task("first-in-line")
+    def first(ctx):
+        return 1
+
+    async def watch():  # an ephemeral consumer on KV_workers, as a watcher makes one
+        kv = await engine._js.key_value("workers")
+        return await kv.watchall()
+
+    watcher = engine._call(watch())
+    try:
+        df = engine.consumer_lag()
+        durable = list(df["durable"])
+        assert False in durable and durable == sorted(durable, reverse=True)
+        assert df.iloc[0]["durable"] and "workers-first-in-line" in set(df["consumer"])
+    finally:
+        engine._call(watcher.stop())

@@ -168,13 +168,14 @@ class Estimate:
         return self.disk_bytes / self.workload.max_store_bytes
 
     def rows(self) -> list[dict[str, Any]]:
-        """One row per stream and memory item (for a DataFrame)."""
+        """One row per stream and memory item (for a DataFrame): whole bytes, so a table
+        shows ``8170825164``, not ``8.170825e+09``."""
         out: list[dict[str, Any]] = [
-            {"kind": "disk", "item": name, "bytes": b, "GiB": b / GiB}
+            {"kind": "disk", "item": name, "bytes": round(b), "GiB": b / GiB}
             for name, b in self.streams.items()
         ]
         out += [
-            {"kind": "memory", "item": name, "bytes": b, "GiB": b / GiB}
+            {"kind": "memory", "item": name, "bytes": round(b), "GiB": b / GiB}
             for name, b in self.memory.items()
         ]
         return out

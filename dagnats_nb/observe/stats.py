@@ -102,7 +102,8 @@ async def consumer_rows(
     nc: NATS, streams: list[str] | None = None, *, api: str = DEFAULT_API
 ) -> list[dict[str, Any]]:
     """Per consumer of ``streams`` (default: every stream): pending, ack pending,
-    redelivered, waiting pulls..."""
+    redelivered, waiting pulls... Durable consumers first (the task queues' ``workers-*``),
+    then the ephemeral ones (a KV watcher's, an ordered reader's), each by stream and name."""
     rows = []
     for stream in streams if streams is not None else await stream_names(nc, api=api):
         offset = 0
@@ -134,6 +135,7 @@ async def consumer_rows(
             offset += page.get("limit", 0)
             if offset >= page.get("total", 0) or not page.get("consumers"):
                 break
+    rows.sort(key=lambda r: (not r["durable"], r["stream"], r["consumer"] or ""))
     return rows
 
 
