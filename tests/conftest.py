@@ -45,15 +45,37 @@ SHARED_HINT = (
 )
 
 
+def missing_shared(message: str):
+    """Skip the test with ``message`` (one line saying how to get what ../shared holds);
+    with ``DAGNATS_REQUIRE_SHARED=1`` (CI, ``.ci/run``) fail instead."""
+    if os.environ.get("DAGNATS_REQUIRE_SHARED") == "1":
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
 def require_shared(path: Path) -> Path:
-    """``path`` (under ../shared), or skip the test saying how to get it; with
-    ``DAGNATS_REQUIRE_SHARED=1`` (CI) a missing ../shared fails instead."""
+    """``path`` (under ../shared), or skip the test saying how to get it (see
+    :func:`missing_shared`)."""
     if path.exists():
         return path
-    message = f"{path} not found: {SHARED_HINT}"
-    if os.environ.get("DAGNATS_REQUIRE_SHARED") == "1":
-        pytest.fail(message)
-    pytest.skip(message)
+    missing_shared(f"{path} not found: {SHARED_HINT}")
+
+
+INTEROP = Path(__file__).resolve().parents[2] / "shared" / "interop"
+GO_HINT = (
+    "put the project's shared/ folder beside this checkout as ../shared (its interop/ holds "
+    "the Go dagnats binaries), or name them with DAGNATS_GO_BIN / DAGNATS_GO_WORKER / "
+    "DAGNATS_GO_BRIDGE"
+)
+
+
+def go_binary(name: str, env: str) -> Path:
+    """The Go binary ``name`` from ../shared/interop (or the path in the environment
+    variable ``env``), or skip/fail as :func:`missing_shared` says."""
+    path = Path(os.environ.get(env) or INTEROP / name)
+    if path.is_file() and os.access(path, os.X_OK):
+        return path
+    missing_shared(f"{path} not found: {GO_HINT}")
 
 
 @pytest.fixture

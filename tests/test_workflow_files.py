@@ -19,6 +19,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from conftest import go_binary
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -26,31 +27,12 @@ from dagnats_nb.dag import load_workflow
 from dagnats_nb.dag.durations import GoDuration, parse_duration, to_nanoseconds
 from dagnats_nb.errors import WorkflowError
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 MAX_NS = 2**63 - 1
-GO_HINT = (
-    "put the project's shared/ folder beside this checkout as ../shared (its interop/ holds "
-    "the Go dagnats binary), or name the binary with DAGNATS_GO_BIN"
-)
-
-
-def go_dagnats() -> Path:
-    """The Go ``dagnats`` binary, or skip saying how to get it (fail under
-    DAGNATS_REQUIRE_SHARED=1): the convention of ``conftest.require_shared`` and
-    ``interop/goserve.go_binary``."""
-    env = os.environ.get("DAGNATS_GO_BIN")
-    path = Path(env) if env else SHARED / "interop" / "dagnats"
-    if path.is_file() and os.access(path, os.X_OK):
-        return path
-    message = f"{path} not found: {GO_HINT}"
-    if os.environ.get("DAGNATS_REQUIRE_SHARED") == "1":
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
 
 
 def go_run(data: dict, tmp_path: Path) -> subprocess.CompletedProcess:
     """``dagnats workflow validate`` (offline) on ``data`` written as a JSON file."""
-    binary = go_dagnats()
+    binary = go_binary("dagnats", "DAGNATS_GO_BIN")
     tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "workflow.json"
     path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")

@@ -18,24 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-INTEROP = Path(__file__).resolve().parents[3] / "shared" / "interop"
-HINT = (
-    "put the project's shared/ folder beside this checkout as ../shared (its interop/ holds "
-    "the Go dagnats binaries), or name them with DAGNATS_GO_BIN / DAGNATS_GO_WORKER / "
-    "DAGNATS_GO_BRIDGE"
-)
-
-
-def go_binary(name: str, env: str) -> Path:
-    """The Go binary ``name`` (``DAGNATS_GO_BIN``-style override ``env``), or skip/fail."""
-    path = Path(os.environ.get(env) or INTEROP / name)
-    if path.is_file() and os.access(path, os.X_OK):
-        return path
-    message = f"{path} not found: {HINT}"
-    if os.environ.get("DAGNATS_REQUIRE_SHARED") == "1":
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
+from conftest import go_binary  # noqa: F401  (re-exported for the interop tests)
 
 
 def go_cli(url: str, *args: str, check: bool = True) -> str:

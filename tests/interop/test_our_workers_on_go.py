@@ -5,11 +5,13 @@ registered, started and read back with the Go CLI."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 from conftest import until
@@ -109,6 +111,26 @@ def output(step: dict):
     return json.loads(base64.b64decode(step["output"]))
 
 
+@contextlib.contextmanager
+def our_worker(cwd: Path, *args: str) -> Iterator[subprocess.Popen]:
+    """``dagnats worker ARGS`` (ours) run from ``cwd`` (its handler modules), ready; stopped
+    with SIGTERM at the end."""
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "dagnats_nb", "worker", *args],
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": f"{cwd}{os.pathsep}{ROOT}"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert "ready:" in worker.stdout.readline()
+        yield worker
+    finally:
+        worker.terminate()
+        worker.wait(20)
+
+
 def ended(url: str, run_id: str) -> dict:
     """The Go engine's record of ``run_id`` (``dagnats run status --json``) once it ended."""
 
@@ -125,16 +147,7 @@ def test_our_worker_process_serves_go_engine_runs(go_serve, go_worker, tmp_path)
         path = tmp_path / f"{wf['name']}.json"
         path.write_text(json.dumps(wf))
         go_cli(go_serve.url, "workflow", "register", str(path))
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "dagnats_nb", "worker", "pyhandlers", "--nats-url", go_serve.url],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert "ready:" in worker.stdout.readline()
+    with our_worker(tmp_path, "pyhandlers", "--nats-url", go_serve.url):
         started = json.loads(
             go_cli(go_serve.url, "run", "start", "go-runs-py", '{"name": "ada"}', "--json")
         )
@@ -187,9 +200,6 @@ def test_our_worker_process_serves_go_engine_runs(go_serve, go_worker, tmp_path)
         assert status["status"] == "failed"
         go_attempts = [line.split()[1] for line in log.read_text().splitlines()]
         assert go_attempts == ["1", "2"]  # max_attempts 1 on Go: one retry
-    finally:
-        worker.terminate()
-        worker.wait(20)
     # The same definition on our engine runs the step as often, numbered alike.
     with dn.Engine.start(data_dir=tmp_path / "nb", llm_enabled=False) as eng:
         ours = tmp_path / "ours.log"
@@ -228,17 +238,7 @@ def test_our_group_worker_serves_a_go_steps_worker_group(go_serve, go_worker, tm
     path = tmp_path / "grouped.json"
     path.write_text(json.dumps(GROUPED))
     go_cli(go_serve.url, "workflow", "register", str(path))
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "dagnats_nb", "worker", "pyhandlers:pyshout"]
-        + ["--nats-url", go_serve.url, "--group", "gpu"],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert "ready:" in worker.stdout.readline()
+    with our_worker(tmp_path, "pyhandlers:pyshout", "--nats-url", go_serve.url, "--group", "gpu"):
         started = go_cli(go_serve.url, "run", "start", "go-grouped-py", '{"name": "ada"}', "--json")
         run_id = json.loads(started)["run_id"]
         status = ended(go_serve.url, run_id)
@@ -251,6 +251,3 @@ def test_our_group_worker_serves_a_go_steps_worker_group(go_serve, go_worker, tm
             eng.stop()
         assert lag.loc["workers-pyshout-gpu", "filter"] == "task.pyshout.gpu.>"
         assert lag.loc["workers-pyshout-gpu", "pending"] == 0
-    finally:
-        worker.terminate()
-        worker.wait(20)
