@@ -1006,9 +1006,11 @@ def test_a_running_runs_record_follows_its_steps(engine):
 
 
 def test_the_steps_of_a_run_just_started_show_at_once(engine):
-    """``steps()`` right after ``start_run`` (before the orchestrator applied the start)
-    reads the run from its history instead of saying there is no such run."""
+    """``steps()`` and ``get_run()`` right after ``start_run`` (before the orchestrator
+    applied the start) read the run from its history instead of saying there is no such
+    run."""
     engine.register({"name": "nobody", "steps": [{"id": "a", "task": "nobody-serves"}]})
     for _ in range(20):
         run = engine.start_run("nobody")
+        assert engine.get_run(run.id).workflow == "nobody"
         assert list(engine.steps(run.id)["step_id"]) == ["a"]

@@ -111,6 +111,8 @@ class Reads:
     async def _get_run(self, run_id: str) -> Run:
         """A handle on an existing run."""
         summary = await self._run_state(run_id)
+        if summary is None and self.orchestrator is not None:
+            summary = await self._kv_run(run_id)  # just started: its start not applied yet
         if summary is None:
             raise RunError(f"no run with id {run_id}: list runs with eng.runs()")
         return Run(self, run_id, summary["workflow"])
