@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from conftest import until
 
+from dagnats_nb.dag import SUPPORTED_STEP_TYPES
+
 CLI = [sys.executable, "-m", "dagnats_nb"]
 UNSUPPORTED = {
     "http-respond.json": "workflow 'http-echo' step 'respond': step type 'respond' is not "
@@ -36,7 +38,8 @@ def test_validate_accepts_every_runnable_conformance_file(conformance):
 def test_validate_names_the_unsupported_step_type(conformance, name):
     result = dagnats("workflow", "validate", str(conformance / name))
     assert result.returncode == 1
-    expected = f"{conformance / name}: {UNSUPPORTED[name]} (supported: agent_loop, map, normal)"
+    supported = ", ".join(sorted(SUPPORTED_STEP_TYPES))
+    expected = f"{conformance / name}: {UNSUPPORTED[name]} (supported: {supported})"
     assert result.stderr.strip() == expected
 
 

@@ -621,7 +621,14 @@ def test_structural_problems_come_before_unsupported_types():
 
 
 def test_supported_step_types():
-    assert {"normal", "map", "agent_loop"} == SUPPORTED_STEP_TYPES
+    assert {
+        "normal",
+        "map",
+        "agent_loop",
+        "sleep",
+        "wait_for_event",
+        "approval",
+    } == SUPPORTED_STEP_TYPES
 
 
 # --- configs ------------------------------------------------------------------------------

@@ -60,6 +60,7 @@ GO_STREAMS = {
         "duplicate_window": 5 * NS,
     },
     "STICKY_TASKS": {"subjects": ["sticky.>"], "storage": "memory", "max_age": 1800 * NS},
+    "EVENTS": {"subjects": ["event.>"], "max_age": 14 * 86400 * NS, "max_bytes": 322_122_547},
 }
 GO_KV_COMMON = {
     "discard": "new",
@@ -74,6 +75,10 @@ GO_BUCKETS = {  # bucket: (TTL, dedup window), in ns
     "sticky_bindings": (25 * 3600 * NS, 120 * NS),
     "workers": (60 * NS, 60 * NS),
     "checkpoints": (0, 120 * NS),
+    "approval_tokens": (168 * 3600 * NS, 120 * NS),
+    "signals": (0, 120 * NS),
+    "triggers": (0, 120 * NS),
+    "trigger_state": (0, 120 * NS),
 }
 # Where ours differ on purpose (wire/resources.py says why): what a run still needs is never
 # dropped to make room. A full task queue refuses new tasks (a clear "storage is full")

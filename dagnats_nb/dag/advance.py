@@ -19,20 +19,24 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from .events import WORKFLOW_STARTED, Event, start_shape, started_input, upgrade_legacy
-from .fold import Fold
+from .fold import GATE_TIMERS, Fold
+from .gates import ApprovalGate, EventWait
 from .model import SUPPORTED_STEP_TYPES as SUPPORTED
 from .model import WorkflowDef
-from .plan import resolve_input, run_output
+from .plan import plan, resolve_input, run_output
 from .state import (
     RETRYING,
     RUN_CANCELLED,
     RUN_COMPLETED,
     RUN_FAILED,
+    RUNNING,
     WAITING,
     Action,
+    AwaitEvent,
     Dispatch,
     MapState,
     Publish,
+    RequestApproval,
     RunState,
     SetTimer,
     Timer,
@@ -101,11 +105,31 @@ def resume(defn: WorkflowDef, state: RunState) -> list[Action]:
             actions.append(SetTimer(st.due_at, "retry", sid, None, st.attempt))
         elif st.status == WAITING and st.due_at is not None:
             actions.append(SetTimer(st.due_at, "loop", sid, None, st.iteration + 1))
+        elif st.status == RUNNING and st.due_at is not None:
+            actions += _resume_gate(defn, sid, st)
         if st.map is not None:
             for idx, inst in st.map.active.items():
                 if inst.status == RETRYING and inst.due_at is not None:
                     actions.append(SetTimer(inst.due_at, "retry", sid, idx, inst.attempt))
     return actions
+
+
+_GATE_TIMER = {step_type: kind for kind, (step_type, _) in GATE_TIMERS.items()}
+
+
+def _resume_gate(defn: WorkflowDef, sid: str, st) -> list[Action]:
+    """A sleeping, event-waiting or approval-waiting step after a restart: its timer, its
+    watch for the event, its approval request when the token was not yet recorded."""
+    step = plan(defn).steps.get(sid)
+    kind = _GATE_TIMER.get(step.type) if step is not None else None
+    if kind is None:
+        return []
+    out: list[Action] = [SetTimer(st.due_at, kind, sid)]
+    if isinstance(st.detail, EventWait):
+        out.append(AwaitEvent(sid, st.detail))
+    elif isinstance(st.detail, ApprovalGate) and not st.detail.token:
+        out.append(RequestApproval(sid, st.detail, st.due_at))
+    return out
 
 
 _NO_OUTBOX: dict = {}  # shared by compacted runs; advance copies before writing

@@ -46,6 +46,16 @@ MAP_STARTED = "step.map.started"
 MAP_INSTANCE_COMPLETED = "step.map.instance.completed"
 MAP_COMPLETED = "step.map.completed"
 STEP_REPLAYED = "step.replayed"
+# Steps that wait without a worker (Go protocol.go): a durable timer, an event, a person.
+STEP_SLEEP_STARTED = "step.sleep.started"
+STEP_SLEEP_COMPLETED = "step.sleep.completed"
+STEP_WAIT_STARTED = "step.wait.started"
+STEP_WAIT_MATCHED = "step.wait.matched"
+STEP_WAIT_TIMEOUT = "step.wait.timeout"
+APPROVAL_REQUESTED = "approval.requested"
+APPROVAL_GRANTED = "approval.granted"
+APPROVAL_REJECTED = "approval.rejected"
+APPROVAL_EXPIRED = "approval.expired"
 
 RUN_TERMINAL_EVENTS = frozenset({WORKFLOW_COMPLETED, WORKFLOW_FAILED, WORKFLOW_CANCELLED})
 

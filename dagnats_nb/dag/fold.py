@@ -5,6 +5,10 @@ firing. What follows from it is decided by `transaction.Transaction`."""
 from __future__ import annotations
 
 from .events import (
+    APPROVAL_EXPIRED,
+    APPROVAL_GRANTED,
+    APPROVAL_REJECTED,
+    APPROVAL_REQUESTED,
     RETRIABLE,
     RUN_TERMINAL_EVENTS,
     STEP_COMPLETED,
@@ -12,11 +16,15 @@ from .events import (
     STEP_FAILED,
     STEP_QUEUED,
     STEP_REPLAYED,
+    STEP_SLEEP_COMPLETED,
     STEP_STARTED,
+    STEP_WAIT_MATCHED,
+    STEP_WAIT_TIMEOUT,
     WORKFLOW_CANCELLED,
     WORKFLOW_FAILED,
     Event,
 )
+from .gates import ApprovalGate
 from .plan import resolve_input, run_output
 from .state import (
     CANCELLED,
@@ -35,6 +43,23 @@ from .state import (
     Timer,
 )
 from .transaction import Transaction
+
+# A waiting step's end: the event that ends it -> the step type it ends.
+GATE_ENDS = {
+    STEP_SLEEP_COMPLETED: "sleep",
+    STEP_WAIT_MATCHED: "wait_for_event",
+    STEP_WAIT_TIMEOUT: "wait_for_event",
+    APPROVAL_GRANTED: "approval",
+    APPROVAL_REJECTED: "approval",
+    APPROVAL_EXPIRED: "approval",
+}
+# A waiting step's timer -> (the step type it is for, the event it publishes).
+GATE_TIMERS = {
+    "sleep": ("sleep", STEP_SLEEP_COMPLETED),
+    "wait_timeout": ("wait_for_event", STEP_WAIT_TIMEOUT),
+    "approval_timeout": ("approval", APPROVAL_EXPIRED),
+}
+WAIT_TIMED_OUT = {"timeout": True}  # a wait_for_event step's output when no event came
 
 LOOP_MAX_ITERATIONS_STOP = "max_iterations"
 LOOP_MAX_DURATION_STOP = "max_duration"
@@ -66,6 +91,10 @@ class Fold(Transaction):
             self.on_failed(e)
         elif t == STEP_CONTINUE:
             self.on_continue(e)
+        elif t in GATE_ENDS:
+            self.on_gate_end(e)
+        elif t == APPROVAL_REQUESTED:
+            self.on_approval_requested(e)
         # step.skipped, step.map.started, step.map.completed: decisions already applied.
 
     def on_run_terminal(self, e: Event) -> None:
@@ -259,6 +288,28 @@ class Fold(Transaction):
             st.input, st.output = output, None
             self.dispatch(e.step_id, attempt=1, iteration=nxt)
 
+    def on_gate_end(self, e: Event) -> None:
+        """A sleep woke, a wait matched or timed out, an approval was decided or expired:
+        applied once, to a step still waiting (a late or repeated one is a no-op)."""
+        cur = self.state.step(e.step_id)
+        if cur.status != RUNNING or self.plan.steps[e.step_id].type != GATE_ENDS[e.type]:
+            return
+        t = e.type
+        if t in (APPROVAL_REJECTED, APPROVAL_EXPIRED):
+            self.fail_step(e.step_id, approval_failure(e), 0)
+            return
+        output = WAIT_TIMED_OUT if t == STEP_WAIT_TIMEOUT else e.payload
+        self.complete_step(e.step_id, output)
+        self.schedule()
+
+    def on_approval_requested(self, e: Event) -> None:
+        """The token was issued: kept with the gate, so a restart does not issue another."""
+        cur = self.state.step(e.step_id)
+        payload = e.payload if isinstance(e.payload, dict) else {}
+        if cur.status == RUNNING and isinstance(cur.detail, ApprovalGate) and payload.get("token"):
+            st = self.st(e.step_id)
+            st.detail = cur.detail.issued(str(payload["token"]))
+
     def on_timer(self, t: Timer) -> None:
         """Publish the timer's decision and leave the state alone: a timer is not an event,
         so the state changes when the decision's event comes back (``catch_up``,
@@ -275,6 +326,11 @@ class Fold(Transaction):
             self.publish(self.event(WORKFLOW_FAILED, payload=payload, attempt=s.reopened))
             return
         cur = s.step(t.step_id)
+        if t.kind in GATE_TIMERS:
+            step_type, event_type = GATE_TIMERS[t.kind]
+            if cur.status == RUNNING and self.plan.steps[t.step_id].type == step_type:
+                self.publish(self.event(event_type, t.step_id))
+            return
         if t.kind == "loop" and cur.status == WAITING and cur.iteration + 1 == t.seqno:
             self.publish_task(t.step_id, cur.output, 1, t.seqno)
         elif t.kind == "retry" and t.map_index is None:
@@ -285,6 +341,21 @@ class Fold(Transaction):
             if inst is not None and inst.status == RETRYING and inst.attempt == t.seqno:
                 value = cur.input[t.map_index]
                 self.publish_task(t.step_id, value, inst.attempt + 1, 0, t.map_index)
+
+
+def approval_failure(e: Event) -> str:
+    """Why a rejected or expired approval failed its step (Go: "approval timed out", or
+    the rejection's body, "approval rejected" without one)."""
+    if e.type == APPROVAL_EXPIRED:
+        return "approval timed out"
+    p = e.payload
+    if isinstance(p, dict):
+        who = f" by {p['by']}" if p.get("by") else ""
+        comment = f": {p['comment']}" if p.get("comment") else ""
+        return f"approval rejected{who}{comment}"
+    if isinstance(p, str) and p:
+        return p
+    return "approval rejected"
 
 
 def failure_of(payload: object) -> dict:

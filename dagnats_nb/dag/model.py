@@ -66,7 +66,9 @@ StepType = Literal[
     "respond",
     "wait_for_event",
 ]
-SUPPORTED_STEP_TYPES: frozenset[str] = frozenset({"normal", "map", "agent_loop"})
+SUPPORTED_STEP_TYPES: frozenset[str] = frozenset(
+    {"normal", "map", "agent_loop", "sleep", "wait_for_event", "approval"}
+)
 RETRY_ATTEMPTS_MAX = 100_000
 MAP_ITEMS_MAX = 10_000
 MAP_ITEMS_DEFAULT = 1000

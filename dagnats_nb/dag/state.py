@@ -72,6 +72,7 @@ class StepState:
     due_at: float | None = None
     worker_id: str = ""
     map: MapState | None = None
+    detail: Any = None  # a waiting step's resolved gate (gates.EventWait, gates.ApprovalGate)
 
     def clone(self) -> StepState:
         """A shallow copy (much faster than ``copy.copy`` on a slotted dataclass)."""
@@ -89,6 +90,7 @@ class StepState:
             self.due_at,
             self.worker_id,
             self.map,
+            self.detail,
         )
 
 
@@ -188,7 +190,7 @@ class SetTimer:
     """Call ``advance`` with a :class:`Timer` event at ``at`` (POSIX seconds)."""
 
     at: float
-    kind: str  # retry | loop | run_timeout
+    kind: str  # retry | loop | run_timeout | sleep | wait_timeout | approval_timeout
     step_id: str = ""
     map_index: int | None = None
     seqno: int = 0  # the attempt (retry) or iteration (loop) the timer is for
@@ -211,11 +213,30 @@ class TimerKey:
 
 
 @dataclass(frozen=True, slots=True)
+class AwaitEvent:
+    """Complete the waiting step with the first event (or signal) that matches ``wait``:
+    the shell publishes its ``step.wait.matched``."""
+
+    step_id: str
+    wait: Any  # gates.EventWait
+
+
+@dataclass(frozen=True, slots=True)
+class RequestApproval:
+    """Issue the approval step's token (once: again after a crash reuses it) and publish
+    its ``approval.requested`` event and notification."""
+
+    step_id: str
+    gate: Any  # gates.ApprovalGate
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
 class RunEnded:
     status: str
 
 
-Action = Dispatch | Publish | DeadLetter | SetTimer | RunEnded
+Action = Dispatch | Publish | DeadLetter | SetTimer | AwaitEvent | RequestApproval | RunEnded
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,8 @@ from .events import (
     STEP_FAILED,
     STEP_QUEUED,
     STEP_SKIPPED,
+    STEP_SLEEP_STARTED,
+    STEP_WAIT_STARTED,
     WORKFLOW_COMPLETED,
     WORKFLOW_FAILED,
     Event,
@@ -25,6 +27,7 @@ from .events import (
     dumps,
     format_time,
 )
+from .gates import WAITING_TYPES, GateError, approval_gate, event_wait, sleep_seconds
 from .model import StepDef, WorkflowDef
 from .plan import plan, resolve_input, run_output
 from .state import (
@@ -36,20 +39,24 @@ from .state import (
     RETRYING,
     RUN_COMPLETED,
     RUN_FAILED,
+    RUNNING,
     SKIPPED,
     STEP_ACTIVE,
     STEP_DONE,
     STEP_TERMINAL,
     WAITING,
     Action,
+    AwaitEvent,
     DeadLetter,
     Dispatch,
     Failure,
     Instance,
     MapState,
     Publish,
+    RequestApproval,
     RunEnded,
     RunState,
+    SetTimer,
     StepState,
 )
 
@@ -199,10 +206,44 @@ class Transaction:
         if step.type == "map":
             self.start_map(step, value)
             return
+        if step.type in WAITING_TYPES:
+            self.start_gate(step, value)
+            return
         st = self.st(step.id)
         st.input = value
         st.first_at = self.now
         self.dispatch(step.id, attempt=1, iteration=0)
+
+    def start_gate(self, step: StepDef, value: Any) -> None:
+        """A step that waits without a worker (sleep, wait_for_event, approval): running
+        from now until its timer, its event or its decision ends it. A config that cannot
+        be resolved fails it (a retry would resolve it the same way)."""
+        st = self.st(step.id)
+        st.input, st.attempt = value, 1
+        st.first_at = st.started_at = st.queued_at = self.now
+        try:
+            if step.type == "sleep":
+                wake = self.now + sleep_seconds(step, self.state.input, self.now)
+                st.status, st.due_at = RUNNING, wake
+                self.publish(
+                    self.event(STEP_SLEEP_STARTED, step.id, {"wake_at": format_time(wake)})
+                )
+                self.actions.append(SetTimer(wake, "sleep", step.id))
+            elif step.type == "wait_for_event":
+                outputs = {k: v.output for k, v in self.state.steps.items() if v.output is not None}
+                wait = event_wait(step, self.state.input, outputs)
+                st.status, st.due_at, st.detail = RUNNING, self.now + wait.timeout_s, wait
+                payload = {**wait.to_dict(), "timeout_at": format_time(st.due_at)}
+                self.publish(self.event(STEP_WAIT_STARTED, step.id, payload))
+                self.actions.append(AwaitEvent(step.id, wait))
+                self.actions.append(SetTimer(st.due_at, "wait_timeout", step.id))
+            else:
+                gate = approval_gate(step)
+                st.status, st.due_at, st.detail = RUNNING, self.now + gate.timeout_s, gate
+                self.actions.append(RequestApproval(step.id, gate, st.due_at))
+                self.actions.append(SetTimer(st.due_at, "approval_timeout", step.id))
+        except GateError as exc:
+            self.fail_step(step.id, str(exc), 0)
 
     def start_map(self, step: StepDef, items: Any) -> None:
         st = self.st(step.id)

@@ -12,6 +12,8 @@ from pydantic import BaseModel, ValidationError
 
 from ..errors import UnsupportedStepType, WorkflowError
 from .durations import parse_duration, to_nanoseconds
+from .gates import config_problems
+from .cron import trigger_spec_problems
 from .graph import cycle_problem, find_cycles
 from .model import (
     LOOP_KEYS,
@@ -180,6 +182,8 @@ def _step_problems(
         out.append(problem(name, label, "loop", why))
     if s.type == "map":
         out += _map_problems(name, s, label, by_id)
+    for field, why in config_problems(s, set(by_id)):
+        out.append(problem(name, label, field, why))
     return out
 
 
@@ -256,6 +260,8 @@ def _trigger_problems(defn: WorkflowDef) -> list[str]:
             for key in _TRIGGER_KINDS[kind]:
                 if key not in spec:
                     out.append(problem(defn.name, None, f"{field}.{kind}.{key}", "is required"))
+            for key, why in trigger_spec_problems(kind, spec):
+                out.append(problem(defn.name, None, f"{field}.{kind}.{key}", why))
         if "debounce" in trig:
             why = _debounce_problem(trig["debounce"], "cron" in trig)
             if why:

@@ -28,6 +28,7 @@ from dagnats_nb.config import Settings, load_settings
 from dagnats_nb.dag import WorkflowDef, load_workflow
 from dagnats_nb.errors import BackupError, DagnatsError, ServerError
 from dagnats_nb.facade import extensions
+from dagnats_nb.facade.gates import Gates
 from dagnats_nb.facade.observing import Observing
 from dagnats_nb.facade.orchestration import orchestrates
 from dagnats_nb.facade.reads import Reads
@@ -66,7 +67,7 @@ def _default_progress(verb: str) -> Callable[[Any, dict[str, Any]], None]:
     return prepare
 
 
-class Engine(Runs, Reads, Observing):
+class Engine(Runs, Reads, Observing, Gates):
     """A dagnats engine: embedded (``Engine.start``) or attached (``Engine.connect``)."""
 
     def __init__(self, settings: Settings, *, embedded: bool) -> None:

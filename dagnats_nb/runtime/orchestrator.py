@@ -22,9 +22,11 @@ from nats.js import JetStreamContext
 from dagnats_nb.dag import WorkflowDef
 from dagnats_nb.dag.advance import advance, compact, resume, start
 from dagnats_nb.dag.state import (
+    AwaitEvent,
     DeadLetter,
     Dispatch,
     Publish,
+    RequestApproval,
     RunEnded,
     RunState,
     SetTimer,
@@ -32,6 +34,7 @@ from dagnats_nb.dag.state import (
     TimerKey,
 )
 from dagnats_nb.errors import RunError
+from dagnats_nb.runtime.gates import Correlator
 from dagnats_nb.runtime.records import RunRecords
 from dagnats_nb.runtime.sticky import FALLBACK_CHECK, StickyRouter, still_waiting
 from dagnats_nb.transport.errors import store_error
@@ -78,6 +81,10 @@ class Orchestrator:
         self.records = RunRecords(await self.js.key_value("workflow_runs"))
         self.sticky = StickyRouter(self.js)
         await self.sticky.start()
+        self.gates = Correlator(
+            self.js, self.nc, self.runs, self._publish_event, self.errors.append
+        )
+        await self.gates.start()
         info = await self.js.stream_info(protocol.HISTORY_STREAM)
         self._replay_until = info.state.last_seq
         self._replay_started = time.perf_counter()
@@ -98,6 +105,8 @@ class Orchestrator:
         await self.ready.wait()
 
     async def stop(self) -> None:
+        if getattr(self, "gates", None) is not None:
+            await self.gates.stop()
         for handle in self._timers.values():
             handle.cancel()
         self._timers.clear()
@@ -185,6 +194,7 @@ class Orchestrator:
                 except Exception as exc:  # one run must not keep the engine from ready
                     log.exception("cannot resume run %s: %s", run_id, exc)
                     self.errors.append(f"run {run_id} not resumed: {exc}")
+        await self.gates.listen()
         self.ready.set()
 
     # -- actions -------------------------------------------------------------------------
@@ -201,6 +211,14 @@ class Orchestrator:
                 self._set_timer(state.run_id, action)
             elif isinstance(action, DeadLetter):
                 self._track(self._dead_letter(action))
+            elif isinstance(action, AwaitEvent):
+                self.gates.await_event(state.run_id, action.step_id, action.wait)
+            elif isinstance(action, RequestApproval):
+                self._track(
+                    self.gates.request_approval(
+                        state.run_id, action.step_id, action.gate, action.expires_at
+                    )
+                )
             elif isinstance(action, RunEnded):
                 self._track(self._ended(state))
 
@@ -208,6 +226,7 @@ class Orchestrator:
         """A run ended: its record, then its waiters (who may read the record next)."""
         await self.records.now(state)
         self._wake(state.run_id)
+        await self.gates.run_ended(state)
 
     def _track(self, coro) -> None:
         task = asyncio.ensure_future(coro)

@@ -57,6 +57,9 @@ TASK_STREAM = "TASK_QUEUES"
 DEAD_STREAM = "DEAD_LETTERS"
 TELEMETRY_STREAM = "TELEMETRY"
 STICKY_STREAM = "STICKY_TASKS"
+EVENTS_STREAM = "EVENTS"  # what wait_for_event steps wait for: event.{type}
+APPROVAL_BUCKET = "approval_tokens"  # Go's: {run}.{step} -> the open approval's token
+SIGNAL_BUCKET = "signals"  # Go's: {run}.{name} -> a signal's payload
 PAYLOAD_BUCKET = "payloads"
 
 _BAD_TOKEN = re.compile(r"[.*>\s]")
@@ -69,6 +72,11 @@ def is_token(value: str) -> bool:
 
 def history_subject(run_id: str) -> str:
     return f"history.{run_id}"
+
+
+def event_subject(event_type: str) -> str:
+    """Where an external event of this type is published (Go's EVENTS stream)."""
+    return f"event.{event_type}"
 
 
 def task_subject(task: str, run_id: str, group: str = "") -> str:
@@ -187,6 +195,10 @@ __all__ = [
     "STEP_SKIPPED",
     "STEP_STARTED",
     "STICKY_STREAM",
+    "EVENTS_STREAM",
+    "APPROVAL_BUCKET",
+    "SIGNAL_BUCKET",
+    "event_subject",
     "TASK_STREAM",
     "TELEMETRY_STREAM",
     "TaskPayload",

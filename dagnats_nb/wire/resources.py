@@ -22,8 +22,10 @@ refuses the write instead ("storage is full", naming what to do):
   the history, so a byte limit drops the ``workflow.started`` of whatever runs are oldest —
   waiting or running ones too — as soon as newer runs fill 30 % of the store (minutes on a
   notebook's small store);
-- we do not create what nothing of ours uses (Go's EVENTS, SLEEP_TIMERS, TRIGGER_HISTORY and
-  its other buckets); our object store ``payloads`` is ours alone.
+- we do not create what nothing of ours uses (Go's SLEEP_TIMERS: our timers are rebuilt from
+  the history; TRIGGER_HISTORY and its other buckets); our object store ``payloads`` is
+  ours alone. EVENTS (what ``wait_for_event`` steps wait for), ``approval_tokens`` and
+  ``signals`` are Go's.
 
 **History max age vs recovery by replay** (the trade-off, chosen as the Go engine): the
 history keeps 30 days, Go's max age and the default of ``runs_max_age``. A run whose
@@ -53,6 +55,7 @@ DEFAULT_STORE_BYTES = 10 * GiB  # the default max_store_bytes, Go's and ours
 GO_HISTORY_SHARE = 0.30
 TASK_QUEUE_SHARE = 0.12
 TELEMETRY_SHARE = 0.10
+EVENTS_SHARE = 0.15
 DEAD_LETTER_SHARE = 0.05
 HISTORY_MAX_AGE = 30 * DAY  # Go's historyMaxAge; the default of our runs_max_age (720h)
 KV_DUPLICATE_WINDOW = 120.0  # nats.go's KV dedup window (the bucket's TTL when shorter)
@@ -157,6 +160,7 @@ _DECLARED: tuple[StreamSpec, ...] = (
         duplicate_window=5.0,
     ),
     StreamSpec(protocol.STICKY_STREAM, ("sticky.>",), storage="memory", max_age=30 * 60.0),
+    StreamSpec(protocol.EVENTS_STREAM, ("event.>",), max_age=14 * DAY, store_share=EVENTS_SHARE),
 )
 
 BUCKETS: tuple[BucketSpec, ...] = (
@@ -165,6 +169,10 @@ BUCKETS: tuple[BucketSpec, ...] = (
     BucketSpec("sticky_bindings", ttl=25 * 3600.0),
     BucketSpec("workers", ttl=60.0),
     BucketSpec("checkpoints"),
+    BucketSpec("approval_tokens", ttl=168 * 3600.0),
+    BucketSpec("signals"),
+    BucketSpec("triggers"),  # Go's trigger records by trigger id (runtime.triggers)
+    BucketSpec("trigger_state"),  # "{id}.last_run_at": the minute a cron trigger last fired
 )
 
 
