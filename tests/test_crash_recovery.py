@@ -111,3 +111,49 @@ def test_a_forged_start_with_a_bad_run_id_neither_runs_nor_blocks_a_restart(tmp_
         assert eng.run("ok", 1, timeout=20).output == 2
         assert any("does not match subject history.forged" in e for e in eng.orchestrator.errors)
         assert "has space" not in set(eng.runs()["run_id"])
+
+
+def test_sigkill_while_runs_sleep_wait_for_an_event_and_for_approval(tmp_path):
+    """Each waiting run resumes after a kill -9 and finishes; each gate ends once: the
+    sleep on time, the approval with the token issued before the crash, the event once."""
+    data = tmp_path / "engine"
+    child = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("gates_crash_child.py")), str(data)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = child.stdout.readline()
+        assert line, f"child exited early with {child.wait()}"
+        info = json.loads(line)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    until(lambda: not pid_alive(info["server_pid"]), timeout=5, every=0.05, what="server death")
+    runs = info["runs"]
+
+    calls: Counter = Counter()
+    with pytest.warns(UserWarning, match="cleaned stale engine.json"):
+        eng = dn.Engine.start(data_dir=data, ack_wait="2s")
+    with eng:
+
+        @eng.task("after")
+        def after(ctx):
+            calls[ctx.workflow_name] += 1
+            return {"after": ctx.input}
+
+        eng.approve(runs["review"], "gate", "after the crash", by="ada")
+        eng.publish_event("shipped", {"order": 42})
+        done = {name: eng.get_run(r).wait(timeout=60) for name, r in runs.items()}
+        for name, run in done.items():
+            assert run.status == "completed", (name, run.error)
+        assert done["hold"].output == {"after": {"order": 42}}
+        assert done["review"].output["after"]["comment"] == "after the crash"
+        ended = {name: Counter(eng.events(r)["type"]) for name, r in runs.items()}
+        assert ended["nap"]["step.sleep.started"] == 1 and ended["nap"]["step.sleep.completed"] == 1
+        assert ended["review"]["approval.requested"] == 1
+        assert ended["review"]["approval.granted"] == 1
+        assert ended["hold"]["step.wait.matched"] == 1
+        woke = eng.events(runs["nap"]).set_index("type").loc["step.sleep.completed", "time"]
+        assert info["wake"] <= woke.timestamp() < info["wake"] + 2
+        assert calls == {"nap": 1, "review": 1, "hold": 1}

@@ -301,3 +301,35 @@ def test_go_tools_read_the_approval_token_record(drafting):
     record = json.loads(_kv_value(engine, "approval_tokens", f"{run.id}.review"))
     assert set(record) >= {"token", "run_id", "step_id", "created_at", "expires_at"}
     assert record["run_id"] == run.id and record["step_id"] == "review"
+
+
+def test_the_approval_link_decides_over_http_as_go_answers(tmp_path):
+    import httpx
+
+    import dagnats_nb as dn
+
+    with dn.Engine.start(data_dir=tmp_path / "e", http_addr="127.0.0.1:0") as eng:
+
+        @eng.task("draft")
+        def draft(ctx):
+            return {"text": "x"}
+
+        eng.register(_wf("linked", APPROVAL))
+        run = eng.start_run("linked", input={"order": 1})
+        until(lambda: "approval.requested" in _types(eng, run.id))
+        token = eng.events(run.id).set_index("type").loc["approval.requested", "payload"]["token"]
+        assert len(token) == 64  # Go's: 32 random bytes, hex
+        url = f"{eng.http_url}/runs/{run.id}/approval/review"
+        assert httpx.post(url, params={"action": "maybe", "token": token}).status_code == 400
+        assert httpx.post(url, params={"action": "approve"}).status_code == 400
+        wrong = httpx.post(url, params={"action": "approve", "token": "0" * 64})
+        assert wrong.status_code == 401 and "does not match" in wrong.json()["error"]
+        ok = httpx.post(
+            url, params={"action": "approve", "token": token}, json={"approved_by": "web"}
+        )
+        assert ok.status_code == 200
+        assert ok.json() == {"run_id": run.id, "status": "approved", "step": "review"}
+        assert run.wait(timeout=20).status == "completed"
+        assert run.output == {"approved_by": "web"}  # the body is the decision, as in Go
+        again = httpx.post(url, params={"action": "approve", "token": token})
+        assert again.status_code == 401 and "no open approval" in again.json()["error"]

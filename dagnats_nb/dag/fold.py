@@ -296,7 +296,7 @@ class Fold(Transaction):
             return
         t = e.type
         if t in (APPROVAL_REJECTED, APPROVAL_EXPIRED):
-            self.fail_step(e.step_id, approval_failure(e), 0)
+            self.fail_step(e.step_id, approval_failure(e), 0, announce=False)
             return
         output = WAIT_TIMED_OUT if t == STEP_WAIT_TIMEOUT else e.payload
         self.complete_step(e.step_id, output)

@@ -243,7 +243,7 @@ class Transaction:
                 self.actions.append(RequestApproval(step.id, gate, st.due_at))
                 self.actions.append(SetTimer(st.due_at, "approval_timeout", step.id))
         except GateError as exc:
-            self.fail_step(step.id, str(exc), 0)
+            self.fail_step(step.id, str(exc), 0, announce=False)
 
     def start_map(self, step: StepDef, items: Any) -> None:
         st = self.st(step.id)
@@ -362,7 +362,18 @@ class Transaction:
         st.status, st.ended_at = SKIPPED, self.now
         self.publish(self.event(STEP_SKIPPED, step_id, {"reason": reason}))
 
-    def fail_step(self, step_id: str, error: str, attempts: int, idx: int | None = None) -> None:
+    def fail_step(
+        self,
+        step_id: str,
+        error: str,
+        attempts: int,
+        idx: int | None = None,
+        *,
+        announce: bool = True,
+    ) -> None:
+        """A step failed for good: its dead letter (a worker's task), its handler, or the run
+        fails. ``announce`` False: no ``step.failed`` of ours (a waiting step's failure is
+        the gate's own event, ``approval.rejected`` say, then ``workflow.failed``, as Go)."""
         st = self.st(step_id)
         st.status, st.error, st.ended_at, st.due_at = FAILED, error, self.now, None
         step = self.plan.steps[step_id]
@@ -371,7 +382,7 @@ class Transaction:
             task = self.task(step_id, value, attempts, st.iteration, idx)
             self.actions.append(DeadLetter(task, error, attempts))
         message = f"step '{step_id}' failed: {error}"
-        if attempts == 0:  # decided by the core, not reported by a worker
+        if attempts == 0 and announce:  # decided by the core, not reported by a worker
             payload = {"error": error, "failure_type": NON_RETRIABLE}
             self.publish(self.event(STEP_FAILED, step_id, payload))
         handler = step.on_failure

@@ -56,6 +56,14 @@ CORRELATOR = "event-correlator"  # Go's durable consumer of EVENTS
 FETCH_WAIT = 1.0
 
 
+class ApprovalError(DagnatsError):
+    """A decision that cannot be taken; ``status`` is what Go's REST route answers."""
+
+    def __init__(self, message: str, status: int = 401) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 def parse_value(data: bytes) -> Any:
     """An event's or signal's bytes as JSON, or as text when they are not JSON."""
     if not data:
@@ -102,9 +110,11 @@ async def decide(
     comment: str | None = None,
     by: str | None = None,
     token: str | None = None,
-) -> dict:
+    body: Any = None,
+) -> Any:
     """Approve or reject an open approval; the decision as recorded. ``token`` is checked
-    when given (the HTTP link carries it; the engine's own callers are trusted)."""
+    when given (the HTTP link carries it; the engine's own callers are trusted). ``body``
+    (the HTTP request's JSON), when given, is the decision as it is, as Go records it."""
     kv = await js.key_value(protocol.APPROVAL_BUCKET)
     key = approval_key(run_id, step_id)
     try:
@@ -112,31 +122,36 @@ async def decide(
     except (KeyNotFoundError, NotFoundError):
         entry = None
     if entry is None or not entry.value:
-        raise DagnatsError(
+        raise ApprovalError(
             f"run {run_id} step {step_id} has no open approval (decided, expired, cancelled "
             "or not reached yet): see eng.steps(run_id)"
         )
     record = json.loads(entry.value)
     if token is not None and not secrets.compare_digest(str(record.get("token", "")), token):
-        raise DagnatsError(f"run {run_id} step {step_id}: the approval token does not match")
+        raise ApprovalError(f"run {run_id} step {step_id}: the approval token does not match")
     approvers = record.get("approvers") or []
     if approvers and by not in approvers:
         who = "nobody named" if not by else f"{by!r}"
-        raise DagnatsError(
+        raise ApprovalError(
             f"run {run_id} step {step_id}: {who} may not decide; approvers: "
-            f"{', '.join(approvers)} (pass by=...)"
+            f"{', '.join(approvers)} (pass by=...)",
+            403,
         )
     try:
         await kv.delete(key, last=entry.revision)
     except KeyWrongLastSequenceError:
-        raise DagnatsError(
-            f"run {run_id} step {step_id}: the approval was decided by someone else just now"
+        raise ApprovalError(
+            f"run {run_id} step {step_id}: the approval was decided by someone else just now",
+            409,
         ) from None
-    decision = {"approved": approve, "decided_at": format_time(time.time())}
-    if comment:
-        decision["comment"] = comment
-    if by:
-        decision["by"] = by
+    if body is not None:
+        decision: Any = body
+    else:
+        decision = {"approved": approve, "decided_at": format_time(time.time())}
+        if comment:
+            decision["comment"] = comment
+        if by:
+            decision["by"] = by
     event = Event(
         APPROVAL_GRANTED if approve else APPROVAL_REJECTED,
         run_id,
@@ -292,7 +307,7 @@ class Correlator:
     ) -> None:
         key = approval_key(run_id, step_id)
         record = {
-            "token": secrets.token_urlsafe(24),
+            "token": secrets.token_hex(32),
             "run_id": run_id,
             "step_id": step_id,
             "created_at": format_time(time.time()),

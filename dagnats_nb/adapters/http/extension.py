@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from dagnats_nb.adapters.http.approvals import Approvals
 from dagnats_nb.adapters.http.bridge import Bridge
 from dagnats_nb.adapters.http.hooks import Webhooks
 from dagnats_nb.adapters.http.server import HTTPServer, Request
@@ -26,6 +27,7 @@ class HTTPSide:
         eng = self.engine
         routes = {("GET", "/health"): self.health, ("GET", "/ready"): self.ready}
         routes.update(Webhooks(eng).routes())
+        routes.update(Approvals(eng).routes())
         if eng.settings.bridge_token:
             self.bridge = Bridge(eng)
             routes.update(self.bridge.routes())

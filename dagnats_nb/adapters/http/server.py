@@ -18,7 +18,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import parse_qsl, unquote
 
 import h11
 
@@ -37,6 +37,7 @@ class Request:
     headers: dict[str, str]  # names lower-cased
     body: bytes
     params: dict[str, str] = field(default_factory=dict)
+    query: dict[str, str] = field(default_factory=dict)  # the first value of each name
 
 
 # (status, JSON body) or (status, JSON body, extra response headers)
@@ -139,7 +140,8 @@ class HTTPServer:
             if head is None:
                 return
             method = head.method.decode("ascii", "replace")
-            path = head.target.decode("ascii", "replace").split("?", 1)[0]
+            path, _, qs = head.target.decode("ascii", "replace").partition("?")
+            query = dict(reversed(parse_qsl(qs)))
             # header values are bytes; latin-1 maps each to one character and never fails
             headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in head.headers}
             route, params, early = self.resolve(method, path)
@@ -158,7 +160,8 @@ class HTTPServer:
             if early is None and over:
                 early = _too_large(limit)
             if early is None:
-                early = await self._call(route, Request(method, path, headers, body, params))
+                request = Request(method, path, headers, body, params, query)
+                early = await self._call(route, request)
             if isinstance(early, Stream):
                 await self._stream(conn, reader, writer, early)
             else:
