@@ -1,6 +1,6 @@
-"""Child process of the waiting-steps crash test: starts a sleeping, an approval-waiting
-and an event-waiting run, prints one JSON line once all three wait, then waits to be
-SIGKILLed."""
+"""Child process of the waiting-steps crash test: starts a sleeping, an approval-waiting,
+an event-waiting and a child-waiting run (its child sleeps), prints one JSON line once all
+four wait, then waits to be SIGKILLed."""
 
 from __future__ import annotations
 
@@ -23,7 +23,9 @@ def flow(name: str, gate: dict) -> dict:
     }
 
 
+CHILD = {"name": "kid", "steps": [{"id": "nap", "type": "sleep", "config": {"duration": "4s"}}]}
 WORKFLOWS = [
+    flow("parent", {"type": "sub_workflow", "config": {"workflow": "kid"}}),
     flow("nap", {"type": "sleep", "config": {"duration": "6s"}}),
     flow("review", {"type": "approval", "config": {"subject": "approvals.x", "timeout": "1h"}}),
     flow(
@@ -47,16 +49,19 @@ def main(data_dir: str) -> None:
     def after(ctx):
         return {"after": ctx.input}
 
+    eng.register(CHILD)
     for wf in WORKFLOWS:
         eng.register(wf)
     ids = {wf["name"]: eng.start_run(wf["name"], input={"order": 42}).id for wf in WORKFLOWS}
 
     def waiting() -> bool:
         ok = all(eng.run_state(r)["state"].step("gate").status == "running" for r in ids.values())
+        child = f"{ids['parent']}-gate"
+        ok = ok and eng.run_state(child)["state"].step("nap").status == "running"
         types = set(eng.events(ids["review"])["type"])
         return ok and "approval.requested" in types
 
-    until(waiting, timeout=30, every=0.05, what="three waiting runs")
+    until(waiting, timeout=30, every=0.05, what="four waiting runs")
     wake = eng.run_state(ids["nap"])["state"].step("gate").due_at
     print(json.dumps({"runs": ids, "wake": wake, "server_pid": eng.server.pid}), flush=True)
     time.sleep(600)  # waits to be SIGKILLed by the test

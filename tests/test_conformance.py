@@ -19,7 +19,6 @@ from dagnats_nb.errors import UnsupportedStepType, WorkflowError
 
 UNSUPPORTED = {
     "http-respond.json": ("respond", "respond"),
-    "sub-workflow.json": ("process-payment", "sub_workflow"),
 }
 
 

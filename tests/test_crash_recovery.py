@@ -113,9 +113,10 @@ def test_a_forged_start_with_a_bad_run_id_neither_runs_nor_blocks_a_restart(tmp_
         assert "has space" not in set(eng.runs()["run_id"])
 
 
-def test_sigkill_while_runs_sleep_wait_for_an_event_and_for_approval(tmp_path):
+def test_sigkill_while_runs_sleep_wait_for_an_event_for_approval_and_for_a_child(tmp_path):
     """Each waiting run resumes after a kill -9 and finishes; each gate ends once: the
-    sleep on time, the approval with the token issued before the crash, the event once."""
+    sleep on time, the approval with the token issued before the crash, the event once,
+    the child (asleep at the crash) once, reported to its parent once."""
     data = tmp_path / "engine"
     child = subprocess.Popen(
         [sys.executable, str(Path(__file__).with_name("gates_crash_child.py")), str(data)],
@@ -156,4 +157,9 @@ def test_sigkill_while_runs_sleep_wait_for_an_event_and_for_approval(tmp_path):
         assert ended["hold"]["step.wait.matched"] == 1
         woke = eng.events(runs["nap"]).set_index("type").loc["step.sleep.completed", "time"]
         assert info["wake"] <= woke.timestamp() < info["wake"] + 2
-        assert calls == {"nap": 1, "review": 1, "hold": 1}
+        assert calls == {"nap": 1, "review": 1, "hold": 1, "parent": 1}
+        assert ended["parent"]["workflow.spawn"] == 1
+        assert ended["parent"]["workflow.child.completed"] == 1
+        child = eng.get_run(f"{runs['parent']}-gate")
+        assert child.status == "completed"
+        assert Counter(eng.events(child.id)["type"])["step.sleep.completed"] == 1

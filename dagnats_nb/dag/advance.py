@@ -20,7 +20,7 @@ from collections.abc import Iterable
 
 from .events import WORKFLOW_STARTED, Event, start_shape, started_input, upgrade_legacy
 from .fold import GATE_TIMERS, Fold
-from .gates import ApprovalGate, EventWait
+from .gates import ApprovalGate, EventWait, child_workflow
 from .model import SUPPORTED_STEP_TYPES as SUPPORTED
 from .model import WorkflowDef
 from .plan import plan, resolve_input, run_output
@@ -39,6 +39,7 @@ from .state import (
     RequestApproval,
     RunState,
     SetTimer,
+    SpawnChild,
     Timer,
 )
 
@@ -56,6 +57,10 @@ def start(defn: WorkflowDef, event: Event) -> tuple[RunState, list[Action]]:
         input=started_input(event.payload),
         started_at=event.time,
         legacy=start_shape(event.payload) == "legacy",
+        parent_run_id=str(payload.get("parent_run_id") or ""),
+        parent_step_id=str(payload.get("parent_step_id") or ""),
+        root_run_id=str(payload.get("root_run_id") or ""),
+        depth=payload["depth"] if isinstance(payload.get("depth"), int) else 0,
     )
     tx = Fold(defn, state, event.time)
     unsupported = [f"{s.type} (step '{s.id}')" for s in defn.steps if s.type not in SUPPORTED]
@@ -107,6 +112,9 @@ def resume(defn: WorkflowDef, state: RunState) -> list[Action]:
             actions.append(SetTimer(st.due_at, "loop", sid, None, st.iteration + 1))
         elif st.status == RUNNING and st.due_at is not None:
             actions += _resume_gate(defn, sid, st)
+        elif st.status == RUNNING and isinstance(st.detail, str):  # a sub_workflow's child
+            workflow, _ = child_workflow(plan(defn).steps[sid])
+            actions.append(SpawnChild(sid, st.detail, workflow, st.input))
         if st.map is not None:
             for idx, inst in st.map.active.items():
                 if inst.status == RETRYING and inst.due_at is not None:

@@ -56,6 +56,10 @@ APPROVAL_REQUESTED = "approval.requested"
 APPROVAL_GRANTED = "approval.granted"
 APPROVAL_REJECTED = "approval.rejected"
 APPROVAL_EXPIRED = "approval.expired"
+# A sub_workflow step's child run: spawned on the parent's history, which hears of its end.
+WORKFLOW_SPAWN = "workflow.spawn"
+WORKFLOW_CHILD_COMPLETED = "workflow.child.completed"
+WORKFLOW_CHILD_FAILED = "workflow.child.failed"
 
 RUN_TERMINAL_EVENTS = frozenset({WORKFLOW_COMPLETED, WORKFLOW_FAILED, WORKFLOW_CANCELLED})
 

@@ -21,6 +21,8 @@ from .events import (
     STEP_WAIT_MATCHED,
     STEP_WAIT_TIMEOUT,
     WORKFLOW_CANCELLED,
+    WORKFLOW_CHILD_COMPLETED,
+    WORKFLOW_CHILD_FAILED,
     WORKFLOW_FAILED,
     Event,
 )
@@ -52,6 +54,8 @@ GATE_ENDS = {
     APPROVAL_GRANTED: "approval",
     APPROVAL_REJECTED: "approval",
     APPROVAL_EXPIRED: "approval",
+    WORKFLOW_CHILD_COMPLETED: "sub_workflow",
+    WORKFLOW_CHILD_FAILED: "sub_workflow",
 }
 # A waiting step's timer -> (the step type it is for, the event it publishes).
 GATE_TIMERS = {
@@ -297,6 +301,17 @@ class Fold(Transaction):
         t = e.type
         if t in (APPROVAL_REJECTED, APPROVAL_EXPIRED):
             self.fail_step(e.step_id, approval_failure(e), 0, announce=False)
+            return
+        payload = e.payload if isinstance(e.payload, dict) else {}
+        if t in (WORKFLOW_CHILD_COMPLETED, WORKFLOW_CHILD_FAILED):
+            if payload.get("child_run_id") not in (None, cur.detail):
+                return  # not this step's child
+            if t == WORKFLOW_CHILD_FAILED:
+                why = f"child workflow failed: {payload.get('error') or 'failed'}"
+                self.fail_step(e.step_id, why, 0, announce=False)
+                return
+            self.complete_step(e.step_id, payload.get("output"))
+            self.schedule()
             return
         output = WAIT_TIMED_OUT if t == STEP_WAIT_TIMEOUT else e.payload
         self.complete_step(e.step_id, output)

@@ -26,6 +26,7 @@ from typing import Any
 from .durations import parse_duration
 from .model import StepDef
 
+SUB_WORKFLOW_MAX_DEPTH = 3  # children of children of children, no deeper
 SLEEP_MAX_S = 365 * 24 * 3600.0
 APPROVAL_MAX_S = 168 * 3600.0
 WAITING_TYPES = frozenset({"sleep", "wait_for_event", "approval"})
@@ -61,6 +62,8 @@ def config_problems(step: StepDef, step_ids: set[str]) -> list[tuple[str, str]]:
             return _wait_problems(step, step_ids)
         if step.type == "approval":
             return _approval_problems(step)
+        if step.type == "sub_workflow":
+            return _child_problems(step)
     except GateError as exc:  # "step 's': config.<key>: why"
         _, field, why = (str(exc).split(": ", 2) + ["", ""])[:3]
         return [(field or "config", why or str(exc))]
@@ -139,6 +142,28 @@ def _approval_problems(step: StepDef) -> list[tuple[str, str]]:
     ):
         out.append(("config.approvers", "must be a list of names"))
     return out
+
+
+def _child_problems(step: StepDef) -> list[tuple[str, str]]:
+    cfg = _config(step)
+    out = []
+    if not isinstance(cfg.get("workflow"), str) or not cfg.get("workflow"):
+        out.append(("config.workflow", "must name the workflow the child run follows"))
+    if "detach" in cfg and not isinstance(cfg["detach"], bool):
+        out.append(("config.detach", "must be true or false"))
+    return out
+
+
+def child_workflow(step: StepDef) -> tuple[str, bool]:
+    """A sub_workflow step's child workflow and whether it is detached."""
+    cfg = _config(step)
+    return str(cfg.get("workflow") or ""), bool(cfg.get("detach"))
+
+
+def child_run_id(run_id: str, step_id: str) -> str:
+    """The child run of a sub_workflow step: one per step of a run, named after both (so
+    deciding it again after a crash names the same run)."""
+    return f"{run_id}-{step_id.replace('.', '_')}"
 
 
 # -- resolution when the step starts -----------------------------------------------------

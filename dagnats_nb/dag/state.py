@@ -123,6 +123,10 @@ class RunState:
     resumed_at: float | None = None  # the last reopening: the run's timeout counts from it
     bound_worker: str = ""  # sticky workflows: the worker that completed the first step
     legacy: bool = False  # started by dagnats-nb < 0.2: step events wrap their output
+    parent_run_id: str = ""  # a sub_workflow's child run: the run and step that wait for it
+    parent_step_id: str = ""
+    root_run_id: str = ""  # the first run of its family ("" = itself)
+    depth: int = 0  # how deep in sub_workflows: a root run is 0
 
     def clone(self) -> RunState:
         """A shallow copy (much faster than ``copy.copy`` on a slotted dataclass)."""
@@ -146,6 +150,10 @@ class RunState:
             self.resumed_at,
             self.bound_worker,
             self.legacy,
+            self.parent_run_id,
+            self.parent_step_id,
+            self.root_run_id,
+            self.depth,
         )
 
     def step(self, step_id: str) -> StepState:
@@ -232,11 +240,41 @@ class RequestApproval:
 
 
 @dataclass(frozen=True, slots=True)
+class SpawnChild:
+    """Start the sub_workflow step's child run (once: a child that exists is left alone, or,
+    when it already ended, reported to its parent again)."""
+
+    step_id: str
+    child_run_id: str
+    workflow: str
+    input: Any
+    detach: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CancelChild:
+    """Cancel a child run whose parent ended while it ran."""
+
+    child_run_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class RunEnded:
     status: str
 
 
-Action = Dispatch | Publish | DeadLetter | SetTimer | AwaitEvent | RequestApproval | RunEnded
+Action = (
+    Dispatch
+    | Publish
+    | DeadLetter
+    | SetTimer
+    | AwaitEvent
+    | RequestApproval
+    | SpawnChild
+    | CancelChild
+    | RunEnded
+)
 
 
 @dataclass(frozen=True, slots=True)

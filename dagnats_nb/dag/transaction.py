@@ -22,12 +22,22 @@ from .events import (
     STEP_WAIT_STARTED,
     WORKFLOW_COMPLETED,
     WORKFLOW_FAILED,
+    WORKFLOW_SPAWN,
     Event,
     TaskPayload,
     dumps,
     format_time,
 )
-from .gates import WAITING_TYPES, GateError, approval_gate, event_wait, sleep_seconds
+from .gates import (
+    SUB_WORKFLOW_MAX_DEPTH,
+    WAITING_TYPES,
+    GateError,
+    approval_gate,
+    child_run_id,
+    child_workflow,
+    event_wait,
+    sleep_seconds,
+)
 from .model import StepDef, WorkflowDef
 from .plan import plan, resolve_input, run_output
 from .state import (
@@ -47,6 +57,7 @@ from .state import (
     WAITING,
     Action,
     AwaitEvent,
+    CancelChild,
     DeadLetter,
     Dispatch,
     Failure,
@@ -57,6 +68,7 @@ from .state import (
     RunEnded,
     RunState,
     SetTimer,
+    SpawnChild,
     StepState,
 )
 
@@ -209,6 +221,9 @@ class Transaction:
         if step.type in WAITING_TYPES:
             self.start_gate(step, value)
             return
+        if step.type == "sub_workflow":
+            self.start_child(step, value)
+            return
         st = self.st(step.id)
         st.input = value
         st.first_at = self.now
@@ -244,6 +259,33 @@ class Transaction:
                 self.actions.append(SetTimer(st.due_at, "approval_timeout", step.id))
         except GateError as exc:
             self.fail_step(step.id, str(exc), 0, announce=False)
+
+    def start_child(self, step: StepDef, value: Any) -> None:
+        """A sub_workflow step: its child run starts with the step's input and the step
+        waits for it to end (Go's ``workflow.spawn``); a detached child is left to run on its
+        own and the step completes at once with ``{"child_run_id"}``."""
+        st = self.st(step.id)
+        st.input, st.attempt = value, 1
+        st.first_at = st.started_at = st.queued_at = self.now
+        workflow, detach = child_workflow(step)
+        if self.state.depth + 1 > SUB_WORKFLOW_MAX_DEPTH:
+            why = f"sub_workflow nesting deeper than {SUB_WORKFLOW_MAX_DEPTH} runs"
+            self.fail_step(step.id, why, 0, announce=False)
+            return
+        child = child_run_id(self.state.run_id, step.id)
+        payload = {
+            "child_run_id": child,
+            "child_workflow": workflow,
+            "detach": detach,
+            "input": value,
+            "parent_step_id": step.id,
+        }
+        self.publish(self.event(WORKFLOW_SPAWN, step.id, payload))
+        self.actions.append(SpawnChild(step.id, child, workflow, value, detach))
+        if detach:
+            self.complete_step(step.id, {"child_run_id": child})
+        else:
+            st.status, st.detail = RUNNING, child
 
     def start_map(self, step: StepDef, items: Any) -> None:
         st = self.st(step.id)
@@ -413,6 +455,9 @@ class Transaction:
         s.status, s.ended_at, s.output, s.error = status, self.now, output, error
         for sid, cur in s.steps.items():
             if cur.status not in STEP_TERMINAL:
+                if cur.status == RUNNING and self.plan.steps[sid].type == "sub_workflow":
+                    why = f"its parent run {s.run_id} ended {status}"
+                    self.actions.append(CancelChild(str(cur.detail), why))
                 st = self.st(sid)
                 st.status, st.due_at = CANCELLED, None
         # Tasks decided earlier in this transaction are for steps just cancelled.

@@ -23,6 +23,7 @@ from dagnats_nb.dag import WorkflowDef
 from dagnats_nb.dag.advance import advance, compact, resume, start
 from dagnats_nb.dag.state import (
     AwaitEvent,
+    CancelChild,
     DeadLetter,
     Dispatch,
     Publish,
@@ -30,10 +31,12 @@ from dagnats_nb.dag.state import (
     RunEnded,
     RunState,
     SetTimer,
+    SpawnChild,
     Timer,
     TimerKey,
 )
 from dagnats_nb.errors import RunError
+from dagnats_nb.runtime.family import Family
 from dagnats_nb.runtime.gates import Correlator
 from dagnats_nb.runtime.records import RunRecords
 from dagnats_nb.runtime.sticky import FALLBACK_CHECK, StickyRouter, still_waiting
@@ -85,6 +88,7 @@ class Orchestrator:
             self.js, self.nc, self.runs, self._publish_event, self.errors.append
         )
         await self.gates.start()
+        self.family = Family(self.js, self.defs, self.runs, self._publish_event)
         info = await self.js.stream_info(protocol.HISTORY_STREAM)
         self._replay_until = info.state.last_seq
         self._replay_started = time.perf_counter()
@@ -219,6 +223,10 @@ class Orchestrator:
                         state.run_id, action.step_id, action.gate, action.expires_at
                     )
                 )
+            elif isinstance(action, SpawnChild):
+                self._track(self.family.spawn(state, action))
+            elif isinstance(action, CancelChild):
+                self._track(self.family.cancel(action))
             elif isinstance(action, RunEnded):
                 self._track(self._ended(state))
 
@@ -227,6 +235,8 @@ class Orchestrator:
         await self.records.now(state)
         self._wake(state.run_id)
         await self.gates.run_ended(state)
+        if state.parent_run_id:
+            await self.family.tell_parent(state)
 
     def _track(self, coro) -> None:
         task = asyncio.ensure_future(coro)

@@ -47,8 +47,11 @@ def run_record(state: RunState) -> dict[str, Any]:
         "status": state.status,
         "steps": steps,
         "created_at": format_time(state.started_at),
-        "root_run_id": state.run_id,
+        "root_run_id": state.root_run_id or state.run_id,
     }
+    if state.parent_run_id:
+        out["parent_run_id"] = state.parent_run_id
+        out["parent_step_id"] = state.parent_step_id
     if state.input is not None:
         out["input"] = state.input
     if state.ended_at is not None:
