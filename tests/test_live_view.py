@@ -126,3 +126,49 @@ def test_stopping_a_view_leaves_its_last_frame_with_a_note(eng):
 def test_layers_follow_their_parents_to_avoid_crossings():
     d = load_edges("a\nb\nb -> x\na -> y", "w")
     assert render.layers(d) == [["a", "b"], ["y", "x"]]
+
+
+def test_the_live_view_approves_with_its_buttons_and_opens_child_runs(engine):
+    InteractiveShell.instance()  # display() publishes through the shell
+
+    @engine.task("post")
+    def post(ctx):
+        return {"posted": ctx.input}
+
+    engine.register(
+        {"name": "kid", "steps": [{"id": "nap", "type": "sleep", "config": {"duration": "1s"}}]}
+    )
+    engine.register(
+        {
+            "name": "gated",
+            "steps": [
+                {"id": "review", "type": "approval", "config": {"subject": "s", "timeout": "1h"}},
+                {
+                    "id": "child",
+                    "type": "sub_workflow",
+                    "depends_on": ["review"],
+                    "config": {"workflow": "kid"},
+                },
+                {"id": "post", "task": "post", "depends_on": ["review"]},
+            ],
+        }
+    )
+    run = engine.start_run("gated", {"text": "hi"})
+    view = RunView(engine, run, interval=0.05, widgets=True).start()
+    w = view._widgets
+    until(lambda: w["gate:review"].layout.display is None, what="the approval row shown")
+    assert 'data-status="running"' in w["drawing"].value
+    assert "awaits approval" in w["drawing"].value
+    assert w["child:child"].layout.display == "none"  # no child run yet
+    w["gate:review:comment"].value = "fine by me"
+    w["gate:review:approve"].click()
+    assert w["gate:review:label"].value.startswith("<b>review</b> approved")
+    until(lambda: w["child:child"].layout.display is None, what="the child row shown")
+    assert f"{run.id}-child" in w["child:child:label"].value
+    w["child:child:open"].click()
+    assert [v.run.id for v in view.children] == [f"{run.id}-child"]
+    assert view.wait(30).status == "completed"
+    assert view.children[0].wait(30).status == "completed"
+    assert engine.step_output(run.id, "post")["posted"]["comment"] == "fine by me"
+    decision = engine.step_output(run.id, "review")
+    assert decision["approved"] is True and decision["comment"] == "fine by me"

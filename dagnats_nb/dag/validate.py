@@ -11,9 +11,9 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from ..errors import UnsupportedStepType, WorkflowError
+from .cron import trigger_spec_problems
 from .durations import parse_duration, to_nanoseconds
 from .gates import config_problems
-from .cron import trigger_spec_problems
 from .graph import cycle_problem, find_cycles
 from .model import (
     LOOP_KEYS,

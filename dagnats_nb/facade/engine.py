@@ -34,6 +34,7 @@ from dagnats_nb.facade.orchestration import orchestrates
 from dagnats_nb.facade.reads import Reads
 from dagnats_nb.facade.run import Run, RunTimeout
 from dagnats_nb.facade.runs import Runs, new_run_id
+from dagnats_nb.facade.triggers import Triggers
 from dagnats_nb.facade.twins import twins
 from dagnats_nb.observe import sampler
 from dagnats_nb.ops import backup, restore
@@ -67,7 +68,7 @@ def _default_progress(verb: str) -> Callable[[Any, dict[str, Any]], None]:
     return prepare
 
 
-class Engine(Runs, Reads, Observing, Gates):
+class Engine(Runs, Reads, Observing, Gates, Triggers):
     """A dagnats engine: embedded (``Engine.start``) or attached (``Engine.connect``)."""
 
     def __init__(self, settings: Settings, *, embedded: bool) -> None:
@@ -204,6 +205,7 @@ class Engine(Runs, Reads, Observing, Gates):
             self.orchestrator = Orchestrator(self._nc, self._js, self.defs, self.payloads)
             await self.orchestrator.start()
         self._started["orchestrator"] = True
+        await self._start_triggers()  # the orchestrating engine fires them
         self.host = WorkerHost(
             self._nc, self._js, self.payloads, self.worker_id, self._executor, self._store_full
         )
@@ -242,6 +244,7 @@ class Engine(Runs, Reads, Observing, Gates):
         await asyncio.to_thread(self.stop)
 
     async def _stop_async(self) -> None:
+        await self._stop_triggers()
         for extension in reversed(self.extensions):
             try:
                 await extension.stop()
@@ -370,6 +373,7 @@ class Engine(Runs, Reads, Observing, Gates):
         if self.llm is not None:  # the built-in llm steps' options and templates
             self.llm.check(defn, self.workers.get("llm"))
         h = await self.defs.put(defn)
+        await self._put_triggers(defn)
         ack_wait = self.settings.ack_wait.total_seconds()
         for task in sorted({s.task for s in defn.steps if s.task and not s.worker_group}):
             try:

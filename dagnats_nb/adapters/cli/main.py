@@ -346,6 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _settings_args(p)
     p.set_defaults(fn=cmd_worker)
+    from dagnats_nb.adapters.cli.triggers import add_trigger_parser
+
+    add_trigger_parser(sub, _settings_args, _overrides)
     return parser
 
 

@@ -146,6 +146,18 @@ def dlq_replay(
     return default.engine(start=False).dlq_replay(seq, run=run_id, dry_run=dry_run)
 
 
+def triggers() -> pd.DataFrame:
+    """The cron and subject triggers (and webhooks): id, workflow, kind, schedule, timezone,
+    enabled, last fired, next due."""
+    return default.engine(start=False).triggers()
+
+
+def trigger(action: str, trigger_id: str) -> dict[str, Any]:
+    """Switch a trigger on (``action="enable"``) or off (``"disable"``); its record."""
+    eng = default.engine(start=False)
+    return eng.enable_trigger(trigger_id) if action == "enable" else eng.disable_trigger(trigger_id)
+
+
 def config() -> pd.DataFrame:
     """Every setting with its value and where it came from (the running engine's, else
     what ``%dagnats start`` would use)."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import html
 import threading
 import time
 from collections.abc import Callable
@@ -60,6 +61,7 @@ class RunView:
         self._unwatch: Callable[[], None] | None = None
         self._finished = False
         self._handle: Any = None
+        self.children: list[RunView] = []  # views of child runs opened from this one
         self._widgets: dict[str, Any] | None = self._make_widgets() if widgets else None
 
     # -- life cycle (kernel thread) ------------------------------------------------------
@@ -175,9 +177,59 @@ class RunView:
             "drawing": W.HTML(value=render.dag_svg(self.defn)),
             "error": W.HTML(),
         }
-        w["box"] = W.VBox([w["header"], w["bar"], w["drawing"], w["error"]])
+        rows = [self._gate_row(W, w, s.id) for s in self.defn.steps if s.type == "approval"]
+        rows += [self._child_row(W, w, s.id) for s in self.defn.steps if s.type == "sub_workflow"]
+        w["children"] = W.Output()
+        w["box"] = W.VBox([w["header"], w["bar"], w["drawing"], *rows, w["error"], w["children"]])
         w["box"].add_class("dagnats-live")
         return w
+
+    def _gate_row(self, W: Any, w: dict[str, Any], sid: str) -> Any:
+        """Approve / Reject for an approval step, shown while it awaits a decision."""
+        label = W.HTML(f"<b>{sid}</b> awaits approval")
+        comment = W.Text(placeholder="comment (optional)")
+        yes = W.Button(description="Approve", button_style="success", icon="check")
+        no = W.Button(description="Reject", button_style="danger", icon="times")
+        row = W.HBox([label, comment, yes, no], layout=W.Layout(display="none"))
+        yes.on_click(lambda _b: self._decide(sid, True))
+        no.on_click(lambda _b: self._decide(sid, False))
+        for part, widget in (("label", label), ("comment", comment), ("approve", yes)):
+            w[f"gate:{sid}:{part}"] = widget
+        w[f"gate:{sid}:reject"], w[f"gate:{sid}"] = no, row
+        return row
+
+    def _decide(self, sid: str, approve: bool) -> None:
+        """A click on Approve or Reject (kernel thread): the decision, or why not."""
+        w = self._widgets
+        comment = w[f"gate:{sid}:comment"].value.strip() or None
+        decide = self.engine.approve if approve else self.engine.reject
+        try:
+            decision = decide(self.run.id, sid, comment)
+        except Exception as exc:  # shown where the person clicked, not as a traceback
+            w[f"gate:{sid}:label"].value = f"<b>{sid}</b>: {html.escape(str(exc))}"
+            return
+        verb = "approved" if approve else "rejected"
+        who = decision.get("by") if isinstance(decision, dict) else None
+        w[f"gate:{sid}:label"].value = f"<b>{sid}</b> {verb}" + (f" by {who}" if who else "")
+
+    def _child_row(self, W: Any, w: dict[str, Any], sid: str) -> Any:
+        """A sub_workflow step's child run, with a button that opens its own live view."""
+        label = W.HTML()
+        button = W.Button(description="Open child run", icon="external-link")
+        row = W.HBox([label, button], layout=W.Layout(display="none"))
+        button.on_click(lambda _b: self._open_child(sid))
+        w[f"child:{sid}:label"], w[f"child:{sid}:open"], w[f"child:{sid}"] = label, button, row
+        return row
+
+    def _open_child(self, sid: str) -> None:
+        frame = self._latest
+        child = frame.steps[sid].child if frame is not None else ""
+        if not child:
+            return
+        with self._widgets["children"]:
+            self.children.append(
+                RunView(self.engine, self.engine.get_run(child), widgets=True).start()
+            )
 
     def _set_traits(self, frame: Frame) -> None:
         w = self._widgets
@@ -191,6 +243,16 @@ class RunView:
             if w[key].value != value:
                 with w[key].hold_sync():
                     w[key].value = value
+        for sid, st in frame.steps.items():
+            row = w.get(f"gate:{sid}")
+            if row is not None:
+                _show(row, st.note == "awaits approval")
+            row = w.get(f"child:{sid}")
+            if row is not None:
+                _show(row, bool(st.child))
+                text = f"<b>{sid}</b>: child run <code>{st.child}</code>" if st.child else ""
+                if w[f"child:{sid}:label"].value != text:
+                    w[f"child:{sid}:label"].value = text
         bar = w["bar"]
         with bar.hold_sync():
             if bar.value != frame.progress:
@@ -198,6 +260,12 @@ class RunView:
             bar_style = style.get(frame.status, "info")
             if bar.bar_style != bar_style:
                 bar.bar_style = bar_style
+
+
+def _show(widget: Any, visible: bool) -> None:
+    display = None if visible else "none"
+    if widget.layout.display != display:
+        widget.layout.display = display
 
 
 def in_kernel(shell: Any) -> bool:

@@ -40,6 +40,8 @@ HELP = """\
   dlq [--workflow W] [--run R] [--limit N] dead letters (DataFrame)
   dlq replay SEQ | --run R [--dry-run]     resume a failed run at its dead-lettered step
   config                                   settings and where they come from (DataFrame)
+  triggers                                 cron and subject triggers, last fired, next due
+  trigger enable|disable ID                switch a trigger on or off
   streams | lag | kv | account             JetStream stats (DataFrames)
   health                                   the checklist's health rules, warnings first
   monitor [varz|jsz|connz|subsz]           NATS monitoring (needs monitor_port)
@@ -105,6 +107,10 @@ def _parser() -> MagicArgumentParser:
     s.add_argument("--limit", type=int, default=1000)
     s.add_argument("--dry-run", action="store_true")
     cmd("config")
+    cmd("triggers")
+    s = cmd("trigger")
+    s.add_argument("action", choices=["enable", "disable"])
+    s.add_argument("id")
     for name in ("streams", "lag", "kv", "account", "health"):
         cmd(name)
     s = cmd("monitor")
@@ -279,6 +285,14 @@ class Dagnats(Magics):
                 f"as attempt {r['attempt']}" + ("" if args.dry_run else f"; run {r['status']}")
             )
         return pd.DataFrame(rows)
+
+    def _triggers(self, args: Any, ex: Expander, cell: Any) -> Any:
+        return console.triggers()
+
+    def _trigger(self, args: Any, ex: Expander, cell: Any) -> Any:
+        record = console.trigger(args.action, ex.value(args.id))
+        print(f"trigger {record['id']} ({record.get('workflow_id')}) {args.action}d")
+        return record
 
     def _config(self, args: Any, ex: Expander, cell: Any) -> Any:
         return console.config()

@@ -38,6 +38,8 @@ class StepView:
     done: int | None = None  # map steps: instances completed
     count: int | None = None  # map steps: instances in all
     error: str | None = None
+    note: str = ""  # what a running step without a worker waits for ("awaits approval")
+    child: str = ""  # a sub_workflow step: its child run
 
 
 @dataclass(slots=True)
@@ -96,6 +98,10 @@ def frame_of(defn: WorkflowDef, state: RunState, now: float | None = None) -> Fr
         view = StepView(st.status, st.attempt, error=st.error)
         if st.map is not None:
             view.done, view.count = st.map.done, st.map.count
+        if st.status == "running" and s.type in WAITS_FOR:
+            view.note = waits_for(s.type, st)
+            if s.type == "sub_workflow":
+                view.child = str(st.detail or "")
         steps[s.id] = view
     return Frame(
         state.run_id,
@@ -107,6 +113,21 @@ def frame_of(defn: WorkflowDef, state: RunState, now: float | None = None) -> Fr
         time.time() if now is None else now,
         state.error,
     )
+
+
+WAITS_FOR = frozenset({"sleep", "wait_for_event", "approval", "sub_workflow"})
+
+
+def waits_for(kind: str, st: Any) -> str:
+    """What a running sleep, wait_for_event, approval or sub_workflow step waits for."""
+    if kind == "sleep" and st.due_at:
+        return "asleep until " + time.strftime("%H:%M:%S", time.localtime(st.due_at))
+    if kind == "wait_for_event":
+        event = getattr(st.detail, "event", "")
+        return f"awaits event {event}" if event else "awaits an event"
+    if kind == "approval":
+        return "awaits approval"
+    return "awaits child run"
 
 
 # -- layout and drawing ------------------------------------------------------------------
@@ -170,7 +191,8 @@ def dag_svg(defn: WorkflowDef, frame: Frame | None = None) -> str:
         fill, stroke = COLORS.get(status or "pending", COLORS["pending"])
         dash = ' stroke-dasharray="4 3"' if status == "skipped" else ""
         sub = _step_caption(s.type, s.task, st)
-        title = html.escape(f"{s.id} ({s.task}): {status or s.type}")
+        said = f"{status or s.type}" + (f", {st.note}" if st and st.note else "")
+        title = html.escape(f"{s.id} ({s.task or s.type}): {said}")
         parts.append(
             f'<g class="dagnats-step" data-step="{html.escape(s.id)}" '
             f'data-status="{status or ""}"><title>{title}</title>'
@@ -188,6 +210,8 @@ def dag_svg(defn: WorkflowDef, frame: Frame | None = None) -> str:
 def _step_caption(kind: str, task: str | None, st: StepView | None) -> str:
     if st is None:
         return _clip(f"{kind} · {task}" if kind != "normal" else str(task), 22)
+    if st.note:
+        return _clip(st.note.replace("asleep until ", "asleep → "), 22)
     text = st.status
     if st.count is not None:
         text += f" {st.done}/{st.count}"
