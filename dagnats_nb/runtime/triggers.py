@@ -253,16 +253,16 @@ class TriggerScheduler:
         kind = trigger_kind(rec)
         if not rec.get("enabled") or kind not in ("cron", "subject"):
             return  # webhooks are served by the HTTP adapter, from the workflows
-        a = Active(rec, written)
+        a = self.active[tid] = Active(rec, written)
         try:
             if kind == "cron":
                 await self._activate_cron(a)
             else:
                 await self._activate_subject(a)
         except (ValueError, DagnatsError) as exc:
+            if self.active.get(tid) is a:
+                del self.active[tid]
             self._error(f"trigger '{tid}' of workflow '{a.workflow}' is not served: {exc}")
-            return
-        self.active[tid] = a
 
     async def _drop(self, a: Active) -> None:
         if a.timer is not None:
@@ -301,10 +301,10 @@ class TriggerScheduler:
         a.timer = None
         async with a.lock:
             for minute in self._owed(a, self.clock()):
-                if self.active.get(a.id, a) is not a:
+                if self.active.get(a.id) is not a:
                     return  # replaced or disabled meanwhile
                 await self._fire_minute(a, minute)
-        if self.active.get(a.id, a) is not a:
+        if self.active.get(a.id) is not a:
             return
         now = self.clock()
         a.next_due = a.cron.next_after(now, a.tz)
