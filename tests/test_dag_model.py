@@ -599,17 +599,17 @@ def test_several_problems_are_all_reported():
 def test_unsupported_step_type():
     data = wf(
         step("validate"),
-        {"id": "plan", "type": "planner", "task": "plan", "depends_on": ["validate"]},
+        {"id": "reply", "type": "respond", "depends_on": ["validate"]},
         name="order-pipeline",
     )
     with pytest.raises(UnsupportedStepType) as info:
         load_workflow(data)
     assert (
-        "workflow 'order-pipeline' step 'plan': step type 'planner' "
+        "workflow 'order-pipeline' step 'reply': step type 'respond' "
         "is not supported yet" in str(info.value)
     )
     defn = load_workflow(data, allow_unsupported=True)
-    assert defn.step("plan").type == "planner"
+    assert defn.step("reply").type == "respond"
 
 
 def test_structural_problems_come_before_unsupported_types():
@@ -629,6 +629,8 @@ def test_supported_step_types():
         "wait_for_event",
         "approval",
         "sub_workflow",
+        "agent",
+        "planner",
     } == SUPPORTED_STEP_TYPES
 
 

@@ -60,6 +60,7 @@ APPROVAL_EXPIRED = "approval.expired"
 WORKFLOW_SPAWN = "workflow.spawn"
 WORKFLOW_CHILD_COMPLETED = "workflow.child.completed"
 WORKFLOW_CHILD_FAILED = "workflow.child.failed"
+PLANNER_MATERIALIZED = "planner.materialized"  # a planner's steps joined the run
 
 RUN_TERMINAL_EVENTS = frozenset({WORKFLOW_COMPLETED, WORKFLOW_FAILED, WORKFLOW_CANCELLED})
 

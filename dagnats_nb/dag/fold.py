@@ -9,6 +9,7 @@ from .events import (
     APPROVAL_GRANTED,
     APPROVAL_REJECTED,
     APPROVAL_REQUESTED,
+    PLANNER_MATERIALIZED,
     RETRIABLE,
     RUN_TERMINAL_EVENTS,
     STEP_COMPLETED,
@@ -27,7 +28,8 @@ from .events import (
     Event,
 )
 from .gates import ApprovalGate
-from .plan import resolve_input, run_output
+from .plan import plan, resolve_input, run_output
+from .planner import PlanError, extended, fragment
 from .state import (
     CANCELLED,
     FAILED,
@@ -185,8 +187,27 @@ class Fold(Transaction):
             return
         if e.iteration is not None and e.iteration != cur.iteration:
             return  # an earlier loop iteration's late report (its attempt is 1 again)
+        if self.plan.steps[e.step_id].type == "planner" and not self.materialize(e, output):
+            return
         self.complete_step(e.step_id, output, worker_id=e.worker_id)
         self.schedule()
+
+    def materialize(self, e: Event, output: object) -> bool:
+        """A planner's output joins the run as steps (see ``dag.planner``); False when it
+        cannot, and the planner step failed."""
+        s = self.state
+        planned = sum(1 for step in self.defn.steps if "." in step.id)
+        try:
+            steps = fragment(self.defn, self.plan.steps[e.step_id], output, planned)
+        except PlanError as exc:
+            self.fail_step(e.step_id, str(exc), 0, announce=False)
+            return False
+        if steps:
+            s.extended = extended(self.defn, steps)
+            self.defn = s.extended
+            self.plan = plan(s.extended)
+        self.publish(self.event(PLANNER_MATERIALIZED, e.step_id, {"steps": len(steps)}))
+        return True
 
     def bind(self, worker_id: str) -> None:
         """Sticky workflows: the first worker to complete a step takes the run's later tasks."""

@@ -64,6 +64,10 @@ def config_problems(step: StepDef, step_ids: set[str]) -> list[tuple[str, str]]:
             return _approval_problems(step)
         if step.type == "sub_workflow":
             return _child_problems(step)
+        if step.type == "planner":
+            from .planner import config_problems as planner_problems
+
+            return planner_problems(step)
     except GateError as exc:  # "step 's': config.<key>: why"
         _, field, why = (str(exc).split(": ", 2) + ["", ""])[:3]
         return [(field or "config", why or str(exc))]

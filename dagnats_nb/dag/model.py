@@ -67,7 +67,17 @@ StepType = Literal[
     "wait_for_event",
 ]
 SUPPORTED_STEP_TYPES: frozenset[str] = frozenset(
-    {"normal", "map", "agent_loop", "sleep", "wait_for_event", "approval", "sub_workflow"}
+    {
+        "normal",
+        "map",
+        "agent_loop",
+        "sleep",
+        "wait_for_event",
+        "approval",
+        "sub_workflow",
+        "agent",
+        "planner",
+    }
 )
 RETRY_ATTEMPTS_MAX = 100_000
 MAP_ITEMS_MAX = 10_000

@@ -127,6 +127,7 @@ class RunState:
     parent_step_id: str = ""
     root_run_id: str = ""  # the first run of its family ("" = itself)
     depth: int = 0  # how deep in sub_workflows: a root run is 0
+    extended: Any = None  # the definition with the steps planners added (a WorkflowDef)
 
     def clone(self) -> RunState:
         """A shallow copy (much faster than ``copy.copy`` on a slotted dataclass)."""
@@ -154,6 +155,7 @@ class RunState:
             self.parent_step_id,
             self.root_run_id,
             self.depth,
+            self.extended,
         )
 
     def step(self, step_id: str) -> StepState:

@@ -79,6 +79,8 @@ class Transaction:
     The decisions live here; how each kind of event leads to them is `fold.Fold`."""
 
     def __init__(self, defn: WorkflowDef, state: RunState, now: float) -> None:
+        if state.extended is not None:  # a planner added steps to this run
+            defn = state.extended
         self.defn = defn
         self.plan = plan(defn)
         self.now = now

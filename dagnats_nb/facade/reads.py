@@ -165,7 +165,8 @@ class Reads:
         if not events or events[0].type != protocol.WORKFLOW_STARTED:
             raise RunError(f"no history for run {run_id}: list runs with eng.runs()")
         _, defn = await self.defs.for_started(events[0].payload)
-        return defn, replay(defn, events)
+        state = replay(defn, events)
+        return state.extended or defn, state
 
     async def _events(self, run_id: str) -> list[protocol.Event]:
         """A run's history as a DataFrame (seq, time, type, step_id, attempt, worker_id...)."""

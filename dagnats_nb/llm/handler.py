@@ -26,6 +26,7 @@ from dagnats_nb.wire import protocol
 from ..config import Settings
 from ..dag import WorkflowDef
 from ..dag.model import MAP_KEYS, StepDef
+from ..dag.planner import planner_config
 from ..dag.validate import problem, workflow_error
 from .providers import ChatRequest, Completion, OpenAIProvider, Provider, ProviderError
 from .ratelimit import RateLimiter
@@ -52,6 +53,29 @@ class LLMOptions(BaseModel):
     response_format: Literal["text", "json"] = "text"
     stream: bool = False
     provider: Literal["openai", "simulated"] | None = None
+
+
+PLANNER_KEYS = ("max_steps", "max_depth", "allowed_tasks")
+
+
+def plan_instructions(step: StepDef) -> str:
+    """What a planner step asks of the model after its prompt: the reply's form and bounds."""
+    max_steps, max_depth, allowed = planner_config(step)
+    tasks = ", ".join(allowed) if allowed else "any task a worker serves"
+    depth = f"; no chain longer than {max_depth} steps" if max_depth else ""
+    return (
+        '\n\nReply with JSON only: {"steps": [{"id": "...", "task": "...", "depends_on": '
+        '["..."], "config": {...}}]}, a plan of at most '
+        f"{max_steps} steps{depth}. Allowed tasks: {tasks}. An llm step needs "
+        '"config": {"prompt": "..."}.'
+    )
+
+
+def plan_reply(value: Any, model: str) -> dict[str, Any]:
+    """A planner's reply as its output, ``{"steps": [...]}``; BadReply when it is not."""
+    if not isinstance(value, dict) or not isinstance(value.get("steps"), list):
+        raise BadReply(f'reply of {model} is not a plan {{"steps": [...]}}: {str(value)[:2000]}')
+    return {"steps": value["steps"]}
 
 
 class BadReply(Exception):  # noqa: N818 - retriable: the next reply may be fine
@@ -81,6 +105,8 @@ def parse_options(step: StepDef) -> LLMOptions:
     config = dict(step.config or {})
     if step.type == "map":
         config = {k: v for k, v in config.items() if k not in MAP_KEYS}
+    if step.type == "planner":
+        config = {k: v for k, v in config.items() if k not in PLANNER_KEYS}
     try:
         return LLMOptions.model_validate(config)
     except ValidationError as exc:
@@ -219,11 +245,13 @@ class LLMService:
         """Run one llm step attempt: render, call, record, map failures to signals."""
         step, opts = await self._step(ctx)
         scope = template_scope(step, ctx.input)
+        planner = step.type == "planner"
         try:
             messages = []
             if opts.system:
                 messages.append({"role": "system", "content": render(opts.system, scope)})
-            messages.append({"role": "user", "content": render(opts.prompt, scope)})
+            prompt = render(opts.prompt, scope) + (plan_instructions(step) if planner else "")
+            messages.append({"role": "user", "content": prompt})
         except TemplateError as exc:
             raise TemplateError(f"step '{ctx.step_id}' prompt template: {exc}") from None
         name = opts.provider or self.default
@@ -233,7 +261,7 @@ class LLMService:
             messages=messages,
             temperature=opts.temperature,
             max_tokens=opts.max_tokens,
-            json=opts.response_format == "json",
+            json=opts.response_format == "json" or planner,
             stream=opts.stream,
             attempt=ctx.attempt,
         )
@@ -271,11 +299,12 @@ class LLMService:
         latency_ms = round((time.perf_counter() - t0) * 1000, 1)
         out: dict[str, Any]
         try:
-            out = (
-                {"json": parse_json_reply(done.text, done.model)}
-                if req.json
-                else {"text": done.text}
-            )
+            if planner:
+                out = plan_reply(parse_json_reply(done.text, done.model), done.model)
+            elif req.json:
+                out = {"json": parse_json_reply(done.text, done.model)}
+            else:
+                out = {"text": done.text}
         except BadReply as exc:
             await self._failed(record, t0, "bad_json", None, str(exc), tokens, done)
             raise

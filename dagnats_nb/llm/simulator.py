@@ -12,7 +12,9 @@ the same answer whatever else runs concurrently, and a retry may fare differentl
   ``rate_timeout`` (the call hangs for the timeout), each a fraction of calls;
 - replies: words drawn from the prompt (from its text after the last ``:`` when that has
   five words or more); a JSON reply is ``{"label", "confidence"}`` with the
-  label drawn from a list written as ``one of: a, b, c`` in the prompt when there is one.
+  label drawn from a list written as ``one of: a, b, c`` in the prompt when there is one;
+  a planner's prompt (it names ``Allowed tasks:`` and ``at most N steps``) gets a valid
+  plan: a chain of 1 to 3 steps of those tasks (an ``llm`` step with a prompt).
 """
 
 from __future__ import annotations
@@ -167,7 +169,35 @@ def _weights(vocab_size: int) -> list[float]:
     return list(itertools.accumulate(each))
 
 
+_ALLOWED = re.compile(r"Allowed tasks: ([^.\n]+)\.")
+_AT_MOST = re.compile(r"at most (\d+) steps")
+
+
+def _plan_reply(rng: random.Random, prompt: str) -> str | None:
+    """A plan when the prompt asks for one (see ``llm.handler.plan_instructions``)."""
+    allowed, most = _ALLOWED.search(prompt), _AT_MOST.search(prompt)
+    if allowed is None or most is None:
+        return None
+    tasks = [t.strip() for t in allowed.group(1).split(",") if t.strip()]
+    if not tasks or tasks == ["any task a worker serves"]:
+        tasks = ["llm"]
+    topic = " ".join(_WORD.findall(prompt.partition("Reply with JSON")[0])[-6:]) or "the task"
+    steps = []
+    for i in range(rng.randint(1, max(1, min(3, int(most.group(1)))))):
+        task = rng.choice(tasks)
+        step: dict = {"id": f"step{i + 1}", "task": task}
+        if i:
+            step["depends_on"] = [f"step{i}"]
+        if task == "llm":
+            step["config"] = {"prompt": f"Part {i + 1} of the work on {topic}: {{input}}"}
+        steps.append(step)
+    return json.dumps({"steps": steps})
+
+
 def _json_reply(rng: random.Random, prompt: str) -> str:
+    plan = _plan_reply(rng, prompt)
+    if plan is not None:
+        return plan
     match = _CHOICES.search(prompt)
     choices = ["positive", "negative", "neutral"]
     if match:

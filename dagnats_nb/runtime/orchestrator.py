@@ -175,6 +175,8 @@ class Orchestrator:
                 self._track(self.sticky.bind(state))
         if event.type in COUNTED:
             self.counters[COUNTED[event.type]] += 1
+        if state.extended is not None:  # a planner's steps joined it: views follow
+            self.run_defs[run_id] = state.extended
         self.runs[run_id] = state
         if not self.replaying:
             if not state.terminal:  # `dagnats run list / status` follow it while it runs

@@ -49,6 +49,8 @@ def run_record(state: RunState) -> dict[str, Any]:
         "created_at": format_time(state.started_at),
         "root_run_id": state.root_run_id or state.run_id,
     }
+    if state.extended is not None:  # Go's dynamic_steps: what planners added
+        out["dynamic_steps"] = [s.to_dict() for s in state.extended.steps if "." in s.id]
     if state.parent_run_id:
         out["parent_run_id"] = state.parent_run_id
         out["parent_step_id"] = state.parent_step_id

@@ -39,16 +39,19 @@ def test_every_example_file_round_trips_through_a_go_deployment(go_serve, tmp_pa
     assert all(name in listed for name in ours)
 
 
-PLANNER = {  # a step type this engine does not run yet
-    "name": "plans",
-    "steps": [{"id": "plan", "task": "ggreet", "type": "planner", "config": {"max_steps": 5}}],
+RESPOND = {  # a step type this engine does not run yet
+    "name": "replies",
+    "steps": [
+        {"id": "greet", "task": "ggreet"},
+        {"id": "reply", "type": "respond", "depends_on": ["greet"]},
+    ],
 }
 
 
 def test_a_go_definition_we_cannot_run_fails_its_run_in_one_line(tmp_path):
     require_shared(conformance_dir())
-    defn = dn.load_workflow(PLANNER, allow_unsupported=True)
-    path = tmp_path / "plans.json"
+    defn = dn.load_workflow(RESPOND, allow_unsupported=True)
+    path = tmp_path / "replies.json"
     path.write_text(defn.to_json())
     with dn.Engine.start(data_dir=tmp_path / "nb", llm_enabled=False) as eng:
         go_cli(eng.url, "workflow", "register", str(path))
@@ -57,6 +60,6 @@ def test_a_go_definition_we_cannot_run_fails_its_run_in_one_line(tmp_path):
         started = json.loads(go_cli(eng.url, "run", "start", defn.name, "{}", "--json"))
         run = until(lambda: eng.get_run(started["run_id"]), what="the Go-started run")
         assert run.wait(30).status == "failed"
-        assert "uses step types this engine does not run yet: planner" in run.error
+        assert "uses step types this engine does not run yet: respond" in run.error
         status = json.loads(go_cli(eng.url, "run", "status", run.id, "--json"))
         assert status["status"] == "failed"
