@@ -17,8 +17,6 @@ CLI = [sys.executable, "-m", "dagnats_nb"]
 UNSUPPORTED = {
     "http-respond.json": "workflow 'http-echo' step 'respond': step type 'respond' is not "
     "supported yet",
-    "sub-workflow.json": "workflow 'order-pipeline' step 'process-payment': step type "
-    "'sub_workflow' is not supported yet",
 }
 
 
@@ -31,7 +29,7 @@ def test_validate_accepts_every_runnable_conformance_file(conformance):
     runnable = [str(p) for p in files if p.name not in UNSUPPORTED]
     result = dagnats("workflow", "validate", *runnable)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.count(": ok (") == len(runnable) == 8
+    assert result.stdout.count(": ok (") == len(runnable) == 9
 
 
 @pytest.mark.parametrize("name", sorted(UNSUPPORTED))

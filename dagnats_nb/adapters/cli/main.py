@@ -38,6 +38,13 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def _connect(args: argparse.Namespace):
+    """The engine on the data dir (or at ``nats_url``) the arguments name."""
+    from dagnats_nb.facade.engine import Engine
+
+    return Engine.connect(config=args.config, **_overrides(args))
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from dagnats_nb.config import load_settings
     from dagnats_nb.facade.engine import Engine
@@ -349,6 +356,9 @@ def build_parser() -> argparse.ArgumentParser:
     from dagnats_nb.adapters.cli.triggers import add_trigger_parser
 
     add_trigger_parser(sub, _settings_args, _overrides)
+    from dagnats_nb.adapters.cli.gates import add_gate_parsers
+
+    add_gate_parsers(sub, _settings_args, _connect)
     return parser
 
 

@@ -129,6 +129,15 @@ def cancel(run_id: str | Run) -> Run:
     return run
 
 
+def decide(
+    run_id: str, step_id: str, approve: bool, comment: str | None, by: str | None
+) -> dict[str, Any]:
+    """Approve or reject a waiting approval step; the decision as recorded."""
+    eng = default.engine(start=False)
+    decide_ = eng.approve if approve else eng.reject
+    return decide_(run_id, step_id, comment, by=by)
+
+
 def dlq(
     limit: int = 1000, *, workflow: str | None = None, run: str | Run | None = None
 ) -> pd.DataFrame:

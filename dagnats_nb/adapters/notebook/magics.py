@@ -36,6 +36,9 @@ HELP = """\
   run WF [--input JSON|$var] [--no-wait] [--timeout S]       start a run, live view
   steps RUN_ID | events RUN_ID             a run's steps / history (DataFrame)
   cancel RUN_ID                            cancel a run
+  approve|reject RUN_ID STEP [COMMENT] [--by NAME]   decide a waiting approval step
+  signal RUN_ID NAME [PAYLOAD]             signal a run (its wait_for_event step NAME)
+  event TYPE [DATA]                        publish an event (wait_for_event steps match it)
   watch RUN_ID                             a live view of a run (returns at once)
   dlq [--workflow W] [--run R] [--limit N] dead letters (DataFrame)
   dlq replay SEQ | --run R [--dry-run]     resume a failed run at its dead-lettered step
@@ -106,6 +109,19 @@ def _parser() -> MagicArgumentParser:
     s.add_argument("--run")
     s.add_argument("--limit", type=int, default=1000)
     s.add_argument("--dry-run", action="store_true")
+    for name in ("approve", "reject"):
+        s = cmd(name)
+        s.add_argument("run_id")
+        s.add_argument("step_id")
+        s.add_argument("comment", nargs="*")
+        s.add_argument("--by")
+    s = cmd("signal")
+    s.add_argument("run_id")
+    s.add_argument("name")
+    s.add_argument("payload", nargs="?")
+    s = cmd("event")
+    s.add_argument("type")
+    s.add_argument("data", nargs="?")
     cmd("config")
     cmd("triggers")
     s = cmd("trigger")
@@ -294,6 +310,32 @@ class Dagnats(Magics):
         print(f"trigger {record['id']} ({record.get('workflow_id')}) {args.action}d")
         return record
 
+    def _approve(self, args: Any, ex: Expander, cell: Any) -> dict:
+        return self._decide(args, ex, approve=True)
+
+    def _reject(self, args: Any, ex: Expander, cell: Any) -> dict:
+        return self._decide(args, ex, approve=False)
+
+    def _decide(self, args: Any, ex: Expander, *, approve: bool) -> dict:
+        run_id = console.resolve_run(ex.value(args.run_id)).id
+        comment = " ".join(args.comment) or None
+        decision = console.decide(run_id, args.step_id, approve, comment, args.by)
+        verb = "approved" if approve else "rejected"
+        print(f"run {run_id} step {args.step_id} {verb} by {decision.get('by') or 'you'}")
+        return decision
+
+    def _signal(self, args: Any, ex: Expander, cell: Any) -> None:
+        run_id = console.resolve_run(ex.value(args.run_id)).id
+        payload = _json_arg(ex, args.payload, "PAYLOAD")
+        default.engine(start=False).signal(run_id, args.name, payload)
+        print(f"signal {args.name} sent to run {run_id}")
+
+    def _event(self, args: Any, ex: Expander, cell: Any) -> int:
+        data = _json_arg(ex, args.data, "DATA")
+        seq = default.engine(start=False).publish_event(args.type, data)
+        print(f"event {args.type} published (EVENTS #{seq})")
+        return seq
+
     def _config(self, args: Any, ex: Expander, cell: Any) -> Any:
         return console.config()
 
@@ -307,6 +349,21 @@ class Dagnats(Magics):
         else:
             defn = load_workflow(_raw_definition(body, args.name, args.version))
         return console.register(defn)
+
+
+def _json_arg(ex: Expander, word: str | None, what: str) -> Any:
+    """A JSON argument, a $var (its value) or, when it is not JSON, the text itself."""
+    if word is None:
+        return None
+    if word in ex.strings:
+        return ex.value(word)
+    value = ex.value(word)
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
 
 
 def _raw_definition(body: str, name: str, version: str | None) -> dict[str, Any]:
