@@ -15,11 +15,7 @@ from conftest import SHARED_HINT
 from test_workflow_files import go_validate
 
 from dagnats_nb.dag import load_workflow
-from dagnats_nb.errors import UnsupportedStepType, WorkflowError
-
-UNSUPPORTED = {
-    "http-respond.json": ("respond", "respond"),
-}
+from dagnats_nb.errors import WorkflowError
 
 
 def _conformance_dir() -> Path:
@@ -48,7 +44,6 @@ def test_conformance_files_are_present():
         f"no conformance folder at {CONFORMANCE}; set DAGNATS_CONFORMANCE_DIR"
     )
     assert (CONFORMANCE / "workflow-schema.json").is_file()
-    assert set(UNSUPPORTED) <= set(WORKFLOW_FILES)
     assert len(WORKFLOW_FILES) >= 10
 
 
@@ -76,18 +71,6 @@ def test_schema_refs_resolve_under_draft7(schema_validator):
 @pytest.mark.parametrize("name", WORKFLOW_FILES)
 def test_conformance_file(name, tmp_path):
     path = CONFORMANCE / name
-    if name in UNSUPPORTED:
-        step_id, step_type = UNSUPPORTED[name]
-        with pytest.raises(UnsupportedStepType) as info:
-            load_workflow(path)
-        message = str(info.value)
-        assert f"step '{step_id}'" in message
-        assert f"step type '{step_type}' is not supported yet" in message
-        defn = load_workflow(path, allow_unsupported=True)
-        assert defn.step(step_id).type == step_type
-        assert load_workflow(defn.to_dict(), allow_unsupported=True) == defn
-        go_validate(defn.to_dict(), tmp_path)
-        return
     defn = load_workflow(path)
     out = defn.to_dict()
     assert "$schema" not in out  # Go refuses it: "unrecognized workflow field(s): $schema"
@@ -213,7 +196,6 @@ def broken(name: str, change) -> dict:
 def problems(data: dict) -> list[str]:
     with pytest.raises(WorkflowError) as info:
         load_workflow(data)
-    assert not isinstance(info.value, UnsupportedStepType), info.value
     return info.value.problems
 
 

@@ -333,3 +333,40 @@ def test_the_approval_link_decides_over_http_as_go_answers(tmp_path):
         assert run.output == {"approved_by": "web"}  # the body is the decision, as in Go
         again = httpx.post(url, params={"action": "approve", "token": token})
         assert again.status_code == 401 and "no open approval" in again.json()["error"]
+
+
+def test_a_respond_step_answers_on_go_subject_and_completes_with_its_body(drafting):
+    import base64
+
+    engine = drafting
+    engine.register(
+        _wf(
+            "answer",
+            {
+                "id": "reply",
+                "type": "respond",
+                "depends_on": ["draft"],
+                "config": {"status": 201, "headers": {"X-Kind": "draft"}, "body_from": "text"},
+            },
+            {"id": "send", "task": "send", "depends_on": ["reply"]},
+        )
+    )
+    got: list = []
+
+    async def listen_then_run():
+        nc = await nats.connect(engine.url)
+        sub = await nc.subscribe(protocol.response_subject("answered-run"))
+        await asyncio.to_thread(engine.start_run, "answer", {"order": 3}, run_id="answered-run")
+        msg = await sub.next_msg(timeout=20)
+        got.append(json.loads(msg.data))
+        await nc.close()
+
+    asyncio.run(listen_then_run())
+    reply = got[0]
+    assert reply["status"] == 201 and reply["headers"] == {"X-Kind": "draft"}
+    assert reply["content_type"] == "application/json"
+    assert json.loads(base64.b64decode(reply["body"])) == "draft for 3"
+    run = engine.get_run("answered-run").wait(timeout=20)
+    assert run.status == "completed" and run.output == {"sent": "draft for 3"}
+    types = _types(engine, run.id)
+    assert types.count("step.completed") == 3  # draft, reply (the engine's), send

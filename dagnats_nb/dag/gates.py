@@ -64,6 +64,8 @@ def config_problems(step: StepDef, step_ids: set[str]) -> list[tuple[str, str]]:
             return _approval_problems(step)
         if step.type == "sub_workflow":
             return _child_problems(step)
+        if step.type == "respond":
+            return _respond_problems(step)
         if step.type == "planner":
             from .planner import config_problems as planner_problems
 
@@ -156,6 +158,52 @@ def _child_problems(step: StepDef) -> list[tuple[str, str]]:
     if "detach" in cfg and not isinstance(cfg["detach"], bool):
         out.append(("config.detach", "must be true or false"))
     return out
+
+
+def _respond_problems(step: StepDef) -> list[tuple[str, str]]:
+    cfg = _config(step)
+    out = []
+    status = cfg.get("status", 200)
+    if not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 599:
+        out.append(("config.status", f"must be an HTTP status 100..599, got {status!r}"))
+    headers = cfg.get("headers")
+    if headers is not None and (
+        not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values())
+    ):
+        out.append(("config.headers", "must map header names to strings"))
+    for key in ("body_from", "content_type"):
+        if cfg.get(key) is not None and not isinstance(cfg[key], str):
+            out.append((f"config.{key}", "must be a string"))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """What a respond step answers the HTTP request that started its run with."""
+
+    status: int
+    headers: dict[str, str]
+    content_type: str
+    body: Any
+
+
+def response(step: StepDef, value: Any, run_input: Any, has_parent: bool) -> Response:
+    """A respond step's reply (Go's respond_step.go): its body is the single parent's
+    output (else the run's input), or the value at ``body_from`` in it."""
+    cfg = _config(step)
+    source = value if has_parent and value is not None else run_input
+    body = source
+    if cfg.get("body_from"):
+        try:
+            body = dot_path(source, str(cfg["body_from"]))
+        except KeyError as exc:
+            raise GateError(f"step '{step.id}': body_from: {exc.args[0]}") from None
+    return Response(
+        status=int(cfg.get("status") or 200),
+        headers=dict(cfg.get("headers") or {}),
+        content_type=str(cfg.get("content_type") or "application/json"),
+        body=body,
+    )
 
 
 def child_workflow(step: StepDef) -> tuple[str, bool]:

@@ -77,6 +77,7 @@ SUPPORTED_STEP_TYPES: frozenset[str] = frozenset(
         "sub_workflow",
         "agent",
         "planner",
+        "respond",
     }
 )
 RETRY_ATTEMPTS_MAX = 100_000

@@ -254,6 +254,15 @@ class SpawnChild:
 
 
 @dataclass(frozen=True, slots=True)
+class Respond:
+    """Answer the HTTP request that started the run (core NATS
+    ``dagnats.http.response.{run}``, as Go's respond step)."""
+
+    step_id: str
+    response: Any  # gates.Response
+
+
+@dataclass(frozen=True, slots=True)
 class CancelChild:
     """Cancel a child run whose parent ended while it ran."""
 
@@ -275,6 +284,7 @@ Action = (
     | RequestApproval
     | SpawnChild
     | CancelChild
+    | Respond
     | RunEnded
 )
 

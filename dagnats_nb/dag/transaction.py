@@ -36,6 +36,7 @@ from .gates import (
     child_run_id,
     child_workflow,
     event_wait,
+    response,
     sleep_seconds,
 )
 from .model import StepDef, WorkflowDef
@@ -65,6 +66,7 @@ from .state import (
     MapState,
     Publish,
     RequestApproval,
+    Respond,
     RunEnded,
     RunState,
     SetTimer,
@@ -226,6 +228,9 @@ class Transaction:
         if step.type == "sub_workflow":
             self.start_child(step, value)
             return
+        if step.type == "respond":
+            self.respond(step, value)
+            return
         st = self.st(step.id)
         st.input = value
         st.first_at = self.now
@@ -288,6 +293,19 @@ class Transaction:
             self.complete_step(step.id, {"child_run_id": child})
         else:
             st.status, st.detail = RUNNING, child
+
+    def respond(self, step: StepDef, value: Any) -> None:
+        """A respond step answers the run's HTTP request and completes with the body."""
+        st = self.st(step.id)
+        st.input, st.attempt = value, 1
+        st.first_at = st.started_at = st.queued_at = self.now
+        try:
+            reply = response(step, value, self.state.input, len(step.depends_on) == 1)
+        except GateError as exc:
+            self.fail_step(step.id, str(exc), 0, announce=False)
+            return
+        self.actions.append(Respond(step.id, reply))
+        self.complete_step(step.id, reply.body, publish=True)
 
     def start_map(self, step: StepDef, items: Any) -> None:
         st = self.st(step.id)

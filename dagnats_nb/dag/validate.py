@@ -64,8 +64,8 @@ def validate(defn: WorkflowDef) -> list[str]:
         out.append(problem(None, None, "name", "must not be empty"))
     else:
         out += _token_problems(name, name, None, "name")
-    if not defn.version:
-        out.append(problem(name, None, "version", "must not be empty"))
+    # An empty version is Go's too: its dag.Validate accepts it (a file without one is
+    # stored with "version": "" by the Go CLI), so a run of it must start here as well.
     if not defn.steps:
         out.append(problem(name, None, "steps", "at least one step is required"))
     by_id: dict[str, StepDef] = {}

@@ -8,6 +8,7 @@ ordered consumer, folds every run's events into its state (dropping the actions)
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import functools
 import logging
@@ -28,6 +29,7 @@ from dagnats_nb.dag.state import (
     Dispatch,
     Publish,
     RequestApproval,
+    Respond,
     RunEnded,
     RunState,
     SetTimer,
@@ -229,6 +231,8 @@ class Orchestrator:
                 self._track(self.family.spawn(state, action))
             elif isinstance(action, CancelChild):
                 self._track(self.family.cancel(action))
+            elif isinstance(action, Respond):
+                self._track(self._respond(state.run_id, action.response))
             elif isinstance(action, RunEnded):
                 self._track(self._ended(state))
 
@@ -312,6 +316,18 @@ class Orchestrator:
         self._done(ack)
         if not ack.cancelled() and ack.exception() is None:
             self._track(self._publish_event(queued))
+
+    async def _respond(self, run_id: str, reply) -> None:
+        """Go's respond message: status, headers, content type, base64 body (the value's
+        JSON, as Go sends it)."""
+        body = protocol.dumps(reply.body)
+        message = {
+            "status": reply.status,
+            "headers": reply.headers,
+            "content_type": reply.content_type,
+            "body": base64.b64encode(body).decode(),
+        }
+        await self.nc.publish(protocol.response_subject(run_id), protocol.dumps(message))
 
     async def _dead_letter(self, action: DeadLetter) -> None:
         """A step that failed for good, as Go writes it to DEAD_LETTERS: the task as its

@@ -74,6 +74,11 @@ def history_subject(run_id: str) -> str:
     return f"history.{run_id}"
 
 
+def response_subject(run_id: str) -> str:
+    """Where a respond step answers the HTTP request that started its run (core NATS)."""
+    return f"dagnats.http.response.{run_id}"
+
+
 def event_subject(event_type: str) -> str:
     """Where an external event of this type is published (Go's EVENTS stream)."""
     return f"event.{event_type}"
@@ -199,6 +204,7 @@ __all__ = [
     "APPROVAL_BUCKET",
     "SIGNAL_BUCKET",
     "event_subject",
+    "response_subject",
     "TASK_STREAM",
     "TELEMETRY_STREAM",
     "TaskPayload",

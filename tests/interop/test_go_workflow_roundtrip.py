@@ -1,18 +1,16 @@
 """Every dagnats example file through both engines' stores: what we write, the Go CLI
 registers in a Go deployment, and what Go keeps in its ``workflow_defs`` we read back as the
-same definition. A definition with step types we do not run yet is refused at ``start_run``
-and, started by the Go CLI on our engine, fails its run with one line."""
+same definition; one the Go CLI registers and starts on our engine, with steps that run
+without a worker, runs to its end."""
 
 from __future__ import annotations
 
 import json
 
-import pytest
 from conftest import conformance_dir, require_shared, until
 from goserve import go_cli, go_serve  # noqa: F401  (fixtures)
 
 import dagnats_nb as dn
-from dagnats_nb.errors import UnsupportedStepType
 
 FILES = sorted(p.name for p in conformance_dir().glob("*.json") if p.name != "workflow-schema.json")
 
@@ -39,27 +37,31 @@ def test_every_example_file_round_trips_through_a_go_deployment(go_serve, tmp_pa
     assert all(name in listed for name in ours)
 
 
-RESPOND = {  # a step type this engine does not run yet
-    "name": "replies",
+NO_WORKER_STEPS = {  # Go's file form: durations in nanoseconds
+    "name": "no-worker-steps",
     "steps": [
         {"id": "greet", "task": "ggreet"},
-        {"id": "reply", "type": "respond", "depends_on": ["greet"]},
+        {"id": "nap", "type": "sleep", "depends_on": ["greet"], "config": {"duration": 10**8}},
+        {"id": "reply", "type": "respond", "depends_on": ["greet", "nap"]},
     ],
 }
 
 
-def test_a_go_definition_we_cannot_run_fails_its_run_in_one_line(tmp_path):
+def test_a_go_registered_and_started_run_of_no_worker_steps_runs_here(tmp_path):
     require_shared(conformance_dir())
-    defn = dn.load_workflow(RESPOND, allow_unsupported=True)
-    path = tmp_path / "replies.json"
-    path.write_text(defn.to_json())
+    path = tmp_path / "no-worker-steps.json"
+    path.write_text(json.dumps(NO_WORKER_STEPS))
     with dn.Engine.start(data_dir=tmp_path / "nb", llm_enabled=False) as eng:
+
+        @eng.task("ggreet")
+        def ggreet(ctx):
+            return {"msg": f"hello {ctx.input['name']}"}
+
         go_cli(eng.url, "workflow", "register", str(path))
-        with pytest.raises(UnsupportedStepType, match="is not supported yet"):
-            eng.start_run(defn.name)
-        started = json.loads(go_cli(eng.url, "run", "start", defn.name, "{}", "--json"))
+        args = ("run", "start", "no-worker-steps", '{"name": "go"}', "--json")
+        started = json.loads(go_cli(eng.url, *args))
         run = until(lambda: eng.get_run(started["run_id"]), what="the Go-started run")
-        assert run.wait(30).status == "failed"
-        assert "uses step types this engine does not run yet: respond" in run.error
+        assert run.wait(30).status == "completed", run.error
+        assert run.output == {"name": "go"}  # two parents: Go answers with the run input
         status = json.loads(go_cli(eng.url, "run", "status", run.id, "--json"))
-        assert status["status"] == "failed"
+        assert status["status"] == "completed"
