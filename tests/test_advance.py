@@ -1516,7 +1516,7 @@ class Scenario:
             after = 20 if kind == ev.RETRY_AFTER else None
             return Fail(kind, f"{sid} attempt {task.attempt}: {kind}", after)
         if spec.kind == "compensate":
-            raise AssertionError(f"compensate step {sid} must never run")
+            return {"undone": task.input["original_step"]}
         if spec.kind == "handler":
             return {"handled": task.input["step_id"]}
         if spec.kind == "list":
@@ -1608,8 +1608,12 @@ def check_outcome(sc: Scenario, state: RunState) -> None:
     unfinished = {QUEUED, RUNNING, RETRYING, WAITING}
     assert not [sid for sid, stp in state.steps.items() if stp.status in unfinished]
     for sid, spec in sc.specs.items():
-        if spec.kind == "compensate":
-            assert state.step(sid).status == PENDING
+        if spec.kind == "compensate" and state.step(sid).status != PENDING:
+            # it ran: the run failed after the step it undoes completed, and said so
+            assert state.step(sid).status == COMPLETED, state.step(sid)
+            assert state.step(sid).output == {"undone": "s0"}
+            assert state.step("s0").status == COMPLETED
+            assert state.status == RUN_FAILED and state.error.endswith("(compensated)")
     if status == RUN_COMPLETED:
         assert state.status == RUN_COMPLETED, state.error
         assert state.output == output

@@ -61,6 +61,11 @@ WORKFLOW_SPAWN = "workflow.spawn"
 WORKFLOW_CHILD_COMPLETED = "workflow.child.completed"
 WORKFLOW_CHILD_FAILED = "workflow.child.failed"
 PLANNER_MATERIALIZED = "planner.materialized"  # a planner's steps joined the run
+# A saga undone: Go declares these (and never writes them); we write them.
+COMPENSATE_STARTED = "compensate.started"
+COMPENSATE_STEP_COMPLETED = "compensate.step.completed"
+COMPENSATE_COMPLETED = "compensate.completed"
+COMPENSATE_FAILED = "compensate.failed"
 
 RUN_TERMINAL_EVENTS = frozenset({WORKFLOW_COMPLETED, WORKFLOW_FAILED, WORKFLOW_CANCELLED})
 

@@ -98,6 +98,10 @@ class StepState:
 class Failure:
     step_id: str
     error: str
+    # compensation: the compensate steps still to run, in order, with the step each undoes
+    undo: tuple[tuple[str, str], ...] = ()
+    cause: str = ""  # the failed step's own error (the compensate steps' trigger_error)
+    saga: bool = False  # compensating: nothing new starts, later failures wait their turn
 
 
 @dataclass(slots=True)

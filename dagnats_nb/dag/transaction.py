@@ -10,6 +10,10 @@ from typing import Any
 
 from .events import (
     AGENT_LOOP_ITERATION,
+    COMPENSATE_COMPLETED,
+    COMPENSATE_FAILED,
+    COMPENSATE_STARTED,
+    COMPENSATE_STEP_COMPLETED,
     MAP_COMPLETED,
     MAP_STARTED,
     NON_RETRIABLE,
@@ -195,8 +199,8 @@ class Transaction:
     def schedule(self) -> None:
         """Dispatch or skip every ready step (within ``max_steps``); finish the run if done."""
         s = self.state
-        if s.terminal:
-            return
+        if s.terminal or (s.failure is not None and s.failure.saga):
+            return  # compensating: nothing new starts
         progressed = True
         while progressed:
             progressed = False
@@ -416,8 +420,19 @@ class Transaction:
                 why = {"iteration": st.iteration, "stopped": stopped}
                 self.publish(self.event(AGENT_LOOP_ITERATION, step_id, why))
             self.publish(self.event(STEP_COMPLETED, step_id, output, iteration=st.iteration))
-        if step_id in self.plan.handlers and self.state.failure is not None:
-            self.end_run(RUN_FAILED, error=self.state.failure.error)
+        failure = self.state.failure
+        if step_id in self.plan.handlers and failure is not None:
+            if not self._compensating(step_id):
+                self.end_run(RUN_FAILED, error=failure.error)
+                return
+            self.publish(self.event(COMPENSATE_STEP_COMPLETED, step_id, {"step": step_id}))
+            if failure.undo:
+                self.next_compensation()
+                return
+            self.publish(
+                self.event(COMPENSATE_COMPLETED, payload={"trigger_step": failure.step_id})
+            )
+            self.end_run(RUN_FAILED, error=f"{failure.error} (compensated)")
 
     def skip(self, step_id: str, reason: str) -> None:
         st = self.st(step_id)
@@ -455,9 +470,64 @@ class Transaction:
             h.first_at = self.now
             self.dispatch(handler, attempt=1, iteration=0)
             return
-        if step_id in self.plan.handlers and self.state.failure is not None:
-            message = f"{self.state.failure.error}; on_failure step '{step_id}' failed: {error}"
+        failure = self.state.failure
+        if step_id in self.plan.handlers and failure is not None:
+            what = "compensate" if failure.undo or self._compensating(step_id) else "on_failure"
+            message = f"{failure.error}; {what} step '{step_id}' failed: {error}"
+            if what == "compensate":
+                payload = {"step": step_id, "error": error, "trigger_step": failure.step_id}
+                self.publish(self.event(COMPENSATE_FAILED, payload=payload))
+        elif failure is None and self.start_compensation(step_id, error, message):
+            return
+        elif failure is not None and failure.saga:
+            return  # another step failing meanwhile: the compensation goes on
         self.end_run(RUN_FAILED, error=message)
+
+    def _compensating(self, step_id: str) -> bool:
+        return any(s.compensate == step_id for s in self.plan.steps.values())
+
+    def start_compensation(self, step_id: str, error: str, message: str) -> bool:
+        """A step failed for good with no on_failure: the compensate steps of the steps
+        that completed run one at a time, the last completed undone first (a saga). False
+        when there is nothing to undo."""
+        s = self.state
+        done = [
+            sid
+            for sid in self.plan.order
+            if self.plan.steps[sid].compensate
+            and sid not in self.plan.handlers
+            and s.step(sid).status == COMPLETED
+        ]
+        done.sort(key=lambda sid: s.step(sid).ended_at or 0.0, reverse=True)
+        undo = tuple((self.plan.steps[sid].compensate, sid) for sid in done)
+        undo = tuple(u for u in undo if s.step(u[0]).status == PENDING)
+        if not undo:
+            return False
+        s.failure = Failure(step_id, message, undo, error, saga=True)
+        steps = [target for target, _ in undo]
+        self.publish(
+            self.event(COMPENSATE_STARTED, payload={"trigger_step": step_id, "steps": steps})
+        )
+        self.next_compensation()
+        return True
+
+    def next_compensation(self) -> None:
+        """Dispatch the next compensate step (Go's input: what it undoes and why)."""
+        s = self.state
+        failure = s.failure
+        target, original = failure.undo[0]
+        s.failure = Failure(
+            failure.step_id, failure.error, failure.undo[1:], failure.cause, saga=True
+        )
+        h = self.st(target)
+        h.input = {
+            "original_step": original,
+            "original_output": s.step(original).output,
+            "trigger_step": failure.step_id,
+            "trigger_error": failure.cause,
+        }
+        h.first_at = self.now
+        self.dispatch(target, attempt=1, iteration=0)
 
     def maybe_finish(self) -> None:
         s = self.state
