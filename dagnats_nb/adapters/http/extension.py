@@ -1,6 +1,6 @@
 """The HTTP side of an engine, plugged in with ``Engine.add_extension``: ``/health`` and
-``/ready`` on ``http_addr``, the webhook triggers (each off without a secret) and the worker
-bridge (off without ``bridge_token``)."""
+``/ready`` on ``http_addr``, the webhook triggers (each off without a secret), the http
+triggers under ``/api/`` and the worker bridge (off without ``bridge_token``)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 from dagnats_nb.adapters.http.approvals import Approvals
 from dagnats_nb.adapters.http.bridge import Bridge
 from dagnats_nb.adapters.http.hooks import Webhooks
+from dagnats_nb.adapters.http.http_triggers import HTTPTriggers
 from dagnats_nb.adapters.http.server import HTTPServer, Request
 from dagnats_nb.facade import Engine
 from dagnats_nb.observe import stats
@@ -28,6 +29,7 @@ class HTTPSide:
         routes = {("GET", "/health"): self.health, ("GET", "/ready"): self.ready}
         routes.update(Webhooks(eng).routes())
         routes.update(Approvals(eng).routes())
+        routes.update(HTTPTriggers(eng).routes())  # /api/...: http triggers (respond step)
         if eng.settings.bridge_token:
             self.bridge = Bridge(eng)
             routes.update(self.bridge.routes())

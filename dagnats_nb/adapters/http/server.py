@@ -5,8 +5,9 @@ HTTP/1.1 is parsed by ``h11`` (already installed with httpx); routes are a table
 add rows, not code paths. A route's path is exact (``/health``) or a pattern whose segments
 may be ``{name}`` (one segment) or, last, ``{name...}`` (the rest of the path); the values
 land percent-decoded in ``Request.params``. Each route has its own body limit (413 over it,
-before the body is read when Content-Length says so). A handler answers JSON (a ``Reply``)
-or a ``Stream`` (e.g. server-sent events). Loopback by default.
+before the body is read when Content-Length says so). A handler answers JSON (a ``Reply``),
+bytes as they are (a ``Raw``: an HTTP trigger's response) or a ``Stream`` (e.g. server-sent
+events). Loopback by default.
 """
 
 from __future__ import annotations
@@ -55,7 +56,17 @@ class Stream:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-Handler = Callable[[Request], Awaitable[Reply | Stream]]
+@dataclass(frozen=True, slots=True)
+class Raw:
+    """A reply whose body is sent as given (not JSON): bytes, content type, extra headers."""
+
+    status: int
+    body: bytes
+    content_type: str = "application/octet-stream"
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+Handler = Callable[[Request], Awaitable[Reply | Stream | Raw]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,19 +217,23 @@ class HTTPServer:
             elif isinstance(event, h11.ConnectionClosed):
                 return None, False
 
-    async def _call(self, route: Route, request: Request) -> Reply | Stream:
+    async def _call(self, route: Route, request: Request) -> Reply | Stream | Raw:
         try:
             return await route.handler(request)
         except Exception as exc:  # a handler bug is a 500, never a dead server
             log.exception("http handler %s failed", request.path)
             return 500, {"error": f"{type(exc).__name__}: {exc}"}
 
-    async def _send(self, conn: h11.Connection, writer: asyncio.StreamWriter, reply: Reply) -> None:
-        status, body = reply[0], reply[1]
-        extra = reply[2] if len(reply) > 2 else {}
-        data = json.dumps(body, default=str).encode()
+    async def _send(
+        self, conn: h11.Connection, writer: asyncio.StreamWriter, reply: Reply | Raw
+    ) -> None:
+        if isinstance(reply, Raw):
+            status, data, extra, kind = reply.status, reply.body, reply.headers, reply.content_type
+        else:
+            status, extra, kind = reply[0], reply[2] if len(reply) > 2 else {}, "application/json"
+            data = json.dumps(reply[1], default=str).encode()
         headers = [
-            ("content-type", "application/json"),
+            ("content-type", kind),
             ("content-length", str(len(data))),
             ("connection", "close"),  # one request per connection: pooled clients reconnect
         ]
