@@ -12,6 +12,7 @@ import dagnats_nb as dn
 from dagnats_nb.adapters.notebook import render
 from dagnats_nb.adapters.notebook.live import RunView
 from dagnats_nb.adapters.notebook.render import Frame, StepView
+from dagnats_nb.dag import load_workflow
 from dagnats_nb.dag.edges import load_edges
 
 RANK = {"pending": 0, "queued": 1, "running": 2, "retrying": 2, "completed": 3, "failed": 3}
@@ -109,6 +110,20 @@ def test_layers_and_drawing_need_no_graphviz():
     assert 'data-step="b" data-status="running"' in svg and "running 3/4" in svg
     assert frame.progress == pytest.approx((1 + 0.75) / 6)
     assert "a | lone" in render.workflow_text(d)
+
+
+def test_steps_without_a_task_are_captioned_by_their_type_not_none():
+    d = load_workflow(
+        {
+            "name": "w",
+            "steps": [
+                {"id": "gate", "type": "approval", "config": {"subject": "s", "timeout": "1h"}},
+                {"id": "plan", "task": "llm", "type": "planner", "depends_on": ["gate"]},
+            ],
+        }
+    )
+    svg = render.dag_svg(d, None)
+    assert ">approval</text>" in svg and ">planner · llm</text>" in svg and "None" not in svg
 
 
 def test_stopping_a_view_leaves_its_last_frame_with_a_note(eng):

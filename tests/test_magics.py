@@ -108,6 +108,12 @@ def test_workflow_cell_takes_json_and_yaml_with_namespace_values(ip, eng):
         ip.run_cell_magic("dagnats", "workflow mine", '{"name": "other", "steps": []}')
 
 
+def test_workflow_cell_leaves_llm_templates_naming_python_builtins_alone(ip, eng):
+    body = 'steps:\n  - id: ask\n    task: llm\n    config: {prompt: "Summarise {input}"}\n'
+    defn = ip.run_cell_magic("dagnats", "workflow templated", body)
+    assert defn.step("ask").config["prompt"] == "Summarise {input}"  # not Python's input()
+
+
 def test_run_waits_stores_with_o_and_takes_input_from_a_variable(ip, eng):
     ip.user_ns["doc"] = {"n": 4}
     run = ip.run_line_magic("dagnats", "run digest --input $doc -o r")

@@ -86,13 +86,16 @@ class Expander:
         return self.text(word)
 
     def text(self, text: str) -> str:
-        """Expand ``{expr}`` (and ``$name``) inside text; unknown ones stay as they are."""
+        """Expand ``{expr}`` (and ``$name``) inside text; unknown ones stay as they are, and
+        so do those naming a function or class (``{input}`` in an llm prompt template is the
+        step's input, not Python's ``input``)."""
 
         def sub(m: re.Match) -> str:
             try:
-                return str(eval(m.group(1), self.ns))  # noqa: S307
+                value = eval(m.group(1), self.ns)  # noqa: S307
             except Exception:
                 return m.group(0)
+            return m.group(0) if callable(value) else str(value)
 
         text = _BRACED.sub(sub, text)
         return re.sub(

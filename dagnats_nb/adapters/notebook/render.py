@@ -168,7 +168,8 @@ def dag_svg(defn: WorkflowDef, frame: Frame | None = None) -> str:
             pos[sid] = (PAD + i * (BOX_W + GAP_X), PAD + offset + j * (BOX_H + GAP_Y))
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" class="dagnats-dag" font-family="sans-serif">',
+        f'viewBox="0 0 {width} {height}" class="dagnats-dag" font-family="sans-serif" '
+        'style="max-width:100%;height:auto">',  # shrinks to fit a narrow output (the widget)
         '<defs><marker id="dn-arrow" viewBox="0 0 8 8" refX="8" refY="4" markerWidth="7" '
         'markerHeight="7" orient="auto"><path d="M0,0 L8,4 L0,8 z" fill="#6b7280"/></marker>'
         "</defs>",
@@ -209,7 +210,9 @@ def dag_svg(defn: WorkflowDef, frame: Frame | None = None) -> str:
 
 def _step_caption(kind: str, task: str | None, st: StepView | None) -> str:
     if st is None:
-        return _clip(f"{kind} · {task}" if kind != "normal" else str(task), 22)
+        if not task:  # approval, sleep, wait_for_event, sub_workflow: no task to name
+            return kind
+        return _clip(f"{kind} · {task}" if kind != "normal" else task, 22)
     if st.note:
         return _clip(st.note.replace("asleep until ", "asleep → "), 22)
     text = st.status
