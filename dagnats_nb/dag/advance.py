@@ -29,9 +29,11 @@ from .state import (
     RUN_CANCELLED,
     RUN_COMPLETED,
     RUN_FAILED,
+    RUN_PENDING,
     RUNNING,
     WAITING,
     Action,
+    AwaitAdmission,
     AwaitEvent,
     Dispatch,
     MapState,
@@ -71,10 +73,20 @@ def start(defn: WorkflowDef, event: Event) -> tuple[RunState, list[Action]]:
         )
         tx.end_run(RUN_FAILED, error=why)
         return tx.finish(event)
+    limit = max_runs(defn)
+    if limit and not state.parent_run_id:  # children are not admitted, as in Go
+        tx.state.status = RUN_PENDING
+        tx.actions.append(AwaitAdmission(defn.name, limit))
+        return tx.finish(event)
     if defn.timeout:
         tx.actions.append(SetTimer(state.started_at + defn.timeout.total_seconds(), "run_timeout"))
     tx.schedule()
     return tx.finish(event)
+
+
+def max_runs(defn: WorkflowDef) -> int:
+    """The workflow's ``concurrency.max_runs`` (0: no limit)."""
+    return (defn.concurrency.max_runs or 0) if defn.concurrency else 0
 
 
 def advance(
@@ -99,8 +111,8 @@ def resume(defn: WorkflowDef, state: RunState) -> list[Action]:
         if task is not None and state.terminal:
             continue  # a finished run dispatches no more work
         actions.append(Dispatch(task, event) if task is not None else Publish(event))
-    if state.terminal:
-        return actions
+    if state.terminal or state.status == RUN_PENDING:
+        return actions  # a pending run is admitted by the shell, which counts slots
     if defn.timeout:
         since = state.resumed_at or state.started_at
         deadline = since + defn.timeout.total_seconds()

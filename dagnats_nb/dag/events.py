@@ -61,6 +61,8 @@ WORKFLOW_SPAWN = "workflow.spawn"
 WORKFLOW_CHILD_COMPLETED = "workflow.child.completed"
 WORKFLOW_CHILD_FAILED = "workflow.child.failed"
 PLANNER_MATERIALIZED = "planner.materialized"  # a planner's steps joined the run
+# Ours: a run that waited for concurrency.max_runs may start (Go writes no event for it).
+WORKFLOW_ADMITTED = "workflow.admitted"
 # A saga undone: Go declares these (and never writes them); we write them.
 COMPENSATE_STARTED = "compensate.started"
 COMPENSATE_STEP_COMPLETED = "compensate.step.completed"

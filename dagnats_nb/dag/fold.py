@@ -21,6 +21,7 @@ from .events import (
     STEP_STARTED,
     STEP_WAIT_MATCHED,
     STEP_WAIT_TIMEOUT,
+    WORKFLOW_ADMITTED,
     WORKFLOW_CANCELLED,
     WORKFLOW_CHILD_COMPLETED,
     WORKFLOW_CHILD_FAILED,
@@ -39,6 +40,7 @@ from .state import (
     RUN_CANCELLED,
     RUN_COMPLETED,
     RUN_FAILED,
+    RUN_PENDING,
     RUN_RUNNING,
     RUNNING,
     STEP_TERMINAL,
@@ -85,6 +87,9 @@ class Fold(Transaction):
         if t == STEP_REPLAYED:
             self.on_replayed(e)
             return
+        if t == WORKFLOW_ADMITTED:
+            self.on_admitted()
+            return
         if s.terminal or not e.step_id or e.step_id not in self.plan.deps:
             return
         if t == STEP_QUEUED:
@@ -115,6 +120,17 @@ class Fold(Transaction):
         else:
             output = payload["output"] if "output" in payload else run_output(self.defn, s)
             self.end_run(RUN_COMPLETED, output=output, publish=False)
+
+    def on_admitted(self) -> None:
+        """A slot of ``max_runs`` is the run's: it starts now (its timeout counts from now)."""
+        s = self.state
+        if s.status != RUN_PENDING:
+            return  # admitted twice (a restart right after): once
+        s.status, s.resumed_at = RUN_RUNNING, self.now
+        if self.defn.timeout:
+            deadline = self.now + self.defn.timeout.total_seconds()
+            self.actions.append(SetTimer(deadline, "run_timeout", seqno=s.reopened))
+        self.schedule()
 
     def on_queued(self, e: Event) -> None:
         if self.catch_up(e) or e.map_index is not None:

@@ -11,6 +11,7 @@ from typing import Any
 
 from .events import Event, TaskPayload
 
+RUN_PENDING = "pending"  # waits for a slot of its workflow's concurrency.max_runs
 RUN_RUNNING = "running"
 RUN_COMPLETED = "completed"
 RUN_FAILED = "failed"
@@ -275,6 +276,14 @@ class CancelChild:
 
 
 @dataclass(frozen=True, slots=True)
+class AwaitAdmission:
+    """The run waits for one of its workflow's ``max_runs`` slots (``workflow.admitted``)."""
+
+    workflow: str
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
 class RunEnded:
     status: str
 
@@ -289,6 +298,7 @@ Action = (
     | SpawnChild
     | CancelChild
     | Respond
+    | AwaitAdmission
     | RunEnded
 )
 

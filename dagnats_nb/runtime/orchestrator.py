@@ -21,8 +21,9 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from dagnats_nb.dag import WorkflowDef
-from dagnats_nb.dag.advance import advance, compact, resume, start
+from dagnats_nb.dag.advance import advance, compact, max_runs, resume, start
 from dagnats_nb.dag.state import (
+    AwaitAdmission,
     AwaitEvent,
     CancelChild,
     DeadLetter,
@@ -38,6 +39,7 @@ from dagnats_nb.dag.state import (
     TimerKey,
 )
 from dagnats_nb.errors import RunError
+from dagnats_nb.runtime.admission import Admission
 from dagnats_nb.runtime.family import Family
 from dagnats_nb.runtime.gates import Correlator
 from dagnats_nb.runtime.records import RunRecords
@@ -91,6 +93,7 @@ class Orchestrator:
         )
         await self.gates.start()
         self.family = Family(self.js, self.defs, self.runs, self._publish_event)
+        self.admission = Admission(self._publish_event, self._track)
         info = await self.js.stream_info(protocol.HISTORY_STREAM)
         self._replay_until = info.state.last_seq
         self._replay_started = time.perf_counter()
@@ -202,6 +205,8 @@ class Orchestrator:
                 except Exception as exc:  # one run must not keep the engine from ready
                     log.exception("cannot resume run %s: %s", run_id, exc)
                     self.errors.append(f"run {run_id} not resumed: {exc}")
+        by_start = sorted(self.runs.values(), key=lambda s: s.started_at)
+        self.admission.rebuild((s, max_runs(self.run_defs[s.run_id])) for s in by_start)
         await self.gates.listen()
         self.ready.set()
 
@@ -233,7 +238,10 @@ class Orchestrator:
                 self._track(self.family.cancel(action))
             elif isinstance(action, Respond):
                 self._track(self._respond(state.run_id, action.response))
+            elif isinstance(action, AwaitAdmission):
+                self.admission.wait(state.run_id, action.workflow, action.limit)
             elif isinstance(action, RunEnded):
+                self.admission.ended(state)
                 self._track(self._ended(state))
 
     async def _ended(self, state: RunState) -> None:
