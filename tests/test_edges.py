@@ -56,7 +56,10 @@ def test_chains_groups_lone_steps_and_skip_if():
         ("a -> b\nb: retry=x", "line 3 step 'b': retry='x': expected a whole number"),
         ("a -> b\nb: on_failure=zz", "line 3 step 'b': on_failure: unknown step 'zz'"),
         ("a -> b\nb: skip_if=zz", "line 3 step 'b': skip_if='zz': write skip_if="),
-        ("a -> b\nb: type=sleep", "line 3 step 'b': step type 'sleep' is not supported yet"),
+        (
+            "a -> b\nb: type=sleep",
+            "line 3 step 'b': field 'config': a sleep step sets exactly one of duration",
+        ),
         ("# nothing\n", "line 2: no steps"),
         ("a -> workflow", "line 2: 'workflow' is reserved"),
         ("a -> b\nb: retry", "line 3 step 'b': expected key=value, got 'retry'"),
@@ -84,3 +87,60 @@ def test_workflow_sticky_key_and_its_validation():
         load_edges("a -> b\nworkflow: sticky=medium", "w")
     with pytest.raises(WorkflowError, match="hard affinity needs a workflow timeout"):
         load_edges("a -> b\nworkflow: sticky=hard", "w")
+
+
+def test_the_edge_syntax_writes_every_step_type_as_go_reads_it():
+    from dagnats_nb.dag.edges import load_edges
+
+    defn = load_edges(
+        "\n".join(
+            [
+                "draft -> nap -> review -> paid -> publish -> plan -> reply",
+                "nap: type=sleep duration=2s",
+                "review: type=approval subject=approvals.x timeout=1h approvers=ada,bob",
+                'paid: type=wait_for_event event=payment match="order == input.order" timeout=10m',
+                "publish: type=sub_workflow workflow=pub detach=true",
+                "plan: type=planner allowed_tasks=llm,draft max_steps=3 max_depth=2",
+                "reply: type=respond status=201 body_from=text",
+                "draft: compensate=undo",
+                "undo",
+            ]
+        ),
+        "every-type",
+    )
+    steps = {s["id"]: s for s in defn.to_dict()["steps"]}
+    assert steps["nap"] == {
+        "id": "nap",
+        "depends_on": ["draft"],
+        "type": "sleep",
+        "config": {"duration": 2 * 10**9},
+    }
+    assert "task" not in steps["review"]
+    assert steps["review"]["config"] == {
+        "subject": "approvals.x",
+        "timeout": 3600 * 10**9,
+        "approvers": ["ada", "bob"],
+    }
+    assert steps["paid"]["config"] == {
+        "event": "payment",
+        "timeout": 600 * 10**9,
+        "match": {"left": "order", "op": "eq", "right": "input.order"},
+    }
+    assert steps["publish"]["config"] == {"workflow": "pub", "detach": True}
+    assert steps["plan"]["task"] == "plan"
+    assert steps["plan"]["config"] == {
+        "allowed_tasks": ["llm", "draft"],
+        "max_steps": 3,
+        "max_depth": 2,
+    }
+    assert steps["reply"]["config"] == {"status": 201, "body_from": "text"}
+    assert steps["draft"]["compensate"] == "undo"
+
+
+def test_a_bad_match_is_named_with_its_line():
+    from dagnats_nb.dag.edges import load_edges
+
+    with pytest.raises(
+        WorkflowError, match=r"line 2 step 'w'.*write match=\"field == input.path\""
+    ):
+        load_edges("a -> w\nw: type=wait_for_event event=e match=oops timeout=1s", "bad")

@@ -32,7 +32,8 @@ from .problems import workflow_error
 
 STEP_KEYS: dict[str, str] = {
     "task": "task name (default: the step id)",
-    "type": "normal | map | agent_loop",
+    "type": "normal | map | agent_loop | sleep | wait_for_event | approval | sub_workflow"
+    " | planner | agent | respond",
     "retry": "retries after a failure (an integer)",
     "delay": "delay before a retry (default 1s)",
     "backoff": "fixed | linear | exponential (default fixed)",
@@ -44,6 +45,22 @@ STEP_KEYS: dict[str, str] = {
     "max_duration": "agent_loop: longest total time",
     "loop_delay": "agent_loop: pause between iterations",
     "on_failure": "step to run when this one fails for good",
+    "compensate": "step that undoes this one when the run fails later",
+    "duration": "sleep: how long (5s, 2h)",
+    "until": "sleep: a field of the run input holding an RFC 3339 time",
+    "cron": 'sleep: until the next time of a cron expression ("0 8 * * *")',
+    "event": "wait_for_event: the event type",
+    "match": 'wait_for_event: "field == input.path" (or step.<id>.output.<path>)',
+    "subject": "approval: the NATS subject that announces the request",
+    "approvers": "approval: who may decide, comma-separated",
+    "description": "approval: what is asked",
+    "workflow": "sub_workflow: the child run's workflow",
+    "detach": "sub_workflow: true to not wait for the child",
+    "max_steps": "planner: most steps in a plan",
+    "max_depth": "planner: longest chain in a plan",
+    "allowed_tasks": "planner: tasks a plan may use, comma-separated",
+    "status": "respond: the HTTP status (default 200)",
+    "body_from": "respond: the field of the input to answer with",
     "skip_if": "skip when a parent's output field matches: parent.field == value",
     "worker_group": "worker group that runs the task",
 }
@@ -57,7 +74,20 @@ WORKFLOW_KEYS: dict[str, str] = {
     "max_steps": "steps of one run queued or running at once",
     "sticky": "worker affinity of a run's steps: soft or hard",
 }
-_INT_KEYS = ("retry", "concurrency", "max_items", "max_iterations", "max_steps")
+_INT_KEYS = (
+    "retry",
+    "concurrency",
+    "max_items",
+    "max_iterations",
+    "max_steps",
+    "max_depth",
+    "status",
+)
+# Step types that take no task (nothing runs on a worker), and the step keys that go to
+# their `config` (a `timeout` too: how long they wait, not a task's time limit).
+_NO_TASK = ("sleep", "wait_for_event", "approval", "sub_workflow", "respond")
+_CONFIG_TEXT = ("duration", "cron", "event", "subject", "description", "workflow", "body_from")
+_MATCH = re.compile(r"^\s*([^\s=]+)\s*==\s*((?:input|step)\.\S+)\s*$")
 _STEP = re.compile(r"[A-Za-z0-9_-]+")
 _SETTINGS_LINE = re.compile(r"^\s*([^\s:]+)\s*:(.*)$")
 _SKIP_IF = re.compile(r"^\s*([A-Za-z0-9_-]+)\.([^\s=!<>]+)\s*(==|!=|<=|>=|<|>)\s*(.+?)\s*$")
@@ -206,12 +236,15 @@ class _Parser:
 
     def step(self, sid: str) -> dict[str, Any]:
         line, s = self.settings.get(sid, (self.line_of[sid], {}))
-        out: dict[str, Any] = {"id": sid, "task": s.get("task", sid)}
+        kind = s.get("type", "normal")
+        out: dict[str, Any] = {"id": sid}
+        if kind not in _NO_TASK or "task" in s:
+            out["task"] = s.get("task", sid)
         if self.deps[sid]:
             out["depends_on"] = list(self.deps[sid])
         if "type" in s:
             out["type"] = s["type"]
-        if "timeout" in s:
+        if "timeout" in s and kind not in ("wait_for_event", "approval"):
             out["timeout"] = s["timeout"]
         retry = _retry(s)
         if retry:
@@ -220,18 +253,42 @@ class _Parser:
         for key in ("concurrency", "max_items", "max_iterations"):
             if key in s:
                 config[key] = int(s[key])
-        for key in ("max_duration", "loop_delay"):
+        for key in ("max_duration", "loop_delay", *_CONFIG_TEXT):
             if key in s:
                 config[key] = s[key]
+        config.update(self.gate_config(sid, kind, s, line))
         if config:
             out["config"] = config
-        for key in ("on_failure", "worker_group"):
+        for key in ("on_failure", "compensate", "worker_group"):
             if key in s:
                 out[key] = s[key]
         if s.get("on_failure") and s["on_failure"] not in self.deps:
             raise self.fail(line, "on_failure: " + self.unknown(s["on_failure"]), sid)
         if "skip_if" in s:
             out["skip_if"] = self.skip_if(sid, s["skip_if"], line)
+        return out
+
+    def gate_config(self, sid: str, kind: str, s: dict[str, str], line: int) -> dict[str, Any]:
+        """The `config` of the step types that wait, plan or answer, from their keys."""
+        out: dict[str, Any] = {}
+        if "until" in s:
+            out["until_input_path"] = s["until"]
+        if kind in ("wait_for_event", "approval") and "timeout" in s:
+            out["timeout"] = s["timeout"]
+        if "match" in s:
+            m = _MATCH.match(s["match"])
+            if not m:
+                why = f'match={s["match"]!r}: write match="field == input.path"'
+                raise self.fail(line, why, sid)
+            out["match"] = {"left": m.group(1), "op": "eq", "right": m.group(2)}
+        for key in ("approvers", "allowed_tasks"):
+            if key in s:
+                out[key] = [x.strip() for x in s[key].split(",") if x.strip()]
+        for key in ("max_steps", "max_depth", "status"):
+            if key in s:
+                out[key] = int(s[key])
+        if "detach" in s:
+            out["detach"] = s["detach"].lower() in ("true", "yes", "1")
         return out
 
     def skip_if(self, sid: str, text: str, line: int) -> dict[str, Any]:

@@ -45,7 +45,7 @@ from pydantic import (
 
 from ..errors import WorkflowError
 from . import graph
-from .durations import to_nanoseconds
+from .durations import parse_duration, to_nanoseconds
 from .fields import CancelOn as CancelOn
 from .fields import Duration, GoModel, NonNegInt, OptDuration, PosInt, debounce_in_ns
 from .fields import KeyedRateLimit as KeyedRateLimit
@@ -90,6 +90,24 @@ CANCEL_ON_MAX = 5
 LOOP_KEYS = ("max_iterations", "max_duration", "loop_delay", "budget_warn_at", "budget_force_at")
 MAP_KEYS = ("max_items", "concurrency")
 _GO_DURATION_MAX = timedelta(microseconds=(2**63 - 1) // 1000)
+
+
+# Durations in a step type's `config`, kept as Go reads them: integer nanoseconds (Go
+# refuses "5s" there). A text that is no duration is left for validation to name.
+_CONFIG_DURATIONS = {
+    "sleep": ("duration",),
+    "wait_for_event": ("timeout",),
+    "approval": ("timeout",),
+}
+
+
+def _nanoseconds(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    try:
+        return to_nanoseconds(parse_duration(value))
+    except (WorkflowError, ValueError):
+        return value
 
 
 def _empty_is_none(value: Any) -> Any:
@@ -253,6 +271,9 @@ class StepDef(GoModel):
                 self.config = {k: v for k, v in self.config.items() if k not in LOOP_KEYS} or None
         if self.type == "map" and "max_items" not in (self.config or {}):
             self.config = {"max_items": MAP_ITEMS_DEFAULT, **(self.config or {})}
+        keys = _CONFIG_DURATIONS.get(self.type, ())
+        if self.config and any(isinstance(self.config.get(k), str) for k in keys):
+            self.config = {k: _nanoseconds(v) if k in keys else v for k, v in self.config.items()}
         return self
 
     @property

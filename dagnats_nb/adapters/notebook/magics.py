@@ -65,9 +65,13 @@ HELP = """\
     classify:  type=map concurrency=4
     workflow:  retry=2 delay=50ms timeout=5m     # workflow settings
 
-  step keys: task (default: the id), type (normal|map|agent_loop), retry, delay, backoff
+  step keys: task (default: the id), type (normal|map|agent_loop|sleep|wait_for_event|
+  approval|sub_workflow|planner|agent|respond), retry, delay, backoff
   (fixed|linear|exponential), max_delay, timeout, concurrency, max_items, max_iterations,
-  max_duration, loop_delay, on_failure, skip_if="parent.field == value", worker_group.
+  max_duration, loop_delay, on_failure, compensate, skip_if="parent.field == value",
+  worker_group; sleep: duration, until, cron; wait_for_event: event, match="f == input.x",
+  timeout; approval: subject, timeout, approvers=a,b, description; sub_workflow: workflow,
+  detach; planner: max_steps, max_depth, allowed_tasks=a,b; respond: status, body_from.
   workflow keys: version, retry, delay, backoff, max_delay, timeout, max_steps,
   sticky (soft|hard).
   The body may use {var} from the namespace.
