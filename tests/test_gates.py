@@ -370,3 +370,22 @@ def test_a_respond_step_answers_on_go_subject_and_completes_with_its_body(drafti
     assert run.status == "completed" and run.output == {"sent": "draft for 3"}
     types = _types(engine, run.id)
     assert types.count("step.completed") == 3  # draft, reply (the engine's), send
+
+
+def test_approve_waits_for_a_run_that_has_not_reached_its_approval_yet(drafting):
+    engine = drafting
+    engine.register(
+        _wf(
+            "later",
+            {"id": "nap", "type": "sleep", "depends_on": ["draft"], "config": {"duration": "1s"}},
+            {**APPROVAL, "depends_on": ["nap"]},
+        )
+    )
+    run = engine.start_run("later", input={"order": 1})
+    with pytest.raises(DagnatsError, match="not reached yet"):
+        engine.approve(run.id, "review")  # no wait: the run is asleep before the approval
+    t0 = time.monotonic()
+    decision = engine.approve(run.id, "review", "when it comes", wait=20)
+    assert 0.5 < time.monotonic() - t0 < 15
+    assert decision["comment"] == "when it comes"
+    assert run.wait(timeout=20).status == "completed"

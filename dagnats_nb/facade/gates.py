@@ -26,24 +26,38 @@ class Gates:
     """Approvals, signals and events (see the module docstring)."""
 
     async def _approve(
-        self, run_id: str, step_id: str, comment: str | None = None, *, by: str | None = None
+        self,
+        run_id: str,
+        step_id: str,
+        comment: str | None = None,
+        *,
+        by: str | None = None,
+        wait: float = 0.0,
     ) -> dict:
         """Approve a run's waiting approval step: it completes with the decision
         (``{"approved": true, "comment", "by", "decided_at"}``) as its output. ``by``
-        defaults to your user name; a step with ``approvers`` accepts only those."""
+        defaults to your user name; a step with ``approvers`` accepts only those. ``wait``:
+        seconds to wait for a run that has not reached the step yet."""
         return await gates.decide(
-            self._js, run_id, step_id, approve=True, comment=comment, by=_who(by)
+            self._js, run_id, step_id, approve=True, comment=comment, by=_who(by), wait=wait
         )
 
     approve, approve_async = twins(_approve)
 
     async def _reject(
-        self, run_id: str, step_id: str, comment: str | None = None, *, by: str | None = None
+        self,
+        run_id: str,
+        step_id: str,
+        comment: str | None = None,
+        *,
+        by: str | None = None,
+        wait: float = 0.0,
     ) -> dict:
         """Reject a run's waiting approval step: the step fails ("approval rejected by
-        ...: comment"), and so does the run unless an ``on_failure`` step handles it."""
+        ...: comment"), and so does the run unless an ``on_failure`` step handles it.
+        ``wait`` as for :meth:`approve`."""
         return await gates.decide(
-            self._js, run_id, step_id, approve=False, comment=comment, by=_who(by)
+            self._js, run_id, step_id, approve=False, comment=comment, by=_who(by), wait=wait
         )
 
     reject, reject_async = twins(_reject)

@@ -111,16 +111,23 @@ async def decide(
     by: str | None = None,
     token: str | None = None,
     body: Any = None,
+    wait: float = 0.0,
 ) -> Any:
     """Approve or reject an open approval; the decision as recorded. ``token`` is checked
     when given (the HTTP link carries it; the engine's own callers are trusted). ``body``
-    (the HTTP request's JSON), when given, is the decision as it is, as Go records it."""
+    (the HTTP request's JSON), when given, is the decision as it is, as Go records it.
+    ``wait`` seconds: how long to wait for a run that has not reached the step yet."""
     kv = await js.key_value(protocol.APPROVAL_BUCKET)
     key = approval_key(run_id, step_id)
-    try:
-        entry = await kv.get(key)
-    except (KeyNotFoundError, NotFoundError):
-        entry = None
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            entry = await kv.get(key)
+        except (KeyNotFoundError, NotFoundError):
+            entry = None
+        if (entry is not None and entry.value) or time.monotonic() >= deadline:
+            break
+        await asyncio.sleep(0.1)
     if entry is None or not entry.value:
         raise ApprovalError(
             f"run {run_id} step {step_id} has no open approval (decided, expired, cancelled "

@@ -24,6 +24,9 @@ def add_gate_parsers(
         p.add_argument("step_id")
         p.add_argument("comment", nargs="?", help="why (kept in the run's history)")
         p.add_argument("--by", help="who decides (default: your user name)")
+        p.add_argument(
+            "--wait", type=float, default=0.0, help="seconds to wait for the run to reach the step"
+        )
         settings_args(p)
         p.set_defaults(fn=cmd_decide, connect=connect)
     p = sub.add_parser("signal", help="signal a run: its wait_for_event step NAME completes")
@@ -52,7 +55,7 @@ def cmd_decide(args: argparse.Namespace) -> int:
     eng = args.connect(args)
     try:
         decide = eng.approve if args.command == "approve" else eng.reject
-        decision = decide(args.run_id, args.step_id, args.comment, by=args.by)
+        decision = decide(args.run_id, args.step_id, args.comment, by=args.by, wait=args.wait)
     finally:
         eng.stop()
     verb = "approved" if decision["approved"] else "rejected"

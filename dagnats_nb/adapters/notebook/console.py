@@ -130,12 +130,17 @@ def cancel(run_id: str | Run) -> Run:
 
 
 def decide(
-    run_id: str, step_id: str, approve: bool, comment: str | None, by: str | None
+    run_id: str,
+    step_id: str,
+    approve: bool,
+    comment: str | None,
+    by: str | None,
+    wait: float = 0.0,
 ) -> dict[str, Any]:
     """Approve or reject a waiting approval step; the decision as recorded."""
     eng = default.engine(start=False)
     decide_ = eng.approve if approve else eng.reject
-    return decide_(run_id, step_id, comment, by=by)
+    return decide_(run_id, step_id, comment, by=by, wait=wait)
 
 
 def dlq(

@@ -36,7 +36,8 @@ HELP = """\
   run WF [--input JSON|$var] [--no-wait] [--timeout S]       start a run, live view
   steps RUN_ID | events RUN_ID             a run's steps / history (DataFrame)
   cancel RUN_ID                            cancel a run
-  approve|reject RUN_ID STEP [COMMENT] [--by NAME]   decide a waiting approval step
+  approve|reject RUN_ID STEP [COMMENT] [--by NAME] [--wait S]
+                                           decide an approval step (wait S s for it)
   signal RUN_ID NAME [PAYLOAD]             signal a run (its wait_for_event step NAME)
   event TYPE [DATA]                        publish an event (wait_for_event steps match it)
   watch RUN_ID                             a live view of a run (returns at once)
@@ -119,6 +120,7 @@ def _parser() -> MagicArgumentParser:
         s.add_argument("step_id")
         s.add_argument("comment", nargs="*")
         s.add_argument("--by")
+        s.add_argument("--wait", type=float, default=0.0, metavar="SECONDS")
     s = cmd("signal")
     s.add_argument("run_id")
     s.add_argument("name")
@@ -323,7 +325,7 @@ class Dagnats(Magics):
     def _decide(self, args: Any, ex: Expander, *, approve: bool) -> dict:
         run_id = console.resolve_run(ex.value(args.run_id)).id
         comment = " ".join(args.comment) or None
-        decision = console.decide(run_id, args.step_id, approve, comment, args.by)
+        decision = console.decide(run_id, args.step_id, approve, comment, args.by, args.wait)
         verb = "approved" if approve else "rejected"
         print(f"run {run_id} step {args.step_id} {verb} by {decision.get('by') or 'you'}")
         return decision
