@@ -302,6 +302,7 @@ class TaskPayload:
     def_hash: str = ""  # the definition version the run follows
     from_go: bool = False  # sent by the Go engine (no ``task`` field): not on the wire
     group: str = ""  # the step's worker_group: in the task's subject, not in its body
+    required_capabilities: list[str] = field(default_factory=list)  # Go's field
 
     @property
     def task_id(self) -> str:
@@ -329,6 +330,8 @@ class TaskPayload:
             out["metadata"] = self.metadata
         if self.def_hash:
             out["def_hash"] = self.def_hash
+        if self.required_capabilities:
+            out["required_capabilities"] = self.required_capabilities
         return out
 
     def encode(self) -> bytes:
@@ -347,6 +350,7 @@ class TaskPayload:
         tokens = subject.split(".")  # task.{task}[.{group}].{run_id}
         task = raw.get("task") or (tokens[1] if len(tokens) >= 3 else "")
         iteration = raw.get("iteration")
+        caps = raw.get("required_capabilities")
         return cls(
             run_id=raw["run_id"],
             step_id=step_id,
@@ -361,4 +365,5 @@ class TaskPayload:
             def_hash=raw.get("def_hash") or "",
             from_go="task" not in raw,
             group=tokens[2] if len(tokens) == 4 else "",
+            required_capabilities=[str(c) for c in caps] if isinstance(caps, list) else [],
         )

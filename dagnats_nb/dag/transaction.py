@@ -12,7 +12,6 @@ from .events import (
     AGENT_LOOP_ITERATION,
     COMPENSATE_COMPLETED,
     COMPENSATE_FAILED,
-    COMPENSATE_STARTED,
     COMPENSATE_STEP_COMPLETED,
     MAP_COMPLETED,
     MAP_STARTED,
@@ -22,29 +21,20 @@ from .events import (
     STEP_FAILED,
     STEP_QUEUED,
     STEP_SKIPPED,
-    STEP_SLEEP_STARTED,
-    STEP_WAIT_STARTED,
     WORKFLOW_COMPLETED,
     WORKFLOW_FAILED,
-    WORKFLOW_SPAWN,
     Event,
     TaskPayload,
     dumps,
     format_time,
 )
 from .gates import (
-    SUB_WORKFLOW_MAX_DEPTH,
     WAITING_TYPES,
-    GateError,
-    approval_gate,
-    child_run_id,
-    child_workflow,
-    event_wait,
-    response,
-    sleep_seconds,
 )
 from .model import StepDef, WorkflowDef
+from .nonworker import WithoutWorker
 from .plan import plan, resolve_input, run_output
+from .saga import Saga
 from .state import (
     CANCELLED,
     COMPLETED,
@@ -61,7 +51,6 @@ from .state import (
     STEP_TERMINAL,
     WAITING,
     Action,
-    AwaitEvent,
     CancelChild,
     DeadLetter,
     Dispatch,
@@ -69,17 +58,21 @@ from .state import (
     Instance,
     MapState,
     Publish,
-    RequestApproval,
-    Respond,
     RunEnded,
     RunState,
-    SetTimer,
-    SpawnChild,
     StepState,
 )
 
+CONTROL_PLANE = "control-plane"  # Go grants it per workflow; we never do (Go's default)
 
-class Transaction:
+
+def needed(step: StepDef) -> list[str]:
+    """The capabilities a worker needs to take the step's tasks (Go strips
+    ``control-plane`` unless the workflow is granted it)."""
+    return [c for c in step.required_capabilities or () if c != CONTROL_PLANE]
+
+
+class Transaction(WithoutWorker, Saga):
     """One application of an event: copy-on-write state plus the actions decided.
 
     The decisions live here; how each kind of event leads to them is `fold.Fold`."""
@@ -240,77 +233,6 @@ class Transaction:
         st.first_at = self.now
         self.dispatch(step.id, attempt=1, iteration=0)
 
-    def start_gate(self, step: StepDef, value: Any) -> None:
-        """A step that waits without a worker (sleep, wait_for_event, approval): running
-        from now until its timer, its event or its decision ends it. A config that cannot
-        be resolved fails it (a retry would resolve it the same way)."""
-        st = self.st(step.id)
-        st.input, st.attempt = value, 1
-        st.first_at = st.started_at = st.queued_at = self.now
-        try:
-            if step.type == "sleep":
-                wake = self.now + sleep_seconds(step, self.state.input, self.now)
-                st.status, st.due_at = RUNNING, wake
-                self.publish(
-                    self.event(STEP_SLEEP_STARTED, step.id, {"wake_at": format_time(wake)})
-                )
-                self.actions.append(SetTimer(wake, "sleep", step.id))
-            elif step.type == "wait_for_event":
-                outputs = {k: v.output for k, v in self.state.steps.items() if v.output is not None}
-                wait = event_wait(step, self.state.input, outputs)
-                st.status, st.due_at, st.detail = RUNNING, self.now + wait.timeout_s, wait
-                payload = {**wait.to_dict(), "timeout_at": format_time(st.due_at)}
-                self.publish(self.event(STEP_WAIT_STARTED, step.id, payload))
-                self.actions.append(AwaitEvent(step.id, wait))
-                self.actions.append(SetTimer(st.due_at, "wait_timeout", step.id))
-            else:
-                gate = approval_gate(step)
-                st.status, st.due_at, st.detail = RUNNING, self.now + gate.timeout_s, gate
-                self.actions.append(RequestApproval(step.id, gate, st.due_at))
-                self.actions.append(SetTimer(st.due_at, "approval_timeout", step.id))
-        except GateError as exc:
-            self.fail_step(step.id, str(exc), 0, announce=False)
-
-    def start_child(self, step: StepDef, value: Any) -> None:
-        """A sub_workflow step: its child run starts with the step's input and the step
-        waits for it to end (Go's ``workflow.spawn``); a detached child is left to run on its
-        own and the step completes at once with ``{"child_run_id"}``."""
-        st = self.st(step.id)
-        st.input, st.attempt = value, 1
-        st.first_at = st.started_at = st.queued_at = self.now
-        workflow, detach = child_workflow(step)
-        if self.state.depth + 1 > SUB_WORKFLOW_MAX_DEPTH:
-            why = f"sub_workflow nesting deeper than {SUB_WORKFLOW_MAX_DEPTH} runs"
-            self.fail_step(step.id, why, 0, announce=False)
-            return
-        child = child_run_id(self.state.run_id, step.id)
-        payload = {
-            "child_run_id": child,
-            "child_workflow": workflow,
-            "detach": detach,
-            "input": value,
-            "parent_step_id": step.id,
-        }
-        self.publish(self.event(WORKFLOW_SPAWN, step.id, payload))
-        self.actions.append(SpawnChild(step.id, child, workflow, value, detach))
-        if detach:
-            self.complete_step(step.id, {"child_run_id": child})
-        else:
-            st.status, st.detail = RUNNING, child
-
-    def respond(self, step: StepDef, value: Any) -> None:
-        """A respond step answers the run's HTTP request and completes with the body."""
-        st = self.st(step.id)
-        st.input, st.attempt = value, 1
-        st.first_at = st.started_at = st.queued_at = self.now
-        try:
-            reply = response(step, value, self.state.input, len(step.depends_on) == 1)
-        except GateError as exc:
-            self.fail_step(step.id, str(exc), 0, announce=False)
-            return
-        self.actions.append(Respond(step.id, reply))
-        self.complete_step(step.id, reply.body, publish=True)
-
     def start_map(self, step: StepDef, items: Any) -> None:
         st = self.st(step.id)
         st.first_at = self.now
@@ -387,6 +309,7 @@ class Transaction:
             metadata=dict(step.metadata or {}),
             def_hash=self.state.def_hash,
             group=step.worker_group or "",
+            required_capabilities=needed(step),
         )
 
     def instance_completed(self, step_id: str, idx: int, output: Any) -> None:
@@ -482,52 +405,6 @@ class Transaction:
         elif failure is not None and failure.saga:
             return  # another step failing meanwhile: the compensation goes on
         self.end_run(RUN_FAILED, error=message)
-
-    def _compensating(self, step_id: str) -> bool:
-        return any(s.compensate == step_id for s in self.plan.steps.values())
-
-    def start_compensation(self, step_id: str, error: str, message: str) -> bool:
-        """A step failed for good with no on_failure: the compensate steps of the steps
-        that completed run one at a time, the last completed undone first (a saga). False
-        when there is nothing to undo."""
-        s = self.state
-        done = [
-            sid
-            for sid in self.plan.order
-            if self.plan.steps[sid].compensate
-            and sid not in self.plan.handlers
-            and s.step(sid).status == COMPLETED
-        ]
-        done.sort(key=lambda sid: s.step(sid).ended_at or 0.0, reverse=True)
-        undo = tuple((self.plan.steps[sid].compensate, sid) for sid in done)
-        undo = tuple(u for u in undo if s.step(u[0]).status == PENDING)
-        if not undo:
-            return False
-        s.failure = Failure(step_id, message, undo, error, saga=True)
-        steps = [target for target, _ in undo]
-        self.publish(
-            self.event(COMPENSATE_STARTED, payload={"trigger_step": step_id, "steps": steps})
-        )
-        self.next_compensation()
-        return True
-
-    def next_compensation(self) -> None:
-        """Dispatch the next compensate step (Go's input: what it undoes and why)."""
-        s = self.state
-        failure = s.failure
-        target, original = failure.undo[0]
-        s.failure = Failure(
-            failure.step_id, failure.error, failure.undo[1:], failure.cause, saga=True
-        )
-        h = self.st(target)
-        h.input = {
-            "original_step": original,
-            "original_output": s.step(original).output,
-            "trigger_step": failure.step_id,
-            "trigger_error": failure.cause,
-        }
-        h.first_at = self.now
-        self.dispatch(target, attempt=1, iteration=0)
 
     def maybe_finish(self) -> None:
         s = self.state

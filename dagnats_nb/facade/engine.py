@@ -34,12 +34,12 @@ from dagnats_nb.facade.orchestration import orchestrates
 from dagnats_nb.facade.reads import Reads
 from dagnats_nb.facade.run import Run, RunTimeout
 from dagnats_nb.facade.runs import Runs, new_run_id
+from dagnats_nb.facade.serving import Serving
 from dagnats_nb.facade.triggers import Triggers
 from dagnats_nb.facade.twins import twins
 from dagnats_nb.observe import sampler
 from dagnats_nb.ops import backup, restore
 from dagnats_nb.ops.backup import results_frame
-from dagnats_nb.runtime.capacity import share_capacity
 from dagnats_nb.runtime.consumers import ensure_task_consumer
 from dagnats_nb.runtime.handlers import make_handler
 from dagnats_nb.runtime.host import WorkerHost
@@ -68,7 +68,7 @@ def _default_progress(verb: str) -> Callable[[Any, dict[str, Any]], None]:
     return prepare
 
 
-class Engine(Runs, Reads, Observing, Gates, Triggers):
+class Engine(Serving, Runs, Reads, Observing, Gates, Triggers):
     """A dagnats engine: embedded (``Engine.start``) or attached (``Engine.connect``)."""
 
     def __init__(self, settings: Settings, *, embedded: bool) -> None:
@@ -316,43 +316,6 @@ class Engine(Runs, Reads, Observing, Gates, Triggers):
         return self._loop is not None and self._loop.alive
 
     # -- handlers and workflows ----------------------------------------------------------
-
-    def task(self, name: str, *, concurrency: int | None = None, group: str = "") -> Callable:
-        """Decorator: run the function for every step whose ``task`` is ``name`` (of worker
-        group ``group``: only steps with that ``worker_group``)."""
-
-        def register(fn: Callable) -> Callable:
-            self.add_handler(name, fn, concurrency=concurrency, group=group)
-            return fn
-
-        return register
-
-    async def _add_handler(
-        self, name: str, fn: Callable, *, concurrency: int | None = None, group: str = ""
-    ):
-        """Run ``fn`` for every step whose ``task`` is ``name`` (``concurrency`` at once:
-        by default 64 for ``async def``, else 1; with ``group``, only the steps whose
-        ``worker_group`` it is, from the consumer ``workers-{name}-{group}``)."""
-        handler = make_handler(name, fn, concurrency, group)
-        if self.host is None:
-            raise DagnatsError(
-                "cannot register a handler on an attached engine: handlers run in an engine "
-                "started with Engine.start(), or in a worker process: `dagnats worker MODULE`"
-            )
-        await self._add_worker(handler)
-
-    add_handler, add_handler_async = twins(_add_handler)
-
-    async def _add_worker(self, handler) -> None:
-        if not handler.is_async:
-            sync = sum(
-                w.handler.concurrency for w in self.workers.values() if not w.handler.is_async
-            )
-            self._executor.max_workers = max(32, sync + handler.concurrency)
-        ack_wait = self.settings.ack_wait.total_seconds()
-        await self.host.add(handler, ack_wait)
-        await self.host.registry.beat()
-        await share_capacity(self._js, handler.task, ack_wait, handler.group)
 
     def _store_full(self, message: str) -> None:
         if self.orchestrator is not None:

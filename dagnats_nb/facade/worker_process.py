@@ -76,16 +76,19 @@ class WorkerProcess:
         worker_id: str | None = None,
         llm: bool = False,
         group: str = "",
+        capabilities: list[str] | tuple[str, ...] = (),
     ) -> None:
         """``handlers`` maps task names to ``(function, concurrency)`` (None: the default,
         64 for ``async def``, else 1); ``llm`` adds the built-in ``llm`` handler; ``group``
         makes this a worker of that group: it takes only the tasks of steps whose
-        ``worker_group`` is ``group`` (Go's ``worker.WithGroups``)."""
+        ``worker_group`` is ``group`` (Go's ``worker.WithGroups``); ``capabilities``: what
+        this worker offers, matched against steps' ``required_capabilities``."""
         if not handlers and not llm:
             raise DagnatsError("a worker needs at least one handler: pass handlers or llm=True")
         self.settings = settings
         self.handlers: dict[str, Handler] = {
-            name: make_handler(name, fn, conc, group) for name, (fn, conc) in handlers.items()
+            name: make_handler(name, fn, conc, group, capabilities)
+            for name, (fn, conc) in handlers.items()
         }
         self.want_llm = llm and BUILTIN_LLM not in self.handlers
         self.url = url

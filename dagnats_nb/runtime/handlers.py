@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,6 +60,8 @@ class Handler:
     fn: Callable[..., Any]
     concurrency: int
     group: str = ""  # a worker group: only the tasks of steps with this ``worker_group``
+    # what this worker offers: it takes only tasks whose required_capabilities it has
+    capabilities: frozenset[str] = frozenset()
 
     @property
     def is_async(self) -> bool:
@@ -67,7 +69,11 @@ class Handler:
 
 
 def make_handler(
-    task: str, fn: Callable[..., Any], concurrency: int | None, group: str = ""
+    task: str,
+    fn: Callable[..., Any],
+    concurrency: int | None,
+    group: str = "",
+    capabilities: Iterable[str] = (),
 ) -> Handler:
     if group and not is_token(group):
         raise DagnatsError(
@@ -86,4 +92,6 @@ def make_handler(
         concurrency = 64 if is_async else 1
     if concurrency < 1:
         raise DagnatsError(f"task '{task}': concurrency must be at least 1, got {concurrency}")
-    return Handler(task, fn, concurrency, group)
+    if isinstance(capabilities, str):
+        capabilities = [capabilities]
+    return Handler(task, fn, concurrency, group, frozenset(capabilities))

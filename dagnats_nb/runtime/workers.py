@@ -40,6 +40,7 @@ HEARTBEAT_EVERY = 30.0  # seconds between puts to the workers KV (its TTL is 60 
 # A step whose handler is still running after this long gets its step.started event;
 # faster steps go from queued to completed (three NATS messages fewer per step).
 ANNOUNCE_AFTER = 0.02
+CAPABILITY_RETRY = 2.0  # seconds before a task this worker cannot take is offered again
 STICKY_IDLE = 30 * 60.0  # a worker's sticky consumer outlives it by STICKY_TASKS' max age
 
 
@@ -96,6 +97,7 @@ class TaskWorker:
         self.inflight = 0
         self.completed = 0
         self.failed = 0
+        self.skipped = 0  # tasks left for a worker with the capabilities they need
         self._slots = asyncio.Semaphore(handler.concurrency)
         self._tasks: set[asyncio.Task] = set()
         self._loop_task: asyncio.Task | None = None
@@ -231,6 +233,20 @@ class TaskWorker:
             return
         if msg.headers and any(h.startswith(protocol.DLQ_HEADER_PREFIX) for h in msg.headers):
             await self._resume_dead_letter(msg, task)
+            return
+        missing = set(task.required_capabilities) - self.handler.capabilities
+        if missing:  # left for a worker that has them
+            self.skipped += 1
+            if self.skipped == 1 or self.skipped % 100 == 0:
+                log.warning(
+                    "task %s needs capabilities %s this worker lacks (it has %s): left for "
+                    "another worker (%d so far)",
+                    task.task_id,
+                    ", ".join(sorted(missing)),
+                    ", ".join(sorted(self.handler.capabilities)) or "none",
+                    self.skipped,
+                )
+            await msg.nak(delay=CAPABILITY_RETRY)
             return
         started = self._event(task, protocol.STEP_STARTED, None)
         # The Go engine counts attempts from step.started: its tasks announce at once.
@@ -433,9 +449,13 @@ class WorkerRegistry:
                     "inflight": w.inflight,
                     "completed": w.completed,
                     "failed": w.failed,
+                    "capabilities": sorted(w.handler.capabilities),
                 }
                 for name, w in self.tasks.items()
             },
+            "capabilities": sorted(
+                set().union(*(w.handler.capabilities for w in self.tasks.values()))
+            ),
             "started_at": self.started_at,
             "heartbeat_at": protocol.now_rfc3339(),
         }

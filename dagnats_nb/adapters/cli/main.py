@@ -271,6 +271,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         worker_id=args.worker_id,
         drain_timeout=args.drain_timeout,
         group=args.group or "",
+        capabilities=args.capability or [],
     )
 
 
@@ -347,6 +348,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--worker-id", help="id in the workers KV (default: host-pid-random)")
     p.add_argument(
         "--group", help="serve only steps with this worker_group (task.{task}.{group}.>)"
+    )
+    p.add_argument(
+        "--capability",
+        action="append",
+        help="a capability this worker offers (repeatable): steps that require it run here",
     )
     p.add_argument(
         "--drain-timeout", type=float, default=10.0, help="seconds in-flight tasks get at stop"

@@ -22,6 +22,7 @@ def run_worker(
     worker_id: str | None = None,
     drain_timeout: float = 10.0,
     group: str = "",
+    capabilities: list[str] | None = None,
 ) -> int:
     """``dagnats worker``: run until SIGTERM or SIGINT, then drain; the exit code."""
     if concurrency is not None and concurrency < 1:
@@ -32,7 +33,15 @@ def run_worker(
     handlers, llm = load_handlers(spec, tasks, concurrency)
     if llm and concurrency is not None:
         settings = settings.replace(llm_concurrency=concurrency)
-    worker = WorkerProcess(settings, handlers, url=url, worker_id=worker_id, llm=llm, group=group)
+    worker = WorkerProcess(
+        settings,
+        handlers,
+        url=url,
+        worker_id=worker_id,
+        llm=llm,
+        group=group,
+        capabilities=capabilities or (),
+    )
     stop = threading.Event()
     sigs = (signal.SIGINT, signal.SIGTERM)
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in sigs}

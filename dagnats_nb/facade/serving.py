@@ -1,0 +1,68 @@
+"""Handlers this engine runs: ``@eng.task(name)`` / ``add_handler``, a mixin of
+:class:`~dagnats_nb.facade.engine.Engine` (the worker host lives on the engine's loop)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from dagnats_nb.errors import DagnatsError
+from dagnats_nb.facade.twins import twins
+from dagnats_nb.runtime.capacity import share_capacity
+from dagnats_nb.runtime.handlers import make_handler
+
+
+class Serving:
+    """Task handlers of an embedded engine (see the module docstring)."""
+
+    def task(
+        self,
+        name: str,
+        *,
+        concurrency: int | None = None,
+        group: str = "",
+        capabilities: list[str] | tuple[str, ...] = (),
+    ) -> Callable:
+        """Decorator: run the function for every step whose ``task`` is ``name`` (of worker
+        group ``group``: only steps with that ``worker_group``; with ``capabilities``, also
+        the steps whose ``required_capabilities`` they cover, else only those needing none)."""
+
+        def register(fn: Callable) -> Callable:
+            self.add_handler(
+                name, fn, concurrency=concurrency, group=group, capabilities=capabilities
+            )
+            return fn
+
+        return register
+
+    async def _add_handler(
+        self,
+        name: str,
+        fn: Callable,
+        *,
+        concurrency: int | None = None,
+        group: str = "",
+        capabilities: list[str] | tuple[str, ...] = (),
+    ):
+        """Run ``fn`` for every step whose ``task`` is ``name`` (``concurrency`` at once:
+        by default 64 for ``async def``, else 1; with ``group``, only the steps whose
+        ``worker_group`` it is, from the consumer ``workers-{name}-{group}``)."""
+        handler = make_handler(name, fn, concurrency, group, capabilities)
+        if self.host is None:
+            raise DagnatsError(
+                "cannot register a handler on an attached engine: handlers run in an engine "
+                "started with Engine.start(), or in a worker process: `dagnats worker MODULE`"
+            )
+        await self._add_worker(handler)
+
+    add_handler, add_handler_async = twins(_add_handler)
+
+    async def _add_worker(self, handler) -> None:
+        if not handler.is_async:
+            sync = sum(
+                w.handler.concurrency for w in self.workers.values() if not w.handler.is_async
+            )
+            self._executor.max_workers = max(32, sync + handler.concurrency)
+        ack_wait = self.settings.ack_wait.total_seconds()
+        await self.host.add(handler, ack_wait)
+        await self.host.registry.beat()
+        await share_capacity(self._js, handler.task, ack_wait, handler.group)
