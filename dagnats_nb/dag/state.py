@@ -180,7 +180,9 @@ _PENDING = StepState()
 
 @dataclass(frozen=True, slots=True)
 class Dispatch:
-    """Publish ``task`` on TASK_QUEUES, then (once it is stored) its ``queued`` event."""
+    """Publish ``task`` on TASK_QUEUES and, right behind it, its ``queued`` event (a task
+    the server refuses is sent again while its step waits; a crash before both are sent
+    leaves the event in the run's outbox, and the restart sends both again)."""
 
     task: TaskPayload
     queued: Event

@@ -293,7 +293,11 @@ class Orchestrator:
                 self._watch_sticky(task, data)
         ack = await self.js.publish_async(subject, data, headers={"Nats-Msg-Id": task.msg_id})
         self._pending.add(ack)
-        ack.add_done_callback(functools.partial(self._task_stored, queued))
+        ack.add_done_callback(functools.partial(self._task_stored, task, subject, data))
+        # step.queued right behind its task on the same connection, not after the task's
+        # ack: a fast worker's step.started then never comes before it in the history (as
+        # in Go). A task the server refuses is sent again while its step waits for it.
+        await self._publish_event(queued)
 
     def _watch_sticky(self, task: protocol.TaskPayload, data: bytes) -> None:
         """A soft run's task sent to its bound worker: re-send it to the shared queue if that
@@ -318,12 +322,25 @@ class Orchestrator:
             headers={"Nats-Msg-Id": task.msg_id},
         )
 
-    def _task_stored(self, queued: protocol.Event, ack: asyncio.Future) -> None:
-        # step.queued only after its task is stored: a crash in between leaves the event in
-        # the run's outbox, and resume dispatches again.
-        self._done(ack)
-        if not ack.cancelled() and ack.exception() is None:
-            self._track(self._publish_event(queued))
+    def _task_stored(
+        self, task: protocol.TaskPayload, subject: str, data: bytes, ack: asyncio.Future
+    ) -> None:
+        self._done(ack)  # a refusal is reported as a fault (a full store ends waits)
+        if not ack.cancelled() and ack.exception() is not None:
+            self._track(self._send_again(task, subject, data))
+
+    async def _send_again(self, task: protocol.TaskPayload, subject: str, data: bytes) -> None:
+        """A task the server refused (a full task queue): sent again, with backoff, while
+        its step still waits for it (its step.queued is in the history already)."""
+        delay = 1.0
+        while self._sub is not None and still_waiting(self.runs.get(task.run_id), task):
+            await asyncio.sleep(delay)
+            try:
+                await self.js.publish(subject, data, headers={"Nats-Msg-Id": task.msg_id})
+                return
+            except Exception as exc:
+                log.debug("task %s not stored yet: %s", task.task_id, exc)
+                delay = min(delay * 2, 30.0)
 
     async def _respond(self, run_id: str, reply) -> None:
         """Go's respond message: status, headers, content type, base64 body (the value's

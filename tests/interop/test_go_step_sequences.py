@@ -18,15 +18,11 @@ Known differences, asserted so that a change on either side is noticed:
 - Go creates a child run (sub_workflow) directly in its run store and writes no
   ``workflow.started`` for it; ours starts the child like any run, with ``workflow.started``
   (carrying ``parent_run_id``). The child's sequences are compared without it.
-- A difference of OURS (a defect, reported, not fixed here): Go writes ``step.queued`` and
-  then sends the task, so its ``step.queued`` always precedes the worker's ``step.started``.
-  Ours sends the task first and writes ``step.queued`` once the task is stored (the
-  outbox's crash safety, ``Orchestrator._task_stored``), so a fast worker's
-  ``step.started``, ``step.completed``, even the run's ``workflow.completed`` can come
-  before it (seen with the Go worker: ``… step.started shout, step.completed shout,
-  workflow.completed, step.queued shout``). Our sequences are compared with each
-  ``step.queued`` put back before its step's worker events; Go's are asserted to need no
-  such move.
+- ``step.queued`` before the worker's events: Go writes it and then sends the task; ours
+  sends the task and its ``step.queued`` right behind it on one connection (until
+  2026-11-30 only once the task was stored, so a fast Go worker's ``step.started``, even
+  the run's ``workflow.completed``, came first). Both engines' histories are asserted to
+  have every ``step.queued`` before its step's worker events.
 
 The workflows are linear so that the order of events is deterministic on both engines.
 """
@@ -189,8 +185,8 @@ def queued_first(seq: list[tuple[str, str]]) -> list[tuple[str, str]]:
 
 def split_at_terminal(events: list[dict]) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """The run's sequence up to and including its first terminal event, and what follows;
-    ``step.queued`` put back before the step's worker events (:func:`queued_first`)."""
-    seq = queued_first(types(events))
+    each ``step.queued`` before its step's worker events (asserted in ``ended``)."""
+    seq = types(events)
     end = next(i for i, (kind, _) in enumerate(seq) if kind in TERMINAL)
     return seq[: end + 1], seq[end + 1 :]
 
@@ -265,8 +261,8 @@ class Side:
             every=0.05,
             what=f"the end of {self.name} run {run_id}",
         )
-        if self.name == "go":  # Go writes step.queued before it sends the task: in order
-            assert queued_first(types(events)) == types(events), types(events)
+        # both engines write step.queued before the worker's events on that step
+        assert queued_first(types(events)) == types(events), (self.name, types(events))
         return events
 
 
