@@ -182,6 +182,13 @@ def public_coroutines(cls: type) -> set[str]:
     }
 
 
+WAIT = {
+    "event": "go",
+    "match": {"left": "k", "op": "eq", "right": "input.k"},
+    "timeout": "1m",
+}
+
+
 async def scenario(eng: Engine, tmp_path, tag: str, release: threading.Event) -> set[str]:
     """Await every public coroutine of Engine, Run and WorkerProcess on the running loop
     (not the engine's), checking what each returns; the names called."""
@@ -244,6 +251,31 @@ async def scenario(eng: Engine, tmp_path, tag: str, release: threading.Event) ->
     assert chunks == [{"delta": "hi", "seq": 0, "attempt": 1}]
     tokens = [t async for t in run.stream("a", timeout=5)]  # the step is over: ends at once
     assert tokens == []
+
+    # steps that wait for the world: an approval, a signal, an event
+    waits = {
+        "name": f"waits-{tag}",
+        "steps": [
+            {"id": "ok", "type": "approval", "config": {"subject": "s", "timeout": "1m"}},
+            {"id": "no", "type": "approval", "config": {"subject": "s", "timeout": "1m"}},
+            {"id": "sig", "type": "wait_for_event", "depends_on": ["ok"], "config": WAIT},
+            {"id": "evt", "type": "wait_for_event", "depends_on": ["sig"], "config": WAIT},
+        ],
+    }
+    gated = await call(eng, "start_run_async", waits, {"k": tag})
+    assert (await call(eng, "approve_async", gated.id, "ok", "yes", wait=20))["approved"]
+    await call(eng, "signal_async", gated.id, "go", {"k": tag})
+    assert await call(eng, "publish_event_async", "go", {"k": tag}) >= 1
+    decision = await call(eng, "reject_async", gated.id, "no", "too soon", by="ada", wait=20)
+    assert decision == {**decision, "approved": False, "by": "ada"}
+    assert await call(eng, "wait_run_async", gated.id, 20) == "failed"
+    # triggers: one cron trigger, switched off and on
+    cron = {"id": f"tick-{tag}", "enabled": True, "cron": {"expression": "0 3 * * *"}}
+    await call(eng, "register_async", {**one_step(f"ticks-{tag}", "double"), "triggers": [cron]})
+    table = await call(eng, "triggers_async")
+    assert f"tick-{tag}" in set(table["id"])
+    assert (await call(eng, "disable_trigger_async", f"tick-{tag}"))["enabled"] is False
+    assert (await call(eng, "enable_trigger_async", f"tick-{tag}"))["enabled"] is True
 
     # cancelling
     held = await call(eng, "start_run_async", one_step(f"hold-{tag}", "hold"))

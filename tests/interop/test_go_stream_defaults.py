@@ -27,8 +27,9 @@ DELIBERATE = {
     # it, and Go's 30 % drops the workflow.started of the oldest runs, waiting or running
     ("WORKFLOW_HISTORY", "max_bytes"): (int(BUDGET * resources.GO_HISTORY_SHARE), -1),
 }
-# Go's streams nothing of ours uses, so we do not create them.
-GO_ONLY = {"EVENTS", "SLEEP_TIMERS", "TRIGGER_HISTORY"}
+# Go's streams nothing of ours uses, so we do not create them (our timers are rebuilt from
+# the history). EVENTS, approval_tokens, signals, triggers are Go's and ours alike.
+GO_ONLY = {"SLEEP_TIMERS", "TRIGGER_HISTORY"}
 
 
 @pytest.fixture
