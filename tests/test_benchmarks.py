@@ -1,4 +1,5 @@
-"""``benchmarks/engine.py --quick`` runs and reports every figure with a plausible value.
+"""``benchmarks/engine.py --quick`` and ``benchmarks/waiting.py --quick`` run and report
+every figure with a plausible value.
 
 Benchmarks are not timed tests: the targets are reported by the script, never judged here.
 """
@@ -93,3 +94,80 @@ def test_quick_run_reports_targets_and_machine(report):
     assert machine["cpu_count"] >= 1
     for key in ("python", "nats_server", "nats_py"):
         assert machine[key], key
+
+
+# -- benchmarks/waiting.py --quick: 500 sleeping and 500 approval-waiting runs -----------
+
+WAITING_SCRIPT = SCRIPT.parent / "waiting.py"
+
+# (path, low, high): every figure a number within loose bounds (seconds, bytes, runs/s).
+WAITING_FIGURES = [
+    (("raw", "publish_async_per_s"), 100, 10_000_000),
+    (("sleep", "memory", "tracemalloc_bytes_per_run"), 50, 1_000_000),
+    (("sleep", "held", "run_state_bytes_per_run"), 50, 1_000_000),
+    (("sleep", "held", "timer_bytes_per_run"), 10, 1_000_000),
+    (("sleep", "lateness_stored", "p50_s"), -1, 120),
+    (("sleep", "lateness_stored", "p99_s"), -1, 120),
+    (("sleep", "lateness_stored", "max_s"), -1, 120),
+    (("sleep", "lateness_fired", "p99_s"), -1, 120),
+    (("sleep", "all_completed_after_due_s"), -1, 300),
+    (("sleep", "start_seconds"), 0.001, 600),
+    (("approval", "memory", "tracemalloc_bytes_per_run"), 50, 1_000_000),
+    (("approval", "start_seconds"), 0.001, 600),
+    (("approval", "approve", "approve_all_seconds"), 0.001, 600),
+    (("approval", "approve", "gathered_per_s"), 1, 10_000_000),
+    (("approval", "all_completed_after_first_approve_s"), 0.001, 600),
+    (("restart", "time_to_ready_s"), 0.001, 600),
+    (("restart", "lateness_stored", "p99_s"), -1, 120),
+    (("rss", "sleep_rss_bytes_per_run"), -1_000_000, 10_000_000),  # RSS can even shrink
+    (("rss", "approval_rss_bytes_per_run"), -1_000_000, 10_000_000),
+]
+
+
+@pytest.fixture(scope="module")
+def waiting_report() -> dict:
+    proc = subprocess.run(
+        [sys.executable, str(WAITING_SCRIPT), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize(("path", "low", "high"), WAITING_FIGURES)
+def test_waiting_quick_run_reports_the_figure(waiting_report, path, low, high):
+    value = waiting_report
+    for key in path:
+        value = value[key]
+    assert isinstance(value, int | float) and not isinstance(value, bool), (path, value)
+    assert low <= value <= high, f"{'.'.join(path)} = {value} is not plausible"
+
+
+@pytest.mark.timeout(300)
+def test_waiting_quick_run_is_consistent(waiting_report):
+    r = waiting_report
+    n = r["runs"]
+    assert r["mode"] == "quick" and n == 500
+    for phase in ("sleep", "restart"):
+        p = r[phase]
+        assert p["woken"] == p["completed"] == n, phase  # every run woke once and ended
+        late = p["lateness_stored"]
+        assert late["samples"] == n
+        assert late["min_s"] <= late["p50_s"] <= late["p90_s"] <= late["p99_s"] <= late["max_s"]
+    assert r["sleep"]["orchestrator_timers_while_waiting"] >= n
+    assert r["sleep"]["held"]["timers"] == n
+    assert r["restart"]["timers_after_restart"] >= n  # rebuilt from the history
+    assert r["restart"]["events_replayed"] > 0
+    assert r["approval"]["approve"]["sequential"] + r["approval"]["approve"]["gathered"] == n
+
+
+@pytest.mark.timeout(300)
+def test_waiting_quick_run_reports_targets(waiting_report):
+    t = waiting_report["targets"]
+    assert t["bytes_per_waiting_run"] == 2048 and t["p99_lateness_s"] == 1.0
+    assert set(t["met"]) == {"bytes_per_waiting_run", "p99_lateness_s"}
+    assert all(isinstance(v, bool) for v in t["met"].values())
+    assert waiting_report["machine"]["nats_server"]
