@@ -22,6 +22,7 @@ from nats.js import JetStreamContext
 
 from dagnats_nb.dag import WorkflowDef
 from dagnats_nb.dag.advance import advance, compact, max_runs, resume, start
+from dagnats_nb.dag.fold import GATE_TIMERS
 from dagnats_nb.dag.state import (
     AwaitAdmission,
     AwaitEvent,
@@ -78,6 +79,8 @@ class Orchestrator:
         self._waiters: dict[str, list[asyncio.Future]] = {}
         self._watchers: dict[str, list[Callable[[RunState], None]]] = {}
         self._timers: dict[TimerKey, asyncio.TimerHandle] = {}
+        self._due: deque[tuple[RunState, list]] = deque()  # timers' decisions to perform
+        self._firing: asyncio.Future | None = None
         self._replay_until = 0
         self._replay_started = 0.0
         self._sub = None
@@ -114,6 +117,8 @@ class Orchestrator:
         await self.ready.wait()
 
     async def stop(self) -> None:
+        if self._firing is not None:
+            self._firing.cancel()
         if getattr(self, "gates", None) is not None:
             await self.gates.stop()
         for handle in self._timers.values():
@@ -241,6 +246,7 @@ class Orchestrator:
             elif isinstance(action, AwaitAdmission):
                 self.admission.wait(state.run_id, action.workflow, action.limit)
             elif isinstance(action, RunEnded):
+                self._cancel_timers(state)
                 self.admission.ended(state)
                 self._track(self._ended(state))
 
@@ -385,7 +391,32 @@ class Orchestrator:
         state, actions = advance(self.run_defs[run_id], state, timer)
         self.runs[run_id] = state
         self._notify(run_id, state)
-        self._track(self.execute(state, actions))
+        self._due.append((state, actions))
+        if self._firing is None:  # one task performs what the timers due together decided
+            self._firing = asyncio.ensure_future(self._fire_due())
+
+    async def _fire_due(self) -> None:
+        try:
+            while self._due:
+                state, actions = self._due.popleft()
+                try:
+                    await self.execute(state, actions)
+                except Exception as exc:  # one run's timer must not stop the others
+                    self.report_fault(f"timer of run {state.run_id}: {exc}")
+        finally:
+            self._firing = None
+
+    def _cancel_timers(self, state: RunState) -> None:
+        """An ended run's timers (a long approval timeout, say) go: they would only wake to
+        find the run over. Its gate and run timeouts are named by its steps."""
+        keys = [TimerKey(state.run_id, "run_timeout", "", None, state.reopened)]
+        for sid, st in state.steps.items():
+            if st.status != "pending":
+                keys += [TimerKey(state.run_id, kind, sid, None, 0) for kind in GATE_TIMERS]
+        for key in keys:
+            handle = self._timers.pop(key, None)
+            if handle is not None:
+                handle.cancel()
 
     def report_fault(self, message: str, *, store_full: bool = False) -> None:
         """Record an engine fault; a full store also ends every wait with that message."""

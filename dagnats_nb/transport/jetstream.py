@@ -48,6 +48,9 @@ __all__ = ["ClusterJetStream", "jetstream"]
 
 log = logging.getLogger("dagnats_nb.transport.jetstream")
 
+# Publishes awaiting their ack at most (nats-py's default is 4,000): 10,000 timers due at one
+# instant (sleeping runs) write their events at once instead of queueing behind the acks.
+MAX_IN_FLIGHT = 16_384
 _RETRIABLE = (NoStreamResponseError, nats.errors.NoRespondersError, nats.errors.TimeoutError)
 # "duplicate message id is in process" (the first send is pending), "JetStream system
 # temporarily unavailable"; a 503 with no code. Never a full store (503 + 10047 etc.).
@@ -56,7 +59,9 @@ _RETRIABLE_CODES = (10158, 10008)
 
 def jetstream(nc: NATS, domain: str | None = None, timeout: float = 10) -> ClusterJetStream:
     """The JetStream context dagnats uses: ``domain`` None is the server's own JetStream."""
-    return ClusterJetStream(nc, domain=domain or None, timeout=timeout)
+    return ClusterJetStream(
+        nc, domain=domain or None, timeout=timeout, publish_async_max_pending=MAX_IN_FLIGHT
+    )
 
 
 def _retriable(exc: BaseException) -> bool:
