@@ -128,7 +128,7 @@ class Reads:
         if "state" not in summary and summary.get("status") == "completed":
             return await self._history_output(run_id)  # a KV summary holds no output
         value = summary.get("output")
-        return await self.payloads.expand(value) if value is not None else None
+        return await self.payloads.expand(value, run_id) if value is not None else None
 
     run_output, run_output_async = twins(_run_output)
 
@@ -141,9 +141,9 @@ class Reads:
             return None
         payload = done.payload if isinstance(done.payload, dict) else {}
         if "output" in payload:
-            return await self.payloads.expand(payload["output"])
+            return await self.payloads.expand(payload["output"], run_id)
         _, defn = await self.defs.for_started(events[0].payload)
-        return await self.payloads.expand(replay(defn, events).output)
+        return await self.payloads.expand(replay(defn, events).output, run_id)
 
     # -- steps and events ----------------------------------------------------------------
 
@@ -206,7 +206,7 @@ class Reads:
         st = state.step(step_id)
         if st.status != "completed":
             raise RunError(f"step '{step_id}' of run {run_id} is {st.status}: it has no output")
-        return await self.payloads.expand(st.output)
+        return await self.payloads.expand(st.output, run_id)
 
     step_output, step_output_async = twins(_step_output)
 

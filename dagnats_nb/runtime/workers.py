@@ -284,7 +284,7 @@ class TaskWorker:
     async def _execute(self, task: protocol.TaskPayload, msg) -> tuple[str, Any]:
         """Run the handler on one task: the result event's type and payload."""
         try:
-            value = await self.payloads.expand(task.input)
+            value = await self.payloads.expand(task.input, task.run_id)
         except Exception as exc:
             return protocol.STEP_FAILED, failure(exc, protocol.RETRIABLE)
         ctx = TaskContext(

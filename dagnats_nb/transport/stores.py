@@ -233,21 +233,37 @@ class PayloadStore:
             return value
         return await self.put(value, prefix)
 
-    async def expand(self, value: Any) -> Any:
-        """``value`` with every reference replaced by the value it stands for."""
-        if protocol.is_ref(value):
+    async def expand(self, value: Any, run_id: str) -> Any:
+        """``value`` of run ``run_id`` with every reference replaced by the value it stands
+        for. Only references the engine made for this run (or a run it descends from: a
+        sub_workflow's child reads its parent's) are references; any other value of that
+        shape — a user's ``{"$ref": ..., "size": ...}`` — is a value like any other, so a
+        run's input cannot name another run's stored data."""
+        if protocol.is_ref(value) and _owned(value["$ref"], run_id):
             obj = await self._bucket()
             try:
                 res = await obj.get(value["$ref"])
             except ObjectNotFoundError:
                 raise WorkflowError(f"stored value {value['$ref']} is missing") from None
-            return await self.expand(json.loads(res.data))
+            return await self.expand(json.loads(res.data), run_id)
         if isinstance(value, dict):
             if not any(isinstance(v, (dict, list)) for v in value.values()):
                 return value
-            return {k: await self.expand(v) for k, v in value.items()}
+            return {k: await self.expand(v, run_id) for k, v in value.items()}
         if isinstance(value, list):
             if not any(isinstance(v, (dict, list)) for v in value):
                 return value
-            return [await self.expand(v) for v in value]
+            return [await self.expand(v, run_id) for v in value]
         return value
+
+
+def _owned(name: Any, run_id: str) -> bool:
+    """Whether a stored value's name is one the engine gives values of this run (or of an
+    ancestor: a child run's id is ``{parent}-{step}``): ``{run}/.../{32 hex digits}``."""
+    if not isinstance(name, str) or "/" not in name:
+        return False
+    owner, _, rest = name.partition("/")
+    tail = rest.rpartition("/")[2]
+    if len(tail) != 32 or any(c not in "0123456789abcdef" for c in tail):
+        return False
+    return run_id == owner or run_id.startswith(owner + "-")

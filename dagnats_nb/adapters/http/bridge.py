@@ -266,7 +266,7 @@ class Bridge:
         now = time.monotonic()
         held = Held(msg, task, worker_id, now, now)
         try:
-            value = await self.eng.payloads.expand(task.input)
+            value = await self.eng.payloads.expand(task.input, task.run_id)
         except Exception as exc:
             await self._report(
                 held, protocol.STEP_FAILED, {"error": str(exc), "failure_type": protocol.RETRIABLE}
