@@ -20,6 +20,7 @@ from .errors import (
     EngineLocked,
     RunError,
     ServerError,
+    UnservedTaskWarning,
     UnsupportedStepType,
     WorkflowError,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "RunTimeout",
     "ServerError",
     "TaskContext",
+    "UnservedTaskWarning",
     "UnsupportedStepType",
     "WorkflowDef",
     "WorkflowError",

@@ -44,3 +44,9 @@ class RunError(DagnatsError):
 
 class BackupError(DagnatsError):
     """A stream backup or restore failed, or a backup folder is not usable."""
+
+
+class UnservedTaskWarning(UserWarning):
+    """A workflow's steps name task types that no live worker serves: their runs wait until
+    a handler (``@dn.task``, ``@eng.task``) or a worker process (``dagnats worker``) serves
+    them. Filter it with ``warnings.filterwarnings("ignore", category=...)``."""

@@ -1,4 +1,4 @@
-"""The ``dagnats`` command, run as a real subprocess."""
+"""The ``dagnats`` command, run as a real subprocess (or in this process: ``cli_main``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import until
+
+import dagnats_nb as dn
 
 CLI = [sys.executable, "-m", "dagnats_nb"]
 
@@ -64,7 +67,8 @@ def test_status_reports_streams_workers_and_pending_tasks(engine):
         return 1
 
     engine.register({"name": "orphan", "steps": [{"id": "a", "task": "unserved"}]})
-    engine.start_run("orphan")
+    with pytest.warns(dn.UnservedTaskWarning, match="no worker serves task 'unserved'"):
+        engine.start_run("orphan")
     data_dir = str(engine.settings.data_dir)
 
     def status_with_the_pending_task():
@@ -178,3 +182,131 @@ def test_register_and_run_from_the_terminal(engine, tmp_path):
         bad = dagnats(*args, *where)
         assert bad.returncode == 1 and bad.stderr.startswith(message)
         assert len(bad.stderr.strip().splitlines()) == 1
+
+
+ORPHAN = {
+    "name": "orphan",
+    "steps": [
+        {"id": "fetch", "task": "fetch"},
+        {"id": "enrich", "task": "enrich", "depends_on": ["fetch"]},
+    ],
+}
+
+
+def cli_main(capsys, *args: str) -> tuple[int, str, str]:
+    """``dagnats ARGS`` in this process (cli.main), its exit code, stdout and stderr."""
+    from dagnats_nb.adapters.cli.main import main
+
+    code = main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_runs_show_events_and_cancel_from_the_terminal(engine, capsys):
+    @engine.task("fetch")
+    def fetch(ctx):
+        return {"n": ctx.input["n"]}
+
+    engine.register({"name": "one", "steps": [{"id": "fetch", "task": "fetch"}]})
+    done = engine.run("one", {"n": 7}, timeout=20)
+    engine.register(ORPHAN)
+    with pytest.warns(dn.UnservedTaskWarning):
+        waiting = engine.start_run("orphan", {"n": 1})
+    where = ("--data-dir", str(engine.settings.data_dir))
+
+    def listed():
+        code, out, _ = cli_main(capsys, "runs", "--json", *where)
+        rows = json.loads(out)
+        return rows if code == 0 and len(rows) == 2 else None
+
+    rows = until(listed, timeout=20, what="both runs in `dagnats runs`")  # records: <= 1 s
+    assert [r["run_id"] for r in rows] == [done.id, waiting.id]  # oldest first
+    assert [r["status"] for r in rows] == ["completed", "running"]
+    for args, ids in (
+        (("--status", "completed"), [done.id]),
+        (("--workflow", "orphan"), [waiting.id]),
+        (("--limit", "1"), [waiting.id]),
+        (("--workflow", "nope"), []),
+    ):
+        code, out, _ = cli_main(capsys, "runs", "--json", *args, *where)
+        assert code == 0 and [r["run_id"] for r in json.loads(out)] == ids, args
+    code, out, _ = cli_main(capsys, "runs", *where)
+    assert code == 0 and out.splitlines()[0].split() == [
+        "run_id",
+        "workflow",
+        "status",
+        "started_at",
+        "took",
+        "error",
+    ]
+    assert done.id in out and waiting.id in out and "nan" not in out
+    code, out, _ = cli_main(capsys, "runs", "--limit", "1", *where)
+    assert "(the newest 1 of 2: --limit 0 shows all)" in out
+
+    # show: the steps table and the output (or the step that waits, and why)
+    code, out, _ = cli_main(capsys, "show", done.id, *where)
+    lines = out.splitlines()
+    assert code == 0 and lines[0].startswith(f"run {done.id}  workflow one  completed")
+    assert lines[1].split()[:4] == ["step", "task", "type", "status"]
+    assert lines[2].split()[:4] == ["fetch", "fetch", "normal", "completed"]
+    assert out.split("output:\n")[1].strip() == json.dumps({"n": 7}, indent=2)
+    code, out, _ = cli_main(capsys, "show", done.id, "--json", *where)
+    shown = json.loads(out)
+    assert shown["output"] == {"n": 7} and shown["status"] == "completed"
+    assert [s["step_id"] for s in shown["steps"]] == ["fetch"]
+    code, out, _ = cli_main(capsys, "show", "last", *where)
+    assert code == 0 and out.startswith(f"run {waiting.id}  workflow orphan  running")
+    assert "enrich  normal  queued" in out and "nan" not in out
+    assert "step of task 'enrich' waits: no worker serves it" in out
+    assert "`dagnats worker MODULE --task enrich`" in out
+
+    # events: the history, oldest first
+    code, out, _ = cli_main(capsys, "events", done.id, "--json", *where)
+    types = [e["type"] for e in json.loads(out)]
+    assert code == 0 and types[0] == "workflow.started" and types[-1] == "workflow.completed"
+    code, out, _ = cli_main(capsys, "events", done.id, *where)
+    assert [line.split()[3:5] for line in out.splitlines()[1:-1]][-2] == ["step.completed", "fetch"]
+    assert out.splitlines()[-1].startswith(f"({len(types)} events of run {done.id}")
+
+    # cancel: once, then it has ended
+    code, out, _ = cli_main(capsys, "cancel", "last", "--json", *where)
+    assert code == 0 and json.loads(out) == {"run_id": waiting.id, "status": "cancelled"}
+    assert waiting.wait(10).status == "cancelled"
+    code, out, err = cli_main(capsys, "cancel", waiting.id, *where)
+    assert code == 1 and err.strip() == (
+        f"dagnats: run {waiting.id} already ended cancelled: nothing to cancel"
+    )
+    for args in (("show", "nope"), ("events", "nope"), ("cancel", "nope")):
+        code, out, err = cli_main(capsys, *args, *where)
+        assert (
+            code == 1 and err.strip() == "dagnats: no run with id nope: `dagnats runs` lists them"
+        )
+
+
+def test_runs_on_an_engine_without_runs(engine, capsys):
+    where = ("--data-dir", str(engine.settings.data_dir))
+    assert cli_main(capsys, "runs", *where)[:2] == (0, "no runs\n")
+    assert cli_main(capsys, "runs", "--status", "failed", *where)[:2] == (0, "no failed runs\n")
+    code, _, err = cli_main(capsys, "show", "last", *where)
+    assert code == 1
+    assert err == "dagnats: there is no run yet: start one with `dagnats run WORKFLOW`\n"
+
+
+def test_run_names_the_task_no_worker_serves_and_cli_commands(engine):
+    @engine.task("fetch")
+    def fetch(ctx):
+        return ctx.input
+
+    engine.register(ORPHAN)
+    where = ("--data-dir", str(engine.settings.data_dir))
+    result = dagnats("run", "orphan", "--input", '{"n": 1}', "--timeout", "0.5", *where)
+    assert result.returncode == 1
+    hint, timeout = result.stderr.strip().splitlines()
+    assert hint == (
+        "dagnats: hint: workflow 'orphan': no worker serves task 'enrich', so its steps wait: "
+        "run a worker with a handler for 'enrich': `dagnats worker MODULE`"
+    )
+    assert timeout.startswith("dagnats: run ") and "is still running after 0.5s" in timeout
+    run_id = timeout.split()[2]
+    assert timeout.endswith(f"look at `dagnats show {run_id}` to see which step waits")
+    assert "eng." not in result.stderr and "Traceback" not in result.stderr

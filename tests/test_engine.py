@@ -446,6 +446,42 @@ def test_concurrency_max_steps_limits_parallel_steps(engine):
     assert peak == 2
 
 
+def test_a_plain_def_handler_runs_eight_tasks_at_once_by_default(engine):
+    running = 0
+    peak = 0
+    cond = threading.Condition()
+
+    @engine.task("nap")  # no concurrency=: a plain def takes 8 at once, in pool threads
+    def nap(ctx):
+        nonlocal running, peak
+        with cond:
+            running += 1
+            peak = max(peak, running)
+            cond.notify_all()
+            cond.wait_for(lambda: peak >= 8, timeout=3)  # one at a time: 3 s each, then fails
+            running -= 1
+        return ctx.input
+
+    @engine.task("items")
+    def items(ctx):
+        return list(range(12))
+
+    wf = {
+        "name": "naps",
+        "steps": [
+            {"id": "items", "task": "items"},
+            {"id": "nap", "task": "nap", "type": "map", "depends_on": ["items"]},
+        ],
+    }
+    wf["steps"][1]["config"] = {"concurrency": 8}
+    run = engine.run(wf, timeout=60)
+    assert run.status == "completed" and run.output == list(range(12))
+    assert peak == 8
+    mine = next(w for w in engine.status()["workers"] if w["worker_id"] == engine.worker_id)
+    assert mine["tasks"]["nap"]["concurrency"] == 8
+    assert mine["tasks"]["items"]["concurrency"] == 8
+
+
 def test_unserialisable_output_fails_the_step_with_a_clear_message(engine):
     @engine.task("bad")
     def bad(ctx):
@@ -496,7 +532,8 @@ def test_outputs_larger_than_a_message_go_through_the_object_store(engine):
 
 def test_missing_handler_leaves_the_task_pending_in_status(engine):
     engine.register({"name": "orphan", "steps": [{"id": "a", "task": "nobody-home"}]})
-    run = engine.start_run("orphan")
+    with pytest.warns(dn.UnservedTaskWarning, match="no worker serves task 'nobody-home'"):
+        run = engine.start_run("orphan")
     status = until(
         lambda: (s := engine.status())["pending_tasks"].get("nobody-home") and s,
         every=0.05,
@@ -553,7 +590,8 @@ def test_cancel_ends_the_run(engine):
 
 def test_wait_times_out_with_a_clear_message(engine):
     engine.register({"name": "never", "steps": [{"id": "a", "task": "nobody"}]})
-    run = engine.start_run("never")
+    with pytest.warns(dn.UnservedTaskWarning):
+        run = engine.start_run("never")
     with pytest.raises(dn.RunTimeout, match="is still running after 0.3s"):
         run.wait(timeout=0.3)
     for _ in range(3):  # waits that time out leave no waiter behind (a run waited on often)
@@ -758,7 +796,8 @@ def test_dead_server_is_one_clear_line_and_runs_resume_after_restart(tmp_path):
     data = tmp_path / "engine"
     eng = dn.Engine.start(data_dir=data, ack_wait="2s")
     eng.register({"name": "later", "steps": [{"id": "a", "task": "later"}]})
-    waiting = eng.start_run("later", input=41)
+    with pytest.warns(dn.UnservedTaskWarning):  # its handler comes after the restart
+        waiting = eng.start_run("later", input=41)
 
     def step_a_queued() -> bool:
         try:
@@ -781,7 +820,10 @@ def test_dead_server_is_one_clear_line_and_runs_resume_after_restart(tmp_path):
     eng.stop()
     assert time.monotonic() - t0 < 10
 
-    with dn.Engine.start(data_dir=data, ack_wait="2s") as again:
+    with (
+        pytest.warns(dn.UnservedTaskWarning, match=r"recovered .* 'later' \(1 run\)"),
+        dn.Engine.start(data_dir=data, ack_wait="2s") as again,
+    ):
 
         @again.task("later")
         def later(ctx):
@@ -1011,6 +1053,7 @@ def test_the_steps_of_a_run_just_started_show_at_once(engine):
     run."""
     engine.register({"name": "nobody", "steps": [{"id": "a", "task": "nobody-serves"}]})
     for _ in range(20):
-        run = engine.start_run("nobody")
+        with pytest.warns(dn.UnservedTaskWarning):
+            run = engine.start_run("nobody")
         assert engine.get_run(run.id).workflow == "nobody"
         assert list(engine.steps(run.id)["step_id"]) == ["a"]

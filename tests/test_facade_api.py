@@ -207,6 +207,7 @@ async def scenario(eng: Engine, tmp_path, tag: str, release: threading.Event) ->
     assert defn.name == f"chain-{tag}"
     assert f"chain-{tag}" in await call(eng, "workflows_async")
     assert [s.id for s in (await call(eng, "workflow_async", f"chain-{tag}")).steps] == ["a", "b"]
+    assert await call(eng, "unserved_tasks_async", f"chain-{tag}") == []  # its handler runs here
 
     # runs: start, wait, read
     run = await call(eng, "run_async", f"chain-{tag}", {"n": 1}, timeout=20)

@@ -73,7 +73,8 @@ def test_rules_on_a_snapshot():
 def test_pending_tasks_warn_then_clear_when_workers_come(tmp_path):
     with dn.Engine.start(data_dir=tmp_path / "e", health_consumer_pending=3) as eng:
         eng.register({"name": "q", "steps": [{"id": "a", "task": "queued-up"}]})
-        runs = [eng.start_run("q", input=i) for i in range(5)]
+        with pytest.warns(dn.UnservedTaskWarning, match="no worker serves task 'queued-up'"):
+            runs = [eng.start_run("q", input=i) for i in range(5)]
         until(
             lambda: levels(eng, "consumer pending").get("workers-queued-up") == "warning",
             timeout=15,

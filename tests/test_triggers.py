@@ -301,7 +301,7 @@ def test_the_cli_lists_and_switches_triggers(engine):
         timeout=60,
     )
     assert out.returncode == 1
-    assert out.stderr.startswith("dagnats: no trigger 'nope': eng.triggers() lists them")
+    assert out.stderr.startswith("dagnats: no trigger 'nope': `dagnats trigger list` lists them")
     assert out.stderr.count("\n") == 1
 
 

@@ -29,6 +29,7 @@ from dagnats_nb.dag import WorkflowDef, load_workflow
 from dagnats_nb.errors import BackupError, DagnatsError, ServerError
 from dagnats_nb.facade import extensions
 from dagnats_nb.facade.gates import Gates
+from dagnats_nb.facade.hints import Hints, hint, task_types, unserved_message
 from dagnats_nb.facade.observing import Observing
 from dagnats_nb.facade.orchestration import orchestrates
 from dagnats_nb.facade.reads import Reads
@@ -68,7 +69,14 @@ def _default_progress(verb: str) -> Callable[[Any, dict[str, Any]], None]:
     return prepare
 
 
-class Engine(Serving, Runs, Reads, Observing, Gates, Triggers):
+def _registered(result: tuple[WorkflowDef, list[str]]) -> WorkflowDef:
+    defn, unserved = result
+    if unserved:  # _registered <- register <- the caller's line
+        hint(unserved_message(defn.name, unserved), stacklevel=3)
+    return defn
+
+
+class Engine(Serving, Runs, Reads, Observing, Gates, Triggers, Hints):
     """A dagnats engine: embedded (``Engine.start``) or attached (``Engine.connect``)."""
 
     def __init__(self, settings: Settings, *, embedded: bool) -> None:
@@ -109,12 +117,27 @@ class Engine(Serving, Runs, Reads, Observing, Gates, Triggers):
         cls,
         data_dir: str | os.PathLike | None = None,
         config: str | os.PathLike | None = None,
+        *,
+        handlers: dict[str, Callable | tuple[Callable, int | None]] | None = None,
         **settings: Any,
     ) -> Engine:
-        """Start an embedded standalone engine (nats-server child, orchestrator, workers)."""
+        """Start an embedded standalone engine (nats-server child, orchestrator, workers).
+
+        ``handlers`` (``{task: fn}`` or ``{task: (fn, concurrency)}``) are added before the
+        runs replayed from the history are looked at: when some of them wait on tasks that
+        no worker serves (no handler here, none in the ``workers`` KV), one
+        :class:`~dagnats_nb.errors.UnservedTaskWarning` names them."""
         cfg = load_settings(config, data_dir=data_dir, **settings)
         eng = cls(cfg, embedded=True)
         eng._boot()
+        try:
+            for name, spec in (handlers or {}).items():
+                fn, concurrency = spec if isinstance(spec, tuple) else (spec, None)
+                eng.add_handler(name, fn, concurrency=concurrency)
+        except BaseException:
+            eng.stop()
+            raise
+        eng._hint_recovered(stacklevel=2)
         return eng
 
     @classmethod
@@ -122,10 +145,12 @@ class Engine(Serving, Runs, Reads, Observing, Gates, Triggers):
         cls,
         data_dir: str | os.PathLike | None = None,
         config: str | os.PathLike | None = None,
+        *,
+        handlers: dict[str, Callable | tuple[Callable, int | None]] | None = None,
         **settings: Any,
     ) -> Engine:
         """The awaitable twin of :meth:`start`."""
-        return await asyncio.to_thread(cls.start, data_dir, config, **settings)
+        return await asyncio.to_thread(cls.start, data_dir, config, handlers=handlers, **settings)
 
     @classmethod
     def connect(
@@ -152,6 +177,7 @@ class Engine(Serving, Runs, Reads, Observing, Gates, Triggers):
         except BaseException:
             eng._loop.close()
             raise
+        eng._setting_up()
         return eng
 
     @classmethod
@@ -181,6 +207,7 @@ class Engine(Serving, Runs, Reads, Observing, Gates, Triggers):
             self.stop()
             raise
         self.started_at = time.time()
+        self._setting_up()
 
     async def _connect(self) -> None:
         self._nc = await connect(self.url, name=f"dagnats-nb {self.worker_id}")
@@ -321,16 +348,25 @@ class Engine(Serving, Runs, Reads, Observing, Gates, Triggers):
         if self.orchestrator is not None:
             self.orchestrator.report_fault(message, store_full=True)
 
-    async def _register(self, definition: WorkflowDef | dict | str | os.PathLike) -> WorkflowDef:
-        """Validate and store a workflow (a WorkflowDef, dict, JSON/YAML text or file path).
+    async def _register(
+        self, definition: WorkflowDef | dict | str | os.PathLike
+    ) -> tuple[WorkflowDef, list[str]]:
+        """Validate and store a workflow (a WorkflowDef, dict, JSON/YAML text or file path);
+        the stored WorkflowDef.
 
         The task consumers of its steps are created too, so tasks waiting for a worker show
-        in ``consumer_lag()`` before any worker exists."""
+        in ``consumer_lag()`` before any worker exists. Task types no live worker serves
+        (see :meth:`unserved_tasks`) are named in an
+        :class:`~dagnats_nb.errors.UnservedTaskWarning`, except within 30 s of the engine's
+        start or of its last handler added: a workflow declared before its handlers (a
+        notebook's workflow cell above its ``@dn.task`` cells) is no mistake. Starting a run
+        always warns."""
         defn = load_workflow(definition)
         await self._store_definition(defn)
-        return defn
+        quiet = time.monotonic() < self._quiet_until
+        return defn, [] if quiet else await self._missing(task_types(defn))
 
-    register, register_async = twins(_register)
+    register, register_async = twins(_register, _registered)
 
     async def _store_definition(self, defn: WorkflowDef) -> str:
         if self.llm is not None:  # the built-in llm steps' options and templates

@@ -35,9 +35,9 @@ def _data_frame(rows: list[dict[str, Any]]):
 
 
 def _health_frame(rows: list[dict[str, Any]]):
-    import pandas as pd
+    from dagnats_nb.facade.views import full_text_frame
 
-    return pd.DataFrame(rows, columns=health.COLUMNS)
+    return full_text_frame(rows, health.COLUMNS)  # an action is never cut to "..."
 
 
 def _monitor_frame(reply: tuple[str, dict[str, Any]]):

@@ -50,6 +50,9 @@ class Run:
         self.id = run_id
         self.workflow = workflow
         self._last: dict[str, Any] | None = None  # what was last read of a finished run
+        # the task types no live worker served when this handle started the run (empty when
+        # all were served, or the handle came from get_run): its steps of those tasks wait
+        self.unserved: list[str] = []
 
     def _summary(self) -> dict[str, Any]:
         """The engine's summary of the run; once the engine has stopped, what was last seen

@@ -24,8 +24,9 @@ from dagnats_nb.dag.state import RUN_TERMINAL
 from dagnats_nb.dag.validate import check
 from dagnats_nb.errors import RunError
 from dagnats_nb.facade import tokens
+from dagnats_nb.facade.hints import hint, task_types, unserved_message
 from dagnats_nb.facade.run import Run, RunTimeout
-from dagnats_nb.facade.twins import twins
+from dagnats_nb.facade.twins import stamped, twins
 from dagnats_nb.transport.errors import store_error
 from dagnats_nb.wire import protocol
 
@@ -44,7 +45,10 @@ class Runs:
     async def _start_run(
         self, workflow: str | WorkflowDef | dict, input: Any = None, *, run_id: str | None = None
     ) -> Run:
-        """Start a run of a registered workflow (or register this definition first)."""
+        """Start a run of a registered workflow (or register this definition first); its
+        :class:`Run` at once. When a step's task has no live worker (see
+        :meth:`unserved_tasks`) an :class:`~dagnats_nb.errors.UnservedTaskWarning` names it
+        and ``run.unserved`` lists those tasks: the run's steps wait for a worker."""
         if isinstance(workflow, str) and not _looks_like_definition(workflow):
             h, defn = await self.defs.get(workflow)
             check(defn)  # registered by another engine (Go): step types we cannot run
@@ -76,19 +80,37 @@ class Runs:
         except APIError as exc:
             msg = store_error(exc)
             raise RunError(msg or f"cannot start a run of '{defn.name}': {exc}") from None
-        return Run(self, run_id, defn.name)
+        run = Run(self, run_id, defn.name)
+        run.unserved = await self._missing(task_types(defn))
+        return run
 
-    start_run, start_run_async = twins(_start_run)
+    start_run, start_run_async = twins(_start_run, lambda run: _started(run, 3))
 
     async def _run(
         self, workflow: str | WorkflowDef | dict, input: Any = None, *, timeout: float | None = 60
     ) -> Run:
-        """Start a run and wait for it to end (completed, failed or cancelled)."""
+        """Start a run and wait for it to end (completed, failed or cancelled); tasks no
+        worker serves are named when it starts, as :meth:`start_run` does."""
         run = await self._start_run(workflow, input)
         await self._wait_run(run.id, timeout)
         return run
 
-    run, run_async = twins(_run)
+    def _run_blocking(
+        self, workflow: str | WorkflowDef | dict, input: Any = None, *, timeout: float | None = 60
+    ) -> Run:
+        run = _started(self._call(self._start_run(workflow, input)), 2)  # before the wait
+        self._call(self._wait_run(run.id, timeout))
+        return run
+
+    async def _run_awaitable(
+        self, workflow: str | WorkflowDef | dict, input: Any = None, *, timeout: float | None = 60
+    ) -> Run:
+        run = _started(await self._call_async(self._start_run(workflow, input)), 2)
+        await self._call_async(self._wait_run(run.id, timeout))
+        return run
+
+    run, run_async = stamped(_run, _run_blocking, _run_awaitable)
+    del _run_blocking, _run_awaitable  # now run and run_async
 
     async def _wait_run(self, run_id: str, timeout: float | None = 60) -> str:
         """Wait until the run ends; its status. Raises :class:`RunTimeout` after ``timeout``
@@ -154,6 +176,14 @@ class Runs:
         return await tokens.subscribe(self._nc, run_id, step_id, callback)
 
     subscribe_tokens, subscribe_tokens_async = twins(_subscribe_tokens)
+
+
+def _started(run: Run, stacklevel: int) -> Run:
+    """Warn in the caller's thread when the run's tasks have no worker; ``stacklevel``: the
+    caller's line, counted from here (1: this function's caller)."""
+    if run.unserved:
+        hint(unserved_message(run.workflow, run.unserved), stacklevel + 1)
+    return run
 
 
 def _looks_like_definition(text: str) -> bool:

@@ -24,7 +24,9 @@ class Serving:
     ) -> Callable:
         """Decorator: run the function for every step whose ``task`` is ``name`` (of worker
         group ``group``: only steps with that ``worker_group``; with ``capabilities``, also
-        the steps whose ``required_capabilities`` they cover, else only those needing none)."""
+        the steps whose ``required_capabilities`` they cover, else only those needing none).
+        ``concurrency``: tasks it runs at once, by default 64 for ``async def`` and 8 for a
+        plain ``def`` (each in a thread of the engine's pool; 1 for one not thread-safe)."""
 
         def register(fn: Callable) -> Callable:
             self.add_handler(
@@ -44,8 +46,10 @@ class Serving:
         capabilities: list[str] | tuple[str, ...] = (),
     ):
         """Run ``fn`` for every step whose ``task`` is ``name`` (``concurrency`` at once:
-        by default 64 for ``async def``, else 1; with ``group``, only the steps whose
-        ``worker_group`` it is, from the consumer ``workers-{name}-{group}``)."""
+        by default 64 for ``async def``, 8 for a plain ``def``, each in a thread of the
+        engine's pool, which grows to fit: pass 1 for a handler that is not thread-safe;
+        with ``group``, only the steps whose ``worker_group`` it is, from the consumer
+        ``workers-{name}-{group}``)."""
         handler = make_handler(name, fn, concurrency, group, capabilities)
         if self.host is None:
             raise DagnatsError(
@@ -66,3 +70,4 @@ class Serving:
         await self.host.add(handler, ack_wait)
         await self.host.registry.beat()
         await share_capacity(self._js, handler.task, ack_wait, handler.group)
+        self._setting_up()  # a workflow registered now is no forgotten handler

@@ -47,7 +47,6 @@ def twins(
     prepare: Prepare | None = None,
 ) -> tuple[Callable[..., Any], Callable[..., Coroutine[Any, Any, Any]]]:
     """``(name, name_async)`` for the private coroutine method ``_name`` (see the module)."""
-    name = op.__name__.removeprefix("_")
 
     def blocking(self: LoopBound, *args: Any, **kwargs: Any) -> Any:
         if prepare is not None:
@@ -61,8 +60,24 @@ def twins(
         result = await self._call_async(op(self, *args, **kwargs))
         return result if shape is None else shape(result)
 
+    return stamped(op, blocking, awaitable, shaped=shape is not None)
+
+
+def stamped(
+    op: Callable[..., Coroutine[Any, Any, Any]],
+    blocking: Callable[..., Any],
+    awaitable: Callable[..., Coroutine[Any, Any, Any]],
+    *,
+    shaped: bool = False,
+) -> tuple[Callable[..., Any], Callable[..., Coroutine[Any, Any, Any]]]:
+    """Name, document and sign ``blocking`` and ``awaitable`` as the pair of ``op``, as
+    :func:`twins` does for its own: for a pair written by hand because it does something in
+    the caller's thread between two steps on the loop (``run``: a hint after the start,
+    before the wait). ``shaped``: the caller gets something else than the coroutine's
+    result."""
+    name = op.__name__.removeprefix("_")
     signature = inspect.signature(op)
-    if shape is not None:  # the coroutine's result is not what the caller gets
+    if shaped:  # the coroutine's result is not what the caller gets
         signature = signature.replace(return_annotation=inspect.Signature.empty)
     owner = op.__qualname__.rpartition(".")[0]
     twin_doc = f"The awaitable twin of :meth:`{name}`: the same, awaited from any event loop."

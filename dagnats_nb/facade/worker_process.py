@@ -79,10 +79,11 @@ class WorkerProcess:
         capabilities: list[str] | tuple[str, ...] = (),
     ) -> None:
         """``handlers`` maps task names to ``(function, concurrency)`` (None: the default,
-        64 for ``async def``, else 1); ``llm`` adds the built-in ``llm`` handler; ``group``
-        makes this a worker of that group: it takes only the tasks of steps whose
-        ``worker_group`` is ``group`` (Go's ``worker.WithGroups``); ``capabilities``: what
-        this worker offers, matched against steps' ``required_capabilities``."""
+        64 for ``async def``, 8 for a plain ``def``); ``llm`` adds the built-in ``llm``
+        handler; ``group`` makes this a worker of that group: it takes only the tasks of
+        steps whose ``worker_group`` is ``group`` (Go's ``worker.WithGroups``);
+        ``capabilities``: what this worker offers, matched against steps'
+        ``required_capabilities``."""
         if not handlers and not llm:
             raise DagnatsError("a worker needs at least one handler: pass handlers or llm=True")
         self.settings = settings

@@ -131,7 +131,7 @@ async def decide(
     if entry is None or not entry.value:
         raise ApprovalError(
             f"run {run_id} step {step_id} has no open approval (decided, expired, cancelled "
-            "or not reached yet): see eng.steps(run_id)"
+            f"or not reached yet): see eng.steps('{run_id}')"
         )
     record = json.loads(entry.value)
     if token is not None and not secrets.compare_digest(str(record.get("token", "")), token):

@@ -54,6 +54,14 @@ class TaskContext:
             self._beat()
 
 
+# Tasks a handler runs at once unless told (``concurrency=``): an ``async def`` handler's run
+# on the worker's loop; a plain ``def`` handler's each take a thread of the worker's pool,
+# which grows to the sum of its handlers' concurrency. Pass ``concurrency=1`` for a ``def``
+# handler that is not thread-safe.
+ASYNC_CONCURRENCY = 64
+SYNC_CONCURRENCY = 8
+
+
 @dataclass(slots=True)
 class Handler:
     task: str
@@ -89,7 +97,7 @@ def make_handler(
         raise DagnatsError(f"handler for task '{task}' is not callable")
     is_async = inspect.iscoroutinefunction(fn) or asyncio.iscoroutinefunction(fn)
     if concurrency is None:
-        concurrency = 64 if is_async else 1
+        concurrency = ASYNC_CONCURRENCY if is_async else SYNC_CONCURRENCY
     if concurrency < 1:
         raise DagnatsError(f"task '{task}': concurrency must be at least 1, got {concurrency}")
     if isinstance(capabilities, str):

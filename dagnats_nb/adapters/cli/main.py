@@ -1,4 +1,5 @@
-"""The ``dagnats`` command: serve, status, workflow validate, demo, worker."""
+"""The ``dagnats`` command: serve, status, workflow validate, run, demo, worker; the runs
+(``runs``, ``show``, ``events``, ``cancel``), gates and triggers are in their modules."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from dagnats_nb.adapters.cli.runs import add_run_parsers, cli_text, hints
 from dagnats_nb.errors import DagnatsError, WorkflowError
 from dagnats_nb.observe.report import format_status
 
@@ -52,7 +54,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _overrides(args)
     if load_settings(args.config, **settings).http_addr is None:
         settings["http_addr"] = "127.0.0.1:0"  # /health and /ready are on for serve
-    eng = Engine.start(config=args.config, **settings)
+    with hints():  # runs recovered from the history that wait on tasks no worker serves
+        eng = Engine.start(config=args.config, **settings)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -82,7 +85,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(status, indent=2, default=str))
         return 0
-    print(format_status(status))
+    print(cli_text(format_status(status)))
     return 0
 
 
@@ -182,7 +185,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     workflow = Path(args.workflow) if Path(args.workflow).is_file() else args.workflow
     eng = Engine.connect(config=args.config, **_overrides(args))
     try:
-        run = eng.start_run(workflow, value)
+        with hints():  # a task no worker serves: said before the wait, on stderr
+            run = eng.start_run(workflow, value)
         if args.no_wait:
             print(run.id)
             return 0
@@ -343,7 +347,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", help="run a module's @dn.task handlers against an engine")
     p.add_argument("module", nargs="?", help="MODULE[:ATTR] (or a .py file) with the handlers")
     p.add_argument("--task", action="append", help="only this task (repeatable; llm: built-in)")
-    p.add_argument("--concurrency", type=int, help="tasks in flight per handler")
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        help="tasks in flight per handler (default: its own, else 64 async def, 8 def)",
+    )
     p.add_argument("--nats-url", help="the engine's NATS URL (default: its data dir's)")
     p.add_argument("--worker-id", help="id in the workers KV (default: host-pid-random)")
     p.add_argument(
@@ -365,6 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     from dagnats_nb.adapters.cli.gates import add_gate_parsers
 
     add_gate_parsers(sub, _settings_args, _connect)
+    add_run_parsers(sub, _settings_args, _connect)
     return parser
 
 
@@ -373,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.fn(args)
     except DagnatsError as exc:
-        print(f"dagnats: {exc}", file=sys.stderr)
+        print(f"dagnats: {cli_text(str(exc))}", file=sys.stderr)
         return 1
 
 
