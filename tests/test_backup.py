@@ -381,7 +381,7 @@ def test_widget_progress_draws_bytes_per_stream():
     import IPython.display
 
     real = IPython.display.display
-    IPython.display.display = shown.append
+    IPython.display.display = lambda obj, **kw: shown.append(obj)  # display_id=True: None
     try:
         from dagnats_nb.adapters.notebook.progress import widget_progress
 

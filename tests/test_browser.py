@@ -1,4 +1,8 @@
-"""Real browser: headless Chromium runs the quickstart in JupyterLab served on 127.0.0.1.
+"""Real browser: headless Chromium runs notebooks in JupyterLab served on 127.0.0.1.
+
+The quickstart's live view, DataFrames and screenshots; notebooks 02 and 03 show their
+figures as images; notebooks 03 and 04, saved, their kernel shut down and reopened, show
+static renderings where their widgets were and no "Error displaying widget".
 
 Needs Debian's ``chromium`` (``apt-get install chromium``; ``.ci/run`` installs it) or a
 Chrome/Chromium binary named by ``DAGNATS_CHROMIUM``. Playwright for Python drives it through
@@ -93,7 +97,8 @@ def lab(tmp_path):
     """JupyterLab on 127.0.0.1 with no token, in an isolated Jupyter home; yields its URL."""
     root = tmp_path / "root"
     root.mkdir()
-    shutil.copy(ROOT / "notebooks" / "01-quickstart.ipynb", root)
+    for notebook in (ROOT / "notebooks").glob("*.ipynb"):
+        shutil.copy(notebook, root)
     home = tmp_path / "jupyter"
     env = {
         **os.environ,
@@ -105,6 +110,9 @@ def lab(tmp_path):
     news = home / "settings" / "@jupyterlab" / "apputils-extension"
     news.mkdir(parents=True)
     (news / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')
+    tracker = home / "settings" / "@jupyterlab" / "notebook-extension"
+    tracker.mkdir(parents=True)  # every cell in the page, so each output can be looked at
+    (tracker / "tracker.jupyterlab-settings").write_text('{"windowingMode": "none"}')
     port = free_port()
     log = (tmp_path / "lab.log").open("w")
     proc = subprocess.Popen(
@@ -151,6 +159,99 @@ def lab(tmp_path):
             proc.kill()
             proc.wait()
         log.close()
+
+
+KERNEL_IDLE = """() => {
+  const w = window.jupyterapp.shell.currentWidget;
+  return w && w.sessionContext && w.sessionContext.session
+    && w.sessionContext.session.kernel
+    && w.sessionContext.session.kernel.status === 'idle';
+}"""
+# the code cells whose value is a Figure, and whether each shows an <img>
+FIGURE_CELLS = """() => {
+  const cells = window.jupyterapp.shell.currentWidget.content.widgets;
+  return cells.filter(c => c.model.type === 'code').map(c => {
+    const lines = c.model.sharedModel.getSource().trim().split('\\n');
+    const last = lines[lines.length - 1];
+    const outputs = c.model.outputs.toJSON().map(o => Object.keys(o.data || {}).join('+'));
+    return {last, outputs, img: !!c.node.querySelector('.jp-OutputArea-output img')};
+  }).filter(c => c.last === 'fig' || c.last.endsWith('.figure()'));
+}"""
+
+
+def open_notebook(page, lab: str, name: str) -> None:
+    """Open ``name`` in JupyterLab and wait for its kernel to be idle."""
+    page.goto(f"{lab}/lab/tree/{name}?reset", timeout=60_000)  # no other notebook open
+    page.wait_for_selector(".jp-Notebook .jp-Cell", state="attached", timeout=60_000)
+    page.wait_for_function("() => window.jupyterapp !== undefined", timeout=60_000)
+    page.wait_for_function(
+        "(name) => { const w = window.jupyterapp.shell.currentWidget;"
+        " return w && w.context && w.context.path === name; }",
+        arg=name,
+        timeout=60_000,
+    )
+    page.wait_for_function(KERNEL_IDLE, timeout=60_000)
+
+
+def run_all_save_and_reopen(page, lab: str, name: str) -> None:
+    """Run every cell (they must succeed), save, shut the kernel down, open it again."""
+    ok = page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+    assert ok, f"{name}: a cell failed"
+    page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")
+    page.evaluate("() => window.jupyterapp.shell.currentWidget.sessionContext.shutdown()")
+    open_notebook(page, lab, name)
+
+
+def browser(p, tmp_path):
+    return p.chromium.launch_persistent_context(
+        str(tmp_path / "chromium-profile"),
+        executable_path=chromium(),
+        headless=True,
+        args=CHROMIUM_FLAGS,
+        viewport={"width": 1280, "height": 1000},
+    )
+
+
+def widget_errors(page) -> list[str]:
+    text = page.locator(".jp-Notebook").inner_text()
+    return [line for line in text.splitlines() if "Error displaying widget" in line]
+
+
+@pytest.mark.timeout(420)
+def test_figures_are_images_and_reopened_notebooks_show_no_widget_errors(lab, tmp_path):
+    """Notebooks 02, 03 and 04 in a real JupyterLab; 03 and 04 also saved and reopened."""
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    with sync_playwright() as p:
+        context = browser(p, tmp_path)
+        try:
+            page = context.new_page()
+            for name, figures in (
+                ("02-llm-pipeline.ipynb", 1),
+                ("03-sizing-and-retention.ipynb", 2),
+            ):
+                open_notebook(page, lab, name)
+                run_all_save_and_reopen(page, lab, name)
+                shown = page.evaluate(FIGURE_CELLS)
+                assert len(shown) == figures and all(c["img"] for c in shown), (name, shown)
+                assert not widget_errors(page), name
+            explorer = page.locator(".dagnats-explorer")
+            assert explorer.locator("img").count() == 1  # 03's explorer, as a picture
+            explorer.scroll_into_view_if_needed()
+            page.screenshot(path=str(ARTIFACTS / "reopened-03.png"))
+            open_notebook(page, lab, "04-operations.ipynb")
+            run_all_save_and_reopen(page, lab, "04-operations.ipynb")
+            assert page.locator(".dagnats-progress").count() >= 3  # the backup's bars
+            assert not widget_errors(page)
+            assert page.get_by_text("Loading widget").count() == 0
+            page.locator(".dagnats-progress").first.scroll_into_view_if_needed()
+            page.screenshot(path=str(ARTIFACTS / "reopened-04.png"))
+        finally:
+            context.close()
+    with (ARTIFACTS / "browser-test.txt").open("a") as f:
+        f.write(f"notebooks 02, 03, 04 run, saved and reopened: {time.monotonic() - t0:.1f}s\n")
 
 
 def test_quickstart_in_jupyterlab_shows_the_live_view_and_dataframes(lab, tmp_path):

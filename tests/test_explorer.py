@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dagnats_nb.adapters.notebook.explorer import SizingExplorer, figure_for
+from dagnats_nb.adapters.notebook.explorer import SizingExplorer, describe, figure_for
 from dagnats_nb.observe import sizing
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -41,3 +41,28 @@ def test_plot_shows_the_cap_and_flattens_under_retention():
     ys = total.get_ydata()
     assert ys[-1] == ys[-10]  # flat once the 30-day window is full
     assert cap.get_ydata()[0] == 10.0
+
+
+def test_displayed_it_stays_live_until_the_next_cell_then_leaves_a_picture():
+    from IPython.core.interactiveshell import InteractiveShell
+    from IPython.display import display
+    from IPython.utils.capture import capture_output
+
+    shell = InteractiveShell.instance()
+    x = SizingExplorer()
+    with capture_output() as shown:
+        display(x)
+    view = "application/vnd.jupyter.widget-view+json"
+    assert [view in o.data for o in shown.outputs] == [True]  # the live widget
+    x.runs.value = 100_000  # played with while live
+    with capture_output() as updated:
+        shell.events.trigger("pre_run_cell", None)  # the next cell runs
+    assert x.frozen and x.widget.comm is None
+    static = updated.outputs[-1].data["text/html"]
+    assert view not in updated.outputs[-1].data
+    assert 'class="dagnats-explorer"' in static and "<td>100,000</td>" in static
+    assert '<img src="data:image/png;base64,' in static and describe(x.estimate) in static
+    with capture_output() as again:
+        shell.events.trigger("pre_run_cell", None)
+        display(x)  # displayed once more: the picture, no widget
+    assert [o.data.keys() == {"text/html"} for o in again.outputs] == [True]

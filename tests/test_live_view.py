@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 
 import pytest
 from conftest import until
@@ -187,3 +188,50 @@ def test_the_live_view_approves_with_its_buttons_and_opens_child_runs(engine):
     assert engine.step_output(run.id, "post")["posted"]["comment"] == "fine by me"
     decision = engine.step_output(run.id, "review")
     assert decision["approved"] is True and decision["comment"] == "fine by me"
+
+
+def test_a_step_no_worker_serves_is_named_until_a_handler_comes(eng):
+    eng.register(load_edges("items -> enrich", "orphan"))
+    t0 = time.monotonic()
+    with warnings.catch_warnings():  # the engine warns at the start too; the view is tested
+        warnings.simplefilter("ignore")
+        run = eng.start_run("orphan", {"n": 1})
+    view = RunView(eng, run, interval=0.05, tick=0.2).start()
+    hint = "enrich: no worker serves this task — define `@dn.task('enrich')`"
+    frame = until(
+        lambda: view.frames and view.frames[-1].hints and view.frames[-1],
+        timeout=15,
+        every=0.05,
+        what="the no-worker hint",
+    )
+    assert time.monotonic() - t0 >= 2.0  # checked once the step waited 2 s, not at once
+    assert frame.hints == [hint]
+    assert frame.steps["enrich"].status == "queued"
+    assert frame.steps["enrich"].note == "no worker serves this task"
+    html = render.run_html(view.defn, frame)
+    assert "no worker serves this task — define <code>@dn.task(&#x27;enrich&#x27;)</code>" in html
+    assert hint in render.run_text(frame)
+
+    @eng.task("enrich")
+    def enrich(ctx):
+        return {"enriched": ctx.input}
+
+    final = view.wait(30)
+    assert final.status == "completed" and final.hints == []
+    assert not final.steps["enrich"].note
+
+
+def test_a_served_task_queued_behind_another_gets_no_hint(engine):
+    @engine.task("hold", concurrency=1)
+    def hold(ctx):
+        time.sleep(2.5)  # simulated work: the next run's step waits in the queue meanwhile
+        return ctx.input
+
+    engine.register(load_edges("hold", "holds"))
+    first = engine.start_run("holds", 1)
+    run = engine.start_run("holds", 2)
+    view = RunView(engine, run, interval=0.05, tick=0.2).start()
+    assert view.wait(30).status == "completed"
+    assert view._served["hold"][0] is True  # queued long enough to be checked: served
+    assert not any(f.hints for f in view.frames)
+    assert first.wait(10).status == "completed"

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pandas as pd
@@ -297,6 +300,40 @@ def test_watch_returns_the_run_at_once(ip, eng):
     html = ip.display_formatter.format(run)[0]["text/html"]
     assert 'data-status="' in html and "<table" not in html  # one line while it runs
     run.wait(10)
+
+
+def test_a_matplotlib_figure_displays_as_png_without_matplotlib_inline(ip):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(3, 2))
+    fig.subplots().plot([1, 3, 2])
+    data = ip.display_formatter.format(fig)[0]
+    assert base64.b64decode(data["image/png"]).startswith(b"\x89PNG\r\n\x1a\n")
+    assert "image/png" not in ip.display_formatter.format(Figure())[0]  # empty: its text
+
+
+def test_interrupting_the_wait_leaves_the_run_going_and_stores_it(ip, eng, capsys):
+    ip.run_cell_magic(
+        "dagnats", "workflow dozes", "doze -> after\ndoze: type=sleep duration=2s\nafter: task=slow"
+    )
+
+    def interrupt() -> None:  # Jupyter's stop button: SIGINT to the kernel's main thread
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+    timer = threading.Timer(0.5, interrupt)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    timer.start()
+    try:
+        result, out = run_cell(ip, capsys, "%dagnats run dozes -o dozing")
+    finally:
+        timer.join()
+        signal.signal(signal.SIGINT, previous)
+    assert isinstance(result.error_in_exec, KeyboardInterrupt)  # a Run All stops here
+    run = ip.user_ns["dozing"]
+    assert out.strip() == f"stopped waiting; run {run.id} goes on — `%dagnats watch {run.id}`"
+    assert not run.done
+    assert run.wait(10).status == "completed"  # the engine went on with it
+    assert ip.run_line_magic("dagnats", "run naps --input 5").status == "completed"
 
 
 def test_stop_then_commands_say_how_to_start(ip, eng, tmp_path, capsys):

@@ -5,10 +5,18 @@ payload size, history retention (days) and the store cap. Each change recomputes
 sizing model and redraws a matplotlib ``Figure`` rendered to PNG (Agg) into an ``Image``
 widget (pyplot is not thread-safe and a PNG survives in a saved notebook). The calibration
 in use (rules of thumb, or what an engine measured) is shown under the sliders.
+
+Display the explorer itself (``explorer`` as a cell's value): it is live until another cell
+runs, then it stays as a static picture of the values chosen (HTML and PNG, no widget), so a
+saved notebook shows it after reopening; run its cell again to change it. ``freeze()`` does
+that at once; ``sizing_explorer(..., freeze_on_next_cell=False)`` keeps it live (then a saved
+notebook shows "Error displaying widget" where it was).
 """
 
 from __future__ import annotations
 
+import base64
+import html
 import io
 from typing import Any
 
@@ -55,11 +63,21 @@ def describe(est: sizing.Estimate) -> str:
 class SizingExplorer:
     """The widget and its state; ``.widget`` is what a notebook displays."""
 
-    def __init__(self, calibration: sizing.Calibration | None = None, days: float = 30.0):
+    def __init__(
+        self,
+        calibration: sizing.Calibration | None = None,
+        days: float = 30.0,
+        freeze_on_next_cell: bool = True,
+    ):
         import ipywidgets as w
 
         self.calibration = calibration or sizing.Calibration()
         self.days = days
+        self.freeze_on_next_cell = freeze_on_next_cell
+        self.frozen = False
+        self._handle: Any = None
+        self._shell: Any = None
+        self._png = b""
         style = {"description_width": "150px"}
         layout = w.Layout(width="480px")
         self.runs = w.FloatLogSlider(
@@ -139,9 +157,59 @@ class SizingExplorer:
         w = self.workload()
         self.estimate = sizing.estimate(w, self.calibration, self.days)
         self.summary.value = describe(self.estimate)
-        self.image.value = png(figure_for(w, self.calibration))
+        self._png = png(figure_for(w, self.calibration))
+        self.image.value = self._png
+
+    # -- display: live, then static ------------------------------------------------------
+
+    def _ipython_display_(self) -> None:
+        from IPython import get_ipython
+        from IPython.display import display
+
+        if self.frozen:
+            display({"text/html": self.static_html()}, raw=True)
+            return
+        self._handle = display(self.widget, display_id=True)
+        shell = get_ipython()
+        if self.freeze_on_next_cell and shell is not None and self._shell is None:
+            self._shell = shell
+            shell.events.register("pre_run_cell", self._next_cell)
+
+    def _next_cell(self, info: Any = None) -> None:
+        self.freeze()
+
+    def static_html(self) -> str:
+        """The chosen values, the estimate and the plot as HTML (no widget)."""
+        rows = "".join(
+            f"<tr><th style='text-align:left'>{html.escape(s.description)}</th>"
+            f"<td>{s.value:,.6g}</td></tr>"
+            for s in (self.runs, self.steps, self.payload, self.retention, self.cap)
+        )
+        data = base64.b64encode(self._png).decode("ascii")
+        return (
+            f'<div class="dagnats-explorer"><table>{rows}</table>{self.source.value}'
+            f"<div>{self.summary.value}</div>"
+            f'<img src="data:image/png;base64,{data}" alt="disk over time"/></div>'
+        )
+
+    def freeze(self) -> None:
+        """Replace the displayed widget by its static rendering (idempotent)."""
+        if self._shell is not None:
+            self._shell.events.unregister("pre_run_cell", self._next_cell)
+            self._shell = None
+        if self.frozen or self._handle is None:
+            return
+        self.frozen = True
+        self._handle.update({"text/html": self.static_html()}, raw=True)
+        self.widget.close()
 
 
-def sizing_explorer(calibration: sizing.Calibration | None = None, days: float = 30.0):
-    """The sliders-and-plot widget (``.widget`` of a :class:`SizingExplorer`)."""
-    return SizingExplorer(calibration, days)
+def sizing_explorer(
+    calibration: sizing.Calibration | None = None,
+    days: float = 30.0,
+    freeze_on_next_cell: bool = True,
+) -> SizingExplorer:
+    """The sliders-and-plot explorer; display it (a cell's value) to use it. It stays live
+    until another cell runs, then leaves a static picture of the values chosen (see the
+    module's docstring); ``.widget`` is the widget itself."""
+    return SizingExplorer(calibration, days, freeze_on_next_cell)

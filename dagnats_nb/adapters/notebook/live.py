@@ -8,6 +8,14 @@ replaced by a static HTML/SVG rendering, so a saved or exported notebook still s
 Output from the engine thread is sent in an empty ``contextvars`` context: ipykernel then
 attributes it to the cell executing at that moment, which is where Jupyter (and nbclient)
 expect display updates to come from.
+
+A step queued for more than :data:`HINT_AFTER` seconds has its task type checked once
+(this process's handlers, then the ``workers`` KV through ``Engine.status()``, on a thread of
+its own, never per frame); when no worker serves it, the view says so under the drawing:
+``enrich: no worker serves this task — define `@dn.task('enrich')```.
+
+The views the notebook opens are kept in :data:`VIEWS` with the cell that opened them, so a
+``Run`` returned in that cell displays nothing more (:func:`on_screen`): one status per run.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import contextvars
 import html
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -27,8 +36,11 @@ from dagnats_nb.dag import WorkflowDef
 from dagnats_nb.dag.state import RunState
 from dagnats_nb.facade.engine import Engine
 from dagnats_nb.facade.run import Run
+from dagnats_nb.wire.workers import read_entry
 
 MAX_FRAMES = 2000
+HINT_AFTER = 2.0  # seconds a step is queued before its task type is checked for a worker
+RECHECK = 5.0  # seconds before an unserved task type is checked again
 
 
 class RunView:
@@ -44,6 +56,7 @@ class RunView:
         interval: float = 0.1,
         widgets: bool = False,
         tick: float = 1.0,
+        cell: int | None = None,
     ) -> None:
         self.engine = engine
         self.run = run
@@ -62,6 +75,9 @@ class RunView:
         self._finished = False
         self._handle: Any = None
         self.children: list[RunView] = []  # views of child runs opened from this one
+        self.cell = cell  # the cell that displayed this view (see current_cell)
+        self._queued_since: dict[str, float] = {}
+        self._served: dict[str, tuple[bool | None, float]] = {}  # task -> (served?, checked at)
         self._widgets: dict[str, Any] | None = self._make_widgets() if widgets else None
 
     # -- life cycle (kernel thread) ------------------------------------------------------
@@ -102,7 +118,8 @@ class RunView:
         frame = self._latest
         if frame is not None:
             frame.error = frame.error or note
-            self._publish(frame, final=True)
+            self._hint(frame, check=False)
+            contextvars.Context().run(self._publish, frame, final=True)
         elif self._widgets is not None:
             for w in self._widgets.values():
                 w.close()
@@ -130,6 +147,7 @@ class RunView:
             return
         frame = self._latest
         frame.at = time.time()
+        self._hint(frame)
         self._publish(frame)
         if self._ticker is not None:
             self._ticker.cancel()
@@ -149,6 +167,45 @@ class RunView:
                 self._unwatch()
                 self._unwatch = None
             self.done.set()
+
+    def _hint(self, frame: Frame, check: bool = True) -> None:
+        """Name the steps queued for a while whose task type no worker serves (with
+        ``check``, on the engine loop: start the checks that are due)."""
+        now = time.monotonic()
+        tasks = {s.id: s.task for s in self.defn.steps if s.task}
+        hints = []
+        for sid, st in frame.steps.items():
+            if st.status != "queued" or sid not in tasks:
+                self._queued_since.pop(sid, None)
+                continue
+            task = tasks[sid]
+            since = self._queued_since.setdefault(sid, now)
+            served, checked = self._served.get(task, (None, 0.0))
+            due = task not in self._served or (served is False and now - checked > RECHECK)
+            if check and due and now - since >= HINT_AFTER:
+                self._served[task] = (served, now)  # one check at a time per task type
+                loop = asyncio.get_running_loop()
+                threading.Thread(
+                    target=self._check, args=(task, loop), name="dagnats-hint", daemon=True
+                ).start()
+            if served is False:
+                st.note = "no worker serves this task"
+                hints.append(f"{sid}: no worker serves this task — define `@dn.task('{task}')`")
+        frame.hints = hints
+
+    def _check(self, task: str, loop: asyncio.AbstractEventLoop) -> None:
+        """Does a worker (this process's, or one in the ``workers`` KV) serve ``task``?"""
+        served = task in self.engine.workers
+        if not served:
+            try:
+                entries = self.engine.status().get("workers", [])
+                served = any(task in read_entry(e).tasks for e in entries)
+            except Exception:  # cannot tell (the engine is stopping): say nothing
+                served = True
+        self._served[task] = (served, time.monotonic())
+        if not served and not self._finished:
+            with contextlib.suppress(RuntimeError):  # the engine's loop closed meanwhile
+                loop.call_soon_threadsafe(self._refresh)
 
     def _publish(self, frame: Frame, final: bool = False) -> None:
         self._last_publish = time.monotonic()
@@ -277,3 +334,77 @@ def in_kernel(shell: Any) -> bool:
     except ImportError:
         return False
     return True
+
+
+# -- the views on screen (kernel thread) -------------------------------------------------
+
+VIEWS: dict[str, RunView] = {}  # run id -> the newest live view the notebook opened of it
+DASHBOARDS: weakref.WeakSet[Any] = weakref.WeakSet()  # live dashboards (they have .engine)
+_cells: dict[int, int] = {}  # id(shell) -> cells it has run since the extension came
+
+
+def track_cells(shell: Any) -> None:
+    """Count the cells ``shell`` runs (idempotent), so a view knows the cell it is in."""
+    key = id(shell)
+    if key in _cells or getattr(shell, "events", None) is None:
+        return
+    _cells[key] = 0
+
+    def pre_run_cell(info: Any = None) -> None:
+        _cells[key] += 1
+
+    shell.events.register("pre_run_cell", pre_run_cell)
+
+
+def current_cell(shell: Any) -> int:
+    """The number of the cell ``shell`` is running (0 before the first one)."""
+    return _cells.get(id(shell), 0)
+
+
+def follow(shell: Any, run: Run, defn: WorkflowDef | None = None, interval: float = 0.1) -> RunView:
+    """Display a live view of ``run`` in the running cell and keep it in :data:`VIEWS`."""
+    cell = current_cell(shell)
+    for run_id in [k for k, v in VIEWS.items() if v.done.is_set() and v.cell != cell]:
+        del VIEWS[run_id]
+    view = RunView(run.engine, run, defn, interval=interval, widgets=True, cell=cell)
+    VIEWS[run.id] = view
+    return view.start()
+
+
+def on_screen(shell: Any, run_id: str) -> bool:
+    """True when the running cell already shows a live view of the run (then a ``Run`` the
+    cell returns displays nothing: one status per run)."""
+    view = VIEWS.get(run_id)
+    return view is not None and view.cell == current_cell(shell)
+
+
+def finalize(engine: Engine) -> None:
+    """The engine stops: its live views and dashboards leave their static renderings."""
+    for view in [v for v in VIEWS.values() if v.engine is engine]:
+        view.stop()
+    for board in [b for b in DASHBOARDS if b.engine is engine]:
+        board.stop()
+
+
+class _Finalizer:
+    """An engine extension whose stop replaces the engine's widgets by static renderings."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        contextvars.Context().run(finalize, self.engine)
+
+
+def finalizer(engine: Engine) -> _Finalizer:
+    """The factory given to ``Engine.add_extension`` (see :func:`install`)."""
+    return _Finalizer(engine)
+
+
+def install(shell: Any) -> None:
+    """Count the shell's cells; engines started from now on finalize their views at stop."""
+    track_cells(shell)
+    Engine.add_extension(finalizer)

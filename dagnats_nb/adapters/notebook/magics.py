@@ -2,6 +2,12 @@
 
 Errors a user causes are one line (``DagnatsError._render_traceback_``) and the cell still
 fails; ``%config Dagnats.short_errors = False`` shows full tracebacks.
+
+``%dagnats run`` and ``watch`` display a live view and return the ``Run``; the cell shows
+the view only (the returned Run displays nothing more there, see ``reprs.display_run``).
+Interrupting the wait of ``%dagnats run`` (Jupyter's stop button) stops the waiting, not
+the run: one line says so, ``-o NAME`` still gets the Run, and the cell counts as
+interrupted (a "Run All" stops there).
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_exp
 from IPython.core.magic_arguments import MagicArgumentParser
 from traitlets import Bool, Float
 
-from dagnats_nb.adapters.notebook import console
+from dagnats_nb.adapters.notebook import console, live
 from dagnats_nb.adapters.notebook.expand import Expander, read_json_value, split_words
 from dagnats_nb.adapters.notebook.live import RunView, in_kernel
 from dagnats_nb.dag import WorkflowDef, load_workflow
@@ -152,6 +158,17 @@ def _parser() -> MagicArgumentParser:
 PARSER = _parser()
 
 
+class StoppedWaiting(KeyboardInterrupt):
+    """An interrupt while ``%dagnats run`` waited: the run goes on; shown as one line."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"stopped waiting; run {run_id} goes on — `%dagnats watch {run_id}`")
+        self.run_id = run_id
+
+    def _render_traceback_(self) -> list[str]:
+        return [str(self)]
+
+
 @magics_class
 class Dagnats(Magics):
     """The ``%dagnats`` magics; settings via ``%config Dagnats.<name> = value``."""
@@ -162,9 +179,10 @@ class Dagnats(Magics):
     live_interval = Float(0.1, help="seconds between live view updates (at most)").tag(config=True)
     run_timeout = Float(300.0, help="seconds `%dagnats run` waits by default").tag(config=True)
 
-    def __init__(self, shell: Any = None, **kwargs: Any) -> None:
-        super().__init__(shell=shell, **kwargs)
-        self.views: dict[str, RunView] = {}
+    @property
+    def views(self) -> dict[str, RunView]:
+        """The live views opened from the notebook, by run id."""
+        return live.VIEWS
 
     @no_var_expand
     @line_cell_magic
@@ -264,9 +282,14 @@ class Dagnats(Magics):
         view = self._follow(run, defn)
         if args.no_wait:
             return run
-        run.wait(self.run_timeout if args.timeout is None else args.timeout)
-        if view is not None:
-            view.wait(10)  # the final rendering is out before the cell ends
+        try:
+            run.wait(self.run_timeout if args.timeout is None else args.timeout)
+            if view is not None:
+                view.wait(10)  # the final rendering is out before the cell ends
+        except KeyboardInterrupt:
+            if args.save:
+                self.shell.push({args.save: run})
+            raise StoppedWaiting(run.id) from None
         return run
 
     def _watch(self, args: Any, ex: Expander, cell: Any) -> Run:
@@ -278,11 +301,7 @@ class Dagnats(Magics):
         """A live view of ``run`` when the shell is a kernel with widgets."""
         if not in_kernel(self.shell):
             return None
-        for run_id in [k for k, v in self.views.items() if v.done.is_set()]:
-            del self.views[run_id]
-        view = RunView(run.engine, run, defn, interval=self.live_interval, widgets=True)
-        self.views[run.id] = view.start()
-        return view
+        return live.follow(self.shell, run, defn, self.live_interval)
 
     def _steps(self, args: Any, ex: Expander, cell: Any) -> Any:
         return console.steps(ex.value(args.run_id))

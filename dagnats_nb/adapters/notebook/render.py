@@ -54,6 +54,7 @@ class Frame:
     ended_at: float | None = None
     at: float = 0.0
     error: str | None = None
+    hints: list[str] = field(default_factory=list)  # "enrich: no worker serves this task ..."
 
     @property
     def progress(self) -> float:
@@ -296,9 +297,19 @@ def run_header_html(frame: Frame) -> str:
 
 
 def error_html(frame: Frame) -> str:
-    """The last error, in red (empty when there is none)."""
-    err = frame.last_error
-    return f'<div style="color:#b91c1c">{html.escape(_clip(err, 300))}</div>' if err else ""
+    """The hints (a step no worker serves), then the last error, in red (empty when there
+    is neither)."""
+    red = '<div class="{}" style="color:#b91c1c">{}</div>'
+    lines = [red.format("dagnats-hint", _code(h)) for h in frame.hints]
+    if frame.last_error:
+        lines.append(red.format("dagnats-error", html.escape(_clip(frame.last_error, 300))))
+    return "".join(lines)
+
+
+def _code(text: str) -> str:
+    """Escaped text whose `backquoted` parts are shown as code."""
+    parts = html.escape(text).split("`")
+    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
 
 
 def run_html(defn: WorkflowDef | None, frame: Frame, output: Any = None) -> str:
@@ -330,6 +341,7 @@ def run_text(frame: Frame, output: Any = None) -> str:
     for sid, st in frame.steps.items():
         items = f" {st.done}/{st.count}" if st.count is not None else ""
         lines.append(f"  {sid:<20} {st.status}{items}")
+    lines += [f"  {hint}" for hint in frame.hints]
     if frame.last_error:
         lines.append(f"  error: {_clip(frame.last_error, 200)}")
     if output is not None:

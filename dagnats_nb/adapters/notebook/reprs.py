@@ -1,17 +1,26 @@
 """Rich display of WorkflowDef, Run and Engine (HTML in Jupyter, text in a terminal).
 
 They are registered as IPython display formatters, so the classes themselves stay free of
-presentation code (and ``dag/`` stays pure).
+presentation code (and ``dag/`` stays pure). Two more rules come with them:
+
+- a displayed ``Run`` shows one status: nothing when the running cell already shows a live
+  view of it (``%dagnats run``, ``watch``), a live view when it is still going (in Jupyter
+  with ipywidgets), else its final state;
+- a matplotlib ``Figure`` (``sampler.figure()``, ``dashboard.stop()``, one a cell builds)
+  displays as a PNG image, with or without ``%matplotlib inline`` (which, when it runs,
+  installs its own formatter in place of ours).
 """
 
 from __future__ import annotations
 
+import base64
 import html
+import io
 from typing import Any
 
 import pandas as pd
 
-from dagnats_nb.adapters.notebook import render
+from dagnats_nb.adapters.notebook import live, render
 from dagnats_nb.adapters.notebook.render import Frame
 from dagnats_nb.dag import WorkflowDef
 from dagnats_nb.facade.engine import Engine
@@ -133,9 +142,50 @@ class Status:
         return format_status(self.data)
 
 
+def display_run(run: Run) -> None:
+    """How IPython displays a Run (its ``_ipython_display_``): nothing when the running cell
+    shows a live view of it, a live view while it runs (Jupyter), else the HTML/text forms."""
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    if shell is None:
+        raise NotImplementedError  # IPython then uses the HTML / text formatters
+    if live.on_screen(shell, run.id):
+        return
+    eng = run.engine
+    if live.in_kernel(shell) and eng.running and eng.orchestrator is not None and not run.done:
+        live.follow(shell, run)
+        return
+    raise NotImplementedError
+
+
+def figure_png(fig: Any) -> str | None:
+    """A matplotlib Figure as base64 PNG (what IPython's own figure formatter gives)."""
+    if not fig.axes and not fig.lines:
+        return None  # an empty figure shows as its text
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _has_figure_formatter(png: Any) -> bool:
+    if ("matplotlib.figure", "Figure") in png.deferred_printers:
+        return True
+    return any(
+        getattr(t, "__module__", "") == "matplotlib.figure" and t.__name__ == "Figure"
+        for t in png.type_printers
+    )
+
+
 def register_formatters(shell: Any) -> None:
-    """Show WorkflowDef, Run and Engine as HTML (and readable text) in this shell."""
+    """Show WorkflowDef, Run and Engine as HTML (and readable text) in this shell, Figures
+    as PNG, and a Run once (see :func:`display_run`)."""
     formatters = shell.display_formatter.formatters
+    png = formatters["image/png"]
+    if not _has_figure_formatter(png):
+        png.for_type_by_name("matplotlib.figure", "Figure", figure_png)
+    shell.display_formatter.ipython_display_formatter.for_type(Run, display_run)
+    live.install(shell)
     html_f, text_f = formatters["text/html"], formatters["text/plain"]
     html_f.for_type(WorkflowDef, render.workflow_html)
     html_f.for_type(Run, run_html)
@@ -145,4 +195,13 @@ def register_formatters(shell: Any) -> None:
     text_f.for_type(Engine, lambda e, p, cycle: p.text(render.engine_text(engine_info(e))))
 
 
-__all__ = ["Status", "engine_info", "register_formatters", "run_html", "run_text", "snapshot"]
+__all__ = [
+    "Status",
+    "display_run",
+    "engine_info",
+    "figure_png",
+    "register_formatters",
+    "run_html",
+    "run_text",
+    "snapshot",
+]
