@@ -53,6 +53,16 @@ async def summarize(ctx):
     await asyncio.sleep(0.25)
     return {"doc": ctx.input, "summary": ctx.input.upper()}
 %dagnats run digest --input {"n": 48} --no-wait"""
+ORPHAN_RUN = """get_ipython().run_cell_magic("dagnats", "workflow orphan", "summarize -> enrich")
+%dagnats run orphan --input '"a doc"' --no-wait"""
+# run ids shown twice in one cell's output (a live view and a stale status of the same run)
+TWICE = """
+() => [...document.querySelectorAll('.jp-Cell')].flatMap(cell => {
+  const ids = [...cell.querySelectorAll('.dagnats-status')]
+    .map(s => s.nextElementSibling && s.nextElementSibling.textContent);
+  return ids.filter((id, i) => id && ids.indexOf(id) !== i);
+})
+"""
 ADD_CELL = """
 (source) => {
   const app = window.jupyterapp;
@@ -250,8 +260,9 @@ def test_figures_are_images_and_reopened_notebooks_show_no_widget_errors(lab, tm
             page.screenshot(path=str(ARTIFACTS / "reopened-04.png"))
         finally:
             context.close()
-    with (ARTIFACTS / "browser-test.txt").open("a") as f:
-        f.write(f"notebooks 02, 03, 04 run, saved and reopened: {time.monotonic() - t0:.1f}s\n")
+    (ARTIFACTS / "browser-reopen.txt").write_text(
+        f"notebooks 02, 03, 04 run, saved and reopened: {time.monotonic() - t0:.1f}s\n"
+    )
 
 
 def test_quickstart_in_jupyterlab_shows_the_live_view_and_dataframes(lab, tmp_path):
@@ -306,6 +317,17 @@ def test_quickstart_in_jupyterlab_shows_the_live_view_and_dataframes(lab, tmp_pa
                 timeout=60_000
             )
             assert seen["widget"], "the live widget was never rendered"
+            assert not page.evaluate(TWICE)  # one status per run
+            # a step whose task no worker serves is named in its live view
+            page.evaluate(ADD_CELL, ORPHAN_RUN)
+            hint = page.locator(".dagnats-live .dagnats-hint").filter(
+                has_text="enrich: no worker serves this task"
+            )
+            hint.wait_for(timeout=30_000)
+            assert "define @dn.task('enrich')" in hint.inner_text()
+            page.locator(".dagnats-live").last.screenshot(
+                path=str(ARTIFACTS / "no-worker-hint.png")
+            )
             view = done.filter(has_text="40/40").first
             view.scroll_into_view_if_needed()
             view.screenshot(path=str(ARTIFACTS / "final-run-view.png"))
