@@ -500,7 +500,7 @@ def test_unserialisable_output_fails_the_step_with_a_clear_message(engine):
 
 def test_unserialisable_input_is_refused(engine):
     engine.register({"name": "one", "steps": [{"id": "a", "task": "a"}]})
-    with pytest.raises(dn.RunError, match="input of workflow 'one' is not JSON-serialisable"):
+    with pytest.raises(dn.RunError, match="input of workflow 'one' cannot be sent as JSON"):
         engine.start_run("one", input={"x": {1, 2}})
 
 

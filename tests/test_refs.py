@@ -67,3 +67,45 @@ def test_a_child_run_reads_the_large_input_its_parent_passes_on(engine):
     run = engine.run(parent, timeout=60)
     assert run.status == "completed", run.error
     assert run.output == len(SECRET)
+
+
+def test_starting_a_run_with_an_existing_id_is_refused_or_idempotent(engine):
+    import pytest
+
+    from dagnats_nb.errors import RunError
+
+    @engine.task("echo")
+    def echo(ctx):
+        return ctx.input
+
+    wf = {"name": "echo", "steps": [{"id": "e", "task": "echo"}]}
+    first = engine.start_run(wf, {"n": 1}, run_id="order-42")
+    assert first.wait(timeout=20).output == {"n": 1}
+    with pytest.raises(RunError, match="run order-42 exists already"):
+        engine.start_run("echo", {"n": 2}, run_id="order-42")
+    again = engine.start_run("echo", {"n": 2}, run_id="order-42", exists_ok=True)
+    assert again.id == "order-42" and again.wait(timeout=20).output == {"n": 1}
+
+
+@__import__("pytest").mark.parametrize(
+    ("value", "why"),
+    [
+        (float("nan"), "Out of range float values"),
+        ({"deep": __import__("functools").reduce(lambda a, _: [a], range(300), 0)}, "ecursion"),
+        (2**70, "64-bit"),
+        ("\ud800", "surrogates"),
+        (object(), "not JSON serializable"),
+    ],
+)
+def test_an_input_the_wire_cannot_carry_is_one_line(engine, value, why):
+    import pytest
+
+    from dagnats_nb.errors import RunError
+
+    engine.add_handler("echo", lambda ctx: ctx.input)
+    wf = {"name": "any", "steps": [{"id": "e", "task": "echo"}]}
+    with pytest.raises(RunError) as info:
+        engine.start_run(wf, value)
+    message = str(info.value)
+    assert "\n" not in message and "cannot be sent as JSON" in message
+    assert why.lower() in message.lower(), message

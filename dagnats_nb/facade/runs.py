@@ -43,28 +43,39 @@ class Runs:
     """Runs started and steered through the engine (see the module docstring)."""
 
     async def _start_run(
-        self, workflow: str | WorkflowDef | dict, input: Any = None, *, run_id: str | None = None
+        self,
+        workflow: str | WorkflowDef | dict,
+        input: Any = None,
+        *,
+        run_id: str | None = None,
+        exists_ok: bool = False,
     ) -> Run:
         """Start a run of a registered workflow (or register this definition first); its
         :class:`Run` at once. When a step's task has no live worker (see
         :meth:`unserved_tasks`) an :class:`~dagnats_nb.errors.UnservedTaskWarning` names it
-        and ``run.unserved`` lists those tasks: the run's steps wait for a worker."""
+        and ``run.unserved`` lists those tasks: the run's steps wait for a worker.
+
+        ``run_id`` names the run (a NATS token); a run of that id that exists already is a
+        RunError, or, with ``exists_ok``, that run (an idempotent start: its first input
+        stays)."""
         if isinstance(workflow, str) and not _looks_like_definition(workflow):
             h, defn = await self.defs.get(workflow)
             check(defn)  # registered by another engine (Go): step types we cannot run
         else:
             defn = load_workflow(workflow)
             h = await self._store_definition(defn)
+        if run_id is not None:
+            if not protocol.is_token(run_id):
+                raise RunError(f"run id {run_id!r} cannot be used in a NATS subject")
+            if await self._history(run_id, limit=1):
+                if exists_ok:
+                    return Run(self, run_id, defn.name)
+                raise RunError(
+                    f"run {run_id} exists already (it keeps its input): start the new run "
+                    "with another run_id, or none to get a fresh one"
+                )
         run_id = run_id or new_run_id()
-        if not protocol.is_token(run_id):
-            raise RunError(f"run id {run_id!r} cannot be used in a NATS subject")
-        try:
-            encoded = json.dumps(input, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise RunError(
-                f"input of workflow '{defn.name}' is not JSON-serialisable ({exc}): "
-                "pass dicts, lists, strings, numbers, booleans or None"
-            ) from None
+        encoded = _encoded_input(defn.name, input)
         value = await self.payloads.shrink(input, len(encoded), f"{run_id}/input")
         event = protocol.Event(
             type=protocol.WORKFLOW_STARTED,
@@ -184,6 +195,22 @@ def _started(run: Run, stacklevel: int) -> Run:
     if run.unserved:
         hint(unserved_message(run.workflow, run.unserved), stacklevel + 1)
     return run
+
+
+def _encoded_input(workflow: str, value: Any) -> bytes:
+    """A run's input as it goes on the wire; RunError (one line) for what JSON, or the
+    wire's encoder, cannot carry: NaN, objects, nesting deeper than 255, integers beyond 64
+    bits, lone surrogates."""
+    try:
+        json.dumps(value, allow_nan=False)  # NaN and infinities (orjson would write null)
+        return protocol.dumps(value)
+    except (TypeError, ValueError, RecursionError) as exc:
+        why = str(exc).split("\n")[0] or type(exc).__name__
+        raise RunError(
+            f"input of workflow '{workflow}' cannot be sent as JSON ({why}): pass dicts, "
+            "lists, strings, numbers (64-bit integers), booleans or None, nested less than "
+            "255 deep"
+        ) from None
 
 
 def _looks_like_definition(text: str) -> bool:

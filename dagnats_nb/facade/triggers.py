@@ -100,7 +100,7 @@ class Triggers:
             return
 
         async def start_run(workflow: str, input: Any, run_id: str | None) -> Any:
-            return await self._start_run(workflow, input, run_id=run_id)
+            return await self._start_run(workflow, input, run_id=run_id, exists_ok=True)
 
         def has_run(run_id: str) -> bool:
             return self.orchestrator is not None and run_id in self.orchestrator.runs

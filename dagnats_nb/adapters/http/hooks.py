@@ -218,7 +218,7 @@ class Webhooks:
         if run_id is not None and run_id in eng.orchestrator.runs:
             return 200, {**body, "duplicate": True}
         try:
-            run = await eng._start_run(hook.workflow, value, run_id=run_id)
+            run = await eng._start_run(hook.workflow, value, run_id=run_id, exists_ok=True)
         except WorkflowError as exc:
             return _error(404, str(exc))
         except RunError as exc:
