@@ -210,7 +210,8 @@ class Engine(Serving, Runs, Reads, Observing, Gates, Triggers, Hints):
         self._setting_up()
 
     async def _connect(self) -> None:
-        self._nc = await connect(self.url, name=f"dagnats-nb {self.worker_id}")
+        watch = self._server_lost if self.server is not None else None
+        self._nc = await connect(self.url, name=f"dagnats-nb {self.worker_id}", on_disconnect=watch)
         # its own embedded server: local JetStream; elsewhere jetstream_domain, if set
         domain = None if self.server is not None else self.settings.jetstream_domain
         self.jetstream_api = api_prefix(domain)  # raw $JS API requests (stats, backup)
@@ -343,6 +344,11 @@ class Engine(Serving, Runs, Reads, Observing, Gates, Triggers, Hints):
         return self._loop is not None and self._loop.alive
 
     # -- handlers and workflows ----------------------------------------------------------
+
+    async def _server_lost(self) -> None:
+        """A dead embedded server ends every wait with one line (not a silent reconnect)."""
+        if await self.server.gone(within=2.0) and self.orchestrator is not None:
+            self.orchestrator.report_fault(str(self._nats_failure(None)), end_waits=True)
 
     def _store_full(self, message: str) -> None:
         if self.orchestrator is not None:

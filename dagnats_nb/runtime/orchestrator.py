@@ -418,11 +418,14 @@ class Orchestrator:
             if handle is not None:
                 handle.cancel()
 
-    def report_fault(self, message: str, *, store_full: bool = False) -> None:
-        """Record an engine fault; a full store also ends every wait with that message."""
+    def report_fault(
+        self, message: str, *, store_full: bool = False, end_waits: bool = False
+    ) -> None:
+        """Record an engine fault; a full store (or a dead server: ``end_waits``) also ends
+        every wait, and fails later ones, with that message."""
         log.error("%s", message)
         self.errors.append(message)
-        if store_full:
+        if store_full or end_waits:
             self.store_full = message
             for run_id in list(self._waiters):
                 for fut in self._waiters.pop(run_id):

@@ -34,6 +34,7 @@ Choices:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import importlib.metadata
@@ -179,6 +180,14 @@ class EmbeddedServer:
     def running(self) -> bool:
         """True while the server process runs."""
         return self._process is not None and self._process.alive()
+
+    async def gone(self, within: float = 2.0) -> bool:
+        """Whether the server process has exited, waiting up to ``within`` seconds for a
+        dying one (a dropped connection comes a moment before the exit is seen)."""
+        deadline = time.monotonic() + within
+        while self.running and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        return not self.running
 
     def start(self) -> EmbeddedServer:
         """Start the server and wait until it accepts connections."""
