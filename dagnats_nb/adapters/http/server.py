@@ -29,6 +29,12 @@ MAX_BODY = 1 << 20
 # A body over its route's limit is read and thrown away up to this many bytes (so the client
 # reads the 413 instead of a connection reset), then the connection is closed.
 DRAIN_MAX = 64 << 20
+# Slow clients (issue 16, item 8): a request's head must arrive whole within this many
+# seconds, its body within BODY_DEADLINE, and at most MAX_CONNECTIONS are open at once
+# (more get a 503 and are closed at once).
+HEADER_DEADLINE = 10.0
+BODY_DEADLINE = 60.0
+MAX_CONNECTIONS = 128
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,8 +108,20 @@ def match(pattern: str, path: str) -> dict[str, str] | None:
 
 
 class HTTPServer:
-    def __init__(self, routes: dict[tuple[str, str], Handler | Route]) -> None:
+    def __init__(
+        self,
+        routes: dict[tuple[str, str], Handler | Route],
+        *,
+        header_deadline: float = HEADER_DEADLINE,
+        body_deadline: float = BODY_DEADLINE,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:
         self.routes = routes
+        self.header_deadline = header_deadline
+        self.body_deadline = body_deadline
+        self.max_connections = max_connections
+        self.open = 0  # connections being served
+        self.refused = 0  # connections turned away at the cap
         self._server: asyncio.AbstractServer | None = None
         self._streams: set[asyncio.Task] = set()
         self.url: str | None = None
@@ -145,9 +163,21 @@ class HTTPServer:
         return None, {}, (404, {"error": f"no route {path}"})
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.open >= self.max_connections:
+            self.refused += 1
+            writer.write(_BUSY)
+            writer.close()
+            return
+        self.open += 1
+        try:
+            await self._serve_one(reader, writer)
+        finally:
+            self.open -= 1
+
+    async def _serve_one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = h11.Connection(h11.SERVER)
         try:
-            head = await self._head(conn, reader)
+            head = await asyncio.wait_for(self._head(conn, reader), self.header_deadline)
             if head is None:
                 return
             method = head.method.decode("ascii", "replace")
@@ -165,7 +195,9 @@ class HTTPServer:
                     await self._send(conn, writer, early)
                     return
                 writer.write(conn.send(h11.InformationalResponse(status_code=100, headers=[])))
-            body, over = await self._body(conn, reader, limit)
+            body, over = await asyncio.wait_for(
+                self._body(conn, reader, limit), self.body_deadline
+            )
             if body is None:
                 return
             if early is None and over:
@@ -273,6 +305,13 @@ class HTTPServer:
             close = getattr(reply.chunks, "aclose", None)
             if close is not None:
                 await close()
+
+
+_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+    b"content-length: 45\r\nconnection: close\r\n\r\n"
+    b'{"error": "too many connections: try again"}\n'
+)
 
 
 def _too_large(limit: int) -> Reply:
