@@ -195,9 +195,7 @@ class HTTPServer:
                     await self._send(conn, writer, early)
                     return
                 writer.write(conn.send(h11.InformationalResponse(status_code=100, headers=[])))
-            body, over = await asyncio.wait_for(
-                self._body(conn, reader, limit), self.body_deadline
-            )
+            body, over = await asyncio.wait_for(self._body(conn, reader, limit), self.body_deadline)
             if body is None:
                 return
             if early is None and over:
