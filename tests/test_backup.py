@@ -435,7 +435,8 @@ def test_engine_backup_shows_a_widget_bar_in_a_kernel(engine, tmp_path, monkeypa
 
     shown = []
     monkeypatch.setattr(IPython, "get_ipython", lambda: Kernel())
-    monkeypatch.setattr(IPython.display, "display", shown.append)
+    # display_id=True asks for a handle; None here: the bar stays (no static replacement)
+    monkeypatch.setattr(IPython.display, "display", lambda obj, **kw: shown.append(obj))
     df = engine.backup(tmp_path / "bk", streams=["WORKFLOW_HISTORY", "KV_workflow_defs"])
     assert len(shown) == 2  # one bar per stream
     bar, label = shown[0].children
