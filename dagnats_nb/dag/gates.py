@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -53,7 +54,7 @@ def _seconds(step: StepDef, key: str) -> float:
 # -- problems at registration ------------------------------------------------------------
 
 
-def config_problems(step: StepDef, step_ids: set[str]) -> list[tuple[str, str]]:
+def config_problems(step: StepDef, step_ids: AbstractSet[str]) -> list[tuple[str, str]]:
     """``(field, why)`` for each problem of a waiting step's config (Go's validation)."""
     try:
         if step.type == "sleep":
@@ -104,7 +105,7 @@ def _sleep_problems(step: StepDef) -> list[tuple[str, str]]:
     return []
 
 
-def _wait_problems(step: StepDef, step_ids: set[str]) -> list[tuple[str, str]]:
+def _wait_problems(step: StepDef, step_ids: AbstractSet[str]) -> list[tuple[str, str]]:
     cfg = _config(step)
     out = []
     if not cfg.get("event") or not isinstance(cfg.get("event"), str):

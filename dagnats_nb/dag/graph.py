@@ -26,14 +26,19 @@ class Node(Protocol):
 
 
 def find_cycles(steps: Sequence[Node]) -> list[list[str]]:
-    """Dependency cycles, each as its steps in run order with the first repeated at the end."""
+    """Dependency cycles, each as its steps in run order with the first repeated at the end.
+
+    Linear in steps and dependencies, plus that again for each cycle found."""
     order, succ, pred = _graph(steps)
     index = {sid: i for i, sid in enumerate(order)}
     remaining = set(order)
     cycles: list[list[str]] = []
     _peel(remaining, succ, pred)
+    first_left = 0  # order[:first_left] are all gone: remaining only shrinks
     while remaining:
-        node = min(remaining, key=index.__getitem__)
+        while order[first_left] not in remaining:
+            first_left += 1
+        node = order[first_left]
         path: list[str] = []
         seen: dict[str, int] = {}
         while node not in seen:
@@ -88,11 +93,23 @@ def _graph(steps: Sequence[Node]) -> tuple[list[str], dict[str, list[str]], dict
 
 
 def _peel(remaining: set[str], succ: dict[str, list[str]], pred: dict[str, set[str]]) -> None:
-    """Drop nodes that cannot be on a cycle: no remaining predecessor or successor."""
-    changed = True
-    while changed:
-        changed = False
-        for node in list(remaining):
-            if not pred[node] & remaining or not any(m in remaining for m in succ[node]):
-                remaining.discard(node)
-                changed = True
+    """Drop nodes that cannot be on a cycle: no remaining predecessor or successor (and so
+    on, as each drop leaves others without one), in one pass over nodes and edges."""
+    ins = {n: sum(1 for p in pred[n] if p in remaining) for n in remaining}
+    outs = {n: sum(1 for m in succ[n] if m in remaining) for n in remaining}
+    drop = [n for n in remaining if not ins[n] or not outs[n]]
+    while drop:
+        node = drop.pop()
+        if node not in remaining:
+            continue
+        remaining.discard(node)
+        for m in succ[node]:
+            if m in remaining:
+                ins[m] -= 1
+                if not ins[m]:
+                    drop.append(m)
+        for p in pred[node]:
+            if p in remaining:
+                outs[p] -= 1
+                if not outs[p]:
+                    drop.append(p)

@@ -85,8 +85,9 @@ def validate(defn: WorkflowDef) -> list[str]:
             out.append(problem(name, label, "task", f"a '{s.type}' step needs a task name"))
         elif s.task is not None:
             out += _token_problems(s.task, name, label, "task")
+    handlers = {t for x in defn.steps for t in (x.on_failure, x.compensate) if t}
     for i, s in enumerate(defn.steps):
-        out += _step_problems(defn, s, s.id or i, by_id)
+        out += _step_problems(defn, s, s.id or i, by_id, handlers)
     out += _idempotency_key_problems(defn)
     out += _trigger_problems(defn)
     out += _sticky_problems(defn)
@@ -130,14 +131,14 @@ def _token_problems(value: str, workflow: str | None, step: str | int | None, fi
 
 
 def _step_problems(
-    defn: WorkflowDef, s: StepDef, label: str | int, by_id: dict[str, StepDef]
+    defn: WorkflowDef, s: StepDef, label: str | int, by_id: dict[str, StepDef], handlers: set[str]
 ) -> list[str]:
+    """Problems of one step (`handlers`: the steps named as on_failure/compensate)."""
     name = defn.name
     out: list[str] = []
     if s.retries is not None and s.retries < 0:
         out.append(problem(name, label, "retries", f"must be >= 0, got {s.retries}"))
     seen: set[str] = set()
-    handlers = {t for x in defn.steps for t in (x.on_failure, x.compensate) if t}
     for dep in s.depends_on:
         if dep == s.id:
             out.append(problem(name, label, "depends_on", "a step may not depend on itself"))
@@ -182,7 +183,7 @@ def _step_problems(
         out.append(problem(name, label, "loop", why))
     if s.type == "map":
         out += _map_problems(name, s, label, by_id)
-    for field, why in config_problems(s, set(by_id)):
+    for field, why in config_problems(s, by_id.keys()):
         out.append(problem(name, label, field, why))
     return out
 
