@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -94,6 +95,9 @@ def test_status_reports_streams_workers_and_pending_tasks(engine):
         "no worker serves task 'unserved': register a handler for it"
     )
     assert "WORKFLOW_HISTORY" in text.stdout and "pending tasks: unserved=1" in text.stdout
+    # sizes for people: "WORKFLOW_HISTORY   2   812 B", not a count of bytes
+    assert re.search(r"\nstream +messages +bytes\n", text.stdout)
+    assert re.search(r"\nWORKFLOW_HISTORY +\d+ +\d[\d.]* (B|KiB)\n", text.stdout)
 
 
 def test_bad_setting_is_one_line(tmp_path):

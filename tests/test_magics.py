@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 import signal
 import subprocess
 import sys
@@ -226,6 +227,8 @@ def test_status_workflows_config(ip, eng):
     assert list(streams.columns) == ["stream", "messages", "bytes"]
     assert "WORKFLOW_HISTORY" in set(streams["stream"])
     assert "WORKFLOW_HISTORY" in status._repr_html_() and "WORKFLOW_HISTORY" in repr(status)
+    row = r"<td>WORKFLOW_HISTORY</td>\s*<td>[\d,]+</td>\s*<td>\d[\d.]* (B|KiB|MiB)</td>"
+    assert re.search(row, status._repr_html_())  # a size, not a count of bytes
     wfs = ip.run_line_magic("dagnats", "workflows")
     assert list(wfs.columns) == ["workflow", "version", "steps", "tasks", "roots", "terminal"]
     row = wfs.set_index("workflow").loc["digest"]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
 from conftest import until
 
@@ -120,6 +123,36 @@ def test_stats_cli_prints_json_records(engine):
     assert text.returncode == 0 and "WORKFLOW_HISTORY" in text.stdout
 
 
+def test_stats_cli_prints_tables_for_people(engine, capsys):
+    """``dagnats stats``: units, the main columns, no ephemeral consumer unless ``--all``;
+    ``--wide`` every column; ``--json`` raw numbers."""
+    from dagnats_nb.adapters.cli.main import main
+
+    where = ["--data-dir", str(engine.settings.data_dir)]
+
+    def dagnats(*args: str) -> str:
+        assert main([*args, *where]) == 0
+        return capsys.readouterr().out
+
+    streams = dagnats("stats", "streams")
+    assert re.search(r"TELEMETRY +engine +0 +0 B +0 +7 d +1\.0 GiB", streams)
+    assert "first_seq" not in streams.splitlines()[0] and "e+0" not in streams
+    assert streams.splitlines()[-1].endswith("--wide shows them")
+    assert "first_seq" in dagnats("stats", "streams", "--wide").splitlines()[0]
+    rows = json.loads(dagnats("stats", "streams", "--json"))
+    telemetry = next(r for r in rows if r["stream"] == "TELEMETRY")
+    assert telemetry["max_bytes"] == 1 << 30 and telemetry["max_age_s"] == 7 * 86400
+    lag = dagnats("stats", "consumers")
+    assert "workers-llm" in lag and "KV_workers" not in lag and "$KV." not in lag
+    assert re.search(r"\d+ ephemeral consumers .* not shown: --all shows them", lag)
+    every = dagnats("stats", "lag", "--all")
+    assert "KV_workers" in every and "$KV.workers.>" in every and "not shown" not in every
+    assert {r["durable"] for r in json.loads(dagnats("stats", "consumers", "--json"))} == {True}
+    assert "60 s" in dagnats("stats", "health")  # the heartbeat gap's threshold
+    assert main(["stats", "streams", "--all", *where]) == 1
+    assert "--all is for `dagnats stats consumers`" in capsys.readouterr().err
+
+
 def test_stats_and_health_address_the_engines_jetstream_domain(tmp_path):
     """With ``jetstream_domain``, the raw API requests of stats and health go to
     ``$JS.<domain>.API``: an attached engine naming the server's domain reads them, one
@@ -128,17 +161,17 @@ def test_stats_and_health_address_the_engines_jetstream_domain(tmp_path):
     from dagnats_nb.server.process import EmbeddedServer
 
     with EmbeddedServer(data_dir=tmp_path / "srv", jetstream_domain="tdom") as server:
-        opts = dict(nats_url=server.url, jetstream_domain="tdom", llm_enabled=False)
+        opts = dict(nats_url=server.client_url, jetstream_domain="tdom", llm_enabled=False)
         with dn.Engine.start(data_dir=tmp_path / "e", **opts) as eng:
             assert eng.jetstream_api == "$JS.tdom.API"
-            attached = dn.Engine.connect(data_dir=tmp_path / "a", url=server.url, **opts)
+            attached = dn.Engine.connect(data_dir=tmp_path / "a", url=server.client_url, **opts)
             try:
                 assert "WORKFLOW_HISTORY" in set(attached.stream_stats()["stream"])
                 assert len(attached.kv_stats()) > 0 and len(attached.health()) > 0
             finally:
                 attached.stop()
             opts["jetstream_domain"] = "nope"
-            stranger = dn.Engine.connect(data_dir=tmp_path / "b", url=server.url, **opts)
+            stranger = dn.Engine.connect(data_dir=tmp_path / "b", url=server.client_url, **opts)
             try:
                 assert stranger.jetstream_api == "$JS.nope.API"
                 with pytest.raises(dn.DagnatsError):
@@ -147,9 +180,9 @@ def test_stats_and_health_address_the_engines_jetstream_domain(tmp_path):
                 stranger.stop()
 
 
-def test_consumer_lag_lists_durable_consumers_first(engine):
-    """The task queues' durable consumers come first, the ephemeral ones (a KV watcher's,
-    an ordered reader's, with random names) after them."""
+def test_consumer_lag_hides_ephemeral_consumers_unless_asked(engine):
+    """A KV watcher's consumer (random name, on KV_workers) is left out of the lag and its
+    rendering, which says so; ``include_internal=True`` lists it after the durable ones."""
 
     @engine.task("first-in-line")
     def first(ctx):
@@ -162,8 +195,17 @@ def test_consumer_lag_lists_durable_consumers_first(engine):
     watcher = engine._call(watch())
     try:
         df = engine.consumer_lag()
-        durable = list(df["durable"])
+        assert set(df["durable"]) == {True} and "workers-first-in-line" in set(df["consumer"])
+        text = repr(df)
+        assert "$KV.workers" not in text and "KV_workers" not in text
+        assert "not shown: `include_internal=True` shows them" in text
+        every = engine.consumer_lag(include_internal=True)
+        durable = list(every["durable"])
         assert False in durable and durable == sorted(durable, reverse=True)
-        assert df.iloc[0]["durable"] and "workers-first-in-line" in set(df["consumer"])
+        watchers = every[every["stream"] == "KV_workers"]
+        assert len(watchers) >= 1 and not watchers["durable"].any()
+        shown = repr(every)
+        assert all(name in shown for name in watchers["consumer"]) and "not shown" not in shown
+        assert int(every["pending"].sum()) >= int(df["pending"].sum())  # numbers stay numbers
     finally:
         engine._call(watcher.stop())

@@ -18,7 +18,7 @@ from nats.js.errors import KeyNotFoundError, NoKeysError, NotFoundError
 from dagnats_nb.dag import parse_duration
 from dagnats_nb.dag.state import RUN_TERMINAL
 from dagnats_nb.facade.twins import twins
-from dagnats_nb.observe import health, monitor, sampler, sizing, stats
+from dagnats_nb.observe import health, monitor, sampler, sizing, stats, tables
 from dagnats_nb.server.datadir import read_engine_info
 from dagnats_nb.transport.stores import json_values
 from dagnats_nb.wire import protocol, resources
@@ -26,18 +26,25 @@ from dagnats_nb.wire.runs import read_record
 from dagnats_nb.wire.workers import read_entry
 
 SIZING_SAMPLE = 200  # finished runs an attached engine reads to calibrate sizing()
+SIZING_BYTES_SAMPLE = 10  # runs per workflow whose history sizing() reads for its bytes
 
 
-def _data_frame(rows: list[dict[str, Any]]):
-    import pandas as pd
+def _table(name: str):
+    """The shape of a view: its rows as the human-readable frame of table ``name``."""
 
-    return pd.DataFrame(rows)
+    def shape(rows: list[dict[str, Any]]) -> tables.HumanFrame:
+        return tables.frame(rows, name)
+
+    return shape
 
 
-def _health_frame(rows: list[dict[str, Any]]):
-    from dagnats_nb.facade.views import full_text_frame
-
-    return full_text_frame(rows, health.COLUMNS)  # an action is never cut to "..."
+def _lag_frame(reply: tuple[list[dict[str, Any]], bool]) -> tables.HumanFrame:
+    rows, include_internal = reply
+    df = tables.frame(rows, "lag")
+    if include_internal or df.empty:
+        return df
+    keep = ~df.apply(stats.internal_consumer, axis=1).astype(bool)
+    return tables.hide_rows(df, keep, stats.INTERNAL_CONSUMERS, "all")
 
 
 def _monitor_frame(reply: tuple[str, dict[str, Any]]):
@@ -59,20 +66,23 @@ class Observing:
             self._nc, self.settings.max_store_bytes, api=self.jetstream_api
         )
 
-    stream_stats, stream_stats_async = twins(_stream_stats, _data_frame)
+    stream_stats, stream_stats_async = twins(_stream_stats, _table("streams"))
 
-    async def _consumer_lag(self) -> list[dict[str, Any]]:
+    async def _consumer_lag(
+        self, include_internal: bool = False
+    ) -> tuple[list[dict[str, Any]], bool]:
         """Per consumer: stream, filter, pending, ack pending, redelivered, waiting pulls,
-        last delivered/acked sequence, last active."""
-        return await stats.consumer_rows(self._nc, api=self.jetstream_api)
+        last delivered/acked sequence, last active. The ephemeral consumers (KV watchers,
+        ordered readers, with random names) only with ``include_internal=True``."""
+        return await stats.consumer_rows(self._nc, api=self.jetstream_api), include_internal
 
-    consumer_lag, consumer_lag_async = twins(_consumer_lag, _data_frame)
+    consumer_lag, consumer_lag_async = twins(_consumer_lag, _lag_frame)
 
     async def _kv_stats(self) -> list[dict[str, Any]]:
         """Per KV bucket: keys, values, bytes, history, TTL."""
         return await stats.kv_rows(self._nc, api=self.jetstream_api)
 
-    kv_stats, kv_stats_async = twins(_kv_stats, _data_frame)
+    kv_stats, kv_stats_async = twins(_kv_stats, _table("kv"))
 
     async def _account(self) -> list[dict[str, Any]]:
         """JetStream account usage against its limits and ``max_store_bytes``."""
@@ -80,7 +90,7 @@ class Observing:
             self._nc, self.settings.max_store_bytes, api=self.jetstream_api
         )
 
-    account, account_async = twins(_account, _data_frame)
+    account, account_async = twins(_account, _table("account"))
 
     async def _monitor(self, endpoint: str = "varz", **params: Any) -> tuple[str, dict]:
         """A NATS monitoring endpoint (``varz``, ``jsz``, ``connz``, ``subsz``) flattened into
@@ -94,25 +104,42 @@ class Observing:
         self, workflow: str | None = None, *, days: float = 30.0, **workload: Any
     ) -> sizing.Report:
         """Disk and memory estimate of a workload (``sizing.Workload`` fields as keywords,
-        e.g. ``runs_per_day=50_000``), calibrated with what this engine measured: bytes per
-        event on WORKFLOW_HISTORY and events per run of the finished runs (of ``workflow``
-        if given). With nothing run yet the rules of thumb are used."""
+        e.g. ``runs_per_day=50_000``), calibrated with what this engine measured on its
+        finished runs. With ``workflow``: runs of that workflow (its steps, events per run
+        and bytes per event); without: the measured mix of every workflow that ran (the
+        report names them, a row each). With nothing run yet the rules of thumb are used
+        (for 10-step runs unless ``steps`` or a workflow is given)."""
         if self.orchestrator is not None:
+            o = self.orchestrator
             runs = [
-                (s.event_count, len(self.orchestrator.run_defs[r].steps))
-                for r, s in self.orchestrator.runs.items()
+                (r, s.workflow, s.event_count, len(o.run_defs[r].steps))
+                for r, s in o.runs.items()
                 if s.terminal and not s.outbox and (workflow is None or s.workflow == workflow)
             ]
         else:  # attached (a notebook looking at a Go deployment): from its records
             runs = await self._recorded_runs(workflow)
+        rows = sizing.workflow_rows(
+            [(w, e, n) for _, w, e, n in runs], await self._sampled_bytes(runs)
+        )
         info = (
             await stats.api(
                 self._nc, f"STREAM.INFO.{protocol.HISTORY_STREAM}", api=self.jetstream_api
             )
         )["state"]
-        cal = sizing.calibrate(runs, info.get("bytes", 0), info.get("messages", 0))
-        if workflow is not None and "steps" not in workload:
-            workload["steps"] = len((await self._workflow(workflow)).steps)
+        per_event = info.get("bytes", 0) / info["messages"] if info.get("messages") else None
+        if workflow is not None and rows and rows[0]["bytes_per_event"]:
+            per_event = rows[0]["bytes_per_event"]  # this workflow's events, not the mix's
+        cal = sizing.calibrate([(e, n) for _, _, e, n in runs], per_event)
+        if "steps" in workload:
+            runs_of = f"{workload['steps']:g}-step runs (as given)"
+        elif workflow is not None:
+            workload["steps"] = n = len((await self._workflow(workflow)).steps)
+            runs_of = f"'{workflow}' ({n} step{'s' * (n != 1)})"
+        elif rows:
+            workload["steps"] = sum(n for *_, n in runs) / len(runs)
+            runs_of = sizing.mix(rows) if len(rows) > 1 else f"'{rows[0]['workflow']}'"
+        else:
+            runs_of = "10-step runs (nothing has run to measure: name a workflow or give steps)"
         workload.setdefault("runs_per_day", 1000)
         workload.setdefault("max_store_bytes", self.settings.max_store_bytes)
         if self.settings.runs_max_age and "history_max_age_days" not in workload:
@@ -121,22 +148,64 @@ class Observing:
             workload["history_max_bytes"] = self.settings.history_max_bytes
         w = sizing.Workload(**workload)
         est = sizing.estimate(w, cal, days)
-        return sizing.Report(est, est.calibration, sizing.compare(est.calibration, w.steps))
+        comparison = sizing.compare(est.calibration, w.steps)
+        return sizing.Report(est, est.calibration, comparison, rows, runs_of)
 
     sizing, sizing_async = twins(_sizing)
 
+    async def _sampled_bytes(
+        self, runs: list[tuple[str, str, int, int]], per_workflow: int = SIZING_BYTES_SAMPLE
+    ) -> dict[str, tuple[int, int]]:
+        """``workflow -> (events, bytes)`` of the history of the last ``per_workflow``
+        finished runs of each workflow, bytes as the file store counts them."""
+        latest: dict[str, list[str]] = {}
+        for run_id, workflow, _, _ in runs:
+            latest.setdefault(workflow, []).append(run_id)
+        out: dict[str, tuple[int, int]] = {}
+        for workflow, ids in latest.items():
+            events = size = 0
+            for run_id in ids[-per_workflow:]:
+                n, b = await self._history_bytes(run_id)
+                events, size = events + n, size + b
+            out[workflow] = (events, size)
+        return out
+
+    async def _history_bytes(self, run_id: str) -> tuple[int, int]:
+        """``(events, bytes)`` of one run's history on WORKFLOW_HISTORY."""
+        subject = protocol.history_subject(run_id)
+        info = await self._js.stream_info(protocol.HISTORY_STREAM, subjects_filter=subject)
+        count = (info.state.subjects or {}).get(subject, 0)
+        if not count:
+            return 0, 0
+        sub = await self._js.subscribe(
+            subject, stream=protocol.HISTORY_STREAM, ordered_consumer=True
+        )
+        events = size = 0
+        try:
+            while events < count:
+                msg = await sub.next_msg(timeout=5)
+                events += 1
+                headers = sizing.header_bytes(msg.headers)
+                size += sizing.stored_bytes(msg.subject, headers, len(msg.data))
+                if msg.metadata.num_pending == 0:
+                    break
+        finally:
+            await sub.unsubscribe()
+        return events, size
+
     async def _recorded_runs(
         self, workflow: str | None, limit: int = SIZING_SAMPLE
-    ) -> list[tuple[int, int]]:
-        """``(events, steps)`` of up to ``limit`` finished runs (of ``workflow``), from the
-        ``workflow_runs`` records (Go's or ours) and the run's message count on
-        WORKFLOW_HISTORY: what an engine without an orchestrator can measure."""
+    ) -> list[tuple[str, str, int, int]]:
+        """``(run_id, workflow, events, steps)`` of up to ``limit`` finished runs (of
+        ``workflow``), from the ``workflow_runs`` records (Go's or ours) and the run's
+        message count on WORKFLOW_HISTORY: what an engine without an orchestrator can
+        measure."""
         kv = await self._js.key_value("workflow_runs")
         try:
             keys = sorted(await kv.keys())
         except (NotFoundError, NoKeysError):
             return []
-        out: list[tuple[int, int]] = []
+        out: list[tuple[str, str, int, int]] = []
         for key in reversed(keys):  # newest ids last in ULID order: recent runs first
             if len(out) >= limit:
                 break
@@ -152,7 +221,9 @@ class Observing:
             info = await self._js.stream_info(protocol.HISTORY_STREAM, subjects_filter=subject)
             events = (info.state.subjects or {}).get(subject, 0)
             if events and summary["steps"]:
-                out.append((events, len(summary["steps"])))
+                run = (summary["run_id"], summary["workflow"], events, len(summary["steps"]))
+                out.append(run)
+        out.reverse()  # oldest first, as an orchestrator lists them
         return out
 
     async def _sample(self, every: float | str = "1s", keep: int = 3600) -> sampler.Sampler:
@@ -244,7 +315,7 @@ class Observing:
         action), warnings first. Thresholds are the ``health_*`` settings."""
         return await self._health_rows()
 
-    health, health_async = twins(_health, _health_frame)
+    health, health_async = twins(_health, _table("health"))
 
     async def _health_rows(
         self, workers: list[dict[str, Any]] | None = None

@@ -39,28 +39,6 @@ STEP_COLUMNS = [
 EVENT_COLUMNS = ["seq", "time", "type", "step_id", "attempt", "worker_id", "payload"]
 
 
-class FullTextFrame(pd.DataFrame):
-    """A DataFrame whose text and HTML show every cell whole: pandas cuts cells at
-    ``display.max_colwidth`` (50) characters, which left a health action's advice as
-    "register a han..."."""
-
-    @property
-    def _constructor(self):
-        return FullTextFrame
-
-    def __repr__(self) -> str:
-        with pd.option_context("display.max_colwidth", None, "display.max_columns", None):
-            return super().__repr__()
-
-    def _repr_html_(self) -> str | None:
-        with pd.option_context("display.max_colwidth", None, "display.max_columns", None):
-            return super()._repr_html_()
-
-
-def full_text_frame(rows: Iterable[Any], columns: list[str]) -> pd.DataFrame:
-    return FullTextFrame(list(rows), columns=columns)
-
-
 def _ts(value: float | str | None) -> pd.Timestamp | None:
     if value is None:
         return None

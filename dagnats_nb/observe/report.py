@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from dagnats_nb.observe.units import human_bytes
 from dagnats_nb.wire.workers import read_entry
 
 
@@ -21,9 +22,9 @@ def format_status(status: dict[str, Any]) -> str:
     ]
     lines = warnings + lines
     lines.append("")
-    lines.append(f"{'stream':<18}{'messages':>10}{'bytes':>14}")
+    lines.append(f"{'stream':<18}{'messages':>10}{'bytes':>12}")
     for s in status["streams"]:
-        lines.append(f"{s['stream']:<18}{s['messages']:>10}{s['bytes']:>14}")
+        lines.append(f"{s['stream']:<18}{s['messages']:>10,}{human_bytes(s['bytes']):>12}")
     lines.append("")
     lines.append("workers:" if status["workers"] else "workers: none")
     for w in map(read_entry, status["workers"]):

@@ -100,7 +100,7 @@ class Calibration:
             source=what,
         )
 
-    def events_per_run(self, steps: int, retry_rate: float = 0.0) -> float:
+    def events_per_run(self, steps: float, retry_rate: float = 0.0) -> float:
         return self.run_events + steps * (self.events_per_step + retry_rate * EVENTS_PER_RETRY)
 
 
@@ -109,7 +109,7 @@ class Workload:
     """What the engine is asked to do. Sizes in bytes, durations in days."""
 
     runs_per_day: float
-    steps: int = 10
+    steps: float = 10  # per run; a mix of workflows has a mean (1.5)
     payload_bytes: int = 1 * KiB
     largest_payload_bytes: int | None = None  # default: 4 × payload_bytes
     retry_rate: float = 0.0  # retries per step (0.1 = one step in ten retries once)
@@ -168,8 +168,8 @@ class Estimate:
         return self.disk_bytes / self.workload.max_store_bytes
 
     def rows(self) -> list[dict[str, Any]]:
-        """One row per stream and memory item (for a DataFrame): whole bytes, so a table
-        shows ``8170825164``, not ``8.170825e+09``."""
+        """One row per stream and memory item (for a DataFrame): whole bytes (a table shows
+        them as ``7.6 GiB``, never ``8.170825e+09``)."""
         out: list[dict[str, Any]] = [
             {"kind": "disk", "item": name, "bytes": round(b), "GiB": b / GiB}
             for name, b in self.streams.items()
@@ -181,9 +181,9 @@ class Estimate:
         return out
 
     def to_frame(self):
-        import pandas as pd
+        from dagnats_nb.observe import tables
 
-        return pd.DataFrame(self.rows(), columns=["kind", "item", "bytes", "GiB"])
+        return tables.frame(self.rows(), "sizing")
 
 
 def estimate(
@@ -301,19 +301,19 @@ def recommend_tier(est: Estimate) -> Tier:
     return TIERS[-1]
 
 
-def compare(measured: Calibration, steps: int = 10) -> list[dict[str, Any]]:
+def compare(measured: Calibration, steps: float = 10) -> list[dict[str, Any]]:
     """Rows "rule of thumb vs measured" for a workflow of ``steps`` steps."""
     rule = Calibration()
     rows = []
     for item, r, m in (
         ("bytes per event", rule.bytes_per_event, measured.bytes_per_event),
         (
-            f"events per run ({steps} steps)",
+            f"events per run ({steps:.3g} steps)",
             rule.events_per_run(steps),
             measured.events_per_run(steps),
         ),
         (
-            f"bytes per run ({steps} steps)",
+            f"bytes per run ({steps:.3g} steps)",
             rule.events_per_run(steps) * rule.bytes_per_event,
             measured.events_per_run(steps) * measured.bytes_per_event,
         ),
@@ -344,57 +344,139 @@ def _not_negative(**values: float) -> None:
 
 @dataclass(frozen=True, slots=True)
 class Report:
-    """``eng.sizing()``: the estimate, the calibration it used, and rule vs measured."""
+    """``eng.sizing()``: the estimate, the calibration it used, rule vs measured, the
+    measured workflows (``workflows``: one row each) and what the workload's runs are
+    (``runs_of``: one workflow's, the measured mix, or an assumed step count)."""
 
     estimate: Estimate
     calibration: Calibration
     comparison: list[dict[str, Any]]
+    workflows: list[dict[str, Any]] = field(default_factory=list)
+    runs_of: str = ""
 
     def comparison_frame(self):
-        import pandas as pd
+        from dagnats_nb.observe import tables
 
-        return pd.DataFrame(
-            self.comparison, columns=["item", "rule_of_thumb", "measured", "measured_over_rule"]
-        )
+        return tables.frame(self.comparison, "sizing comparison")
+
+    def workflows_frame(self):
+        """Per measured workflow: runs, steps, events, bytes per event and per run."""
+        from dagnats_nb.observe import tables
+
+        return tables.frame(self.workflows, "sizing workflows")
 
     def summary(self) -> str:
+        """Three lines: the runs estimated, disk/memory/tier, the calibration."""
+        from dagnats_nb.observe.units import human_bytes, human_duration
+
         est = self.estimate
-        cap = "never" if est.days_until_cap is None else f"{est.days_until_cap:,.0f} days"
+        full = "never" if est.days_until_cap is None else human_duration(est.days_until_cap * DAY)
+        runs = f"{est.workload.runs_per_day:,.0f} per day" + (
+            f" of {self.runs_of}" if self.runs_of else ""
+        )
         return (
-            f"{est.disk_bytes / GiB:,.2f} GiB on disk after {est.days:g} days "
-            f"({est.store_share:.1%} of max_store_bytes; store full in {cap}); memory "
-            f"{est.memory_bytes / GiB:,.2f} GiB; tier {est.tier.name} ({est.tier.cpu}); "
+            f"runs: {runs}\n"
+            f"disk: {human_bytes(est.disk_bytes)} after {est.days:g} days "
+            f"({est.store_share:.1%} of max_store_bytes; full in {full}); "
+            f"memory: {human_bytes(est.memory_bytes)}; tier {est.tier.name} ({est.tier.cpu})\n"
             f"calibration: {self.calibration.source}"
         )
 
+    def _tables(self) -> list[tuple[str, Any]]:
+        out = [("estimate", self.estimate.to_frame())]
+        if self.workflows:
+            out.append(("measured per workflow", self.workflows_frame()))
+        out.append(("rule of thumb vs measured", self.comparison_frame()))
+        return out
+
     def __repr__(self) -> str:
-        return (
-            f"{self.summary()}\n\n{self.estimate.to_frame().to_string(index=False)}\n\n"
-            f"{self.comparison_frame().to_string(index=False)}"
-        )
+        from dagnats_nb.observe import tables
+
+        parts = [self.summary()]
+        parts += [
+            f"{title}:\n{tables.render_text(df, with_notes=False)}" for title, df in self._tables()
+        ]
+        return "\n\n".join(parts)
 
     def _repr_html_(self) -> str:
         import html
 
-        return (
-            f"<p>{html.escape(self.summary())}</p>"
-            + self.estimate.to_frame().to_html(index=False)
-            + self.comparison_frame().to_html(index=False)
+        from dagnats_nb.observe import tables
+
+        lines = "<br>".join(html.escape(line) for line in self.summary().splitlines())
+        return f"<p>{lines}</p>" + "".join(
+            f"<p><b>{title}</b></p>{tables.render_html(df, with_notes=False)}"
+            for title, df in self._tables()
         )
 
 
-def calibrate(
-    runs: list[tuple[int, int]], stream_bytes: int, stream_messages: int
-) -> Calibration | None:
-    """A calibration from finished runs ``(events, steps)`` and the history's size; None when
-    nothing has run yet."""
-    if not runs or not stream_messages:
+HEADER_LINE = len(b"NATS/1.0\r\n")
+
+
+def header_bytes(headers: dict[str, str] | None) -> int:
+    """The length of a message's NATS header block, from its parsed headers."""
+    if not headers:
+        return 0
+    return HEADER_LINE + sum(len(k) + len(v) + 4 for k, v in headers.items()) + 2
+
+
+def stored_bytes(subject: str, headers: int, data: int) -> int:
+    """What one message adds to a file stream's ``bytes``, as nats-server counts it
+    (``fileStoreMsgSizeRaw``): a 22-byte record head, the subject, 4 + the header block
+    when there is one, the data, an 8-byte checksum."""
+    return 22 + len(subject) + (4 + headers if headers else 0) + data + 8
+
+
+def workflow_rows(
+    runs: list[tuple[str, int, float]], sampled: dict[str, tuple[int, int]]
+) -> list[dict[str, Any]]:
+    """Per workflow of the finished runs ``(workflow, events, steps)``: runs, steps and
+    events per run, and bytes per event of the runs whose history was read (``sampled``:
+    workflow -> (events, bytes)); most runs first."""
+    by: dict[str, list[tuple[int, float]]] = {}
+    for workflow, events, steps in runs:
+        by.setdefault(workflow, []).append((events, steps))
+    rows = []
+    for workflow, its in by.items():
+        events = sum(e for e, _ in its) / len(its)
+        read, size = sampled.get(workflow, (0, 0))
+        per_event = size / read if read else None
+        rows.append(
+            {
+                "workflow": workflow,
+                "runs": len(its),
+                "steps": sum(s for _, s in its) / len(its),
+                "events_per_run": events,
+                "bytes_per_event": per_event,
+                "bytes_per_run": None if per_event is None else per_event * events,
+            }
+        )
+    return sorted(rows, key=lambda r: (-r["runs"], r["workflow"]))
+
+
+def mix(rows: list[dict[str, Any]]) -> str:
+    """The measured mix in words: ``the measured mix of 2 workflows (etl: 60 runs of 5
+    steps; ping: 40 runs of 1 step), 3.4 steps per run``."""
+    runs = sum(r["runs"] for r in rows)
+    steps = sum(r["steps"] * r["runs"] for r in rows) / runs
+    each = "; ".join(
+        f"{r['workflow']}: {r['runs']} run{'s' * (r['runs'] != 1)} of {r['steps']:g} "
+        f"step{'s' * (r['steps'] != 1)}"
+        for r in rows
+    )
+    return f"the measured mix of {len(rows)} workflows ({each}), {steps:.3g} steps per run"
+
+
+def calibrate(runs: list[tuple[int, float]], bytes_per_event: float | None) -> Calibration | None:
+    """A calibration from finished runs ``(events, steps)`` and the bytes an event takes;
+    None when nothing has run yet. Events per step is the ratio of the totals, so a mix's
+    mean steps per run gives its mean events per run."""
+    if not runs or not bytes_per_event:
         return None
-    per_step = [max(0.0, (events - RUN_EVENTS) / steps) for events, steps in runs if steps]
     events = sum(e for e, _ in runs) / len(runs)
     steps = sum(s for _, s in runs) / len(runs)
     return Calibration(
-        bytes_per_event=stream_bytes / stream_messages,
-        events_per_step=sum(per_step) / len(per_step),
-        source=f"measured ({len(runs)} runs, {events:.1f} events per run of {steps:.1f} steps)",
+        bytes_per_event=bytes_per_event,
+        events_per_step=max(0.0, (events - RUN_EVENTS) / steps) if steps else 0.0,
+        source=f"measured ({len(runs)} runs, {events:.1f} events per run of {steps:.3g} steps)",
     )

@@ -21,6 +21,7 @@ __all__ = [
     "account_rows",
     "api",
     "consumer_rows",
+    "internal_consumer",
     "kv_rows",
     "stream_names",
     "stream_rows",
@@ -137,6 +138,16 @@ async def consumer_rows(
                 break
     rows.sort(key=lambda r: (not r["durable"], r["stream"], r["consumer"] or ""))
     return rows
+
+
+INTERNAL_CONSUMERS = "ephemeral consumers (KV watchers, ordered readers)"
+
+
+def internal_consumer(row: dict[str, Any]) -> bool:
+    """An ephemeral consumer: a KV watcher's (``KV_workers``...) or an ordered reader's
+    (the orchestrator's on WORKFLOW_HISTORY), which nats clients name at random and
+    recreate at will; no worker pulls tasks from one."""
+    return not row["durable"]
 
 
 async def kv_rows(nc: NATS, *, api: str = DEFAULT_API) -> list[dict[str, Any]]:

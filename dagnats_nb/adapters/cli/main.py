@@ -92,26 +92,29 @@ def cmd_status(args: argparse.Namespace) -> int:
 STATS = {
     "streams": "stream_stats",
     "consumers": "consumer_lag",
+    "lag": "consumer_lag",  # the notebook's name (%dagnats lag)
     "kv": "kv_stats",
     "account": "account",
+    "health": "health",
 }
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
     from dagnats_nb.facade.engine import Engine
+    from dagnats_nb.observe import tables
 
+    if args.all and STATS[args.what] != "consumer_lag":
+        raise DagnatsError("stats: --all is for `dagnats stats consumers` (ephemeral consumers)")
     eng = Engine.connect(config=args.config, **_overrides(args))
     try:
-        df = getattr(eng, STATS[args.what])()
+        view = getattr(eng, STATS[args.what])
+        df = view(include_internal=True) if args.all else view()
     finally:
         eng.stop()
     if args.json:
         print(df.to_json(orient="records", date_format="iso", indent=2))
     else:
-        import pandas as pd
-
-        with pd.option_context("display.width", 200, "display.max_columns", None):
-            print(df.to_string(index=False))
+        print(tables.render_text(df.wide() if args.wide else df, hints="cli"))
     return 0
 
 
@@ -294,7 +297,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("stats", help="JetStream statistics of the engine on a data dir")
     p.add_argument("what", choices=sorted(STATS), help="which table")
     _settings_args(p)
-    p.add_argument("--json", action="store_true", help="print JSON records")
+    p.add_argument(
+        "--json", action="store_true", help="print JSON records (every row, raw numbers)"
+    )
+    p.add_argument("--wide", action="store_true", help="every column, not only the main ones")
+    p.add_argument(
+        "--all", action="store_true", help="consumers: also the ephemeral ones (KV watchers...)"
+    )
     p.set_defaults(fn=cmd_stats)
     dlq = sub.add_parser("dlq", help="dead letters: list, replay")
     dlq_sub = dlq.add_subparsers(dest="dlq", required=True)

@@ -181,8 +181,10 @@ def config() -> pd.DataFrame:
     return pd.DataFrame(rows, columns=CONFIG_COLUMNS)
 
 
-def stats(what: str, **params: Any) -> Any:
-    """The engine's read-only views: streams, lag, kv, account, health, monitor, sizing."""
+def stats(what: str, *, wide: bool = False, **params: Any) -> Any:
+    """The engine's read-only views: streams, lag, kv, account, health, monitor, sizing.
+    ``wide``: a table displays every column; ``include_internal=True`` (lag): the
+    ephemeral consumers too."""
     eng = default.engine(start=False)
     if what == "monitor":
         return eng.monitor(params.pop("endpoint"), **params)
@@ -195,4 +197,5 @@ def stats(what: str, **params: Any) -> Any:
         "account": eng.account,
         "health": eng.health,
     }[what]
-    return view()
+    df = view(**params)
+    return df.wide() if wide else df

@@ -30,6 +30,7 @@ from dagnats_nb.dag.validate import workflow_error
 from dagnats_nb.errors import DagnatsError
 from dagnats_nb.facade import default
 from dagnats_nb.facade.run import Run
+from dagnats_nb.observe import tables
 
 HELP = """\
 %dagnats SUBCOMMAND [options]  — the notebook console of the kernel's dagnats engine
@@ -52,8 +53,9 @@ HELP = """\
   config                                   settings and where they come from (DataFrame)
   triggers                                 cron and subject triggers, last fired, next due
   trigger enable|disable ID                switch a trigger on or off
-  streams | lag | kv | account             JetStream stats (DataFrames)
-  health                                   the checklist's health rules, warnings first
+  streams | lag | kv | account [--wide]    JetStream stats (DataFrames; --wide: every column)
+  lag --all                                also the ephemeral consumers (KV watchers...)
+  health [--wide]                          the checklist's health rules, warnings first
   monitor [varz|jsz|connz|subsz]           NATS monitoring (needs monitor_port)
   sizing [WF] [--runs-per-day N] [--days D] [--concurrent-runs N]
                                            disk/memory estimate calibrated on this engine
@@ -140,7 +142,11 @@ def _parser() -> MagicArgumentParser:
     s.add_argument("action", choices=["enable", "disable"])
     s.add_argument("id")
     for name in ("streams", "lag", "kv", "account", "health"):
-        cmd(name)
+        s = cmd(name)
+        s.add_argument("--wide", action="store_true", help="display every column")
+    sub.choices["lag"].add_argument(
+        "--all", action="store_true", help="also the ephemeral consumers (KV watchers...)"
+    )
     s = cmd("monitor")
     s.add_argument("endpoint", nargs="?", default="varz", choices=["varz", "jsz", "connz", "subsz"])
     s = cmd("sizing")
@@ -236,19 +242,19 @@ class Dagnats(Magics):
         return console.status()
 
     def _streams(self, args: Any, ex: Expander, cell: Any) -> Any:
-        return console.stats("streams")
+        return _worded(console.stats("streams", wide=args.wide))
 
     def _lag(self, args: Any, ex: Expander, cell: Any) -> Any:
-        return console.stats("lag")
+        return _worded(console.stats("lag", wide=args.wide, include_internal=args.all))
 
     def _kv(self, args: Any, ex: Expander, cell: Any) -> Any:
-        return console.stats("kv")
+        return _worded(console.stats("kv", wide=args.wide))
 
     def _account(self, args: Any, ex: Expander, cell: Any) -> Any:
-        return console.stats("account")
+        return _worded(console.stats("account", wide=args.wide))
 
     def _health(self, args: Any, ex: Expander, cell: Any) -> Any:
-        return console.stats("health")
+        return _worded(console.stats("health", wide=args.wide))
 
     def _monitor(self, args: Any, ex: Expander, cell: Any) -> Any:
         return console.stats("monitor", endpoint=args.endpoint)
@@ -374,6 +380,12 @@ class Dagnats(Magics):
         else:
             defn = load_workflow(_raw_definition(body, args.name, args.version))
         return console.register(defn)
+
+
+def _worded(df: pd.DataFrame) -> pd.DataFrame:
+    """A table whose notes name the magic's options (``--all``, ``--wide``)."""
+    df.attrs[tables.HINTS] = "magic"
+    return df
 
 
 def _json_arg(ex: Expander, word: str | None, what: str) -> Any:

@@ -25,6 +25,7 @@ from dagnats_nb.adapters.notebook.render import Frame
 from dagnats_nb.dag import WorkflowDef
 from dagnats_nb.facade.engine import Engine
 from dagnats_nb.facade.run import Run
+from dagnats_nb.observe import tables
 from dagnats_nb.observe.report import format_status
 from dagnats_nb.wire.workers import read_entry
 
@@ -110,8 +111,8 @@ class Status:
         self.data = data
 
     def to_pandas(self) -> pd.DataFrame:
-        """One row per stream: stream, messages, bytes."""
-        return pd.DataFrame(self.data["streams"], columns=["stream", "messages", "bytes"])
+        """One row per stream: stream, messages, bytes (shown as ``5.6 KiB``)."""
+        return tables.frame(self.data["streams"], "status streams")
 
     def workers(self) -> pd.DataFrame:
         """One row per worker: worker_id, tasks."""
@@ -135,7 +136,7 @@ class Status:
             f"<div class='dagnats-status'>{warn}<b>dagnats</b> {html.escape(str(d['url']))} "
             f"({conn}) · data_dir {html.escape(d['data_dir'])}"
             f"<div>pending tasks: {html.escape(pending or 'none')}</div>"
-            f"{self.to_pandas().to_html(index=False)}{self.workers().to_html(index=False)}</div>"
+            f"{tables.render_html(self.to_pandas())}{self.workers().to_html(index=False)}</div>"
         )
 
     def __repr__(self) -> str:
