@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
+from conftest import until
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 from traitlets.config import Config
@@ -59,3 +62,65 @@ def test_monitor_and_sizing(ip):
     assert report.calibration.source.startswith("measured (")
     with pytest.raises(UsageError, match="invalid choice: 'routez'"):
         ip.run_line_magic("dagnats", "monitor routez")
+
+
+def shown(ip, value) -> tuple[str, str]:
+    """What a notebook shows of a value: its HTML and its text."""
+    data, _ = ip.display_formatter.format(value)
+    return data.get("text/html", ""), data["text/plain"]
+
+
+def test_lag_hides_the_engines_ephemeral_consumers_unless_all(ip):
+    page, text = shown(ip, ip.run_line_magic("dagnats", "lag"))
+    assert "workers-hop" in page and "workers-hop" in text
+    # the engine's KV watchers and its ordered history reader, with random names
+    assert "KV_workers" not in page and "$KV." not in text and "history.>" not in text
+    assert re.search(r"\d+ ephemeral consumers \(KV watchers, ordered readers\) not shown", text)
+    assert "<code>--all</code> shows them" in page
+    every = ip.run_line_magic("dagnats", "lag --all -o every")
+    assert ip.user_ns["every"] is every
+    page, text = shown(ip, every)
+    watchers = every[every["stream"] == "KV_workers"]["consumer"]
+    assert len(watchers) >= 1 and all(name in page and name in text for name in watchers)
+    assert "history.>" in text and "not shown" not in text
+    assert "last_active" not in text.splitlines()[0]  # the header: the main columns
+    _, text = shown(ip, ip.run_line_magic("dagnats", "lag --wide"))
+    assert {"last_active", "max_ack_pending"} <= set(text.splitlines()[0].split())
+
+
+def test_streams_show_bytes_and_durations_for_people(ip):
+    page, text = shown(ip, ip.run_line_magic("dagnats", "streams"))
+    assert "e+0" not in page and "e+0" not in text
+    assert "<td>1.0 GiB</td>" in page and "<td>7 d</td>" in page  # TELEMETRY's limits
+    assert re.search(r"WORKFLOW_HISTORY +engine +18 +\d[\d.]* KiB", text)
+    assert "first_seq" not in text.splitlines()[0]
+    assert "<code>--wide</code> (or <code>.wide()</code>) shows them" in page
+    _, text = shown(ip, ip.run_line_magic("dagnats", "streams --wide"))
+    assert {"first_seq", "dedup_window"} <= set(text.splitlines()[0].split())
+
+
+def test_sizing_without_a_workflow_names_the_mix_it_measured(ip):
+    """Runs the module's last: it adds a one-step workflow's runs to hops' three."""
+    ip.run_cell_magic("dagnats", "workflow solo", "a\na: task=hop")
+    for i in range(2):
+        ip.run_line_magic("dagnats", f"run solo --input {i}")
+
+    def measured_all():  # a run just ended counts once its record is written (< 1 s)
+        report = ip.run_line_magic("dagnats", "sizing --runs-per-day 5000")
+        return report if sum(r["runs"] for r in report.workflows) == 5 else None
+
+    report = until(measured_all, timeout=10, what="the five runs measured")
+    page, text = shown(ip, report)
+    # the workload is the measured mix (3 runs of 2 steps, 2 of 1), not ten-step runs
+    assert report.estimate.workload.steps == pytest.approx((3 * 2 + 2 * 1) / 5)
+    mix = "the measured mix of 2 workflows (hops: 3 runs of 2 steps; solo: 2 runs of 1 step)"
+    assert mix in text and mix in page
+    assert "10 steps" not in text
+    assert re.search(r"hops +3 +2 +6 +\d+ B +\d[\d.]* KiB", text)
+    assert re.search(r"solo +2 +1 +4 +\d+ B +\d[\d.]* KiB", text)
+    assert "<b>measured per workflow</b>" in page
+    assert "e+0" not in text and re.search(r"disk: [\d.]+ (MiB|GiB) after 30 days", text)
+    one = ip.run_line_magic("dagnats", "sizing solo --runs-per-day 5000")
+    assert one.estimate.workload.steps == 1
+    assert [r["workflow"] for r in one.workflows] == ["solo"]
+    assert "runs: 5,000 per day of 'solo' (1 step)" in repr(one)

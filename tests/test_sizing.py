@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
+from conftest import until
 
 from dagnats_nb.observe import sizing
 
@@ -191,3 +192,56 @@ def test_the_engines_history_limits_bound_its_estimate(tmp_path):
         assert report.estimate.streams["WORKFLOW_HISTORY"] <= 1024 * 1024
         wider = eng.sizing(runs_per_day=1_000_000, days=30, history_max_bytes=10 * GiB)
         assert wider.estimate.streams["WORKFLOW_HISTORY"] > 1024 * 1024
+
+
+def test_sizing_measures_each_workflow_and_names_the_mix(engine):
+    """Per workflow: its steps, events and bytes per event (read from its runs' history,
+    as the file store counts them); without a workflow, the measured mix, never an
+    assumed ten steps."""
+    nothing = engine.sizing()
+    assert nothing.workflows == [] and nothing.estimate.workload.steps == 10
+    assert "10-step runs (nothing has run to measure" in repr(nothing)
+
+    @engine.task("small")
+    async def small(ctx):
+        return 1
+
+    @engine.task("big")
+    async def big(ctx):
+        return {"text": "x" * 2000}
+
+    engine.register({"name": "tiny", "steps": [{"id": "a", "task": "small"}]})
+    engine.register(
+        {
+            "name": "bulky",
+            "steps": [{"id": "a", "task": "big"}, {"id": "b", "task": "big", "depends_on": ["a"]}],
+        }
+    )
+    for i in range(3):
+        engine.run("tiny", i, timeout=20)
+        engine.run("bulky", i, timeout=20)
+
+    def all_six():
+        report = engine.sizing(runs_per_day=1000)
+        return report if sum(r["runs"] for r in report.workflows) == 6 else None
+
+    mixed = until(all_six, timeout=10, what="the six runs measured")
+    rows = {r["workflow"]: r for r in mixed.workflows}
+    assert (rows["tiny"]["steps"], rows["bulky"]["steps"]) == (1, 2)
+    assert mixed.estimate.workload.steps == 1.5
+    assert "events per run (1.5 steps)" in {r["item"] for r in mixed.comparison}
+    assert "the measured mix of 2 workflows (bulky: 3 runs of 2 steps; tiny: 3 runs of 1 step)" in (
+        repr(mixed)
+    )
+    # every run was read: their bytes add up to the history stream's, byte for byte
+    history = engine.stream_stats().set_index("stream").loc["WORKFLOW_HISTORY", "bytes"]
+    assert sum(r["bytes_per_run"] * r["runs"] for r in rows.values()) == pytest.approx(history)
+    assert rows["bulky"]["bytes_per_event"] > 1000 > rows["tiny"]["bytes_per_event"]
+    bulky = engine.sizing("bulky", runs_per_day=1000)
+    assert bulky.calibration.bytes_per_event == pytest.approx(rows["bulky"]["bytes_per_event"])
+    assert bulky.estimate.workload.steps == 2
+    per_run = rows["bulky"]["bytes_per_run"]
+    assert bulky.estimate.streams["WORKFLOW_HISTORY"] == pytest.approx(30 * 1000 * per_run)
+    text = repr(bulky)
+    assert re.search(r"bulky +3 +2 +\d+ +1\.\d KiB +\d+\.\d KiB", text)
+    assert re.search(r"WORKFLOW_HISTORY +\d[\d.]* (MiB|GiB)", text) and "e+0" not in text
