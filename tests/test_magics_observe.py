@@ -97,6 +97,9 @@ def test_streams_show_bytes_and_durations_for_people(ip):
     assert "<code>--wide</code> (or <code>.wide()</code>) shows them" in page
     _, text = shown(ip, ip.run_line_magic("dagnats", "streams --wide"))
     assert {"first_seq", "dedup_window"} <= set(text.splitlines()[0].split())
+    page, text = shown(ip, dn.engine())  # the engine card
+    assert re.search(r"WORKFLOW_HISTORY +18 msgs +\d[\d.]* KiB", text)
+    assert re.search(r"<td>WORKFLOW_HISTORY</td><td>18</td><td>\d[\d.]* KiB</td>", page)
 
 
 def test_sizing_without_a_workflow_names_the_mix_it_measured(ip):

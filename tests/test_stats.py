@@ -199,6 +199,8 @@ def test_consumer_lag_hides_ephemeral_consumers_unless_asked(engine):
         text = repr(df)
         assert "$KV.workers" not in text and "KV_workers" not in text
         assert "not shown: `include_internal=True` shows them" in text
+        mine = repr(df[df["consumer"] == "workers-first-in-line"])  # rows picked: no note
+        assert "workers-first-in-line" in mine and "not shown" not in mine
         every = engine.consumer_lag(include_internal=True)
         durable = list(every["durable"])
         assert False in durable and durable == sorted(durable, reverse=True)

@@ -25,7 +25,7 @@ from dagnats_nb.observe import units
 
 TABLE = "dagnats.table"
 WIDE = "dagnats.wide"
-HIDDEN_ROWS = "dagnats.hidden_rows"  # (count, what, flag name in HINTS)
+HIDDEN_ROWS = "dagnats.hidden_rows"  # (count, what, option, rows left): see hide_rows
 HINTS = "dagnats.hints"  # "python" (default), "magic" or "cli": how notes name options
 CODE = re.compile(r"`([^`]+)`")  # `code` in a note: <code> in HTML
 
@@ -211,11 +211,12 @@ def frame(rows: Iterable[Mapping[str, Any]] | pd.DataFrame, table: str, **attrs:
 
 def hide_rows(df: pd.DataFrame, keep: Any, what: str, option: str) -> pd.DataFrame:
     """``df[keep]``, noting how many rows of ``what`` were left out and which option
-    (a key of :data:`OPTION_WORDS`' entries, e.g. ``"all"``) shows them."""
+    (a key of :data:`OPTION_WORDS`' entries, e.g. ``"all"``) shows them. The note shows
+    while the frame has the rows it was given (not on a frame filtered from it)."""
     hidden = int((~keep).sum())
     out = df[keep].reset_index(drop=True)
     if hidden:
-        out.attrs[HIDDEN_ROWS] = (hidden, what, option)
+        out.attrs[HIDDEN_ROWS] = (hidden, what, option, len(out))
     return out
 
 
@@ -264,8 +265,8 @@ def notes(df: pd.DataFrame, hints: str | None = None) -> list[str]:
     words = OPTION_WORDS[hints or df.attrs.get(HINTS, "python")]
     out = []
     hidden = df.attrs.get(HIDDEN_ROWS)
-    if hidden:
-        count, what, option = hidden
+    if hidden and hidden[3] == len(df):
+        count, what, option, _ = hidden
         out.append(f"{count} {what} not shown: {words[option]} shows them")
     left_out = [c for c in df.columns if c not in shown_columns(df, spec)]
     if left_out:

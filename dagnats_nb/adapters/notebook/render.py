@@ -14,6 +14,7 @@ from typing import Any
 
 from dagnats_nb.dag import WorkflowDef
 from dagnats_nb.dag.state import RUN_TERMINAL, STEP_TERMINAL, RunState
+from dagnats_nb.observe.units import human_bytes
 
 COLORS = {
     "pending": ("#f3f4f6", "#9ca3af"),
@@ -368,7 +369,7 @@ def engine_html(info: dict[str, Any]) -> str:
     if info.get("streams"):
         streams = _table(
             ["stream", "messages", "bytes"],
-            [[s["stream"], s["messages"], s["bytes"]] for s in info["streams"]],
+            [[s["stream"], s["messages"], human_bytes(s["bytes"])] for s in info["streams"]],
         )
     return (
         f'<div class="dagnats-engine"><b>dagnats engine</b> ({html.escape(info["mode"])})'
@@ -383,5 +384,6 @@ def engine_text(info: dict[str, Any]) -> str:
     if info.get("monitor_url"):
         lines.append(f"  monitor   {info['monitor_url']}")
     for s in info.get("streams") or []:
-        lines.append(f"  {s['stream']:<18} {s['messages']:>8} msgs {s['bytes']:>12} bytes")
+        size = human_bytes(s["bytes"])
+        lines.append(f"  {s['stream']:<18} {s['messages']:>8,} msgs {size:>10}")
     return "\n".join(lines)
