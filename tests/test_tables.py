@@ -97,6 +97,8 @@ def test_stream_stats_show_sizes_and_limits_in_units_and_fit_a_notebook(engine):
     picked = repr(df[["stream", "first_seq", "bytes"]])
     assert lines(picked)[0].split() == ["stream", "first_seq", "bytes"]
     assert "more columns" not in picked
+    added = repr(df.set_index("stream").loc[["WORKFLOW_HISTORY"], ["bytes"]].assign(runs=[3.0]))
+    assert re.search(r"WORKFLOW_HISTORY +\d[\d.]* KiB +3$", added)  # a count, not 3.0
 
 
 def test_kv_account_and_health_read_in_units(engine):

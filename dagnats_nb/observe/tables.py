@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from dagnats_nb.observe import units
@@ -248,13 +249,21 @@ def display_frame(df: pd.DataFrame) -> pd.DataFrame:
             text = [FORMATS[unit_of(r)](v) for r, v in zip(records, values, strict=True)]
         elif col in spec.units:
             text = [FORMATS[spec.units[col]](v) for v in values]
-        else:
-            text = ["" if units.missing(v) else str(v) for v in values]
+        else:  # text, or a column someone added (a count reads 207, not 207.0)
+            text = [_plain(v) for v in values]
         cells[len(headers)] = text
         headers.append(spec.labels.get(col, col))
     out = pd.DataFrame(cells, index=df.index)
     out.columns = headers
     return out
+
+
+def _plain(value: Any) -> str:
+    if units.missing(value):
+        return ""
+    if isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool):
+        return units.human_number(value)
+    return str(value)
 
 
 def notes(df: pd.DataFrame, hints: str | None = None) -> list[str]:
