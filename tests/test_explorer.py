@@ -18,6 +18,8 @@ def test_sliders_redraw_the_estimate_the_tier_and_the_plot():
     assert x.estimate.history_bytes_per_day == 1_000_000 * 12 * 500
     assert bytes(x.image.value) != first_png
     assert "tier <b>large</b>" in x.summary.value  # 30 days of 1 M runs/day needs > 100 GiB
+    assert "<b>176 GiB</b> after 30 days" in x.summary.value  # in units, not 175.76 GiB
+    assert "store full <b>in 41 h</b>" in x.summary.value  # not "in 2 days"
     x.retention.value = 3
     assert x.estimate.streams["WORKFLOW_HISTORY"] == 3 * 1_000_000 * 12 * 500
     x.cap.value = 1024.0

@@ -21,8 +21,9 @@ import io
 from typing import Any
 
 from dagnats_nb.observe import sizing
+from dagnats_nb.observe.units import human_bytes, human_duration
 
-GiB = sizing.GiB
+GiB, DAY = sizing.GiB, sizing.DAY
 
 
 def figure_for(workload: sizing.Workload, cal: sizing.Calibration, days: float = 365.0):
@@ -50,11 +51,13 @@ def png(fig) -> bytes:
 
 
 def describe(est: sizing.Estimate) -> str:
-    cap = "never" if est.days_until_cap is None else f"in {est.days_until_cap:,.0f} days"
+    cap = (
+        "never" if est.days_until_cap is None else "in " + human_duration(est.days_until_cap * DAY)
+    )
     return (
-        f"<b>{est.disk_bytes / GiB:,.2f} GiB</b> after {est.days:g} days "
+        f"<b>{human_bytes(est.disk_bytes)}</b> after {est.days:g} days "
         f"({est.store_share:.0%} of the store), store full <b>{cap}</b>; "
-        f"{est.events_per_run:.1f} events per run; memory {est.memory_bytes / GiB:,.2f} GiB; "
+        f"{est.events_per_run:.1f} events per run; memory {human_bytes(est.memory_bytes)}; "
         f"tier <b>{est.tier.name}</b> ({est.tier.cpu}, {est.tier.memory_bytes / GiB:g} GiB "
         f"RAM, {est.tier.disk_bytes / GiB:g} GiB disk)"
     )
