@@ -2,7 +2,8 @@
 
 The quickstart's live view, DataFrames and screenshots; notebooks 02 and 03 show their
 figures as images; notebooks 03 and 04, saved, their kernel shut down and reopened, show
-static renderings where their widgets were and no "Error displaying widget".
+static renderings where their widgets were and no "Error displaying widget"; 03's engine
+tables fit the page.
 
 Needs Debian's ``chromium`` (``apt-get install chromium``; ``.ci/run`` installs it) or a
 Chrome/Chromium binary named by ``DAGNATS_CHROMIUM``. Playwright for Python drives it through
@@ -188,6 +189,13 @@ FIGURE_CELLS = """() => {
   }).filter(c => c.last === 'fig' || c.last.endsWith('.figure()'));
 }"""
 
+# every engine table on the page: its headers, its width and the width its output has
+TABLE_WIDTHS = """() => [...document.querySelectorAll('table.dagnats-table')].map(t => {
+  const room = (t.closest('.jp-OutputArea-output') || t.parentElement).clientWidth;
+  const head = [...t.querySelectorAll('thead th')].map(h => h.textContent.trim()).join(' ');
+  return {head, width: Math.ceil(t.getBoundingClientRect().width), room};
+})"""
+
 
 def open_notebook(page, lab: str, name: str) -> None:
     """Open ``name`` in JupyterLab and wait for its kernel to be idle."""
@@ -247,6 +255,12 @@ def test_figures_are_images_and_reopened_notebooks_show_no_widget_errors(lab, tm
                 shown = page.evaluate(FIGURE_CELLS)
                 assert len(shown) == figures and all(c["img"] for c in shown), (name, shown)
                 assert not widget_errors(page), name
+            # 03's tables (lag, health, sizing, retention) fit the notebook: none is cut off
+            tables = page.evaluate(TABLE_WIDTHS)
+            assert len(tables) >= 6, tables
+            assert not [t for t in tables if t["width"] > t["room"]], tables
+            page.get_by_text("add workers for task 'work'").scroll_into_view_if_needed()
+            page.screenshot(path=str(ARTIFACTS / "tables-03.png"))
             explorer = page.locator(".dagnats-explorer")
             assert explorer.locator("img").count() == 1  # 03's explorer, as a picture
             explorer.scroll_into_view_if_needed()
