@@ -1,8 +1,9 @@
 """The package's layers, read from its imports (ast): no module imports from a layer above
 its own, and no import cycle, counting imports inside functions and under TYPE_CHECKING.
 
-The layers, lowest first (README, "How the code is laid out"). A module may import from its
-own package and from any lower layer; packages of one layer do not import each other.
+The layers, lowest first (docs/internals.md, "How the code is laid out"). A module may
+import from its own package and from any lower layer; packages of one layer do not import
+each other.
 """
 
 from __future__ import annotations
