@@ -194,7 +194,7 @@ def test_the_engines_history_limits_bound_its_estimate(tmp_path):
         assert wider.estimate.streams["WORKFLOW_HISTORY"] > 1024 * 1024
 
 
-def test_sizing_measures_each_workflow_and_names_the_mix(engine):
+def test_sizing_measures_each_workflow_and_names_the_mix(engine, capsys):
     """Per workflow: its steps, events and bytes per event (read from its runs' history,
     as the file store counts them); without a workflow, the measured mix, never an
     assumed ten steps."""
@@ -245,3 +245,13 @@ def test_sizing_measures_each_workflow_and_names_the_mix(engine):
     text = repr(bulky)
     assert re.search(r"bulky +3 +2 +\d+ +1\.\d KiB +\d+\.\d KiB", text)
     assert re.search(r"WORKFLOW_HISTORY +\d[\d.]* (MiB|GiB)", text) and "e+0" not in text
+    # the terminal's `dagnats sizing`: an attached engine measures from the runs' records
+    from dagnats_nb.adapters.cli.main import main
+
+    assert main(["sizing", "--data-dir", str(engine.settings.data_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "runs: 1,000 per day of the measured mix of 2 workflows (bulky: 3 runs" in out
+    assert re.search(r"tiny +3 +1 +4 +\d+ B", out) and "calibration: measured (6 runs" in out
+    assert main(["sizing", "tiny", "--data-dir", str(engine.settings.data_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "of 'tiny' (1 step)" in out and "bulky" not in out

@@ -118,6 +118,19 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sizing(args: argparse.Namespace) -> int:
+    eng = _connect(args)
+    try:
+        workload: dict[str, Any] = {"runs_per_day": args.runs_per_day}
+        if args.concurrent_runs is not None:
+            workload["concurrent_runs"] = args.concurrent_runs
+        report = eng.sizing(args.workflow, days=args.days, **workload)
+    finally:
+        eng.stop()
+    print(repr(report))
+    return 0
+
+
 def cmd_dlq_list(args: argparse.Namespace) -> int:
     from dagnats_nb.facade.engine import Engine
 
@@ -305,6 +318,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--all", action="store_true", help="consumers: also the ephemeral ones (KV watchers...)"
     )
     p.set_defaults(fn=cmd_stats)
+    p = sub.add_parser(
+        "sizing", help="disk and memory estimate, calibrated on the engine's finished runs"
+    )
+    p.add_argument("workflow", nargs="?", help="size runs of this workflow (default: the mix)")
+    p.add_argument("--runs-per-day", type=float, default=1000.0, help="default 1000")
+    p.add_argument("--days", type=float, default=30.0, help="disk after D days (default 30)")
+    p.add_argument("--concurrent-runs", type=int, help="runs in flight at once (default 10)")
+    _settings_args(p)
+    p.set_defaults(fn=cmd_sizing)
     dlq = sub.add_parser("dlq", help="dead letters: list, replay")
     dlq_sub = dlq.add_subparsers(dest="dlq", required=True)
     p = dlq_sub.add_parser("list", help="list dead letters (newest last)")
