@@ -136,7 +136,7 @@ async def measure(work: Path, mb: float) -> dict[str, Any]:
     out: dict[str, Any] = {"mb_target": mb}
     big = {"max_store_bytes": max(int(mb * MB * 3), 1 << 30)}
     with EmbeddedServer(data_dir=work / "src", **big) as src:
-        nc = await nats.connect(src.url)
+        nc = await nats.connect(src.client_url)
         js = nc.jetstream(timeout=30)
         log(f"filling WORKFLOW_HISTORY with {mb:g} MB of ~{EVENT_BYTES} B events...")
         stream = await fill(js, int(mb * MB))
@@ -164,7 +164,7 @@ async def measure(work: Path, mb: float) -> dict[str, Any]:
     }
     log(f"backup: {out['backup']['mb_per_s']} MB/s, file {file_bytes / MB:.1f} MB")
     with EmbeddedServer(data_dir=work / "dst", **big) as dst:
-        nc = await nats.connect(dst.url)
+        nc = await nats.connect(dst.client_url)
         t = time.perf_counter()
         restored = await restore.restore_streams(nc, work / "bk")
         restore_s = time.perf_counter() - t

@@ -356,7 +356,7 @@ def engine_phase(eng: dn.Engine, size: dict[str, int], task_types: str) -> dict[
     c1 = cpu_seconds(eng)
     log(f"engine: {len(ids)} runs with {size['in_flight']} in flight in {elapsed:.1f}s")
 
-    events, stream = asyncio.run(history_since(eng.url, seq1))
+    events, stream = asyncio.run(history_since(eng.connect_url, seq1))
     runs = eng.orchestrator.runs
     statuses = [runs[r].status if r in runs else "missing" for r in ids + low_ids]
     failed = sum(1 for s in statuses if s != "completed")
@@ -409,7 +409,7 @@ async def start_waiting(eng: dn.Engine, n: int, batch: int = 200) -> float:
 
 async def settle(eng: dn.Engine, runs: int, min_seq: int, timeout: float = 300) -> float:
     """Wait until the orchestrator holds ``runs`` runs and has applied every stored event."""
-    nc = await nats.connect(eng.url)
+    nc = await nats.connect(eng.connect_url)
     js = nc.jetstream()
     t = time.perf_counter()
     stable = 0
@@ -529,14 +529,14 @@ def replay_phase(
     eng: dn.Engine, data_dir: Path, size: dict[str, int], events_per_run: float
 ) -> tuple[dict[str, Any], dn.Engine]:
     target = size["history_target"]
-    _, stream = asyncio.run(history_since(eng.url, 1 << 62))
+    _, stream = asyncio.run(history_since(eng.connect_url, 1 << 62))
     topped = 0
     if stream["messages"] < target:
         topped = int((target - stream["messages"]) / events_per_run) + 1
         log(f"replay: {stream['messages']} events; topping up with {topped} completed runs")
         asyncio.run(drive(eng, topped, size["in_flight"]))
         asyncio.run(settle(eng, len(eng.orchestrator.runs), 0))
-        _, stream = asyncio.run(history_since(eng.url, 1 << 62))
+        _, stream = asyncio.run(history_since(eng.connect_url, 1 << 62))
     runs_before = len(eng.orchestrator.runs)
     log(f"replay: stopping the engine with {stream['messages']} events in history")
     eng.stop()
@@ -665,7 +665,7 @@ def run_all(mode: str, root: Path, per_step_tasks: bool = False) -> dict[str, An
     log(f"mode {mode}; raw ceiling on a fresh nats-server")
     server = EmbeddedServer(data_dir=root / "raw").start()
     try:
-        result["raw"] = asyncio.run(raw_ceiling(server.url, size))
+        result["raw"] = asyncio.run(raw_ceiling(server.client_url, size))
         server_version = server.version
     finally:
         server.stop()

@@ -73,7 +73,7 @@ def main() -> int:
         server = EmbeddedServer(data_dir=root / "raw").start()
         try:
             size = SIZES["quick" if args.quick else "full"]
-            raw = asyncio.run(raw_ceiling(server.url, size))
+            raw = asyncio.run(raw_ceiling(server.client_url, size))
             result["raw"] = {k: raw[k] for k in ("publish_async_per_s", "publish_sync_per_s")}
         finally:
             server.stop()

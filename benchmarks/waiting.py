@@ -362,7 +362,7 @@ def sleep_phase(eng: dn.Engine, n: int, warm_rate: float) -> dict[str, Any]:
         f"{mem['tracemalloc_bytes_per_run']:.0f} B/run; T in {before_due:.1f}s"
     )
     done_at = wait_completed(eng, base_done + n, max(120.0, before_due + 60 + n / 100))
-    history = asyncio.run(read_history(eng.url, seq0 + 1))
+    history = asyncio.run(read_history(eng.connect_url, seq0 + 1))
     w = wakes(history, set(ids), due)
     log(
         f"sleep: woke {w['woken']}, lateness p50 {w['lateness_stored']['p50_s']}s "
@@ -478,7 +478,7 @@ def restart_phase(
         f"{timers_after} timers rebuilt; T2 in {before_due:.1f}s"
     )
     done_at = wait_completed(eng, completed(eng) + n, max(120.0, before_due + 60 + n / 100))
-    history = asyncio.run(read_history(eng.url, seq0 + 1))
+    history = asyncio.run(read_history(eng.connect_url, seq0 + 1))
     w = wakes(history, set(ids), due)
     log(
         f"restart: woke {w['woken']}, lateness p50 {w['lateness_stored']['p50_s']}s "
@@ -586,7 +586,7 @@ def run_all(n: int, mode: str, root: Path) -> dict[str, Any]:
     log(f"mode {mode}, {n} runs; raw ceiling on a fresh nats-server")
     server = EmbeddedServer(data_dir=root / "raw").start()
     try:
-        raw = asyncio.run(raw_ceiling(server.url, SIZES[mode]))
+        raw = asyncio.run(raw_ceiling(server.client_url, SIZES[mode]))
         server_version = server.version
     finally:
         server.stop()

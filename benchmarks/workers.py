@@ -133,7 +133,7 @@ def run_case(n: int, root: Path, size: dict[str, Any]) -> dict[str, Any]:
 
             eng.add_handler(TASK, noop, concurrency=CONCURRENCY)
         else:
-            procs = start_workers(n, eng.url)
+            procs = start_workers(n, eng.connect_url)
         asyncio.run(bench.drive(eng, size["warmup_runs"], size["in_flight"]))
         seq = eng.orchestrator.last_seq + 1
         c0, w0 = bench.cpu_seconds(eng), [proc_cpu(pr.pid) for pr in procs]
@@ -144,7 +144,7 @@ def run_case(n: int, root: Path, size: dict[str, Any]) -> dict[str, Any]:
             rounds.append(seconds)
         elapsed = sum(rounds)
         c1, w1 = bench.cpu_seconds(eng), [proc_cpu(pr.pid) for pr in procs]
-        events, _ = asyncio.run(bench.history_since(eng.url, seq))
+        events, _ = asyncio.run(bench.history_since(eng.connect_url, seq))
         runs = eng.orchestrator.runs
         failed = sum(1 for r in ids if r not in runs or runs[r].status != "completed")
         by_worker = Counter(
@@ -214,7 +214,7 @@ def run_all(mode: str, root: Path, cases: list[int]) -> dict[str, Any]:
     log(f"mode {mode}; raw ceiling on a fresh nats-server")
     server = EmbeddedServer(data_dir=root / "raw").start()
     try:
-        result["raw"] = asyncio.run(bench.raw_ceiling(server.url, size))
+        result["raw"] = asyncio.run(bench.raw_ceiling(server.client_url, size))
         version = server.version
     finally:
         server.stop()

@@ -127,7 +127,7 @@ def test_backup_then_restore_into_a_new_data_dir_rebuilds_every_run(busy, tmp_pa
     ]  # fmt: skip
     assert (backed["mb_per_s"] > 0).all() and (backed["file_bytes"] > 0).all()
     assert backed.set_index("stream").loc["OBJ_payloads", "bytes"] > 1_200_000
-    live = stream_state(eng.url, backup.DEFAULT_STREAMS)
+    live = stream_state(eng.connect_url, backup.DEFAULT_STREAMS)
     assert row_state(backed)["WORKFLOW_HISTORY"] == live["WORKFLOW_HISTORY"]
     assert row_state(backed)["TASK_QUEUES"][0] == 1  # the held task, not acked yet
     for name in backup.DEFAULT_STREAMS:  # progress: from 0, growing, done == total exactly once
@@ -279,15 +279,15 @@ def test_a_damaged_backup_is_refused_and_leaves_the_target_untouched(busy, tmp_p
     assert "\n" not in msg and "WORKFLOW_HISTORY" in msg
     assert ("is damaged (truncated" in msg) if how == "truncated" else ("refused" in msg)
     with EmbeddedServer(settings) as srv, pytest.raises(Exception, match="not found"):
-        stream_state(srv.url, ["WORKFLOW_HISTORY"])
+        stream_state(srv.client_url, ["WORKFLOW_HISTORY"])
     # over the running engine with force: the original stays as it was, and works
-    before = stream_state(eng.url, ["WORKFLOW_HISTORY", "TASK_QUEUES"])
+    before = stream_state(eng.connect_url, ["WORKFLOW_HISTORY", "TASK_QUEUES"])
     runs = summary(eng)
     with pytest.raises(BackupError, match="WORKFLOW_HISTORY") as info:
         eng.restore(bad, force=True)
     if how == "corrupted":
         assert "put back unchanged" in str(info.value)
-    assert stream_state(eng.url, ["WORKFLOW_HISTORY", "TASK_QUEUES"]) == before
+    assert stream_state(eng.connect_url, ["WORKFLOW_HISTORY", "TASK_QUEUES"]) == before
     assert summary(eng) == runs
     assert eng.run("flow", {"x": 4}, timeout=20).output == {"x": 16}
 
@@ -357,7 +357,7 @@ def test_layout_names_and_bad_folders(engine, tmp_path):
         "no data": "has no stream.tar.s2",
         "not s2": "does not start with the S2 stream identifier",
     }
-    state = stream_state(engine.url, ["WORKFLOW_HISTORY"])
+    state = stream_state(engine.connect_url, ["WORKFLOW_HISTORY"])
     for case, spoil in cases.items():
         bad = tmp_path / case.replace(" ", "_")
         shutil.copytree(root / "WORKFLOW_HISTORY", bad / "WORKFLOW_HISTORY")
@@ -372,7 +372,7 @@ def test_layout_names_and_bad_folders(engine, tmp_path):
         engine.restore(tmp_path / "y")
     with pytest.raises(BackupError, match="not found"):
         engine.restore(tmp_path / "nowhere")
-    assert stream_state(engine.url, ["WORKFLOW_HISTORY"]) == state  # nothing changed
+    assert stream_state(engine.connect_url, ["WORKFLOW_HISTORY"]) == state  # nothing changed
     assert engine.run("flow", {"x": 1}, timeout=20).status == "completed"
 
 
@@ -403,7 +403,7 @@ def test_cli_through_nats_url_with_named_streams(tmp_path, capsys):
     with EmbeddedServer(data_dir=tmp_path / "ext") as srv:
 
         async def make():
-            nc = await nats.connect(srv.url)
+            nc = await nats.connect(srv.client_url)
             js = nc.jetstream()
             for name in ("ORDERS", "AUDIT"):
                 await js.add_stream(name=name, subjects=[f"{name.lower()}.>"])
@@ -412,16 +412,16 @@ def test_cli_through_nats_url_with_named_streams(tmp_path, capsys):
             await nc.close()
 
         asyncio.run(make())
-        before = stream_state(srv.url, ["ORDERS", "AUDIT"])
+        before = stream_state(srv.client_url, ["ORDERS", "AUDIT"])
         assert before["ORDERS"][0] == 50
-        common = ["--set", f"nats_url={srv.url}", "--data-dir", str(tmp_path / "unused")]
+        common = ["--set", f"nats_url={srv.client_url}", "--data-dir", str(tmp_path / "unused")]
         argv = ["backup", str(tmp_path / "bk"), "--stream", "ORDERS", "--stream", "AUDIT"]
         assert main(argv + common) == 0
         assert sorted(os.listdir(tmp_path / "bk")) == ["AUDIT", "ORDERS"]
         assert main(["restore", str(tmp_path / "bk"), "--stream", "ORDERS", *common]) == 1
         assert "stream ORDERS already exists" in capsys.readouterr().err
         assert main(["restore", str(tmp_path / "bk"), "--force", *common]) == 0
-        assert stream_state(srv.url, ["ORDERS", "AUDIT"]) == before
+        assert stream_state(srv.client_url, ["ORDERS", "AUDIT"]) == before
     assert not (tmp_path / "unused").exists()  # no embedded server was started there
 
 

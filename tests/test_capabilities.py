@@ -25,7 +25,7 @@ def _worker(engine, worker_id: str) -> dict:
     """A worker's entry in the workers KV, read as another tool would."""
 
     async def read():
-        nc = await nats.connect(engine.url)
+        nc = await nats.connect(engine.connect_url)
         try:
             kv = await nc.jetstream().key_value("workers")
             return json.loads((await kv.get(worker_id)).value)

@@ -198,7 +198,14 @@ def test_r3_cluster_loses_a_server_mid_run_and_every_run_completes(cluster, tmp_
         # The engine (server None) still answers status and health.
         status = eng.status()
         assert status["connected"] and status["url"] == cluster.url
-        assert {w["worker_id"] for w in status["workers"]} >= {"child", eng.worker_id}
+        # The workers list is read with a KV watch; just after the failover that read can
+        # come back empty once, so it is read until both heartbeats show (TTL is 60 s).
+        until(
+            lambda: {w["worker_id"] for w in eng.status()["workers"]} >= {"child", eng.worker_id},
+            timeout=15,
+            every=0.5,
+            what="both workers in status() after the failover",
+        )
         assert not eng.health().empty
         print(
             f"\nkilled {victim.name}; all runs done {recovery:.1f} s later; {twice} task(s) "
@@ -308,7 +315,7 @@ def test_a_publish_without_a_stream_yet_is_sent_again_until_stored(tmp_path):
             await nc.close()
 
     with EmbeddedServer(data_dir=tmp_path / "s") as server:
-        asyncio.run(check(server.url))
+        asyncio.run(check(server.client_url))
 
 
 # -- leaf node mode --------------------------------------------------------------------------

@@ -236,7 +236,7 @@ async def scenario(eng: Engine, tmp_path, tag: str, release: threading.Event) ->
     unwatch()
     chunks: list[dict] = []
     unsubscribe = await call(eng, "subscribe_tokens_async", run.id, "a", chunks.append)
-    nc = await nats.connect(eng.url)
+    nc = await nats.connect(eng.connect_url)
     try:
         subject = protocol.stream_subject(run.id, "a")
         await nc.publish(subject, b'{"delta": "hi", "seq": 0, "attempt": 1}')

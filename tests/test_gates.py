@@ -25,7 +25,7 @@ def _kv_value(engine, bucket, key):
     """A KV value read by a separate client, as another tool would (None if absent)."""
 
     async def read():
-        nc = await nats.connect(engine.url)
+        nc = await nats.connect(engine.connect_url)
         try:
             kv = await nc.jetstream().key_value(bucket)
             try:
@@ -354,7 +354,7 @@ def test_a_respond_step_answers_on_go_subject_and_completes_with_its_body(drafti
     got: list = []
 
     async def listen_then_run():
-        nc = await nats.connect(engine.url)
+        nc = await nats.connect(engine.connect_url)
         sub = await nc.subscribe(protocol.response_subject("answered-run"))
         await asyncio.to_thread(engine.start_run, "answer", {"order": 3}, run_id="answered-run")
         msg = await sub.next_msg(timeout=20)

@@ -157,7 +157,7 @@ def test_orchestrator_lag_warns_when_it_falls_behind_and_clears(tmp_path):
     with dn.Engine.start(data_dir=tmp_path / "e", health_orchestrator_lag=100) as eng:
 
         async def burst(n: int) -> None:
-            nc = await nats.connect(eng.url)
+            nc = await nats.connect(eng.connect_url)
             js = nc.jetstream()
             data = protocol.Event(
                 type=protocol.STEP_COMPLETED, run_id="ghost", step_id="s"

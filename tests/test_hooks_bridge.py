@@ -442,7 +442,7 @@ def kv_value(eng, bucket: str, key: str) -> bytes | None:
     """A KV value as any NATS client reads it (None: no such key, or deleted)."""
 
     async def read() -> bytes | None:
-        nc = await nats.connect(eng.url)
+        nc = await nats.connect(eng.connect_url)
         try:
             kv = await nc.jetstream().key_value(bucket)
             try:

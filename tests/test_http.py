@@ -59,7 +59,7 @@ def test_ready_is_503_while_replay_runs_then_200(tmp_path):
     with dn.Engine.start(data_dir=data) as eng:
 
         async def fill(n: int) -> None:
-            nc = await nats.connect(eng.url)
+            nc = await nats.connect(eng.connect_url)
             js = nc.jetstream()
             body = protocol.Event(
                 type=protocol.STEP_COMPLETED, run_id="ghost", step_id="s"

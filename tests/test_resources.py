@@ -131,7 +131,7 @@ def test_every_stream_and_bucket_has_the_go_engines_defaults(tmp_path):
     """A live engine with Go's store budget: every field of every stream and bucket is what
     the Go engine sets, but the deliberate differences."""
     with dn.Engine.start(data_dir=tmp_path / "e", max_store_bytes=GO_BUDGET) as eng:
-        have = _raw_configs(eng.url, layout_names())
+        have = _raw_configs(eng.connect_url, layout_names())
     for name, cfg in have.items():
         for key, want in go_config(name).items():
             want = DELIBERATE.get((name, key), want)
@@ -248,13 +248,13 @@ def test_streams_of_another_deployment_are_adopted_never_altered(tmp_path):
             "max_bytes": 123_456_789,
             "duplicate_window": 5 * 10**9,
         }
-        _add_stream(server.url, theirs)
+        _add_stream(server.client_url, theirs)
         dead = {**theirs, "name": "DEAD_LETTERS", "subjects": ["dead.>"], "max_bytes": -1}
         dead["duplicate_window"] = 24 * 3600 * 10**9
-        _add_stream(server.url, dead)
+        _add_stream(server.client_url, dead)
         names = ["WORKFLOW_HISTORY", "DEAD_LETTERS", "TASK_QUEUES", "KV_workflow_runs"]
-        before = _raw_configs(server.url, names)
-        opts = dict(nats_url=server.url, llm_enabled=False, runs_max_age="1h")
+        before = _raw_configs(server.client_url, names)
+        opts = dict(nats_url=server.client_url, llm_enabled=False, runs_max_age="1h")
         for i in range(2):  # the second start: our own streams are ours by their mark
             with dn.Engine.start(data_dir=tmp_path / f"e{i}", **opts) as eng:
 
@@ -264,7 +264,7 @@ def test_streams_of_another_deployment_are_adopted_never_altered(tmp_path):
 
                 eng.register({"name": "w", "steps": [{"id": "a", "task": "t"}]})
                 assert eng.run("w", 7, timeout=20).output == 7
-        after = _raw_configs(server.url, names)
+        after = _raw_configs(server.client_url, names)
         for name in ("WORKFLOW_HISTORY", "DEAD_LETTERS"):
             assert after[name] == before[name], name  # not even runs_max_age applied
         assert before["TASK_QUEUES"] is None and before["KV_workflow_runs"] is None
@@ -279,15 +279,15 @@ def test_a_foreign_stream_dagnats_cannot_work_on_is_refused_in_one_line(tmp_path
 
     with EmbeddedServer(data_dir=tmp_path / "srv") as server:
         wrong = {"name": "TASK_QUEUES", "subjects": ["task.>"], "retention": "limits"}
-        _add_stream(server.url, wrong)
-        before = _raw_configs(server.url, ["TASK_QUEUES"])
+        _add_stream(server.client_url, wrong)
+        before = _raw_configs(server.client_url, ["TASK_QUEUES"])
         with pytest.raises(dn.ConfigError) as info:
-            dn.Engine.start(data_dir=tmp_path / "e", nats_url=server.url, llm_enabled=False)
+            dn.Engine.start(data_dir=tmp_path / "e", nats_url=server.client_url, llm_enabled=False)
         text = str(info.value)
         assert "\n" not in text
         assert "stream TASK_QUEUES" in text and "retention limits" in text
         assert "needs workqueue" in text and "another deployment" in text
-        assert _raw_configs(server.url, ["TASK_QUEUES"]) == before
+        assert _raw_configs(server.client_url, ["TASK_QUEUES"]) == before
 
 
 def test_our_streams_on_an_external_server_follow_the_settings(tmp_path):
@@ -296,7 +296,7 @@ def test_our_streams_on_an_external_server_follow_the_settings(tmp_path):
     from dagnats_nb.server.process import EmbeddedServer
 
     with EmbeddedServer(data_dir=tmp_path / "srv") as server:
-        opts = dict(nats_url=server.url, llm_enabled=False)
+        opts = dict(nats_url=server.client_url, llm_enabled=False)
         with dn.Engine.start(data_dir=tmp_path / "a", **opts):
             pass
         with dn.Engine.start(data_dir=tmp_path / "b", runs_max_age="2h", **opts) as eng:
@@ -374,15 +374,15 @@ def test_a_data_dir_with_the_old_defaults_is_brought_to_gos_at_start(tmp_path, c
         run_id = eng.run("w", timeout=20).id
     old = {**OLD, **{f"KV_{b}": OLD_KV for b in GO_BUCKETS}}
     with EmbeddedServer(data_dir=data, max_store_bytes=store) as server:
-        _update_raw(server.url, old)  # what the earlier version made of this data dir
-        before = _raw_configs(server.url, layout_names())
+        _update_raw(server.client_url, old)  # what the earlier version made of this data dir
+        before = _raw_configs(server.client_url, layout_names())
         for name, fields in old.items():
             assert {k: before[name].get(k, False) for k in fields} == fields, name
         junk = [("telemetry.junk", b"t" * 100_000)] * 12  # 1 MiB kept under the old cap
-        _publish(server.url, [*junk, ("task.nobody.r1", b"{}")])
+        _publish(server.client_url, [*junk, ("task.nobody.r1", b"{}")])
     caplog.set_level(logging.WARNING, logger="dagnats_nb.transport.provision")
     with dn.Engine.start(data_dir=data, max_store_bytes=store, llm_enabled=False) as eng:
-        after = _raw_configs(eng.url, layout_names())
+        after = _raw_configs(eng.connect_url, layout_names())
         assert eng.get_run(run_id).status == "completed"
         tasks = eng._call(eng._js.stream_info("TASK_QUEUES", subjects_filter="task.nobody.>"))
         assert tasks.state.subjects == {"task.nobody.r1": 1}

@@ -113,7 +113,7 @@ def non_loopback_ip() -> str | None:
 
 def test_nats_client_and_jetstream_work(server: EmbeddedServer) -> None:
     async def check() -> None:
-        nc = await nats.connect(server.url)
+        nc = await nats.connect(server.client_url)
         try:
             info = await nc.jetstream().account_info()
             assert info.api.level >= 1

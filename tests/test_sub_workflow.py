@@ -73,7 +73,7 @@ def family(engine):
 
 def _run_record(engine, run_id):
     async def read():
-        nc = await nats.connect(engine.url)
+        nc = await nats.connect(engine.connect_url)
         try:
             kv = await nc.jetstream().key_value("workflow_runs")
             return json.loads((await kv.get(f"run.{run_id}")).value)

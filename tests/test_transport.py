@@ -88,7 +88,7 @@ def test_js_api_reaches_the_domain_and_raises_one_error_type(server):
         await delete_stream(nc, name, prefix=prefix)  # gone already: not an error
         assert not await stream_exists(nc, name, prefix=prefix)
 
-    run(scenario, server.url)
+    run(scenario, server.client_url)
 
 
 def test_stats_read_through_a_jetstream_domain(server):
@@ -109,7 +109,7 @@ def test_stats_read_through_a_jetstream_domain(server):
             await stats.stream_rows(nc, api=api_prefix("elsewhere"))
         await delete_stream(nc, name, prefix=prefix)
 
-    run(scenario, server.url)
+    run(scenario, server.client_url)
 
 
 # -- nats-py internals: what transport relies on is still there ------------------------------
@@ -167,7 +167,7 @@ def test_the_nats_py_internals_transport_uses_are_as_expected(server):
         assert not problems, internals_changed(problems)
         await js.delete_stream(name)
 
-    run(scenario, server.url)
+    run(scenario, server.client_url)
 
 
 def test_transport_overrides_match_nats_py_signatures():
@@ -248,7 +248,7 @@ def test_fetch_available_hands_out_buffered_tasks_without_asking(server):
         assert info.num_pending == 1 and info.num_ack_pending == 3
         await js.delete_stream(name)
 
-    run(scenario, server.url)
+    run(scenario, server.client_url)
 
 
 def test_fetch_available_returns_what_there_is_without_waiting_for_a_full_batch(server):
@@ -273,7 +273,7 @@ def test_fetch_available_returns_what_there_is_without_waiting_for_a_full_batch(
         assert time.monotonic() - published < 2.5  # not the 5 s timeout
         await js.delete_stream(name)
 
-    run(scenario, server.url)
+    run(scenario, server.client_url)
 
 
 def test_two_workers_on_one_consumer_never_stall(server):
@@ -319,7 +319,7 @@ def test_two_workers_on_one_consumer_never_stall(server):
         assert len(latency) == producers * each and slowest < 1.0, f"a task waited {slowest:.2f} s"
         await js.delete_stream(name)
 
-    run(scenario, server.url)
+    run(scenario, server.client_url)
 
 
 # -- publishes retried -----------------------------------------------------------------------
@@ -354,4 +354,4 @@ def test_a_retried_publish_resolves_once(server):
         await asyncio.wait_for(js.publish_async_completed(), 1)
         await nc.jetstream().delete_stream(name)
 
-    run(scenario, server.url)
+    run(scenario, server.client_url)

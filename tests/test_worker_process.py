@@ -115,7 +115,7 @@ def test_two_worker_processes_and_the_kernel_share_one_queue(engine, tmp_path, w
     a = Worker(
         "tests.worker_tasks", "--task", "echo", "--data-dir", str(engine.settings.data_dir), log=log
     )
-    b = Worker("tests.worker_tasks:ONLY_ECHO", "--nats-url", engine.url, log=log)
+    b = Worker("tests.worker_tasks:ONLY_ECHO", "--nats-url", engine.connect_url, log=log)
     workers += [a, b]
     a.wait_ready()
     b.wait_ready()
@@ -189,7 +189,7 @@ def test_sigterm_drains_finishes_quick_tasks_and_releases_long_ones(tmp_path, wo
             every=0.05,
             what="the first worker to start all six tasks",
         )
-        second = Worker("tests.worker_tasks", "--nats-url", eng.url, log=log)
+        second = Worker("tests.worker_tasks", "--nats-url", eng.connect_url, log=log)
         workers.append(second)
         second.wait_ready()
 
@@ -230,7 +230,7 @@ def test_handler_failures_behave_as_in_the_kernel(engine, tmp_path, workers):
         "--task",
         "not_json",
         "--nats-url",
-        engine.url,
+        engine.connect_url,
         log=tmp_path / "calls.log",
     )
     workers.append(w)
@@ -313,7 +313,7 @@ def test_no_engine_no_streams_and_dead_url_are_one_line(clean_registry, capsys, 
     assert "cannot connect to NATS at nats://127.0.0.1:1" in err and err.count("\n") == 1
 
     with EmbeddedServer(data_dir=tmp_path / "bare") as bare:  # NATS, but no engine on it
-        assert cli.main(["worker", "tests.worker_tasks", "--nats-url", bare.url]) == 1
+        assert cli.main(["worker", "tests.worker_tasks", "--nats-url", bare.client_url]) == 1
     err = capsys.readouterr().err
     assert "has no TASK_QUEUES stream: start a dagnats engine on it first" in err
     assert err.count("\n") == 1
@@ -338,7 +338,7 @@ def test_builtin_llm_handler_in_a_worker_process(tmp_path, workers):
     with dn.Engine.start(data_dir=tmp_path / "e", ack_wait="2s", llm_enabled=False) as eng:
         assert "llm" not in eng.workers  # so the worker process runs every llm step
         w = Worker(
-            "--task", "llm", "--concurrency", "3", "--nats-url", eng.url,
+            "--task", "llm", "--concurrency", "3", "--nats-url", eng.connect_url,
             "--set", "llm_sim_latency_ms=1", "--set", "llm_sim_tokens_per_s=0",
             log=tmp_path / "calls.log",
         )  # fmt: skip

@@ -42,17 +42,16 @@ from dagnats_nb.observe import sampler
 from dagnats_nb.ops import backup, restore
 from dagnats_nb.ops.backup import results_frame
 from dagnats_nb.runtime.consumers import ensure_task_consumer
-from dagnats_nb.runtime.handlers import make_handler
 from dagnats_nb.runtime.host import WorkerHost
 from dagnats_nb.runtime.loop import LoopThread
 from dagnats_nb.runtime.orchestrator import Orchestrator
 from dagnats_nb.runtime.threads import DaemonThreadPool
 from dagnats_nb.runtime.workers import TaskWorker, new_worker_id
-from dagnats_nb.server.datadir import require_engine_url
+from dagnats_nb.server.datadir import own_client_url
 from dagnats_nb.server.process import EmbeddedServer
 from dagnats_nb.transport import jetstream, provision
 from dagnats_nb.transport.api import api_prefix
-from dagnats_nb.transport.connect import close_connection, connect
+from dagnats_nb.transport.connect import close_connection, connect, without_credentials
 from dagnats_nb.transport.stores import DefinitionStore, PayloadStore
 from dagnats_nb.wire import resources
 
@@ -83,7 +82,8 @@ class Engine(Serving, Runs, Reads, Observing, Gates, Triggers, Hints):
         self.settings = settings
         self.embedded = embedded
         self.server: EmbeddedServer | None = None
-        self.url: str | None = None
+        self.url: str | None = None  # no secret in it: safe to show
+        self._client_url: str | None = None  # with the credentials (see connect_url)
         self.worker_id = new_worker_id()
         self._loop: LoopThread | None = None
         self._nc = None
@@ -109,6 +109,12 @@ class Engine(Serving, Runs, Reads, Observing, Gates, Triggers, Hints):
         self._paused: list | None = None  # the handlers to start again on resume()
 
     add_extension = staticmethod(extensions.add_extension)
+
+    @property
+    def connect_url(self) -> str | None:
+        """``url`` with the credentials (the embedded server's token), for other programs
+        (Go ``dagnats --nats-url``, ``nats``). Keep it private: it grants the run data."""
+        return self._client_url
 
     # -- life cycle ---------------------------------------------------------------------
 
@@ -168,9 +174,8 @@ class Engine(Serving, Runs, Reads, Observing, Gates, Triggers, Hints):
         """
         cfg = load_settings(config, data_dir=data_dir, **settings)
         eng = cls(cfg, embedded=False)
-        if url is None:
-            url = require_engine_url(cfg.data_dir)
-        eng.url = url
+        client = own_client_url(url, cfg.data_dir)
+        eng.url, eng._client_url = without_credentials(client), client
         eng._loop = LoopThread("dagnats-client")
         try:
             eng._loop.call(eng._connect(), timeout=15)
@@ -195,10 +200,11 @@ class Engine(Serving, Runs, Reads, Observing, Gates, Triggers, Hints):
     def _boot(self) -> None:
         try:
             if self.settings.nats_url:
-                self.url = self.settings.nats_url
+                self._client_url = self.settings.nats_url
+                self.url = without_credentials(self._client_url)
             else:
                 self.server = EmbeddedServer(self.settings).start()
-                self.url = self.server.url
+                self.url, self._client_url = self.server.url, self.server.client_url
             self._loop = LoopThread()
             self._executor = DaemonThreadPool(32)
             atexit.register(_stop_at_exit, weakref.ref(self))
@@ -211,7 +217,9 @@ class Engine(Serving, Runs, Reads, Observing, Gates, Triggers, Hints):
 
     async def _connect(self) -> None:
         watch = self._server_lost if self.server is not None else None
-        self._nc = await connect(self.url, name=f"dagnats-nb {self.worker_id}", on_disconnect=watch)
+        self._nc = await connect(
+            self._client_url, name=f"dagnats-nb {self.worker_id}", on_disconnect=watch
+        )
         # its own embedded server: local JetStream; elsewhere jetstream_domain, if set
         domain = None if self.server is not None else self.settings.jetstream_domain
         self.jetstream_api = api_prefix(domain)  # raw $JS API requests (stats, backup)
@@ -442,21 +450,6 @@ class Engine(Serving, Runs, Reads, Observing, Gates, Triggers, Hints):
             await self._resume()
 
     restore, restore_async = twins(_restore, results_frame, prepare=_default_progress("restoring"))
-
-    # -- llm -----------------------------------------------------------------------------
-
-    async def _start_llm(self) -> None:
-        from dagnats_nb.llm import LLMService
-
-        self.llm = LLMService(self.settings, self._nc, self._js, self.worker_id, self._run_def)
-        handler = make_handler("llm", self.llm.handle, self.settings.llm_concurrency)
-        await self._add_worker(handler)
-
-    async def _run_def(self, run_id: str, workflow: str, def_hash: str = "") -> WorkflowDef:
-        """The definition a run follows: the orchestrator's, else the version its tasks name
-        (a worker in another process), else the latest."""
-        defn = self.orchestrator.run_defs.get(run_id) if self.orchestrator else None
-        return defn if defn is not None else await self.defs.for_run(run_id, workflow, def_hash)
 
     # -- plumbing ------------------------------------------------------------------------
 

@@ -1,10 +1,12 @@
-"""Handlers this engine runs: ``@eng.task(name)`` / ``add_handler``, a mixin of
-:class:`~dagnats_nb.facade.engine.Engine` (the worker host lives on the engine's loop)."""
+"""Handlers this engine runs: ``@eng.task(name)`` / ``add_handler`` and the built-in
+``llm`` task, a mixin of :class:`~dagnats_nb.facade.engine.Engine` (the worker host lives
+on the engine's loop)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+from dagnats_nb.dag import WorkflowDef
 from dagnats_nb.errors import DagnatsError
 from dagnats_nb.facade.twins import twins
 from dagnats_nb.runtime.capacity import share_capacity
@@ -71,3 +73,18 @@ class Serving:
         await self.host.registry.beat()
         await share_capacity(self._js, handler.task, ack_wait, handler.group)
         self._setting_up()  # a workflow registered now is no forgotten handler
+
+    # -- llm -----------------------------------------------------------------------------
+
+    async def _start_llm(self) -> None:
+        from dagnats_nb.llm import LLMService
+
+        self.llm = LLMService(self.settings, self._nc, self._js, self.worker_id, self._run_def)
+        handler = make_handler("llm", self.llm.handle, self.settings.llm_concurrency)
+        await self._add_worker(handler)
+
+    async def _run_def(self, run_id: str, workflow: str, def_hash: str = "") -> WorkflowDef:
+        """The definition a run follows: the orchestrator's, else the version its tasks name
+        (a worker in another process), else the latest."""
+        defn = self.orchestrator.run_defs.get(run_id) if self.orchestrator else None
+        return defn if defn is not None else await self.defs.for_run(run_id, workflow, def_hash)

@@ -53,9 +53,14 @@ from dagnats_nb.runtime.host import WorkerHost
 from dagnats_nb.runtime.loop import LoopThread
 from dagnats_nb.runtime.threads import DaemonThreadPool
 from dagnats_nb.runtime.workers import HEARTBEAT_EVERY, TaskWorker, new_worker_id
-from dagnats_nb.server.datadir import read_engine_info, require_engine_url
+from dagnats_nb.server.datadir import (
+    engine_client_url,
+    own_client_url,
+    read_engine_info,
+    require_engine_url,
+)
 from dagnats_nb.transport import jetstream
-from dagnats_nb.transport.connect import close_connection, connect
+from dagnats_nb.transport.connect import close_connection, connect, without_credentials
 from dagnats_nb.transport.stores import DefinitionStore, PayloadStore
 from dagnats_nb.wire import protocol
 
@@ -92,7 +97,8 @@ class WorkerProcess:
             for name, (fn, conc) in handlers.items()
         }
         self.want_llm = llm and BUILTIN_LLM not in self.handlers
-        self.url = url
+        self.url = url  # shown in messages: without credentials once started
+        self._client_url: str | None = None  # with them (the data dir's token)
         self.worker_id = worker_id or new_worker_id()
         if not protocol.is_token(self.worker_id):
             raise DagnatsError(
@@ -118,7 +124,9 @@ class WorkerProcess:
         if self.running:
             return self
         self._follow = not (self.url or self.settings.nats_url)  # the URL of engine.json
-        self.url = self.url or self.settings.nats_url or self._engine_url()
+        given = self.url or self.settings.nats_url
+        client = own_client_url(given, self.settings.data_dir) if given else self._engine_url()
+        self.url, self._client_url = without_credentials(client), client
         sync = sum(h.concurrency for h in self.handlers.values() if not h.is_async)
         self._executor = DaemonThreadPool(max(32, sync), name="dagnats-worker-handler")
         self._loop = LoopThread("dagnats-worker")
@@ -184,7 +192,7 @@ class WorkerProcess:
 
     async def _start_async(self) -> None:
         self._nc = await connect(
-            self.url,
+            self._client_url,
             name=f"dagnats-worker {self.worker_id}",
             on_disconnect=self._on_disconnect,
             on_reconnect=_on_reconnect,
@@ -285,7 +293,8 @@ class WorkerProcess:
                 log.warning(
                     "the engine on %s now runs at %s: reconnecting", self.settings.data_dir, url
                 )
-                self._nc.set_server_pool([url])
+                self._client_url = engine_client_url(info, self.settings.data_dir)
+                self._nc.set_server_pool([self._client_url])
                 self.url = url
 
     async def _run_def(self, run_id: str, workflow: str, def_hash: str = ""):

@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from dagnats_nb.errors import EngineLocked, ServerError
+from dagnats_nb.server.auth import client_url
 from dagnats_nb.server.files import make_private_dir
+from dagnats_nb.transport.connect import without_credentials
 
 ENGINE_JSON = "engine.json"
 LOCK_FILE = "engine.lock"
@@ -54,15 +56,21 @@ def read_engine_info(data_dir: str | Path) -> dict[str, Any] | None:
 
 
 def require_engine_url(data_dir: str | Path, hint: str = "or pass --data-dir") -> str:
-    """The URL of the engine running on ``data_dir``; a one-line ServerError when none
-    runs there (``hint``: what else the caller may do)."""
+    """The URL of the engine running on ``data_dir``, with the data dir's client token (see
+    ``server/auth.py``); a one-line ServerError when none runs there (``hint``: what else
+    the caller may do)."""
     info = read_engine_info(data_dir)
     if not info or not info.get("alive"):
         raise ServerError(
             f"no engine is running on {data_dir}: start one with `dagnats serve` or "
             f"Engine.start(), {hint}"
         )
-    return info["url"]
+    return engine_client_url(info, data_dir)
+
+
+def engine_client_url(info: dict[str, Any], data_dir: str | Path) -> str:
+    """The URL in ``engine.json`` ``info``, with the data dir's client token."""
+    return client_url(info["url"], data_dir)
 
 
 def acquire_lock(data_dir: Path) -> int:
@@ -163,3 +171,17 @@ def _kill(pid: int, grace: float) -> None:
             if not pid_alive(pid):
                 return
             time.sleep(0.02)
+
+
+def own_client_url(url: str | None, data_dir: str | Path) -> str:
+    """The URL to connect to: the engine's on ``data_dir`` when ``url`` is None (see
+    :func:`require_engine_url`); ``url`` as given, or, when it is the URL of the engine on
+    ``data_dir`` and carries no credentials, with that data dir's token."""
+    if url is None:
+        return require_engine_url(data_dir)
+    if without_credentials(url) != url:
+        return url
+    info = read_engine_info(data_dir)
+    if info and info.get("url") == url:
+        return engine_client_url(info, data_dir)
+    return url

@@ -12,6 +12,9 @@ Choices:
   inline content goes to ``data_dir/leaf.creds`` (0600), removed at stop and at the next
   start. A hub that does not answer at start is not an error (the engine works locally and
   nats-server keeps connecting, every second): a warning names it.
+- Clients need the data dir's token (``nats.token``, 0600; see ``server/auth.py``): loopback
+  is shared by every user of the machine. ``url`` has no secret in it and may be shown;
+  ``client_url`` carries the token.
 - Ready means: a TCP connection to the port gets an INFO line naming *our* server (its
   ``server_name`` derives from ``data_dir``), so a foreign listener is never taken for it.
 - One engine per ``data_dir``: ``engine.lock`` is held with ``flock`` for the engine's
@@ -57,7 +60,7 @@ from typing import Any
 
 from dagnats_nb.config import Settings
 from dagnats_nb.errors import ServerError
-from dagnats_nb.server import leaf
+from dagnats_nb.server import auth, leaf
 from dagnats_nb.server.datadir import (
     ENGINE_JSON,
     acquire_lock,
@@ -65,6 +68,7 @@ from dagnats_nb.server.datadir import (
     make_data_dir,
 )
 from dagnats_nb.server.files import write_private
+from dagnats_nb.transport.connect import with_token
 
 __all__ = ["EmbeddedServer", "find_nats_server"]
 
@@ -162,6 +166,7 @@ class EmbeddedServer:
         self.domain: str | None = self.settings.jetstream_domain or leaf_domain
         self.host = "0.0.0.0" if self.leaf_remotes else "127.0.0.1"
         self.leaf_creds: Path | None = None
+        self.token: str | None = None  # clients' credential (server/auth.py)
         self._lock = threading.Lock()
         self._finalizer: weakref.finalize | None = None
         self._process: _Supervisor | None = None
@@ -207,6 +212,7 @@ class EmbeddedServer:
                         self.settings.leaf_credentials, self.data_dir
                     )
                     creds = self.leaf_creds if written else None
+                self.token = auth.client_token(self.data_dir)
                 proc = self._launch(binary)
                 write_private(info_path, json.dumps(self._engine_info(), indent=2))
             except BaseException:
@@ -229,6 +235,13 @@ class EmbeddedServer:
                 self._finalizer()
             self._process = None
             self.url = self.monitor_url = self.pid = None
+
+    @property
+    def client_url(self) -> str | None:
+        """``url`` with the client token: what a client must connect to (keep it private)."""
+        if self.url is None or self.token is None:
+            return self.url
+        return with_token(self.url, self.token)
 
     def _env(self) -> dict[str, str] | None:
         """The child's environment: ours, with GOMEMLIMIT when ``server_memory_limit`` is set
@@ -296,6 +309,8 @@ class EmbeddedServer:
         if self.domain:
             lines.append(f"  domain: {_quote(self.domain)}")
         lines.append("}")
+        if self.token is not None:
+            lines += auth.authorization_block(self.token)
         if self.leaf_remotes:
             lines += leaf.leaf_block(self.leaf_remotes, self.leaf_creds, _quote)
         return "\n".join([*lines, ""])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from urllib.parse import urlsplit, urlunsplit
 
 import nats
 from nats.aio.client import Client as NATS
@@ -20,6 +21,24 @@ Callback = Callable[[], Awaitable[None]]
 def server_list(url: str) -> list[str]:
     """``nats://a:4222,nats://b:4222`` (``nats_url`` may list a cluster's servers) as a list."""
     return [u.strip() for u in url.split(",") if u.strip()]
+
+
+def with_token(url: str, token: str) -> str:
+    """``url`` (one server or a comma-separated list) with ``token`` as every server's
+    credential (``nats://TOKEN@host:port``), the form nats-py and the Go clients read."""
+    return ",".join(_with_userinfo(u, token) for u in server_list(url))
+
+
+def without_credentials(url: str) -> str:
+    """``url`` with any ``user:password@`` or ``token@`` removed: safe to show or log."""
+    return ",".join(_with_userinfo(u, None) for u in server_list(url))
+
+
+def _with_userinfo(url: str, userinfo: str | None) -> str:
+    parts = urlsplit(url if "://" in url else f"nats://{url}")
+    host = parts.netloc.rpartition("@")[2]
+    netloc = f"{userinfo}@{host}" if userinfo else host
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 async def connect(
@@ -37,6 +56,13 @@ async def connect(
     A dead URL fails fast (three attempts, 0.5 s apart) with one line: ``error("cannot
     connect to NATS at URL: why" + hint)``. Once connected, a ``persistent`` connection
     reconnects for ever (it rides out a server's loss); a one-shot command's does not."""
+    seen: list[str] = []  # what the server said: nats-py reports only "no servers" at the end
+
+    async def on_error(exc: Exception) -> None:
+        seen.append(str(exc))
+        del seen[:-5]
+        await _on_error(exc)
+
     try:
         nc = await nats.connect(
             server_list(url),
@@ -45,13 +71,20 @@ async def connect(
             reconnect_time_wait=0.5 if persistent else 0.2,
             connect_timeout=5,
             allow_reconnect=True,
-            error_cb=_on_error,
+            error_cb=on_error,
             disconnected_cb=on_disconnect or _on_disconnect,
             reconnected_cb=on_reconnect or _on_reconnect,
         )
     except Exception as exc:
         why = str(exc) or type(exc).__name__
-        raise error(f"cannot connect to NATS at {url}: {why}{hint}") from None
+        where = without_credentials(url)
+        if any("authorization violation" in text.lower() for text in [why, *seen]):
+            why = "it refused the credentials (none, or not its own, were given)"
+            hint = (
+                ": the engine's URL with its token is `eng.connect_url` (`dagnats url`); "
+                "our CLI and workers find it with --data-dir"
+            )
+        raise error(f"cannot connect to NATS at {where}: {why}{hint}") from None
     if persistent:
         nc.options["max_reconnect_attempts"] = -1
     return nc

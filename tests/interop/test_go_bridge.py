@@ -123,7 +123,7 @@ def test_the_go_bridge_client_on_our_engine(tmp_path):
     go_binary("bridgeworker", "DAGNATS_GO_BRIDGE")
     opts = dict(http_addr="127.0.0.1:0", bridge_token=TOKEN, llm_enabled=False)
     with dn.Engine.start(data_dir=tmp_path / "nb", **opts) as eng:
-        scenario(eng.url, eng.http_url, tmp_path)
+        scenario(eng.connect_url, eng.http_url, tmp_path)
         # what the engine itself says about them
         runs = eng.runs().set_index("workflow")
         assert runs.loc["go-bridge-echo", "status"] == "completed"

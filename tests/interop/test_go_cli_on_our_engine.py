@@ -49,7 +49,7 @@ def test_the_go_cli_lists_starts_shows_and_cancels_our_runs(tmp_path):
 
         eng.register(HELLO)
         eng.register(BOOM)
-        url = eng.url
+        url = eng.connect_url
         path = tmp_path / "go-registered.json"
         path.write_text(json.dumps(GO_FILE))
         go_cli(url, "workflow", "register", str(path))
@@ -148,7 +148,9 @@ def test_the_go_cli_reads_our_llm_call_metrics(tmp_path):
 
         def shown() -> dict | None:
             out = json.loads(
-                go_cli(eng.url, "metrics", "show", "--name=llm", "--service=worker", "--json")
+                go_cli(
+                    eng.connect_url, "metrics", "show", "--name=llm", "--service=worker", "--json"
+                )
             )
             summary = out[0] if isinstance(out, list) else out
             return summary if summary.get("points") else None

@@ -309,17 +309,17 @@ def ours(tmp_path_factory) -> Iterator[Side]:
     with dn.Engine.start(
         data_dir=root / "engine", http_addr="127.0.0.1:0", llm_enabled=False
     ) as eng:
-        worker = GoWorker(worker_bin, eng.url, root / "interopworker.log")
+        worker = GoWorker(worker_bin, eng.connect_url, root / "interopworker.log")
         try:
             for wf in WORKFLOWS:
                 eng.register(wf)
-            _wait_for_go_worker(eng.url)
+            _wait_for_go_worker(eng.connect_url)
             assert eng.http_url
 
             def start(workflow: str, payload: object) -> str:
                 return eng.start_run(workflow, input=payload).id
 
-            yield Side("ours", eng.url, eng.http_url, start)
+            yield Side("ours", eng.connect_url, eng.http_url, start)
         finally:
             worker.stop()
 

@@ -72,7 +72,7 @@ def test_our_streams_and_buckets_have_the_go_engines_config(go_budget, go_serve,
     assert go["TASK_QUEUES"]["max_bytes"] == int(BUDGET * resources.TASK_QUEUE_SHARE)  # Go's
     opts = dict(max_store_bytes=BUDGET, llm_enabled=False)
     with dn.Engine.start(data_dir=tmp_path / "nb", **opts) as eng:
-        ours = asyncio.run(_configs(eng.url))
+        ours = asyncio.run(_configs(eng.connect_url))
     assert set(ours) - set(go) == {"OBJ_payloads"}  # our payload store: Go has none
     assert set(go) - set(ours) >= GO_ONLY
     differences = {}

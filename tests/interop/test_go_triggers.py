@@ -31,7 +31,9 @@ WF = {
 def test_the_go_cli_and_our_engine_share_triggers(tmp_path):
     with dn.Engine.start(data_dir=tmp_path / "nb", llm_enabled=False) as eng:
         eng.register(WF)
-        listed = {d["id"]: d for d in json.loads(go_cli(eng.url, "trigger", "list", "--json"))}
+        listed = {
+            d["id"]: d for d in json.loads(go_cli(eng.connect_url, "trigger", "list", "--json"))
+        }
         assert listed["nb-nightly"]["workflow_id"] == "nb-scheduled"
         assert listed["nb-nightly"]["enabled"] is True
         assert listed["nb-nightly"]["cron"] == {
@@ -40,11 +42,11 @@ def test_the_go_cli_and_our_engine_share_triggers(tmp_path):
             "backfill": False,
         }
         assert listed["nb-orders"]["subject"] == {"subject": "nb.orders"}
-        table = go_cli(eng.url, "trigger", "list")
+        table = go_cli(eng.connect_url, "trigger", "list")
         assert "nb-nightly" in table and "30 2 * * 1-5" in table
 
         created = go_cli(
-            eng.url,
+            eng.connect_url,
             "trigger",
             "create",
             "nb-scheduled",
@@ -59,11 +61,13 @@ def test_the_go_cli_and_our_engine_share_triggers(tmp_path):
         assert row["timezone"] == "Asia/Tokyo" and bool(row["enabled"])
         assert row["next_due"].timestamp() == eng.trigger_scheduler.active[go_id].next_due
 
-        go_cli(eng.url, "trigger", "disable", "nb-nightly")
+        go_cli(eng.connect_url, "trigger", "disable", "nb-nightly")
         until(lambda: "nb-nightly" not in eng.trigger_scheduler.active, what="Go's disable")
         assert not eng.triggers().set_index("id").loc["nb-nightly", "enabled"]
         eng.enable_trigger("nb-nightly")
-        listed = {d["id"]: d for d in json.loads(go_cli(eng.url, "trigger", "list", "--json"))}
+        listed = {
+            d["id"]: d for d in json.loads(go_cli(eng.connect_url, "trigger", "list", "--json"))
+        }
         assert listed["nb-nightly"]["enabled"] is True
 
 

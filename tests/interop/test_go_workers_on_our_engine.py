@@ -60,7 +60,7 @@ def test_a_go_worker_serves_our_runs_beside_our_handlers(tmp_path):
 
         for wf in (WORKFLOW, STRINGS, MAPPED):
             eng.register(wf)
-        worker = GoWorker(binary, eng.url, tmp_path / "interopworker.log")
+        worker = GoWorker(binary, eng.connect_url, tmp_path / "interopworker.log")
         try:
             until(
                 lambda: {"workers-ggreet", "workers-sgreet"} <= set(eng.consumer_lag()["consumer"]),

@@ -57,11 +57,11 @@ def test_a_go_registered_and_started_run_of_no_worker_steps_runs_here(tmp_path):
         def ggreet(ctx):
             return {"msg": f"hello {ctx.input['name']}"}
 
-        go_cli(eng.url, "workflow", "register", str(path))
+        go_cli(eng.connect_url, "workflow", "register", str(path))
         args = ("run", "start", "no-worker-steps", '{"name": "go"}', "--json")
-        started = json.loads(go_cli(eng.url, *args))
+        started = json.loads(go_cli(eng.connect_url, *args))
         run = until(lambda: eng.get_run(started["run_id"]), what="the Go-started run")
         assert run.wait(30).status == "completed", run.error
         assert run.output == {"name": "go"}  # two parents: Go answers with the run input
-        status = json.loads(go_cli(eng.url, "run", "status", run.id, "--json"))
+        status = json.loads(go_cli(eng.connect_url, "run", "status", run.id, "--json"))
         assert status["status"] == "completed"

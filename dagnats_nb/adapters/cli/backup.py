@@ -17,7 +17,7 @@ from dagnats_nb.ops.backup import (
     backup_streams,
 )
 from dagnats_nb.ops.restore import restore_streams
-from dagnats_nb.server.datadir import read_engine_info
+from dagnats_nb.server.datadir import engine_client_url, read_engine_info
 from dagnats_nb.server.process import EmbeddedServer
 from dagnats_nb.transport.connect import connect
 
@@ -68,10 +68,10 @@ def run_command(
                 "the snapshot leave gaps in TASK_QUEUES (see README, Backup and restore)",
                 file=sys.stderr,
             )
-            url = info["url"]
+            url = engine_client_url(info, settings.data_dir)
         else:
             server = EmbeddedServer(settings).start()
-            url = server.url
+            url = server.client_url
     try:
         rows = asyncio.run(_command(action, url, settings, dir, streams, force))
     finally:
