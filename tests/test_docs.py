@@ -357,3 +357,27 @@ def test_docs_build_with_warnings_as_errors(tmp_path):
     api = (site / "python-api" / "index.html").read_text(encoding="utf-8")
     for name in ("Engine.start_run", "Engine.register", "Run.wait", "TaskContext"):
         assert f'id="dagnats_nb.{name}"' in api, f"the API page lacks {name}"
+
+
+def test_reference_tables_name_every_setting_command_and_magic():
+    """The configuration, command-line and notebook pages keep up with the code."""
+    import argparse
+
+    from dagnats_nb.adapters.cli.main import build_parser
+    from dagnats_nb.adapters.notebook.magics import PARSER
+    from dagnats_nb.config import Settings
+
+    def subcommands(parser: argparse.ArgumentParser) -> list[str]:
+        actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        return sorted(actions[0].choices)
+
+    config = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
+    missing = [k for k in Settings.model_fields if f"`{k}`" not in config]
+    assert not missing, f"docs/configuration.md does not describe {missing}"
+    cli = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
+    missing = [c for c in subcommands(build_parser()) if f"`dagnats {c}" not in cli]
+    assert not missing, f"docs/cli.md's table does not name `dagnats {missing}`"
+    notebook = (ROOT / "docs" / "notebook.md").read_text(encoding="utf-8")
+    table = [line for line in notebook.splitlines() if line.startswith("| `")]
+    missing = [c for c in subcommands(PARSER) if not any(c in line for line in table)]
+    assert not missing, f"docs/notebook.md's table does not name %dagnats {missing}"
