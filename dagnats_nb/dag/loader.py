@@ -5,7 +5,8 @@ Every field of Go's `dag.WorkflowDef` / `dag.StepDef` (and a file's `triggers`) 
 accepted, with Go's JSON types; a field Go does not have is refused, naming it (the only
 extras: `$schema`, dropped, and a step's `loop`, the form earlier versions wrote). Writing a
 definition back, in the form the Go engine reads, is the models' own business
-(`WorkflowDef.to_dict`, in `model`), as is reading the older forms (`oldform`).
+(`WorkflowDef.to_dict`, in `model`), as is reading the older forms (`oldform`). What a
+definition may hold besides its fields (depth, size, JSON-able values) is `limits`'.
 """
 
 from __future__ import annotations
@@ -21,11 +22,13 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from . import limits
 from .model import WorkflowDef
 from .problems import problem, reason, workflow_error
 from .validate import check
 
 _SUFFIX_FORMAT = {".json": "json", ".yaml": "yaml", ".yml": "yaml"}
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def load_workflow(
@@ -42,17 +45,24 @@ def load_workflow(
         return source
     if fmt not in (None, "json", "yaml"):
         raise ValueError(f"fmt must be 'json', 'yaml' or None, got {fmt!r}")
-    raw = _read(source, fmt)
+    raw, label = _read(source, fmt)
+    limits.check_values(raw, label)
     defn = _build(raw)
     check(defn, allow_unsupported=allow_unsupported)
     return defn
 
 
-def _read(source: Any, fmt: str | None) -> dict[str, Any]:
+def _read(source: Any, fmt: str | None) -> tuple[dict[str, Any], str]:
+    """The definition's mapping and how problems name its source."""
     if isinstance(source, Mapping):
-        return _as_mapping(dict(source), "workflow")
+        return _as_mapping(dict(source), "workflow"), "workflow"
     if isinstance(source, bytes | bytearray):
-        source = bytes(source).decode("utf-8")
+        try:
+            source = bytes(source).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            bad = f"byte 0x{source[exc.start]:02x} at offset {exc.start}"
+            why = f"not UTF-8 ({bad}): pass JSON or YAML text encoded as UTF-8"
+            raise workflow_error([f"workflow bytes: {why}"]) from None
     if isinstance(source, os.PathLike) or (isinstance(source, str) and _is_path(source)):
         path = Path(source)
         label = f"workflow file '{path}'"
@@ -60,15 +70,20 @@ def _read(source: Any, fmt: str | None) -> dict[str, Any]:
             what = "is a directory, not a file" if path.is_dir() else "not found"
             raise workflow_error([f"{label}: {what}"])
         try:
+            if (size := path.stat().st_size) > limits.MAX_BYTES:  # not read at all
+                raise limits.too_large(size, label)
             text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
+        except UnicodeDecodeError as exc:
+            why = f"not UTF-8 (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})"
+            raise workflow_error([f"{label}: cannot read: {why}"]) from None
+        except OSError as exc:
             raise workflow_error([f"{label}: cannot read: {exc}"]) from None
-        return _parse(text, fmt or _SUFFIX_FORMAT.get(path.suffix.lower()), label)
+        return _parse(text, fmt or _SUFFIX_FORMAT.get(path.suffix.lower()), label), label
     if isinstance(source, str):
-        return _parse(source, fmt, "workflow text")
+        return _parse(source, fmt, "workflow text"), "workflow text"
     raise TypeError(
-        "a workflow source is a WorkflowDef, dict, JSON or YAML text, or a file path; "
-        f"got {type(source).__name__}"
+        "a workflow source is a WorkflowDef, dict, JSON or YAML text (str or UTF-8 bytes), or "
+        f"a file path; got {type(source).__name__}"
     )
 
 
@@ -84,21 +99,49 @@ def _is_path(text: str) -> bool:
 
 
 def _parse(text: str, fmt: str | None, label: str) -> dict[str, Any]:
+    limits.check_text(text, label)
     if fmt == "json" or (fmt is None and text.lstrip().startswith("{")):
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             where = f"{label} line {exc.lineno} column {exc.colno}"
             raise workflow_error([f"{where}: invalid JSON: {exc.msg}"]) from None
+        except RecursionError:
+            raise limits.json_too_deep(text, label) from None
+        except ValueError:  # an integer of more than 4,300 digits
+            raise limits.long_integer(label) from None
     else:
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f"{label} line {mark.line + 1} column {mark.column + 1}" if mark else label
-            what = getattr(exc, "problem", None) or str(exc)
-            raise workflow_error([f"{where}: invalid YAML: {what}"]) from None
+        data = _parse_yaml(text, label)
     return _as_mapping(data, label)
+
+
+def _parse_yaml(text: str, label: str) -> Any:
+    """YAML text as data (libyaml's parser when there is one: 5x faster), measured as
+    `limits` says before it is built, so that an alias bomb is refused, not expanded."""
+    loader = _YAML_LOADER(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if "&" in text:  # an anchor: its aliases may expand the document
+            limits.check_yaml_nodes(node, label)
+        return loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{label} line {mark.line + 1} column {mark.column + 1}" if mark else label
+        what = getattr(exc, "problem", None) or str(exc)
+        if "nesting depth" in what:  # libyaml's limit, 1,000
+            what += f"; a workflow definition nests at most {limits.MAX_DEPTH} levels"
+        raise workflow_error([f"{where}: invalid YAML: {what}"]) from None
+    except RecursionError:  # the pure-Python parser, without libyaml's nesting limit
+        why = f"nested too deep to read; a workflow definition nests at most {limits.MAX_DEPTH}"
+        raise workflow_error([f"{label}: {why}"]) from None
+    except ValueError as exc:  # a bad timestamp, an integer of more than 4,300 digits
+        if "digits" in str(exc):
+            raise limits.long_integer(label) from None
+        raise workflow_error([f"{label}: invalid YAML: {exc}"]) from None
+    finally:
+        loader.dispose()
 
 
 def _as_mapping(data: Any, label: str) -> dict[str, Any]:

@@ -76,7 +76,9 @@ class Runs:
                 )
         run_id = run_id or new_run_id()
         encoded = _encoded_input(defn.name, input)
-        value = await self.payloads.shrink(input, len(encoded), f"{run_id}/input")
+        # the event carries the definition too: the input goes to the store sooner
+        needed = len(encoded) + self.defs.size(h, defn)
+        value = await self.payloads.shrink(input, needed, f"{run_id}/input")
         event = protocol.Event(
             type=protocol.WORKFLOW_STARTED,
             run_id=run_id,

@@ -64,12 +64,14 @@ class DefinitionStore:
     ``{"hash": h}`` and each version under ``{name}.{h}``.
     """
 
-    def __init__(self, js: JetStreamContext) -> None:
+    def __init__(self, js: JetStreamContext, max_payload: int | None = None) -> None:
         self.js = js
         self._kv = None
         self._cache: dict[tuple[str, str], WorkflowDef] = {}
         self._wire: dict[str, dict[str, Any]] = {}  # by hash: the definition as written
+        self._sizes: dict[str, int] = {}  # by hash: bytes of the definition as JSON
         self.latest: dict[str, tuple[str, WorkflowDef]] = {}
+        self.max_payload = max_payload or js._nc.max_payload  # the server's INFO
 
     async def _bucket(self):
         if self._kv is None:
@@ -82,14 +84,36 @@ class DefinitionStore:
             self._wire[h] = wire
 
     async def put(self, defn: WorkflowDef) -> str:
+        """Store ``defn`` as its name's latest definition; its hash. A definition larger
+        than a message can carry beside a run's input is a WorkflowError (one line): every
+        run's ``workflow.started`` event carries it."""
         h = definition_hash(defn)
         current = self.latest.get(defn.name)
         if current is None or current[0] != h:
+            data = defn.to_json(indent=None).encode()
+            limit = self.max_payload - ENVELOPE_HEADROOM
+            if len(data) > limit:
+                steps = f"{len(defn.steps):,} step" + "s" * (len(defn.steps) != 1)
+                raise WorkflowError(
+                    f"workflow '{defn.name}' is {len(data):,} bytes as JSON ({steps}); each "
+                    "run's workflow.started event carries it, and a NATS message here holds "
+                    f"{self.max_payload:,} bytes (max_payload) less {ENVELOPE_HEADROOM:,} for "
+                    "the event: split it into sub_workflow steps or raise the server's "
+                    "max_payload"
+                )
             kv = await self._bucket()
-            await kv.put(kv_key(defn.name), defn.to_json(indent=None).encode())
+            await kv.put(kv_key(defn.name), data)
+            self._sizes[h] = len(data)
         self._remember(defn, h)
         self.latest[defn.name] = (h, defn)
         return h
+
+    def size(self, h: str, defn: WorkflowDef) -> int:
+        """Bytes of the definition as JSON (what it adds to a ``workflow.started`` event)."""
+        size = self._sizes.get(h)
+        if size is None:
+            size = self._sizes[h] = len(defn.to_json(indent=None).encode())
+        return size
 
     def wire(self, h: str, defn: WorkflowDef) -> dict[str, Any]:
         """The definition as a ``workflow.started`` event carries it (built once a version)."""
