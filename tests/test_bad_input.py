@@ -7,15 +7,18 @@ fast is ``benchmarks/register.py``'s business, never asserted here)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 
 import dagnats_nb as dn
+from dagnats_nb.adapters.http import hooks
 
 CLI = [sys.executable, "-m", "dagnats_nb"]
 SECRET = "bad-input-webhook-secret"
@@ -232,3 +235,63 @@ def test_a_two_thousand_step_chain_runs_to_its_end(eng):
     run = eng.run(chain(2000), {"n": 1}, timeout=120)
     assert run.status == "completed", run.error
     assert run.output == {"n": 1}
+
+
+# -- webhooks: the body is the run's input ----------------------------------------------
+
+BAD_BODIES = [
+    ("nested 5,000 deep", nested(5000).encode(), "nested too deep"),
+    ("nested 300 deep", nested(300).encode(), "Recursion limit reached"),
+    ("NaN", b'{"x": NaN}', "holds NaN, which is not JSON"),
+    ("Infinity", b'{"x": [1, -Infinity]}', "holds -Infinity, which is not JSON"),
+    ("a lone surrogate", b'{"x": "\\ud800"}', "surrogates not allowed"),
+    ("a 71-bit integer", b'{"n": 1180591620717411303424}', "Integer exceeds 64-bit range"),
+    ("5,000 digits", b'{"n": ' + b"9" * 5000 + b"}", "an integer of over 4,300 digits"),
+]
+
+
+@pytest.mark.parametrize(("what", "body", "says"), BAD_BODIES, ids=[b[0] for b in BAD_BODIES])
+def test_a_webhook_body_a_run_cannot_take_is_400_in_one_line(eng, what, body, says):
+    before = len(eng.runs())
+    headers = {"Content-Type": "application/json", "X-Dagnats-Signature": hooks.sign(SECRET, body)}
+    reply = httpx.post(f"{eng.http_url}/hooks/in", content=body, headers=headers, timeout=30)
+    assert reply.status_code == 400, reply.text
+    error = one_line(reply.json()["error"])
+    assert error.startswith("webhook body "), error
+    assert says in error, error
+    assert len(eng.runs()) == before
+
+
+@pytest.mark.parametrize(("what", "body", "says"), BAD_BODIES, ids=[b[0] for b in BAD_BODIES])
+def test_an_http_trigger_hands_any_body_to_its_run_as_bytes(eng, what, body, says):
+    """An http trigger's run gets the body base64-encoded in Go's envelope, never parsed:
+    each of these bodies reaches the run as sent (no 500 or 503)."""
+    reply = httpx.post(f"{eng.http_url}/api/raw", content=body, timeout=30)
+    assert reply.status_code == 200, reply.text
+    assert base64.b64decode(reply.json()["data"]["body"]) == body
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "what"),
+    [
+        ("/v1/tasks/poll", "poll body"),
+        ("/runs/R1/approval/review?action=approve&token=t", "approval body"),
+    ],
+)
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        (nested(5000).encode(), "is nested too deep to read"),
+        (b'{"n": ' + b"9" * 5000 + b"}", "holds an integer of over 4,300 digits"),
+        (b"{nope", "is not JSON (Expecting property name"),
+    ],
+    ids=["deep", "digits", "syntax"],
+)
+def test_a_bridge_or_approval_body_json_cannot_read_is_400_in_one_line(
+    eng, endpoint, what, body, says
+):
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    reply = httpx.post(f"{eng.http_url}{endpoint}", content=body, headers=headers, timeout=30)
+    assert reply.status_code == 400, reply.text
+    error = one_line(reply.json()["error"])
+    assert error.startswith(f"{what} {says}"), error

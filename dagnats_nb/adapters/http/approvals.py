@@ -8,10 +8,9 @@ by someone else meanwhile."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from dagnats_nb.adapters.http.server import Request, Route
+from dagnats_nb.adapters.http.server import BodyError, Request, Route, read_json
 from dagnats_nb.runtime.gates import ApprovalError, decide
 
 MAX_BODY = 1 << 20
@@ -34,9 +33,11 @@ class Approvals:
         body = None
         if request.body.strip():
             try:
-                body = json.loads(request.body)
-            except ValueError as exc:
-                return 400, {"error": f"the body is not JSON: {exc}"}
+                body = read_json(
+                    request.body, "approval body", 'send a JSON object, e.g. {"by": ...}'
+                )
+            except BodyError as exc:
+                return 400, {"error": str(exc)}
         by = body.get("by") if isinstance(body, dict) else None
         run_id, step_id = request.params["run_id"], request.params["step_id"]
         try:

@@ -7,11 +7,11 @@ the bridge stores or answers. No I/O here; :mod:`dagnats_nb.adapters.http.bridge
 from __future__ import annotations
 
 import hmac
-import json
 import re
 from dataclasses import dataclass
 from typing import Any
 
+from dagnats_nb.adapters.http.server import BodyError, read_json
 from dagnats_nb.errors import DagnatsError
 from dagnats_nb.wire import protocol
 
@@ -80,9 +80,9 @@ def bearer_ok(header: str | None, token: str | None) -> bool:
 
 def _object(body: bytes, what: str) -> dict[str, Any]:
     try:
-        value = json.loads(body) if body.strip() else {}
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BridgeError(f"{what} body is not JSON ({exc}): send a JSON object") from None
+        value = read_json(body, f"{what} body", "send a JSON object") if body.strip() else {}
+    except BodyError as exc:
+        raise BridgeError(str(exc)) from None
     if not isinstance(value, dict):
         raise BridgeError(f"{what} body must be a JSON object, got {type(value).__name__}")
     return value

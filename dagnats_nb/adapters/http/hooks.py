@@ -5,7 +5,9 @@ The raw body must carry an HMAC-SHA256 signature (``X-Dagnats-Signature: sha256=
 GitHub's ``X-Hub-Signature-256``) made with the trigger's secret, else the ``webhook_secret``
 setting (``DAGNATS_WEBHOOK_SECRET``); it is compared in constant time. A trigger with no
 secret anywhere is off (404). Replies: 202 ``{"run_id", "workflow", "trigger"}``; 401 without
-a valid signature; 400 for a body that is not JSON; 413 over ``webhook_max_body``.
+a valid signature; 400 for a body that is not JSON, or not one a run's input can be (NaN,
+Infinity, nested 255 deep or more, integers beyond 64 bits, lone surrogates); 413 over
+``webhook_max_body``.
 
 A ``X-Dagnats-Delivery`` (or ``X-GitHub-Delivery``) header made of letters, digits, ``-`` and
 ``_`` becomes the run id, so a delivery sent twice starts one run (the second gets 200 with
@@ -19,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
 import re
 import time
@@ -27,9 +28,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from dagnats_nb.adapters.http.server import Reply, Request, Route
+from dagnats_nb.adapters.http.server import BodyError, Reply, Request, Route, read_json
 from dagnats_nb.dag import WorkflowDef
 from dagnats_nb.errors import DagnatsError, RunError, WorkflowError
+from dagnats_nb.wire import protocol
 
 if TYPE_CHECKING:
     from dagnats_nb.facade.engine import Engine
@@ -111,14 +113,25 @@ def verify(secret: str, body: bytes, given: str | None) -> bool:
 
 
 def parse_body(body: bytes) -> Any:
-    """The run's input: the body as JSON."""
+    """The run's input: the body as JSON. A HookError (one line, answered with 400) for a
+    body that is not JSON, or is JSON a run's input cannot be: NaN or Infinity, nesting
+    deeper than the wire's 255 levels, integers beyond 64 bits, lone surrogates."""
     try:
-        return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise HookError(
-            f"webhook body is not JSON ({exc}): send a JSON document with "
-            "Content-Type: application/json"
-        ) from None
+        value = read_json(body, "webhook body", _INPUT_RULE, constants=False)
+    except BodyError as exc:
+        raise HookError(str(exc)) from None
+    try:
+        protocol.dumps(value)  # what the run's workflow.started event will carry
+    except (TypeError, ValueError) as exc:
+        why = str(exc).split("\n")[0] or type(exc).__name__
+        raise HookError(f"webhook body cannot be a run's input ({why}): {_INPUT_RULE}") from None
+    return value
+
+
+_INPUT_RULE = (
+    "send a JSON document (Content-Type: application/json) with finite numbers, integers of "
+    "at most 64 bits, text without lone surrogates, nested less than 255 deep"
+)
 
 
 def delivery_run_id(headers: Mapping[str, str]) -> str | None:

@@ -72,6 +72,35 @@ class Raw:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+class BodyError(ValueError):
+    """A request body that is not the JSON asked for; its message is one line (a 400)."""
+
+
+def read_json(body: bytes, what: str, advice: str, *, constants: bool = True) -> Any:
+    """``body`` parsed as JSON, or BodyError ``"{what} {why}: {advice}"`` when it is not
+    JSON (not UTF-8, bad syntax), nests too deep for the parser, holds an integer of over
+    4,300 digits, or (with ``constants`` False) NaN, Infinity or -Infinity."""
+    try:
+        return json.loads(body, parse_constant=None if constants else _no_constant)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        why = f"is not JSON ({exc})"
+    except _Constant as exc:
+        why = f"holds {exc}, which is not JSON"
+    except RecursionError:
+        why = "is nested too deep to read"
+    except ValueError:  # Python reads no integer of more than 4,300 digits
+        why = "holds an integer of over 4,300 digits"
+    raise BodyError(f"{what} {why}: {advice}")
+
+
+class _Constant(ValueError):
+    """NaN, Infinity or -Infinity: Python's JSON parser reads them, JSON has none."""
+
+
+def _no_constant(name: str) -> Any:
+    raise _Constant(name)
+
+
 Handler = Callable[[Request], Awaitable[Reply | Stream | Raw]]
 
 
