@@ -115,3 +115,15 @@ def test_kv_account_and_health_read_in_units(engine):
     assert re.search(r"worker heartbeat gap \(s\) .* 60 s", shown)
     assert "1,000" in shown and "NaN" not in shown
     assert health.set_index("check").loc["storage share of max_store_bytes", "threshold"] == 0.8
+
+
+def test_a_long_table_says_how_many_rows_it_leaves_out():
+    from dagnats_nb.observe import tables
+
+    row = {"stream": "S", "consumer": "c", "durable": True, "pending": 1}
+    df = tables.frame([{**row, "consumer": f"c{i}"} for i in range(100)], "lag")
+    text, page = repr(df), df._repr_html_()
+    assert "100 rows: the first and last 5 shown" in text and "c99" in text and "c50" not in text
+    assert "100 rows: the first and last 5 shown" in page
+    every = tables.render_text(df, every_row=True)  # the terminal's
+    assert "c50" in every and "rows:" not in every

@@ -291,28 +291,38 @@ def _index_shown(df: pd.DataFrame) -> bool:
     return not (isinstance(df.index, pd.RangeIndex) and df.index.name is None)
 
 
-def _rows(shown: pd.DataFrame) -> pd.DataFrame:
-    """Long tables as pandas shows them: the first and last ``display.min_rows`` / 2 rows
-    once there are more than ``display.max_rows``."""
+def _rows(shown: pd.DataFrame, every_row: bool) -> tuple[pd.DataFrame, list[str]]:
+    """Long tables as pandas shows them, the first and last ``display.min_rows`` / 2 rows
+    once there are more than ``display.max_rows`` (with a note saying so); every row
+    with ``every_row`` (a terminal)."""
     most, least = pd.get_option("display.max_rows"), pd.get_option("display.min_rows")
-    if most is None or len(shown) <= most:
-        return shown
+    if every_row or most is None or len(shown) <= most:
+        return shown, []
     half = max(1, (least or most) // 2)
     gap = pd.DataFrame([["..."] * shown.shape[1]], columns=shown.columns, index=["..."])
-    return pd.concat([shown.head(half), gap, shown.tail(half)])
+    cut = pd.concat([shown.head(half), gap, shown.tail(half)])
+    return cut, [f"{len(shown):,} rows: the first and last {half} shown"]
 
 
-def render_text(df: pd.DataFrame, hints: str | None = None, *, with_notes: bool = True) -> str:
+def render_text(
+    df: pd.DataFrame,
+    hints: str | None = None,
+    *,
+    with_notes: bool = True,
+    every_row: bool = False,
+) -> str:
     """The table as text (a terminal, a notebook's text/plain), then its notes."""
     shown = display_frame(df)
     if shown is df:
         return pd.DataFrame.__repr__(df)
+    cut: list[str] = []
     if shown.empty:
         body = f"(no rows: columns {', '.join(map(str, shown.columns))})"
     else:
+        rows, cut = _rows(shown, every_row)
         with pd.option_context("display.max_colwidth", None, "display.width", None):
-            body = _rows(shown).to_string(index=_index_shown(df))
-    return "\n".join([body, *(notes(df, hints) if with_notes else [])])
+            body = rows.to_string(index=_index_shown(df))
+    return "\n".join([body, *cut, *(notes(df, hints) if with_notes else [])])
 
 
 def render_html(
@@ -322,12 +332,13 @@ def render_html(
     shown = display_frame(df)
     if shown is df:
         return pd.DataFrame._repr_html_(df)
+    rows, cut = _rows(shown, False)
     with pd.option_context("display.max_colwidth", None):
-        body = _rows(shown).to_html(index=_index_shown(df), classes="dagnats-table")
+        body = rows.to_html(index=_index_shown(df), classes="dagnats-table")
     extra = "".join(
         '<div class="dagnats-table-note" style="font-size:smaller;opacity:0.75">'
         + CODE.sub(r"<code>\1</code>", html.escape(n))
         + "</div>"
-        for n in (notes(df, hints) if with_notes else [])
+        for n in [*cut, *(notes(df, hints) if with_notes else [])]
     )
     return body + extra

@@ -114,7 +114,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     if args.json:
         print(df.to_json(orient="records", date_format="iso", indent=2))
     else:
-        print(tables.render_text(df.wide() if args.wide else df, hints="cli"))
+        print(tables.render_text(df.wide() if args.wide else df, hints="cli", every_row=True))
     return 0
 
 
