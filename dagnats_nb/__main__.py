@@ -2,4 +2,5 @@
 
 from dagnats_nb.adapters.cli.main import main
 
-raise SystemExit(main())
+if __name__ == "__main__":  # importing it (a docs tool, a test) must not run the command
+    raise SystemExit(main())

@@ -217,7 +217,7 @@ class StepDef(GoModel):
     """One step of a workflow (Go `dag.StepDef`).
 
     Accepted and kept, not enforced yet: `rate_limit`, `keyed_rate_limit`,
-    `max_task_concurrency` and `singleton`; `compensate` handlers are not run yet.
+    `max_task_concurrency` and `singleton` (see docs/limits.md).
     """
 
     id: str

@@ -32,8 +32,8 @@ history keeps 30 days, Go's max age and the default of ``runs_max_age``. A run w
 ``workflow.started`` aged out is gone from the engine at the next start (its record in KV
 ``workflow_runs`` stays; Go's own pruner deletes terminal runs after 30 days too), so a run,
 running or waiting, must not outlive 30 days. In exchange the history stops growing on a
-steady load. ``runs_max_age: 0`` keeps everything, as before. README "Retention and
-recovery" says the same.
+steady load. ``runs_max_age: 0`` keeps everything, as before. docs/operations.md, "Retention and
+recovery", says the same.
 """
 
 from __future__ import annotations

@@ -65,7 +65,7 @@ def run_command(
                 )
             print(
                 f"note: backing up the running engine at {info['url']}: tasks acked during "
-                "the snapshot leave gaps in TASK_QUEUES (see README, Backup and restore)",
+                "the snapshot leave gaps in TASK_QUEUES (docs/operations.md, Backup and restore)",
                 file=sys.stderr,
             )
             url = engine_client_url(info, settings.data_dir)
