@@ -210,7 +210,7 @@ def test_ten_thousand_steps_register_and_validate(eng, tmp_path):
     for wf in (chain(10_000), fan(10_000)):
         assert len(eng.register(wf).steps) == 10_000
         path = tmp_path / f"{wf['name']}.yaml"
-        path.write_text(yaml.safe_dump(wf))
+        path.write_text(yaml.dump(wf, Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper)))
         files.append(path)
     result = subprocess.run(
         [*CLI, "workflow", "validate", *map(str, files)], capture_output=True, text=True

@@ -25,6 +25,7 @@ _DEPTH_ADVICE = (
     "as the run's input"
 )
 _SIZE_ADVICE = f"a workflow definition is at most {MAX_BYTES // 2**20} MiB"
+SELF_ALIAS = "an anchor holds an alias to itself (*...)"
 
 
 def check_text(text: str, label: str) -> None:
@@ -71,7 +72,7 @@ def check_yaml_nodes(root: yaml.Node, label: str) -> None:
         children = _yaml_children(node)
         if not done:
             if key in visiting:
-                raise _yaml_error(label, node, "an anchor holds an alias to itself (*...)")
+                raise yaml_error(label, node.start_mark, SELF_ALIAS)
             visiting.add(key)
             stack.append((node, True))
             stack.extend((c, False) for c in children if id(c) not in measured)
@@ -80,17 +81,32 @@ def check_yaml_nodes(root: yaml.Node, label: str) -> None:
         size, depth = (len(node.value) + 2, 0) if not children else (2, 1)
         for child in children:
             if id(child) not in measured:  # a child still being measured: a cycle
-                raise _yaml_error(label, child, "an anchor holds an alias to itself (*...)")
+                raise yaml_error(label, child.start_mark, SELF_ALIAS)
             child_size, child_depth = measured[id(child)]
             size += child_size + 1
             depth = max(depth, child_depth + 1)
-        if size > MAX_BYTES:
-            why = f"its aliases expand it beyond {_mib(MAX_BYTES)} as JSON; {_SIZE_ADVICE}"
-            raise _yaml_error(label, node, why)
-        if depth > MAX_DEPTH:
-            why = f"with its aliases expanded it nests deeper than {MAX_DEPTH}; {_DEPTH_ADVICE}"
-            raise _yaml_error(label, node, why)
+        error = expansion_error(label, node.start_mark, size, depth)
+        if error is not None:
+            raise error
         measured[key] = (size, depth)
+
+
+def expansion_error(label: str, mark: Any, size: int, depth: int) -> Exception | None:
+    """The error for a YAML list or mapping (starting at `mark`) that is `size` bytes as
+    JSON and `depth` levels deep once its aliases are expanded; None within the limits."""
+    if size > MAX_BYTES:
+        why = f"its aliases expand it beyond {_mib(MAX_BYTES)} as JSON; {_SIZE_ADVICE}"
+    elif depth > MAX_DEPTH:
+        why = f"with its aliases expanded it nests deeper than {MAX_DEPTH}; {_DEPTH_ADVICE}"
+    else:
+        return None
+    return yaml_error(label, mark, why)
+
+
+def yaml_error(label: str, mark: Any, why: str) -> Exception:
+    """A problem of YAML text at `mark` (a yaml Mark, or None)."""
+    where = f"{label} line {mark.line + 1} column {mark.column + 1}" if mark else label
+    return workflow_error([f"{where}: {why}"])
 
 
 def check_values(raw: Mapping[str, Any], label: str) -> None:
@@ -153,11 +169,6 @@ def _yaml_children(node: yaml.Node) -> list[yaml.Node]:
     if isinstance(node, yaml.MappingNode):
         return [n for pair in node.value for n in pair]
     return []
-
-
-def _yaml_error(label: str, node: yaml.Node, why: str) -> Exception:
-    mark = node.start_mark
-    return workflow_error([f"{label} line {mark.line + 1} column {mark.column + 1}: {why}"])
 
 
 def _has_surrogate(text: str) -> bool:

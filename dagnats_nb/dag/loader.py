@@ -26,9 +26,9 @@ from . import limits
 from .model import WorkflowDef
 from .problems import problem, reason, workflow_error
 from .validate import check
+from .yamltext import read_yaml
 
 _SUFFIX_FORMAT = {".json": "json", ".yaml": "yaml", ".yml": "yaml"}
-_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def load_workflow(
@@ -116,16 +116,10 @@ def _parse(text: str, fmt: str | None, label: str) -> dict[str, Any]:
 
 
 def _parse_yaml(text: str, label: str) -> Any:
-    """YAML text as data (libyaml's parser when there is one: 5x faster), measured as
-    `limits` says before it is built, so that an alias bomb is refused, not expanded."""
-    loader = _YAML_LOADER(text)
+    """YAML text as data (`yamltext`: measured as it is built, an alias bomb is refused,
+    not expanded); its problems as one line."""
     try:
-        node = loader.get_single_node()
-        if node is None:
-            return None
-        if "&" in text:  # an anchor: its aliases may expand the document
-            limits.check_yaml_nodes(node, label)
-        return loader.construct_document(node)
+        return read_yaml(text, label)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{label} line {mark.line + 1} column {mark.column + 1}" if mark else label
@@ -133,15 +127,13 @@ def _parse_yaml(text: str, label: str) -> Any:
         if "nesting depth" in what:  # libyaml's limit, 1,000
             what += f"; a workflow definition nests at most {limits.MAX_DEPTH} levels"
         raise workflow_error([f"{where}: invalid YAML: {what}"]) from None
-    except RecursionError:  # the pure-Python parser, without libyaml's nesting limit
+    except RecursionError:  # PyYAML's composer, without libyaml's nesting limit
         why = f"nested too deep to read; a workflow definition nests at most {limits.MAX_DEPTH}"
         raise workflow_error([f"{label}: {why}"]) from None
     except ValueError as exc:  # a bad timestamp, an integer of more than 4,300 digits
         if "digits" in str(exc):
             raise limits.long_integer(label) from None
         raise workflow_error([f"{label}: invalid YAML: {exc}"]) from None
-    finally:
-        loader.dispose()
 
 
 def _as_mapping(data: Any, label: str) -> dict[str, Any]:
