@@ -112,49 +112,61 @@ def yaml_error(label: str, mark: Any, why: str) -> Exception:
 def check_values(raw: Mapping[str, Any], label: str) -> None:
     """Refuse a parsed definition nested deeper than MAX_DEPTH, larger than MAX_BYTES as
     JSON, or holding a value JSON or the wire cannot carry; one line naming the field."""
-    size = 0
-    # (value, depth, parent entry, key in parent): the path is rebuilt only for a problem
+    size = 2
+    # lists and mappings still to look into: (value, depth, parent entry, key in parent);
+    # the path of a problem is rebuilt from the parents only then
     stack: list[tuple[Any, int, Any, Any]] = [(raw, 1, None, None)]
     while stack:
         entry = stack.pop()
         value, depth = entry[0], entry[1]
-        if isinstance(value, str):
-            size += len(value) + 2
-            if not value.isascii() and _has_surrogate(value):
-                raise _value_error(label, raw, entry, _surrogate_reason(value))
-        elif isinstance(value, Mapping | list | tuple):
-            if depth > MAX_DEPTH:
-                raise _value_error(
-                    label, raw, entry, f"nested deeper than {MAX_DEPTH}; " + _DEPTH_ADVICE
-                )
-            size += 2
-            items = value.items() if isinstance(value, Mapping) else enumerate(value)
-            for k, v in items:
-                if isinstance(k, str) and not k.isascii() and _has_surrogate(k):
-                    raise _value_error(label, raw, (k, depth, entry, k), _surrogate_reason(k))
-                size += len(k) + 4 if isinstance(k, str) else 1
+        if depth > MAX_DEPTH:
+            raise _value_error(
+                label, raw, entry, f"nested deeper than {MAX_DEPTH}; {_DEPTH_ADVICE}"
+            )
+        is_map = isinstance(value, Mapping)
+        for k, v in value.items() if is_map else enumerate(value):
+            if is_map:
+                if isinstance(k, str):
+                    size += len(k) + 4
+                    if not k.isascii() and _has_surrogate(k):
+                        raise _value_error(label, raw, (k, depth, entry, k), _surrogate_reason(k))
+                else:
+                    size += 8
+            kind = type(v)
+            if kind is str:
+                size += len(v) + 3
+                if not v.isascii() and _has_surrogate(v):
+                    raise _value_error(label, raw, (v, depth, entry, k), _surrogate_reason(v))
+            elif kind is dict or kind is list or isinstance(v, Mapping | list | tuple):
+                size += 3
                 stack.append((v, depth + 1, entry, k))
-        elif isinstance(value, bool) or value is None:
-            size += 5
-        elif isinstance(value, int):
-            size += 8
-            if not _INT_MIN <= value <= _INT_MAX:
-                why = (
-                    f"an integer of {value.bit_length()} bits; numbers are at most 64-bit "
-                    "integers: write it as a string or a float"
-                )
-                raise _value_error(label, raw, entry, why)
-        elif isinstance(value, float):
-            size += 8
-            if not math.isfinite(value):
-                shown = "NaN" if math.isnan(value) else f"{value:f}".replace("inf", "Infinity")
-                why = f"{shown} is not a JSON number: write null, a string or a finite number"
-                raise _value_error(label, raw, entry, why)
-        else:
-            size += 8
+            else:
+                size += 8
+                why = _scalar_problem(v)
+                if why is not None:
+                    raise _value_error(label, raw, (v, depth, entry, k), why)
         if size > MAX_BYTES:
             why = f"larger than {_mib(MAX_BYTES)} as JSON; {_SIZE_ADVICE}"
             raise workflow_error([f"{label}: {why}"])
+
+
+def _scalar_problem(value: Any) -> str | None:
+    """Why JSON or the wire cannot carry this scalar (not a str), or None."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int):
+        if _INT_MIN <= value <= _INT_MAX:
+            return None
+        return (
+            f"an integer of {value.bit_length()} bits; numbers are at most 64-bit integers: "
+            "write it as a string or a float"
+        )
+    if isinstance(value, float) and not math.isfinite(value):
+        shown = "NaN" if math.isnan(value) else f"{value:f}".replace("inf", "Infinity")
+        return f"{shown} is not a JSON number: write null, a string or a finite number"
+    if isinstance(value, str) and not value.isascii() and _has_surrogate(value):
+        return _surrogate_reason(value)
+    return None
 
 
 def long_integer(label: str) -> Exception:

@@ -46,8 +46,9 @@ def kv_key(name: str) -> str:
     return "b64_" + base64.urlsafe_b64encode(name.encode()).decode().rstrip("=")
 
 
-def definition_hash(defn: WorkflowDef) -> str:
-    canon = json.dumps(defn.to_dict(), sort_keys=True, separators=(",", ":"))
+def definition_hash(defn: WorkflowDef, wire: dict[str, Any] | None = None) -> str:
+    """The version of ``defn``: a hash of its wire form (``wire``, when built already)."""
+    canon = json.dumps(wire or defn.to_dict(), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canon.encode()).hexdigest()[:16]
 
 
@@ -87,10 +88,11 @@ class DefinitionStore:
         """Store ``defn`` as its name's latest definition; its hash. A definition larger
         than a message can carry beside a run's input is a WorkflowError (one line): every
         run's ``workflow.started`` event carries it."""
-        h = definition_hash(defn)
+        wire = defn.to_dict()
+        h = definition_hash(defn, wire)
         current = self.latest.get(defn.name)
         if current is None or current[0] != h:
-            data = defn.to_json(indent=None).encode()
+            data = json.dumps(wire, ensure_ascii=False).encode()  # defn.to_json(indent=None)
             limit = self.max_payload - ENVELOPE_HEADROOM
             if len(data) > limit:
                 steps = f"{len(defn.steps):,} step" + "s" * (len(defn.steps) != 1)
@@ -104,7 +106,7 @@ class DefinitionStore:
             kv = await self._bucket()
             await kv.put(kv_key(defn.name), data)
             self._sizes[h] = len(data)
-        self._remember(defn, h)
+        self._remember(defn, h, self._wire.get(h, wire))
         self.latest[defn.name] = (h, defn)
         return h
 
