@@ -161,6 +161,21 @@ def test_a_bad_workflow_file_is_one_line_from_the_api(eng, bad_files, name):
         assert says in message, message
 
 
+def test_dagnats_workflow_register_says_it_in_one_line(eng, bad_files):
+    for name in ("bomb.yaml", "deep.json"):
+        path, says = bad_files[name]
+        where = ("--data-dir", str(eng.settings.data_dir))
+        result = subprocess.run(
+            [*CLI, "workflow", "register", str(path), *where],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 1, result.stdout
+        assert result.stderr.startswith(f"dagnats: workflow file '{path}'"), result.stderr
+        assert says in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
 def test_a_bad_workflow_file_is_one_line_from_the_cli(bad_files):
     paths = [str(path) for path, _ in bad_files.values()]
     result = subprocess.run(
@@ -191,6 +206,21 @@ def test_values_json_cannot_carry_are_refused_in_a_dict_too(eng):
     wf["steps"][0]["config"] = loop
     with pytest.raises(dn.WorkflowError, match="field 'config.again.again.*deeper than 128"):
         eng.register(wf)
+
+
+def test_a_workflowdef_built_in_code_is_checked_when_registered(eng):
+    from dagnats_nb.dag.model import StepDef, WorkflowDef
+
+    for config, says in [
+        ({"x": 2**70}, "an integer of 71 bits"),
+        ({"x": float("inf")}, "Infinity is not a JSON number"),
+        ({"x": ["\ud800"]}, "field 'config.x[0]': text holds a lone surrogate (\\ud800)"),
+    ]:
+        defn = WorkflowDef(name="coded", steps=[StepDef(id="a", task="echo", config=config)])
+        with pytest.raises(dn.WorkflowError) as info:
+            eng.register(defn)
+        message = one_line(str(info.value))
+        assert message.startswith("workflow 'coded' step 'a': field 'config.x") and says in message
 
 
 def test_a_definition_larger_than_a_message_is_one_line(eng, tmp_path):

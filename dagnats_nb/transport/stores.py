@@ -13,7 +13,7 @@ from typing import Any
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, NoKeysError, NotFoundError, ObjectNotFoundError
 
-from dagnats_nb.dag import WorkflowDef, load_workflow
+from dagnats_nb.dag import WorkflowDef, limits, load_workflow
 from dagnats_nb.errors import WorkflowError
 from dagnats_nb.wire import protocol
 
@@ -92,6 +92,7 @@ class DefinitionStore:
         h = definition_hash(defn, wire)
         current = self.latest.get(defn.name)
         if current is None or current[0] != h:
+            limits.check_values(wire, "workflow")  # a WorkflowDef built in code: unchecked
             data = json.dumps(wire, ensure_ascii=False).encode()  # defn.to_json(indent=None)
             limit = self.max_payload - ENVELOPE_HEADROOM
             if len(data) > limit:
