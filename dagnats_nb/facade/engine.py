@@ -492,6 +492,9 @@ class Engine(Serving, Runs, Reads, Observing, Gates, Triggers, Hints):
                 f"the embedded nats-server has exited{why}: its log is "
                 f"{self.server.log_path}; stop this engine and start it again (runs resume)"
             )
+        refused = self.host.gate.reason if self.host is not None else None
+        if refused:  # the server runs but stores nothing: a full disk or store
+            return ServerError(f"JetStream stores nothing now ({refused}): see eng.health()")
         return ServerError(
             f"NATS at {self.url} did not answer{why}: check that the server runs "
             "(`dagnats status`) and try again"

@@ -9,6 +9,7 @@ result in the caller's thread; nothing here changes engine state.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections import deque
 from typing import Any
@@ -317,6 +318,15 @@ class Observing:
 
     health, health_async = twins(_health, _table("health"))
 
+    def _disk_free(self) -> int | None:
+        """Free bytes on the embedded server's store disk (None when NATS is elsewhere)."""
+        if self.server is None:
+            return None
+        try:
+            return shutil.disk_usage(self.server.store_dir.parent).free
+        except OSError:
+            return None
+
     async def _health_rows(
         self, workers: list[dict[str, Any]] | None = None
     ) -> list[dict[str, Any]]:
@@ -351,5 +361,7 @@ class Observing:
             history_last_seq=history["state"].get("last_seq", 0),
             orchestrator_seq=applied,
             served_tasks={t for e in entries for t in e.tasks},
+            disk_free_bytes=self._disk_free(),
+            refused=self.host.gate.reason if self.host is not None else None,
         )
         return health.evaluate(snap, health.Thresholds.from_settings(self.settings))

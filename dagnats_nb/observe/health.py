@@ -47,6 +47,8 @@ class Snapshot:
     history_last_seq: int | None = None
     orchestrator_seq: int | None = None  # None: no orchestrator in this process
     served_tasks: set[str] = field(default_factory=set)
+    disk_free_bytes: int | None = None  # free space where the embedded server stores
+    refused: str | None = None  # why JetStream refused this host's last result, if it did
 
 
 def evaluate(snap: Snapshot, t: Thresholds) -> list[dict[str, Any]]:
@@ -55,6 +57,7 @@ def evaluate(snap: Snapshot, t: Thresholds) -> list[dict[str, Any]]:
         consumer_pending(snap, t)
         + dead_letters(snap, t)
         + storage(snap, t)
+        + disk(snap)
         + worker_heartbeats(snap, t)
         + orchestrator_lag(snap, t)
     )
@@ -142,6 +145,35 @@ def storage(snap: Snapshot, t: Thresholds) -> list[dict[str, Any]]:
             round(share, 4),
             t.store_share,
             "raise max_store_bytes, set runs_max_age / history_max_bytes, or delete old runs",
+        )
+    ]
+
+
+DISK_CRITICAL = 64 * 1024**2  # below this, nats-server's writes fail any moment
+
+
+def disk(snap: Snapshot) -> list[dict[str, Any]]:
+    """The disk under the store, which fills before ``max_store_bytes`` when it has less
+    room than the store may still take; and JetStream refusing results right now."""
+    if snap.refused is not None:
+        action = (
+            f"{snap.refused}: free disk space or raise max_store_bytes, then restart the "
+            "engine (runs resume; a held result is stored, or its step runs again)"
+        )
+        return [_row("results refused by JetStream", CRITICAL, "workers", None, None, action)]
+    if snap.disk_free_bytes is None:
+        return []
+    headroom = max(snap.max_store_bytes - snap.store_bytes, 0)
+    free = snap.disk_free_bytes
+    level = CRITICAL if free < DISK_CRITICAL else WARNING if free < headroom else OK
+    return [
+        _row(
+            "disk free under the store",
+            level,
+            "data_dir disk",
+            free,
+            headroom,
+            "free disk space, or set max_store_bytes below the disk's free space",
         )
     ]
 

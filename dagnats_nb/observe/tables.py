@@ -72,6 +72,8 @@ def _health_unit(row: Mapping[str, Any]) -> str:
         return "seconds"
     if "share" in check:
         return "share"
+    if check.startswith("disk"):
+        return "bytes"
     return "number"
 
 

@@ -14,6 +14,7 @@ from nats.js import JetStreamContext
 
 from dagnats_nb.errors import DagnatsError
 from dagnats_nb.runtime.handlers import Handler
+from dagnats_nb.runtime.results import StoreGate
 from dagnats_nb.runtime.workers import TaskWorker, WorkerRegistry
 from dagnats_nb.transport.stores import PayloadStore
 
@@ -37,6 +38,7 @@ class WorkerHost:
         self.executor = executor
         self.on_fault = on_fault
         self.workers: dict[str, TaskWorker] = {}
+        self.gate = StoreGate()  # closed while JetStream refuses results: no new fetches
         self.registry = WorkerRegistry(js, worker_id)
 
     async def start(self) -> None:
@@ -65,6 +67,7 @@ class WorkerHost:
             ack_wait,
             self.executor,
             on_fault=self.on_fault,
+            gate=self.gate,
         )
         await worker.start()
         self.workers[handler.task] = worker

@@ -29,7 +29,7 @@ from nats.js.errors import FetchTimeoutError
 
 from dagnats_nb.runtime.consumers import add_consumer, ensure_task_consumer
 from dagnats_nb.runtime.handlers import Continue, Handler, Permanent, RetryAfter, TaskContext
-from dagnats_nb.runtime.results import output_payload, record_result
+from dagnats_nb.runtime.results import StoreGate, deliver, record_result
 from dagnats_nb.transport.pull import fetch_available, take_buffered
 from dagnats_nb.transport.stores import PayloadStore
 from dagnats_nb.wire import protocol
@@ -85,6 +85,7 @@ class TaskWorker:
         ack_wait: float,
         executor: Executor,
         on_fault: Callable[[str], None] | None = None,
+        gate: StoreGate | None = None,
     ) -> None:
         self.nc = nc
         self.js = js
@@ -94,6 +95,7 @@ class TaskWorker:
         self.ack_wait = ack_wait
         self.executor = executor
         self.on_fault = on_fault
+        self.gate = gate or StoreGate()  # closed while JetStream refuses results
         self.inflight = 0
         self.completed = 0
         self.failed = 0
@@ -194,6 +196,7 @@ class TaskWorker:
 
     async def _pull_loop(self) -> None:
         while not self._stopping:
+            await self.gate.wait()
             await self._slots.acquire()
             free = 1
             while free < 256 and not self._slots.locked():  # take every free slot at once
@@ -252,7 +255,7 @@ class TaskWorker:
         # The Go engine counts attempts from step.started: its tasks announce at once.
         watch = _Watch(self, msg, started, 0.0 if task.from_go else ANNOUNCE_AFTER)
         try:
-            kind, payload = await self._execute(task, msg)
+            result = await self._execute(task, msg)
         except asyncio.CancelledError:
             if self._stopping:  # released for another worker, not failed
                 with contextlib.suppress(Exception):
@@ -261,7 +264,7 @@ class TaskWorker:
         finally:
             watch.cancel()
         await watch.announced()  # a step.started that went out precedes the result
-        await self._report(msg, task, kind, payload)
+        await self._report(msg, task, result)
 
     async def _resume_dead_letter(self, msg, task: protocol.TaskPayload) -> None:
         """A dead letter sent back to its task subject (Go's ``dagnats dlq replay``): the
@@ -281,8 +284,26 @@ class TaskWorker:
             with contextlib.suppress(Exception):
                 await msg.nak(delay=1.0)
 
-    async def _execute(self, task: protocol.TaskPayload, msg) -> tuple[str, Any]:
-        """Run the handler on one task: the result event's type and payload."""
+    async def _execute(self, task: protocol.TaskPayload, msg) -> tuple[str, Any, int | None]:
+        """Run the handler on one task: the result event's type and payload, and the
+        payload's encoded size when it is an output (stored aside when too large)."""
+        kind, payload = await self._outcome(task, msg)
+        if kind == protocol.STEP_FAILED:
+            return kind, payload, None
+        try:
+            return kind, payload, len(protocol.dumps(payload))
+        except (TypeError, ValueError) as exc:
+            err = (
+                f"step '{task.step_id}' returned a value that is not JSON-serialisable "
+                f"({exc}): return dicts, lists, strings, numbers, booleans or None"
+            )
+            return (
+                protocol.STEP_FAILED,
+                {"error": err, "failure_type": protocol.NON_RETRIABLE},
+                None,
+            )
+
+    async def _outcome(self, task: protocol.TaskPayload, msg) -> tuple[str, Any]:
         try:
             value = await self.payloads.expand(task.input, task.run_id)
         except Exception as exc:
@@ -314,18 +335,9 @@ class TaskWorker:
             return protocol.STEP_FAILED, payload
         except Exception as exc:
             return protocol.STEP_FAILED, failure(exc, protocol.RETRIABLE)
-        kind = protocol.STEP_COMPLETED
         if isinstance(result, Continue):
-            kind, result = protocol.STEP_CONTINUE, result.output
-        try:
-            output = await output_payload(self.payloads, task, result)
-        except (TypeError, ValueError) as exc:
-            err = (
-                f"step '{task.step_id}' returned a value that is not JSON-serialisable "
-                f"({exc}): return dicts, lists, strings, numbers, booleans or None"
-            )
-            return protocol.STEP_FAILED, {"error": err, "failure_type": protocol.NON_RETRIABLE}
-        return kind, output
+            return protocol.STEP_CONTINUE, result.output
+        return protocol.STEP_COMPLETED, result
 
     async def _call(self, ctx: TaskContext, timeout: float | None) -> Any:
         fn = self.handler.fn
@@ -341,15 +353,24 @@ class TaskWorker:
     def _event(self, task: protocol.TaskPayload, kind: str, payload: Any) -> protocol.Event:
         return task_event(task, kind, payload, self.worker_id)
 
-    async def _report(self, msg, task: protocol.TaskPayload, kind: str, payload: Any) -> None:
-        """Store the result event, then acknowledge the task (never the other way round)."""
-        problem = await record_result(self.js, msg, self._event(task, kind, payload), self.on_fault)
-        if problem is not None:
-            log.error("%s; task %s will run again", problem, task.task_id)
-            with contextlib.suppress(Exception):
-                await msg.nak(delay=1.0)
+    async def _report(self, msg, task: protocol.TaskPayload, result: tuple) -> None:
+        """Store the result event, then acknowledge the task (never the other way round);
+        a result JetStream refuses is held and stored again (``results.deliver``)."""
+        stored = await deliver(
+            self.js,
+            self.payloads,
+            msg,
+            task,
+            result,
+            functools.partial(self._event, task),
+            gate=self.gate,
+            ack_wait=self.ack_wait,
+            on_fault=self.on_fault,
+            stopping=lambda: self._stopping,
+        )
+        if not stored:
             return
-        if kind == protocol.STEP_FAILED:
+        if result[0] == protocol.STEP_FAILED:
             self.failed += 1
         else:
             self.completed += 1
