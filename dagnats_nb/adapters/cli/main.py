@@ -89,6 +89,17 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_url(args: argparse.Namespace) -> int:
+    """The NATS URL of the engine on the data dir, with its token: for the Go ``dagnats``
+    CLI and workers (``DAGNATS_NATS_URL=$(dagnats url)``) and the ``nats`` CLI."""
+    from dagnats_nb.config import load_settings
+    from dagnats_nb.server.datadir import require_engine_url
+
+    settings = load_settings(args.config, **_overrides(args))
+    print(require_engine_url(settings.data_dir, "or pass --data-dir"))
+    return 0
+
+
 STATS = {
     "streams": "stream_stats",
     "consumers": "consumer_lag",
@@ -307,6 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
     _settings_args(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(fn=cmd_status)
+    p = sub.add_parser("url", help="print the engine's NATS URL with its token (keep it private)")
+    _settings_args(p)
+    p.set_defaults(fn=cmd_url)
     p = sub.add_parser("stats", help="JetStream statistics of the engine on a data dir")
     p.add_argument("what", choices=sorted(STATS), help="which table")
     _settings_args(p)
