@@ -30,6 +30,7 @@ from dagnats_nb.facade.twins import stamped, twins
 from dagnats_nb.transport.errors import store_error
 from dagnats_nb.wire import protocol
 
+REFUSED_WAIT = 5.0  # seconds a start waits while JetStream refuses the workers' results
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
 
@@ -84,15 +85,21 @@ class Runs:
             run_id=run_id,
             payload={"workflow_def": self.defs.wire(h, defn), "input": value, "def_hash": h},
         )
+        gate = self.host.gate if self.host is not None else None
+        publish = self._js.publish(
+            protocol.history_subject(run_id), event.encode(), headers={"Nats-Msg-Id": event.msg_id}
+        )
         try:
-            await self._js.publish(
-                protocol.history_subject(run_id),
-                event.encode(),
-                headers={"Nats-Msg-Id": event.msg_id},
-            )
+            if gate is not None and gate.refusing:  # fail fast; a start that goes through
+                await asyncio.wait_for(publish, REFUSED_WAIT)  # tells the workers
+                gate.accept()
+            else:
+                await publish
         except APIError as exc:
             msg = store_error(exc)
             raise RunError(msg or f"cannot start a run of '{defn.name}': {exc}") from None
+        except TimeoutError:
+            raise self._nats_failure(None) from None
         run = Run(self, run_id, defn.name)
         run.unserved = await self._missing(task_types(defn))
         return run
