@@ -107,6 +107,7 @@ class Engine(Serving, Runs, Reads, Observing, Gates, Triggers, Hints):
         self.http_url: str | None = None  # where /health and /ready answer (http_addr set)
         self.llm = None  # the built-in llm task type (dagnats_nb.llm.LLMService)
         self._paused: list | None = None  # the handlers to start again on resume()
+        self._closing = False  # stop() under way
 
     add_extension = staticmethod(extensions.add_extension)
 
@@ -280,6 +281,7 @@ class Engine(Serving, Runs, Reads, Observing, Gates, Triggers, Hints):
         await asyncio.to_thread(self.stop)
 
     async def _stop_async(self) -> None:
+        self._closing = True
         await self._stop_triggers()
         for extension in reversed(self.extensions):
             try:
@@ -355,6 +357,8 @@ class Engine(Serving, Runs, Reads, Observing, Gates, Triggers, Hints):
 
     async def _server_lost(self) -> None:
         """A dead embedded server ends every wait with one line (not a silent reconnect)."""
+        if self._closing:  # our own close: nothing died (waiting here cost every stop 2 s)
+            return
         if await self.server.gone(within=2.0) and self.orchestrator is not None:
             self.orchestrator.report_fault(str(self._nats_failure(None)), end_waits=True)
 
