@@ -18,6 +18,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 BINDER = ROOT / "binder"
 
@@ -71,6 +73,7 @@ def binder_python() -> str:
     return sys.executable
 
 
+@pytest.mark.timeout(480)  # its own budget: a venv, pip from the cache, a kernel
 def test_a_fresh_binder_environment_has_what_every_notebook_imports_and_runs_the_first(
     tmp_path,
 ):
@@ -99,6 +102,7 @@ def test_a_fresh_binder_environment_has_what_every_notebook_imports_and_runs_the
         env=env,
         capture_output=True,
         text=True,
+        timeout=300,
     )
     assert install.returncode == 0, install.stdout[-3000:] + install.stderr[-3000:]
     where = subprocess.run(
@@ -117,7 +121,7 @@ def test_a_fresh_binder_environment_has_what_every_notebook_imports_and_runs_the
         env=env,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=240,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     assert "imports ok" in result.stdout
