@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable
@@ -30,6 +31,30 @@ def until(
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(every)
+
+
+@contextlib.contextmanager
+def notebook_shell():
+    """An IPython shell as a notebook's kernel has one: no history, the extension loaded
+    (unloaded at the end)."""
+    from IPython.core.interactiveshell import InteractiveShell
+    from traitlets.config import Config
+
+    cfg = Config()
+    cfg.HistoryManager.enabled = False
+    shell = InteractiveShell.instance(config=cfg)
+    shell.run_line_magic("load_ext", "dagnats_nb")
+    try:
+        yield shell
+    finally:
+        shell.run_line_magic("unload_ext", "dagnats_nb")
+
+
+@pytest.fixture(scope="module")
+def ip():
+    """A module's notebook shell (:func:`notebook_shell`)."""
+    with notebook_shell() as shell:
+        yield shell
 
 
 def conformance_dir() -> Path:

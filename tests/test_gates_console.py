@@ -8,8 +8,6 @@ import sys
 
 import pytest
 from conftest import until
-from IPython.core.interactiveshell import InteractiveShell
-from traitlets.config import Config
 
 import dagnats_nb as dn
 from dagnats_nb.errors import DagnatsError
@@ -52,16 +50,6 @@ WAITS = {
 
 def _step_status(eng, run_id, step):
     return eng.steps(run_id).set_index("step_id").loc[step, "status"]
-
-
-@pytest.fixture(scope="module")
-def ip():
-    cfg = Config()
-    cfg.HistoryManager.enabled = False
-    shell = InteractiveShell.instance(config=cfg)
-    shell.run_line_magic("load_ext", "dagnats_nb")
-    yield shell
-    shell.run_line_magic("unload_ext", "dagnats_nb")
 
 
 def test_magics_approve_publish_and_signal_a_waiting_run(ip, tmp_path, capsys):

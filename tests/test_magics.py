@@ -14,25 +14,12 @@ import pandas as pd
 import pytest
 from conftest import until
 from IPython.core.error import UsageError
-from IPython.core.interactiveshell import InteractiveShell
-from traitlets.config import Config
 
 import dagnats_nb as dn
 from dagnats_nb.adapters.notebook.reprs import Status
 from dagnats_nb.errors import DagnatsError, WorkflowError
 from dagnats_nb.facade import default
 from dagnats_nb.facade.views import EVENT_COLUMNS, RUN_COLUMNS, STEP_COLUMNS
-
-
-@pytest.fixture(scope="module")
-def ip():
-    """A testing shell as JupySQL's: no history; the extension loaded."""
-    cfg = Config()
-    cfg.HistoryManager.enabled = False
-    shell = InteractiveShell.instance(config=cfg)
-    shell.run_line_magic("load_ext", "dagnats_nb")
-    yield shell
-    shell.run_line_magic("unload_ext", "dagnats_nb")
 
 
 @pytest.fixture(scope="module")

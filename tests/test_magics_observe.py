@@ -5,10 +5,8 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import until
+from conftest import notebook_shell, until
 from IPython.core.error import UsageError
-from IPython.core.interactiveshell import InteractiveShell
-from traitlets.config import Config
 
 import dagnats_nb as dn
 from dagnats_nb.observe.sizing import Report
@@ -16,22 +14,18 @@ from dagnats_nb.observe.sizing import Report
 
 @pytest.fixture(scope="module")
 def ip(tmp_path_factory):
-    cfg = Config()
-    cfg.HistoryManager.enabled = False
-    shell = InteractiveShell.instance(config=cfg)
-    shell.run_line_magic("load_ext", "dagnats_nb")
-    data_dir = tmp_path_factory.mktemp("observe") / "engine"
-    shell.run_line_magic("dagnats", f"start --data-dir {data_dir} --set monitor_port=0")
+    with notebook_shell() as shell:
+        data_dir = tmp_path_factory.mktemp("observe") / "engine"
+        shell.run_line_magic("dagnats", f"start --data-dir {data_dir} --set monitor_port=0")
 
-    @dn.task("hop")
-    async def hop(ctx):
-        return ctx.input
+        @dn.task("hop")
+        async def hop(ctx):
+            return ctx.input
 
-    shell.run_cell_magic("dagnats", "workflow hops", "a -> b\na: task=hop\nb: task=hop")
-    for i in range(3):
-        shell.run_line_magic("dagnats", f"run hops --input {i}")
-    yield shell
-    shell.run_line_magic("unload_ext", "dagnats_nb")
+        shell.run_cell_magic("dagnats", "workflow hops", "a -> b\na: task=hop\nb: task=hop")
+        for i in range(3):
+            shell.run_line_magic("dagnats", f"run hops --input {i}")
+        yield shell
 
 
 def test_streams_lag_kv_account_and_health(ip):

@@ -11,9 +11,7 @@ import sys
 import time
 
 import pytest
-from conftest import until
-from IPython.core.interactiveshell import InteractiveShell
-from traitlets.config import Config
+from conftest import notebook_shell, until
 
 import dagnats_nb as dn
 from dagnats_nb.errors import DagnatsError, WorkflowError
@@ -307,14 +305,10 @@ def test_the_cli_lists_and_switches_triggers(engine):
 
 @pytest.fixture
 def ip(tmp_path):
-    cfg = Config()
-    cfg.HistoryManager.enabled = False
-    shell = InteractiveShell.instance(config=cfg)
-    shell.run_line_magic("load_ext", "dagnats_nb")
-    shell.run_line_magic("dagnats", f"start --data-dir {tmp_path / 'engine'}")
-    yield shell
-    shell.run_line_magic("dagnats", "stop")
-    shell.run_line_magic("unload_ext", "dagnats_nb")
+    with notebook_shell() as shell:
+        shell.run_line_magic("dagnats", f"start --data-dir {tmp_path / 'engine'}")
+        yield shell
+        shell.run_line_magic("dagnats", "stop")
 
 
 def test_the_magics_list_and_switch_triggers(ip, capsys):
