@@ -28,11 +28,13 @@ from .events import (
     WORKFLOW_FAILED,
     Event,
 )
+from .fork import fork_payload
 from .gates import ApprovalGate
 from .plan import plan, resolve_input, run_output
 from .planner import PlanError, extended, fragment
 from .state import (
     CANCELLED,
+    COMPLETED,
     FAILED,
     PENDING,
     QUEUED,
@@ -77,6 +79,27 @@ class Fold(Transaction):
     """One event (``on_event``) or timer (``on_timer``) applied to a run."""
 
     # -- events ------------------------------------------------------------------------
+
+    def on_fork(self, payload: object) -> None:
+        """A forked run's start (``dag.fork``): the steps its ``workflow.started`` says it
+        reuses are completed with the source's outputs before anything is scheduled, each
+        written as a ``step.completed`` (applied once: it comes back as a duplicate). A run
+        that is no fork is left alone."""
+        source, reused = fork_payload(payload)
+        if not reused and not source:
+            return
+        s = self.state
+        s.forked_from = str(source.get("run_id") or "")
+        s.fork_step = str(source.get("step_id") or "")
+        kept = []
+        for sid in self.plan.order:
+            if sid not in reused or sid in self.plan.handlers:
+                continue
+            st = self.st(sid)
+            st.status, st.output, st.ended_at = COMPLETED, reused[sid], self.now
+            self.publish(self.event(STEP_COMPLETED, sid, reused[sid]))
+            kept.append(sid)
+        s.reused = frozenset(kept)
 
     def on_event(self, e: Event) -> None:
         s = self.state

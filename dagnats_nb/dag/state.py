@@ -133,6 +133,9 @@ class RunState:
     root_run_id: str = ""  # the first run of its family ("" = itself)
     depth: int = 0  # how deep in sub_workflows: a root run is 0
     extended: Any = None  # the definition with the steps planners added (a WorkflowDef)
+    forked_from: str = ""  # a fork (``dag.fork``): the run it was forked from, at which step
+    fork_step: str = ""
+    reused: frozenset[str] = frozenset()  # the steps it completed with the source's outputs
 
     def clone(self) -> RunState:
         """A shallow copy (much faster than ``copy.copy`` on a slotted dataclass)."""
@@ -161,6 +164,9 @@ class RunState:
             self.root_run_id,
             self.depth,
             self.extended,
+            self.forked_from,
+            self.fork_step,
+            self.reused,
         )
 
     def step(self, step_id: str) -> StepState:
