@@ -228,6 +228,11 @@ async def scenario(eng: Engine, tmp_path, tag: str, release: threading.Event) ->
     assert list(steps["status"]) == ["completed", "completed"]
     assert await call(eng, "step_output_async", run.id, "a") == {"n": 3}
     assert {run.id, started.id} <= set((await call(eng, "runs_async"))["run_id"])
+    forked = await call(eng, "fork_async", run.id, "b")
+    assert (
+        forked.reused == ["a"] and await call(eng, "wait_run_async", forked.id, 20) == "completed"
+    )
+    assert await call(eng, "run_output_async", forked.id) == {"n": 9}
 
     # watching, tokens (a TokenStream iterated on this loop)
     states: list = []

@@ -17,14 +17,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from nats.js.errors import APIError
+from nats.js.errors import APIError, NotFoundError
 
 from dagnats_nb.dag import WorkflowDef, load_workflow
+from dagnats_nb.dag.advance import replay
+from dagnats_nb.dag.fork import FORKED_FROM, REUSED, plan_fork
 from dagnats_nb.dag.state import RUN_TERMINAL
 from dagnats_nb.dag.validate import check
 from dagnats_nb.errors import RunError
 from dagnats_nb.facade import tokens
 from dagnats_nb.facade.hints import hint, task_types, unserved_message
+from dagnats_nb.facade.orchestration import GO_ORCHESTRATOR
 from dagnats_nb.facade.run import Run, RunTimeout
 from dagnats_nb.facade.twins import stamped, twins
 from dagnats_nb.transport.errors import store_error
@@ -59,12 +62,7 @@ class Runs:
         ``run_id`` names the run (a NATS token); a run of that id that exists already is a
         RunError, or, with ``exists_ok``, that run (an idempotent start: its first input
         stays)."""
-        if isinstance(workflow, str) and not _looks_like_definition(workflow):
-            h, defn = await self.defs.get(workflow)
-            check(defn)  # registered by another engine (Go): step types we cannot run
-        else:
-            defn = load_workflow(workflow)
-            h = await self._store_definition(defn)
+        h, defn = await self._definition(workflow)
         if run_id is not None:
             if not protocol.is_token(run_id):
                 raise RunError(f"run id {run_id!r} cannot be used in a NATS subject")
@@ -80,11 +78,110 @@ class Runs:
         # the event carries the definition too: the input goes to the store sooner
         needed = len(encoded) + self.defs.size(h, defn)
         value = await self.payloads.shrink(input, needed, f"{run_id}/input")
-        event = protocol.Event(
-            type=protocol.WORKFLOW_STARTED,
-            run_id=run_id,
-            payload={"workflow_def": self.defs.wire(h, defn), "input": value, "def_hash": h},
+        payload = {"workflow_def": self.defs.wire(h, defn), "input": value, "def_hash": h}
+        return await self._publish_start(run_id, defn, payload)
+
+    start_run, start_run_async = twins(_start_run, lambda run: _started(run, 3))
+
+    async def _fork(
+        self,
+        run_id: str,
+        from_step: str,
+        input: Any = None,
+        workflow: str | WorkflowDef | dict | None = None,
+    ) -> Run:
+        """Start a new run that reuses the recorded outputs of run ``run_id``'s completed
+        steps that do not depend on ``from_step``, and runs ``from_step`` and everything
+        downstream of it (see ``dag.fork`` for the rules); its :class:`Run` at once, with
+        ``forked_from`` and ``reused`` (the steps it keeps).
+
+        ``input`` None keeps the source's input; a different one runs every step again.
+        ``workflow`` None follows the source's version; a name its latest registered
+        version (an edited ``%%dagnats workflow`` cell), a definition that one: a step whose
+        definition changed runs again, with what depends on it. Its history says what it
+        was forked from: ``workflow.started`` carries ``forked_from`` and ``reused``."""
+        await self._fork_needs_our_orchestrator()
+        events = await self._history(run_id)
+        if not events or events[0].type != protocol.WORKFLOW_STARTED:
+            raise RunError(f"no run with id {run_id} to fork: list runs with eng.runs()")
+        started = events[0].payload
+        source_hash, source = await self.defs.for_started(started)
+        state = replay(source, events)
+        if workflow is None:
+            h, defn = source_hash, source
+        else:
+            h, defn = await self._definition(workflow)
+            if defn.name != source.name:
+                raise RunError(
+                    f"cannot fork run {run_id} of workflow '{source.name}' against workflow "
+                    f"'{defn.name}': pass a version of '{source.name}' (or none: its own)"
+                )
+        kept = await self.payloads.expand(protocol.started_input(started), run_id)
+        value = kept if input is None else input
+        new_input = input is not None and _canonical(input) != _canonical(kept)
+        plan = plan_fork(source, state, defn, from_step, new_input=new_input)
+        new_id = new_run_id()
+        encoded = _encoded_input(defn.name, value)
+        needed = len(encoded) + self.defs.size(h, defn)
+        value = await self.payloads.shrink(value, needed, f"{new_id}/input")
+        reused = {sid: await self.payloads.expand(out, run_id) for sid, out in plan.reused.items()}
+        room = self.payloads.limit - needed - 200  # forked_from and the keys
+        reused = await self._fitted(reused, room, new_id)
+        payload = {
+            "workflow_def": self.defs.wire(h, defn),
+            "input": value,
+            "def_hash": h,
+            FORKED_FROM: {"run_id": run_id, "step_id": from_step, "def_hash": source_hash},
+            REUSED: reused,
+        }
+        run = await self._publish_start(new_id, defn, payload)
+        run.forked_from, run.reused = run_id, list(plan.reused)
+        return run
+
+    fork, fork_async = twins(_fork, lambda run: _started(run, 3))
+
+    async def _fitted(self, outputs: dict[str, Any], room: int, run_id: str) -> dict[str, Any]:
+        """``outputs`` with the largest stored as the run's own ``$ref`` (a copy: refs are
+        read only by the run that made them, or its children) until the rest fits in
+        ``room`` bytes of its ``workflow.started`` event."""
+        sizes = {sid: len(protocol.dumps(out)) for sid, out in outputs.items()}
+        total = sum(sizes.values())
+        out = dict(outputs)
+        for sid in sorted(sizes, key=sizes.__getitem__, reverse=True):
+            if total <= room:
+                break
+            out[sid] = await self.payloads.put(outputs[sid], f"{run_id}/{sid}/output")
+            total -= sizes[sid] - len(protocol.dumps(out[sid]))
+        return out
+
+    async def _fork_needs_our_orchestrator(self) -> None:
+        """RunError when the Go engine orchestrates this NATS: it has no forks and would run
+        every step of one again."""
+        if self.orchestrator is not None:
+            return
+        try:
+            await self._js.consumer_info(protocol.HISTORY_STREAM, GO_ORCHESTRATOR)
+        except NotFoundError:
+            return
+        raise RunError(
+            "cannot fork a run here: the Go dagnats engine orchestrates this NATS, and it "
+            "has no forks (it would run every step again); start the fork where a "
+            "dagnats-nb engine orchestrates, or start a new run with eng.start_run"
         )
+
+    async def _definition(self, workflow: str | WorkflowDef | dict) -> tuple[str, WorkflowDef]:
+        """The registered definition a name names (its latest), or this definition stored
+        (registered) first; with its hash."""
+        if isinstance(workflow, str) and not _looks_like_definition(workflow):
+            h, defn = await self.defs.get(workflow)
+            check(defn)  # registered by another engine (Go): step types we cannot run
+            return h, defn
+        defn = load_workflow(workflow)
+        return await self._store_definition(defn), defn
+
+    async def _publish_start(self, run_id: str, defn: WorkflowDef, payload: dict) -> Run:
+        """Publish a run's ``workflow.started`` event; the run's :class:`Run`."""
+        event = protocol.Event(type=protocol.WORKFLOW_STARTED, run_id=run_id, payload=payload)
         gate = self.host.gate if self.host is not None else None
         publish = self._js.publish(
             protocol.history_subject(run_id), event.encode(), headers={"Nats-Msg-Id": event.msg_id}
@@ -103,8 +200,6 @@ class Runs:
         run = Run(self, run_id, defn.name)
         run.unserved = await self._missing(task_types(defn))
         return run
-
-    start_run, start_run_async = twins(_start_run, lambda run: _started(run, 3))
 
     async def _run(
         self, workflow: str | WorkflowDef | dict, input: Any = None, *, timeout: float | None = 60
@@ -220,6 +315,11 @@ def _encoded_input(workflow: str, value: Any) -> bytes:
             "lists, strings, numbers (64-bit integers), booleans or None, nested less than "
             "255 deep"
         ) from None
+
+
+def _canonical(value: Any) -> str:
+    """A JSON value as text that equal values share (keys sorted)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
 
 
 def _looks_like_definition(text: str) -> bool:

@@ -35,6 +35,7 @@ STEP_COLUMNS = [
     "duration_s",
     "worker_id",
     "error",
+    "reused",  # a fork's step completed with its source run's output (eng.fork)
 ]
 EVENT_COLUMNS = ["seq", "time", "type", "step_id", "attempt", "worker_id", "payload"]
 
@@ -102,6 +103,7 @@ def steps_frame(defn: WorkflowDef, state: RunState) -> pd.DataFrame:
                 duration,
                 st.worker_id or None,
                 st.error,
+                step.id in state.reused,
             ]
         )
     return pd.DataFrame(rows, columns=STEP_COLUMNS)

@@ -1,6 +1,7 @@
-"""``dagnats runs``, ``dagnats show RUN``, ``dagnats events RUN`` and ``dagnats cancel RUN``:
-the runs of the engine on a data dir (or at ``nats_url``), as the notebook's ``%dagnats
-runs / steps / events / cancel`` show them. ``RUN`` may be ``last``, the newest run.
+"""``dagnats runs``, ``dagnats show RUN``, ``dagnats events RUN``, ``dagnats cancel RUN`` and
+``dagnats fork RUN STEP``: the runs of the engine on a data dir (or at ``nats_url``), as the
+notebook's ``%dagnats runs / steps / events / cancel / fork`` show them. ``RUN`` may be
+``last``, the newest run.
 
 The engine's messages name Python calls (``eng.steps('X')``) for notebook users;
 :func:`cli_text` words them for a terminal (``dagnats show X``), and :func:`hints` turns the
@@ -18,6 +19,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -75,7 +77,7 @@ def add_run_parsers(
     settings_args: Callable[[argparse.ArgumentParser], None],
     connect: Callable[[argparse.Namespace], Any],
 ) -> None:
-    """Add ``runs``, ``show``, ``events`` and ``cancel`` to the ``dagnats`` subcommands;
+    """Add ``runs``, ``show``, ``events``, ``cancel`` and ``fork`` to the ``dagnats`` subcommands;
     ``connect(args)`` is the engine they talk to."""
     p = sub.add_parser("runs", help="list runs, newest last (run_id, workflow, status...)")
     p.add_argument("--workflow", help="only this workflow's runs")
@@ -105,6 +107,18 @@ def add_run_parsers(
     settings_args(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(fn=cmd_cancel, connect=connect)
+    p = sub.add_parser(
+        "fork", help="a new run from STEP on, reusing the outputs of the steps before it"
+    )
+    p.add_argument("run_id", metavar="RUN", help="a run id, or `last` (the newest run)")
+    p.add_argument("step_id", metavar="STEP", help="the step it runs again, with what follows")
+    p.add_argument("--input", help="a new input as JSON (default: the run's; runs every step)")
+    p.add_argument("--workflow", help="a registered name (its latest version) or a workflow file")
+    p.add_argument("--no-wait", action="store_true", help="print the new run's id and return")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait (default 300)")
+    settings_args(p)
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(fn=cmd_fork, connect=connect)
 
 
 # -- helpers -------------------------------------------------------------------------------
@@ -327,3 +341,47 @@ def cmd_cancel(args: argparse.Namespace) -> int:
             "the engine that runs it applies the cancel when it runs"
         )
     return 0 if status == "cancelled" else 1
+
+
+def cmd_fork(args: argparse.Namespace) -> int:
+    try:
+        value = json.loads(args.input) if args.input is not None else None
+    except ValueError as exc:
+        raise RunError(f"--input is not JSON ({exc}): write e.g. --input '{{\"n\": 3}}'") from None
+    workflow = args.workflow
+    if workflow is not None and Path(workflow).is_file():
+        workflow = Path(workflow)
+    eng = args.connect(args)
+    try:
+        source = _resolve(eng, args.run_id)["run_id"]
+        with hints():  # a task no worker serves: said before the wait, on stderr
+            run = eng.fork(source, args.step_id, value, workflow)
+        if args.no_wait:
+            print(run.id)
+            return 0
+        run.wait(args.timeout)
+        result: dict[str, Any] = {
+            "run_id": run.id,
+            "forked_from": source,
+            "step_id": args.step_id,
+            "reused": run.reused,
+            "workflow": run.workflow,
+            "status": run.status,
+        }
+        if run.status == "completed":
+            result["output"] = run.output
+        else:
+            result["error"] = run.error
+    finally:
+        eng.stop()
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        kept = ", ".join(run.reused) if run.reused else "no step"
+        print(f"run {run.id} forked from step '{args.step_id}' of run {source}: reuses {kept}")
+        print(f"run {run.id} {result['status']}")
+        if "output" in result:
+            print(json.dumps(result["output"], indent=2, default=str))
+        else:
+            print(result["error"], file=sys.stderr)
+    return 0 if result["status"] == "completed" else 1

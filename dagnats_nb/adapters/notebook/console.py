@@ -88,6 +88,24 @@ def run(
     return handle.wait(timeout) if wait else handle
 
 
+def fork(
+    run_id: str | Run,
+    from_step: str,
+    input: Any = None,
+    workflow: str | WorkflowDef | dict | None = None,
+) -> Run:
+    """Fork a run (``last``: the newest) from a step: a new run that reuses the outputs of
+    the steps that do not depend on it (``eng.fork``)."""
+    source = resolve_run(run_id)
+    return source.engine.fork(source.id, from_step, input, workflow)
+
+
+def fork_line(run: Run, from_step: str) -> str:
+    """What a fork reuses, in one line."""
+    kept = ", ".join(run.reused) if run.reused else "no step"
+    return f"run {run.id} forked from step '{from_step}' of run {run.forked_from}: reuses {kept}"
+
+
 def resolve_run(run_id: str | Run) -> Run:
     """A Run from a Run, its id, or ``last`` (the newest run)."""
     if isinstance(run_id, Run):

@@ -41,6 +41,9 @@ HELP = """\
   workflows                                registered workflows (DataFrame)
   runs [--workflow W] [--status S] [--limit N]                runs (DataFrame)
   run WF [--input JSON|$var] [--no-wait] [--timeout S]       start a run, live view
+  fork RUN_ID STEP [--input JSON|$var] [--workflow WF|$var] [--no-wait] [--timeout S]
+                                           a new run from STEP on, reusing the steps
+                                           before it; --workflow: an edited version
   steps RUN_ID | events RUN_ID             a run's steps / history (DataFrame)
   cancel RUN_ID                            cancel a run
   approve|reject RUN_ID STEP [COMMENT] [--by NAME] [--wait S]
@@ -111,6 +114,13 @@ def _parser() -> MagicArgumentParser:
     s = cmd("run")
     s.add_argument("workflow")
     s.add_argument("--input")
+    s.add_argument("--no-wait", action="store_true")
+    s.add_argument("--timeout", type=float)
+    s = cmd("fork")
+    s.add_argument("run_id")
+    s.add_argument("step_id")
+    s.add_argument("--input")
+    s.add_argument("--workflow")
     s.add_argument("--no-wait", action="store_true")
     s.add_argument("--timeout", type=float)
     for name in ("steps", "events", "cancel", "watch"):
@@ -285,6 +295,20 @@ class Dagnats(Magics):
             workflow = load_workflow(workflow)
         defn = workflow if isinstance(workflow, WorkflowDef) else eng.workflow(workflow)
         run = eng.start_run(defn if isinstance(workflow, WorkflowDef) else workflow, data)
+        return self._until_done(run, defn, args)
+
+    def _fork(self, args: Any, ex: Expander, cell: Any) -> Run:
+        data = args.input
+        if data is not None and data not in ex.strings:  # a str variable is the input as is
+            data = read_json_value(ex.value(data), "--input")
+        workflow = ex.value(args.workflow) if args.workflow is not None else None
+        step = ex.value(args.step_id)
+        run = console.fork(ex.value(args.run_id), step, data, workflow)
+        print(console.fork_line(run, step))
+        return self._until_done(run, None, args)
+
+    def _until_done(self, run: Run, defn: WorkflowDef | None, args: Any) -> Run:
+        """A live view of a run just started and, unless ``--no-wait``, its end."""
         view = self._follow(run, defn)
         if args.no_wait:
             return run
