@@ -25,6 +25,7 @@ from .model import SUPPORTED_STEP_TYPES as SUPPORTED
 from .model import WorkflowDef
 from .plan import plan, resolve_input, run_output
 from .state import (
+    QUEUED,
     RETRYING,
     RUN_CANCELLED,
     RUN_COMPLETED,
@@ -42,10 +43,21 @@ from .state import (
     RunState,
     SetTimer,
     SpawnChild,
+    TaskPayload,
     Timer,
 )
+from .validate import _TASK_TYPES
 
-__all__ = ["advance", "compact", "replay", "resolve_input", "resume", "run_output", "start"]
+__all__ = [
+    "advance",
+    "compact",
+    "queued_tasks",
+    "replay",
+    "resolve_input",
+    "resume",
+    "run_output",
+    "start",
+]
 
 
 def start(defn: WorkflowDef, event: Event) -> tuple[RunState, list[Action]]:
@@ -132,6 +144,30 @@ def resume(defn: WorkflowDef, state: RunState) -> list[Action]:
                 if inst.status == RETRYING and inst.due_at is not None:
                     actions.append(SetTimer(inst.due_at, "retry", sid, idx, inst.attempt))
     return actions
+
+
+def queued_tasks(defn: WorkflowDef, state: RunState) -> list[TaskPayload]:
+    """The tasks of the run's queued steps (and map items), as the core dispatched them:
+    their ``step.queued`` is in the history (those still in the outbox :func:`resume` sends)
+    and no worker has started them, so a task queue should hold each. One that none holds
+    was lost (the server refused it just before a crash): the shell sends it again
+    (``runtime.requeue``)."""
+    if state.terminal or not state.steps:
+        return []
+    tx = Fold(defn, state, state.started_at)
+    sent = {task.msg_id for _, task in state.outbox.values() if task is not None}
+    out: list[TaskPayload] = []
+    for sid, st in state.steps.items():
+        step = tx.plan.steps.get(sid)
+        if step is None or not step.task or step.type not in _TASK_TYPES:
+            continue
+        if st.map is not None:
+            for idx, inst in st.map.active.items():
+                if inst.status == QUEUED:
+                    out.append(tx.task(sid, st.input[idx], inst.attempt, 0, idx))
+        elif st.status == QUEUED:
+            out.append(tx.task(sid, st.input, st.attempt, st.iteration))
+    return [task for task in out if task.msg_id not in sent]
 
 
 _GATE_TIMER = {step_type: kind for kind, (step_type, _) in GATE_TIMERS.items()}

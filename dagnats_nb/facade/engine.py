@@ -246,6 +246,7 @@ class Engine(Serving, Runs, Reads, Observing, Gates, Triggers, Hints):
         self.host = WorkerHost(
             self._nc, self._js, self.payloads, self.worker_id, self._executor, self._store_full
         )
+        self.host.done = lambda task: bool(self.orchestrator and self.orchestrator.task_done(task))
         await self.host.start()
         if self.settings.llm_enabled:
             await self._start_llm()

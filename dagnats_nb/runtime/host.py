@@ -17,6 +17,7 @@ from dagnats_nb.runtime.handlers import Handler
 from dagnats_nb.runtime.results import StoreGate
 from dagnats_nb.runtime.workers import TaskWorker, WorkerRegistry
 from dagnats_nb.transport.stores import PayloadStore
+from dagnats_nb.wire.protocol import TaskPayload
 
 log = logging.getLogger("dagnats_nb.runtime.host")
 
@@ -32,8 +33,10 @@ class WorkerHost:
         worker_id: str,
         executor: Executor,
         on_fault: Callable[[str], None] | None = None,
+        done: Callable[[TaskPayload], bool] | None = None,
     ) -> None:
         self.nc, self.js, self.payloads = nc, js, payloads
+        self.done = done  # a task whose step no longer waits for it (see TaskWorker)
         self.worker_id = worker_id
         self.executor = executor
         self.on_fault = on_fault
@@ -68,6 +71,7 @@ class WorkerHost:
             self.executor,
             on_fault=self.on_fault,
             gate=self.gate,
+            done=self.done,
         )
         await worker.start()
         self.workers[handler.task] = worker

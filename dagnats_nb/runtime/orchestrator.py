@@ -40,6 +40,7 @@ from dagnats_nb.dag.state import (
     TimerKey,
 )
 from dagnats_nb.errors import RunError
+from dagnats_nb.runtime import requeue
 from dagnats_nb.runtime.admission import Admission
 from dagnats_nb.runtime.family import Family
 from dagnats_nb.runtime.gates import Correlator
@@ -214,6 +215,7 @@ class Orchestrator:
         self.admission.rebuild((s, max_runs(self.run_defs[s.run_id])) for s in by_start)
         await self.gates.listen()
         self.ready.set()
+        self._track(requeue.send_lost(self))  # tasks refused before the last stop
 
     # -- actions -------------------------------------------------------------------------
 
@@ -285,6 +287,17 @@ class Orchestrator:
         ack.add_done_callback(self._done)
 
     async def _dispatch(self, task: protocol.TaskPayload, queued: protocol.Event) -> None:
+        subject, data = await self._task_message(task)
+        ack = await self.js.publish_async(subject, data, headers={"Nats-Msg-Id": task.msg_id})
+        self._pending.add(ack)
+        ack.add_done_callback(functools.partial(self._task_stored, task, subject, data))
+        # step.queued right behind its task on the same connection, not after the task's
+        # ack: a fast worker's step.started then never comes before it in the history (as
+        # in Go). A task the server refuses is sent again while its step waits for it.
+        await self._publish_event(queued)
+
+    async def _task_message(self, task: protocol.TaskPayload) -> tuple[str, bytes]:
+        """A task's subject and body (its input in the payload store when too large)."""
         data = task.encode()
         if len(data) > self.payloads.limit:
             ref = await self.payloads.put(task.input, f"{task.run_id}/{task.step_id}/input")
@@ -297,13 +310,7 @@ class Orchestrator:
             subject = await self.sticky.subject(defn, self.runs.get(task.run_id), task)
             if defn.sticky == "soft" and subject.startswith("sticky."):
                 self._watch_sticky(task, data)
-        ack = await self.js.publish_async(subject, data, headers={"Nats-Msg-Id": task.msg_id})
-        self._pending.add(ack)
-        ack.add_done_callback(functools.partial(self._task_stored, task, subject, data))
-        # step.queued right behind its task on the same connection, not after the task's
-        # ack: a fast worker's step.started then never comes before it in the history (as
-        # in Go). A task the server refuses is sent again while its step waits for it.
-        await self._publish_event(queued)
+        return subject, data
 
     def _watch_sticky(self, task: protocol.TaskPayload, data: bytes) -> None:
         """A soft run's task sent to its bound worker: re-send it to the shared queue if that
@@ -431,6 +438,13 @@ class Orchestrator:
                 for fut in self._waiters.pop(run_id):
                     if not fut.done():
                         fut.set_exception(RunError(message))
+
+    def task_done(self, task: protocol.TaskPayload) -> bool:
+        """Whether ``task``'s step (of a run replayed here) no longer waits for it: a task
+        delivered again after its result was applied (a nats-server restarted after its
+        disk filled forgets acknowledgements) is not run again. Never during replay."""
+        state = self.runs.get(task.run_id)
+        return not self.replaying and state is not None and not still_waiting(state, task)
 
     # -- watching ------------------------------------------------------------------------
 

@@ -86,6 +86,7 @@ class TaskWorker:
         executor: Executor,
         on_fault: Callable[[str], None] | None = None,
         gate: StoreGate | None = None,
+        done: Callable[[protocol.TaskPayload], bool] | None = None,
     ) -> None:
         self.nc = nc
         self.js = js
@@ -96,6 +97,7 @@ class TaskWorker:
         self.executor = executor
         self.on_fault = on_fault
         self.gate = gate or StoreGate()  # closed while JetStream refuses results
+        self.done, self.stale = done, 0  # done(task): its result is in (not run: stale)
         self.inflight = 0
         self.completed = 0
         self.failed = 0
@@ -236,6 +238,12 @@ class TaskWorker:
             return
         if msg.headers and any(h.startswith(protocol.DLQ_HEADER_PREFIX) for h in msg.headers):
             await self._resume_dead_letter(msg, task)
+            return
+        if self.done is not None and self.done(task):  # an ack lost by a server (full disk)
+            self.stale += 1
+            log.warning("task %s delivered again after its result: not run again", task.task_id)
+            with contextlib.suppress(Exception):
+                await msg.ack()
             return
         missing = set(task.required_capabilities) - self.handler.capabilities
         if missing:  # left for a worker that has them
