@@ -7,6 +7,7 @@ id, agent-loop iterations append ``n{iteration}``; a map instance's task id is
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -106,6 +107,14 @@ def format_time(ts: float) -> str:
 
 
 MAP_INSTANCE = ".map."
+_NOT_TOKEN = re.compile(r"[.*>\s]")  # what one token of a NATS subject cannot hold
+
+
+def _is_token(value: Any) -> bool:
+    """A non-empty string that can stand as one token of a NATS subject."""
+    return isinstance(value, str) and value != "" and not _NOT_TOKEN.search(value)
+
+
 # The keys a step event's payload had before step events carried the raw output (runs
 # started by dagnats-nb < 0.2; see ``upgrade_legacy``).
 _LEGACY_KEYS = frozenset({"output", "duration_ms", "iteration", "map_index", "stopped"})
@@ -344,7 +353,16 @@ class TaskPayload:
         raw = loads(data)
         if not isinstance(raw, dict):
             raise ValueError(f"a task must be a JSON object, got {type(raw).__name__}")
-        step_id, index = split_step_id(raw["step_id"])
+        run_id, wire_id, attempt = raw["run_id"], raw["step_id"], raw.get("attempt") or 1
+        step_id, index = split_step_id(wire_id) if isinstance(wire_id, str) else ("", None)
+        if not (_is_token(run_id) and _is_token(step_id)):  # our subjects and message ids
+            why = f"a task's run_id and step_id must be subject tokens, got {run_id!r}, {wire_id!r}"
+            raise ValueError(why[:200])
+        if type(attempt) is not int or attempt < 1:
+            raise ValueError(f"a task's attempt must be a positive integer, got {attempt!r}")
+        timeout = raw.get("timeout_s")
+        if timeout is not None and type(timeout) not in (int, float):
+            raise ValueError(f"a task's timeout_s must be a number, got {timeout!r}")
         if index is None and isinstance(raw.get("map_index"), int):  # written before 0.2
             index = raw["map_index"]
         tokens = subject.split(".")  # task.{task}[.{group}].{run_id}
@@ -352,15 +370,15 @@ class TaskPayload:
         iteration = raw.get("iteration")
         caps = raw.get("required_capabilities")
         return cls(
-            run_id=raw["run_id"],
+            run_id=run_id,
             step_id=step_id,
             task=task,
             input=raw.get("input"),
             workflow_name=raw.get("workflow_name") or "",
-            attempt=raw.get("attempt") or 1,
+            attempt=attempt,
             iteration=iteration if isinstance(iteration, int) else None,
             map_index=index,
-            timeout_s=raw.get("timeout_s"),
+            timeout_s=timeout,
             metadata=raw.get("metadata") or {},
             def_hash=raw.get("def_hash") or "",
             from_go="task" not in raw,

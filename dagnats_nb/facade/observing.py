@@ -309,7 +309,7 @@ class Observing:
 
     async def _workers(self) -> list[dict[str, Any]]:
         """The entries of the ``workers`` KV bucket (live workers of every process)."""
-        return list((await json_values(self._js, "workers")).values())
+        return [v for v in (await json_values(self._js, "workers")).values() if isinstance(v, dict)]
 
     async def _health(self) -> list[dict[str, Any]]:
         """The checklist's health rules as a table (check, level, subject, value, threshold,

@@ -70,7 +70,7 @@ def parse_value(data: bytes) -> Any:
         return None
     try:
         return json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deep to parse
         return data.decode("utf-8", "replace")
 
 
@@ -283,16 +283,19 @@ class Correlator:
                 continue
             if entry is None:
                 continue  # the end of the values present at start
-            run_id, _, name = entry.key.partition(".")
-            if entry.operation is not None or not entry.value:  # deleted or purged
-                self.signals.pop((run_id, name), None)
-                continue
-            value = parse_value(entry.value)
-            self.signals[(run_id, name)] = (value, entry.revision)
             try:
-                await self._take_signal(run_id, name, value, entry.revision)
-            except Exception as exc:
+                await self._on_signal(entry)
+            except Exception as exc:  # one bad signal must not stop the others
                 self.report(f"signal {entry.key} not taken: {exc}")
+
+    async def _on_signal(self, entry) -> None:
+        run_id, _, name = entry.key.partition(".")
+        if entry.operation is not None or not entry.value:  # deleted or purged
+            self.signals.pop((run_id, name), None)
+            return
+        value = parse_value(entry.value)
+        self.signals[(run_id, name)] = (value, entry.revision)
+        await self._take_signal(run_id, name, value, entry.revision)
 
     async def _take_signal(self, run_id: str, name: str, value: Any, revision: int) -> None:
         for (rid, step_id), wait in list(self.waiting.get(name, {}).items()):

@@ -49,7 +49,6 @@ from typing import Any
 from nats.js.errors import KeyNotFoundError, NoKeysError, NotFoundError
 
 from dagnats_nb.dag.cron import Cron, parse_cron
-from dagnats_nb.errors import DagnatsError
 
 log = logging.getLogger("dagnats_nb")
 
@@ -64,6 +63,17 @@ clock: Callable[[], float] = time.time  # what a new scheduler reads the time fr
 
 def trigger_kind(record: dict[str, Any]) -> str:
     return next((k for k in KINDS if record.get(k) is not None), "")
+
+
+def readable(record: Any) -> bool:
+    """Whether a KV ``triggers`` value is a record we can read (any client may write there):
+    an object with a string id and workflow_id whose kind's spec, if any, is an object."""
+    if not isinstance(record, dict) or not isinstance(record.get("id"), str) or not record["id"]:
+        return False
+    if not isinstance(record.get("workflow_id", ""), str):
+        return False
+    kind = trigger_kind(record)
+    return not kind or isinstance(record[kind], dict)
 
 
 def go_record(workflow: str, trigger: dict[str, Any]) -> dict[str, Any]:
@@ -137,18 +147,19 @@ class TriggerStore:
             try:  # the stored message, for its time (a KV entry has none)
                 msg = await self.js.get_last_msg(f"KV_{BUCKET}", f"$KV.{BUCKET}.{key}")
                 rec = json.loads(msg.data or b"")
-            except (KeyNotFoundError, NotFoundError, ValueError, TypeError):
+            except (KeyNotFoundError, NotFoundError, ValueError, TypeError, RecursionError):
                 continue
-            if isinstance(rec, dict) and rec.get("id"):
+            if readable(rec):
                 out[key] = (rec, msg.time.timestamp() if msg.time else clock())
         return out
 
     async def get(self, trigger_id: str) -> dict[str, Any] | None:
         kv = await self._bucket(BUCKET)
         try:
-            return json.loads((await kv.get(trigger_id)).value)
-        except (KeyNotFoundError, NotFoundError, ValueError, TypeError):
+            rec = json.loads((await kv.get(trigger_id)).value)
+        except (KeyNotFoundError, NotFoundError, ValueError, TypeError, RecursionError):
             return None
+        return rec if readable(rec) else None
 
     async def put(self, rec: dict[str, Any]) -> None:
         kv = await self._bucket(BUCKET)
@@ -189,7 +200,7 @@ class Active:
 
     @property
     def workflow(self) -> str:
-        return self.record["workflow_id"]
+        return self.record.get("workflow_id", "")
 
 
 class TriggerScheduler:
@@ -235,9 +246,9 @@ class TriggerScheduler:
         op = (msg.headers or {}).get("KV-Operation")
         try:
             rec = None if op in ("DEL", "PURGE") else json.loads(msg.data)
-        except ValueError:
+        except (ValueError, RecursionError):
             rec = None
-        if not isinstance(rec, dict) or not rec.get("id"):
+        if not readable(rec):
             if key in self.active:
                 await self._drop(self.active.pop(key))
             return
@@ -259,7 +270,7 @@ class TriggerScheduler:
                 await self._activate_cron(a)
             else:
                 await self._activate_subject(a)
-        except (ValueError, DagnatsError) as exc:
+        except Exception as exc:  # a record any client wrote: one line, the rest served
             if self.active.get(tid) is a:
                 del self.active[tid]
             self._error(f"trigger '{tid}' of workflow '{a.workflow}' is not served: {exc}")

@@ -24,7 +24,8 @@ ENVELOPE_HEADROOM = 16 * 1024
 
 async def json_values(js: JetStreamContext, bucket: str) -> dict[str, Any]:
     """Every live value of a KV bucket, decoded from JSON, by key (a key deleted while
-    reading, or a value that is not JSON, is left out; an empty bucket is ``{}``)."""
+    reading, or a value that is not JSON or nested too deep, is left out; an empty bucket
+    is ``{}``)."""
     kv = await js.key_value(bucket)
     try:
         keys = await kv.keys()
@@ -34,7 +35,7 @@ async def json_values(js: JetStreamContext, bucket: str) -> dict[str, Any]:
     for key in keys:
         try:
             out[key] = json.loads((await kv.get(key)).value)
-        except (KeyNotFoundError, NotFoundError, ValueError, TypeError):
+        except (KeyNotFoundError, NotFoundError, ValueError, TypeError, RecursionError):
             continue
     return out
 
@@ -144,7 +145,7 @@ class DefinitionStore:
                 ) from None
             entry = None
         if entry is not None:
-            raw = json.loads(entry.value)
+            raw = _stored(name, entry.value)
             if set(raw) == {"hash"}:  # dagnats-nb < 0.2: a pointer to the version
                 return await self._legacy(name, h or raw["hash"])
             defn = load_workflow(raw, allow_unsupported=True)
@@ -163,7 +164,7 @@ class DefinitionStore:
                 f"workflow '{name}' version {h} is not in KV workflow_defs "
                 "(a run's workflow.started event carries the definition it follows)"
             ) from None
-        defn = load_workflow(json.loads(entry.value), allow_unsupported=True)
+        defn = load_workflow(_stored(name, entry.value), allow_unsupported=True)
         self._remember(defn, h)
         return h, defn
 
@@ -227,6 +228,22 @@ class DefinitionStore:
                 k = base64.urlsafe_b64decode(k[4:] + pad).decode()
             out.append(k)
         return sorted(out)
+
+
+def _stored(name: str, value: bytes | None) -> dict[str, Any]:
+    """A KV ``workflow_defs`` value as a JSON object, or a WorkflowError in one line (any
+    client may write to the bucket)."""
+    try:
+        raw = json.loads(value or b"")
+    except (ValueError, RecursionError) as exc:
+        why = f"not JSON ({exc})" if isinstance(exc, ValueError) else "nested too deep"
+    else:
+        if isinstance(raw, dict):
+            return raw
+        why = f"a JSON {type(raw).__name__}, not an object"
+    raise WorkflowError(
+        f"workflow '{name}' in KV workflow_defs is {why}: register it again"
+    ) from None
 
 
 def _raw_hash(raw: Any) -> str:

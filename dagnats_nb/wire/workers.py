@@ -26,16 +26,21 @@ class WorkerEntry:
 
 
 def read_entry(body: dict[str, Any]) -> WorkerEntry:
-    """One ``workers`` KV value, in either form (see the module docstring)."""
+    """One ``workers`` KV value, in either form (see the module docstring); a field of the
+    wrong type (any client may write there) is read as missing."""
+    if not isinstance(body, dict):
+        body = {}
     tasks: dict[str, int | None] = {}
-    for task, info in (body.get("tasks") or {}).items():
-        tasks[task] = int(info.get("concurrency") or 0) if isinstance(info, dict) else None
-    for task in body.get("task_types") or ():
+    listed = body.get("tasks")
+    for task, info in (listed if isinstance(listed, dict) else {}).items():
+        tasks[task] = _concurrency(info.get("concurrency")) if isinstance(info, dict) else None
+    types = body.get("task_types")
+    for task in types if isinstance(types, list) else ():
         tasks.setdefault(str(task), None)
     seen = body.get("heartbeat_at") or body.get("last_seen")
     try:
         heartbeat = parse_time(seen) if seen else None
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, AttributeError):  # not an RFC 3339 string
         heartbeat = None
     return WorkerEntry(
         worker_id=str(body.get("worker_id") or body.get("id") or "?"),
@@ -45,3 +50,10 @@ def read_entry(body: dict[str, Any]) -> WorkerEntry:
         host=str(body.get("host") or body.get("hostname") or ""),
         language=str(body.get("language") or "python"),
     )
+
+
+def _concurrency(value: Any) -> int:
+    try:
+        return max(0, int(value or 0))
+    except (TypeError, ValueError, OverflowError):
+        return 0
