@@ -85,6 +85,7 @@ def start(defn: WorkflowDef, event: Event) -> tuple[RunState, list[Action]]:
         )
         tx.end_run(RUN_FAILED, error=why)
         return tx.finish(event)
+    tx.on_fork(event.payload)  # a fork: the steps it reuses are completed first
     limit = max_runs(defn)
     if limit and not state.parent_run_id:  # children are not admitted, as in Go
         tx.state.status = RUN_PENDING
