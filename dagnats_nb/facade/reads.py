@@ -12,6 +12,7 @@ summaries and the runs' history instead.
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 from nats.js.errors import KeyNotFoundError, NotFoundError
@@ -28,6 +29,8 @@ from dagnats_nb.runtime.dead_letters import dead_letters_frame, read_dead_letter
 from dagnats_nb.transport.stores import json_values
 from dagnats_nb.wire import protocol
 from dagnats_nb.wire.runs import read_record, run_key
+
+log = logging.getLogger("dagnats_nb")
 
 
 def _steps_frame(snapshot: tuple[WorkflowDef, RunState]):
@@ -189,7 +192,12 @@ class Reads:
         try:
             while True:
                 msg = await sub.next_msg(timeout=5)
-                out.append(protocol.Event.decode(msg.data, seq=msg.metadata.sequence.stream))
+                seq = msg.metadata.sequence.stream
+                try:
+                    out.append(protocol.Event.decode(msg.data, seq=seq))
+                except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                    # not an event (any client may publish there): left out, as replay does
+                    log.warning("history message %s of run %s left out: %s", seq, run_id, exc)
                 if msg.metadata.num_pending == 0 or len(out) == limit:
                     break
         finally:

@@ -68,9 +68,10 @@ BAD_RECORDS = [
 
 
 def on_run(run_id: str) -> list[bytes]:
-    """Events for a waiting run that must not move it: an unknown step, a wrong attempt,
-    a payload or time that is no event's."""
-    return objects(
+    """Messages on a waiting run's history that must not move it, nor break reading it
+    (eng.events): no JSON, an unknown step, a wrong attempt, a payload or time that is no
+    event's."""
+    return [b"not json", DEEP] + objects(
         {"type": "step.completed", "run_id": run_id, "step_id": "nope"},
         {"type": "step.completed", "run_id": run_id, "step_id": "w", "attempt_number": "x"},
         {"type": "step.wait.matched", "run_id": run_id, "step_id": "w", "timestamp": "x"},
