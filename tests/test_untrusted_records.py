@@ -23,12 +23,12 @@ DEEP = b"[" * 5000 + b"]" * 5000
 @pytest.mark.parametrize(
     ("body", "why"),
     [
-        ({"run_id": "has space", "step_id": "a"}, "subject tokens"),
-        ({"run_id": "r.1", "step_id": "a"}, "subject tokens"),
-        ({"run_id": ["r"], "step_id": "a"}, "subject tokens"),
-        ({"run_id": "r", "step_id": 5}, "subject tokens"),
-        ({"run_id": "r", "step_id": None}, "subject tokens"),
-        ({"run_id": "r", "step_id": "a*"}, "subject tokens"),
+        ({"run_id": "has space", "step_id": "a"}, "must be names"),
+        ({"run_id": "r.1", "step_id": "a"}, "must be names"),
+        ({"run_id": ["r"], "step_id": "a"}, "must be names"),
+        ({"run_id": "r", "step_id": 5}, "must be names"),
+        ({"run_id": "r", "step_id": None}, "must be names"),
+        ({"run_id": "r", "step_id": "a*"}, "must be names"),
         ({"run_id": "r", "step_id": "a", "attempt": "x"}, "attempt must be a positive integer"),
         ({"run_id": "r", "step_id": "a", "attempt": True}, "attempt must be a positive integer"),
         ({"run_id": "r", "step_id": "a", "attempt": -1}, "attempt must be a positive integer"),
@@ -47,6 +47,8 @@ def test_well_formed_tasks_still_decode():
     ours = {"run_id": "R1", "step_id": "a", "task": "t", "attempt": 3, "timeout_s": 1.5}
     task = TaskPayload.decode(json.dumps(ours).encode())
     assert (task.attempt, task.timeout_s) == (3, 1.5)
+    planned = {"run_id": "R1", "step_id": "plan.step1"}  # a planner's step: dots are fine
+    assert TaskPayload.decode(json.dumps(planned).encode(), "task.llm.R1").step_id == "plan.step1"
 
 
 def test_a_workers_entry_of_any_shape_is_read():

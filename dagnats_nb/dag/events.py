@@ -108,11 +108,12 @@ def format_time(ts: float) -> str:
 
 MAP_INSTANCE = ".map."
 _NOT_TOKEN = re.compile(r"[.*>\s]")  # what one token of a NATS subject cannot hold
+_NOT_STEP = re.compile(r"[*>\s]")  # a step id may hold dots (a planner's `plan.step1`)
 
 
-def _is_token(value: Any) -> bool:
+def _is_token(value: Any, refuse: re.Pattern[str] = _NOT_TOKEN) -> bool:
     """A non-empty string that can stand as one token of a NATS subject."""
-    return isinstance(value, str) and value != "" and not _NOT_TOKEN.search(value)
+    return isinstance(value, str) and value != "" and not refuse.search(value)
 
 
 # The keys a step event's payload had before step events carried the raw output (runs
@@ -355,8 +356,8 @@ class TaskPayload:
             raise ValueError(f"a task must be a JSON object, got {type(raw).__name__}")
         run_id, wire_id, attempt = raw["run_id"], raw["step_id"], raw.get("attempt") or 1
         step_id, index = split_step_id(wire_id) if isinstance(wire_id, str) else ("", None)
-        if not (_is_token(run_id) and _is_token(step_id)):  # our subjects and message ids
-            why = f"a task's run_id and step_id must be subject tokens, got {run_id!r}, {wire_id!r}"
+        if not (_is_token(run_id) and _is_token(step_id, _NOT_STEP)):  # subjects, message ids
+            why = f"a task's run_id and step_id must be names, got {run_id!r}, {wire_id!r}"
             raise ValueError(why[:200])
         if type(attempt) is not int or attempt < 1:
             raise ValueError(f"a task's attempt must be a positive integer, got {attempt!r}")
