@@ -425,6 +425,8 @@ class Orchestrator:
             if handle is not None:
                 handle.cancel()
 
+    reading = property(lambda self: self._sub is not None, doc="Applying the history now.")
+
     def report_fault(
         self, message: str, *, store_full: bool = False, end_waits: bool = False
     ) -> None:

@@ -56,7 +56,7 @@ async def send_lost(orch: Any) -> None:
         end = (await orch.js.stream_info(protocol.HISTORY_STREAM)).state.last_seq
         loop = asyncio.get_running_loop()
         deadline = loop.time() + CATCH_UP
-        while orch.last_seq < end and loop.time() < deadline and orch._sub is not None:
+        while orch.last_seq < end and loop.time() < deadline and orch.reading:
             await asyncio.sleep(0.05)
         still = {task.msg_id for task in _queued(orch, {t.run_id for t in missing})}
     except Exception as exc:
