@@ -157,10 +157,11 @@ def disk(snap: Snapshot) -> list[dict[str, Any]]:
     room than the store may still take; and JetStream refusing results right now."""
     if snap.refused is not None:
         action = (
-            f"{snap.refused}: free disk space or raise max_store_bytes, then restart the "
-            "engine (runs resume; a held result is stored, or its step runs again)"
+            "free disk space or raise max_store_bytes, then restart the engine (runs resume; "
+            "a held result is stored, or its step runs again)"
         )
-        return [_row("results refused by JetStream", CRITICAL, "workers", None, None, action)]
+        why = snap.refused.split(": raise max_store_bytes")[0]  # store_error's advice is below
+        return [_row("results refused by JetStream", CRITICAL, why, None, None, action)]
     if snap.disk_free_bytes is None:
         return []
     headroom = max(snap.max_store_bytes - snap.store_bytes, 0)
