@@ -274,6 +274,18 @@ class Settings(BaseModel):
     http_addr: OptionalStr = _key(
         None, "must be host:port such as 127.0.0.1:8080 (port 0: a free one), or unset for off"
     )
+    # Slow or many clients cannot hold the HTTP server: a request's head within
+    # http_header_timeout (a connection that sends nothing is closed then: the idle timeout),
+    # its body within http_body_timeout; connections past http_max_connections get a 503.
+    http_header_timeout: Duration = _key(
+        timedelta(seconds=10), "must be a positive duration such as 10s"
+    )
+    http_body_timeout: Duration = _key(
+        timedelta(seconds=60), "must be a positive duration such as 60s"
+    )
+    http_max_connections: Annotated[int, Field(ge=1, le=100_000)] = _key(
+        128, "must be a whole number of connections, at least 1"
+    )
     # Secured HTTP endpoints (need http_addr): webhooks need a secret (a trigger's own or
     # this one), the worker bridge a bearer token; unset, they are off.
     webhook_secret: OptionalStr = _key(None, "must be a shared secret string")

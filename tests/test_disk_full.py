@@ -13,6 +13,7 @@ import subprocess
 import threading
 from collections import Counter
 
+import httpx
 import pytest
 from conftest import until
 
@@ -72,7 +73,9 @@ def test_a_full_disk_holds_results_instead_of_running_steps_again(small_disk):
         return {"blob": "x" * 2000, "n": ctx.input["n"]}
 
     data = small_disk / "engine"
-    opts = dict(llm_enabled=False, ack_wait="2s", handlers={"fill": (fill, 8)})
+    opts = dict(
+        llm_enabled=False, ack_wait="2s", handlers={"fill": (fill, 8)}, http_addr="127.0.0.1:0"
+    )
     eng = dn.Engine.start(data_dir=data, **opts)
     filler = small_disk / "filler"
     try:
@@ -91,6 +94,8 @@ def test_a_full_disk_holds_results_instead_of_running_steps_again(small_disk):
         rows = eng.health().set_index("check")
         assert rows.loc["results refused by JetStream", "level"] == "critical"
         assert "free disk space" in rows.loc["results refused by JetStream", "action"]
+        ready = httpx.get(f"{eng.http_url}/ready", timeout=5)
+        assert ready.status_code == 503 and "JetStream refuses" in ready.json()["reason"]
         with pytest.raises(ServerError) as err:
             eng.start_run("disk", {"n": 99})
         assert "\n" not in str(err.value) and "JetStream stores nothing now" in str(err.value)
@@ -105,6 +110,7 @@ def test_a_full_disk_holds_results_instead_of_running_steps_again(small_disk):
         for run in runs:
             assert eng.get_run(run.id).wait(60).status == "completed", run.id
         assert {(r.id, s) for r in runs for s in "ab"} <= set(calls)
+        assert httpx.get(f"{eng.http_url}/ready", timeout=5).status_code == 200
         again = sum(1 for v in calls.values() if v > 1)
         assert max(calls.values()) <= 2 and again <= 8, calls.most_common(5)
         print(f"\n8 runs, {again} step(s) ran twice (held at the restart): {err.value}")

@@ -7,6 +7,9 @@ from __future__ import annotations
 import asyncio
 import time
 
+import httpx
+
+import dagnats_nb as dn
 from dagnats_nb.adapters.http.server import HTTPServer
 
 
@@ -95,3 +98,27 @@ def test_connections_beyond_the_cap_get_503_at_once():
     busy, refused = asyncio.run(scenario())
     assert busy.startswith(b"HTTP/1.1 503") and b"too many connections" in busy
     assert refused == 1
+
+
+def test_the_engine_takes_its_limits_from_the_settings(tmp_path):
+    """Through Engine.start: an idle connection is closed at http_header_timeout, and one
+    past http_max_connections gets a 503 at once."""
+    opts = dict(http_addr="127.0.0.1:0", http_header_timeout="1s", http_max_connections=1)
+    with dn.Engine.start(data_dir=tmp_path / "e", llm_enabled=False, **opts) as eng:
+        host, port = eng.http_url.removeprefix("http://").split(":")
+
+        async def scenario():
+            idle_reader, idle_writer = await asyncio.open_connection(host, int(port))
+            await asyncio.sleep(0.2)  # served: it holds the one connection
+            reader, writer = await asyncio.open_connection(host, int(port))
+            refused = await asyncio.wait_for(reader.read(), 5)
+            writer.close()
+            t0 = time.monotonic()
+            closed = await asyncio.wait_for(idle_reader.read(), 5)
+            idle_writer.close()
+            return refused, closed, time.monotonic() - t0
+
+        refused, closed, after = asyncio.run(scenario())
+        assert refused.startswith(b"HTTP/1.1 503") and b"too many connections" in refused
+        assert b"200" not in closed[:12] and after < 3, (closed[:80], after)
+        assert httpx.get(f"{eng.http_url}/health", timeout=5).status_code == 200

@@ -33,7 +33,13 @@ class HTTPSide:
         if eng.settings.bridge_token:
             self.bridge = Bridge(eng)
             routes.update(self.bridge.routes())
-        self.server = HTTPServer(routes)
+        s = eng.settings
+        self.server = HTTPServer(
+            routes,
+            header_deadline=s.http_header_timeout.total_seconds(),
+            body_deadline=s.http_body_timeout.total_seconds(),
+            max_connections=s.http_max_connections,
+        )
         eng.http_url = await self.server.start(eng.settings.http_addr)
 
     async def stop(self) -> None:
@@ -63,6 +69,10 @@ class HTTPSide:
             status, body = await self.health(request)
             if status != 200:
                 return 503, {"status": "not ready", "reason": body["reason"]}
+            refused = eng.host.gate.reason if eng.host is not None else None
+            if refused:  # a full disk or store: results are held, no task is taken
+                reason = f"JetStream refuses to store results ({refused}): see health()"
+                return 503, {"status": "not ready", "reason": reason, "components": components}
             return 200, {"status": "ready", "components": components}
         reason = f"waiting for {', '.join(waiting)}"
         o = eng.orchestrator
