@@ -94,6 +94,9 @@ def test_a_full_disk_holds_results_instead_of_running_steps_again(small_disk):
         rows = eng.health().set_index("check")
         assert rows.loc["results refused by JetStream", "level"] == "critical"
         assert "free disk space" in rows.loc["results refused by JetStream", "action"]
+        with pytest.raises(dn.RunTimeout) as waited:
+            runs[0].wait(1)
+        assert "JetStream refuses to store results" in str(waited.value)
         ready = httpx.get(f"{eng.http_url}/ready", timeout=5)
         assert ready.status_code == 503 and "JetStream refuses" in ready.json()["reason"]
         with pytest.raises(ServerError) as err:

@@ -238,10 +238,15 @@ class Runs:
         except TimeoutError:
             summary = await self._run_state(run_id) or {"status": "pending"}
             workflow = summary.get("workflow") or "?"
+            refused = self.host.gate.reason if self.host is not None else None
+            todo = (
+                f"JetStream refuses to store results ({refused}): see eng.health()"
+                if refused
+                else f"wait longer, or look at eng.steps('{run_id}') to see which step waits"
+            )
             raise RunTimeout(
                 f"run {run_id} of workflow '{workflow}' is still {summary['status']} after "
-                f"{timeout}s: wait longer, or look at eng.steps('{run_id}') to see which "
-                "step waits"
+                f"{timeout}s: {todo}"
             ) from None
 
     wait_run, wait_run_async = twins(_wait_run)
