@@ -189,6 +189,12 @@ FIGURE_CELLS = """() => {
   }).filter(c => c.last === 'fig' || c.last.endsWith('.figure()'));
 }"""
 
+# the errors the notebook's cells show: (cell index, name, value)
+CELL_ERRORS = """() => window.jupyterapp.shell.currentWidget.content.widgets
+  .map((c, i) => [i, c.model.type === 'code' ? c.model.outputs.toJSON() : []])
+  .flatMap(([i, outs]) => outs.filter(o => o.output_type === 'error')
+    .map(o => [i, o.ename, String(o.evalue).slice(0, 300)]))"""
+
 # every engine table on the page: its headers, its width and the width its output has
 TABLE_WIDTHS = """() => [...document.querySelectorAll('table.dagnats-table')].map(t => {
   const room = (t.closest('.jp-OutputArea-output') || t.parentElement).clientWidth;
@@ -214,7 +220,7 @@ def open_notebook(page, lab: str, name: str) -> None:
 def run_all_save_and_reopen(page, lab: str, name: str) -> None:
     """Run every cell (they must succeed), save, shut the kernel down, open it again."""
     ok = page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
-    assert ok, f"{name}: a cell failed"
+    assert ok, f"{name}: a cell failed: {page.evaluate(CELL_ERRORS)}"
     page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")
     page.evaluate("() => window.jupyterapp.shell.currentWidget.sessionContext.shutdown()")
     open_notebook(page, lab, name)
