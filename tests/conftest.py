@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -55,6 +56,25 @@ def ip():
     """A module's notebook shell (:func:`notebook_shell`)."""
     with notebook_shell() as shell:
         yield shell
+
+
+@pytest.fixture
+def small_disk(tmp_path) -> Path:
+    """A 48 MiB tmpfs mounted for the test (a disk that fills below max_store_bytes); the
+    test skips with one line where mounting is not permitted (it needs root, as CI has)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=48m,mode=0700", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({done.stderr.strip()}): run as root")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def conformance_dir() -> Path:

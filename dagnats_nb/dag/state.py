@@ -181,6 +181,34 @@ class RunState:
 _PENDING = StepState()
 
 
+def result_applied(state: RunState | None, task: Any) -> bool:
+    """Whether the run has moved past ``task``'s attempt of a step (or map item): its result
+    was applied, or a later attempt or iteration exists, or the run ended. The task, come
+    again (a server that forgot an ack), need not run. An attempt the run has not recorded
+    yet (a retry whose ``step.queued`` is still on its way) is not past."""
+    step_id, attempt, map_index = task.step_id, task.attempt, task.map_index
+    iteration = task.iteration or 0
+    if state is None:
+        return False
+    if state.terminal:
+        return True
+    st = state.step(step_id)
+    if st.status == PENDING:  # no task of it was sent (or no such step): nothing to run
+        return True
+    if map_index is not None:
+        if st.map is None:
+            return st.status in (COMPLETED, FAILED, SKIPPED)
+        inst = st.map.active.get(map_index)
+        if inst is None:  # dispatched and no longer active: finished
+            return map_index < st.map.next_index
+        return inst.attempt > attempt or (
+            inst.attempt == attempt and inst.status not in STEP_ACTIVE
+        )
+    if (st.iteration, st.attempt) != (iteration, attempt):
+        return (st.iteration, st.attempt) > (iteration, attempt)
+    return st.status not in STEP_ACTIVE
+
+
 # Actions: what the shell must do after ``advance``.
 
 

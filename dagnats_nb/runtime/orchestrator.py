@@ -38,6 +38,7 @@ from dagnats_nb.dag.state import (
     SpawnChild,
     Timer,
     TimerKey,
+    result_applied,
 )
 from dagnats_nb.errors import RunError
 from dagnats_nb.runtime import requeue
@@ -445,8 +446,7 @@ class Orchestrator:
         """Whether ``task``'s step (of a run replayed here) no longer waits for it: a task
         delivered again after its result was applied (a nats-server restarted after its
         disk filled forgets acknowledgements) is not run again. Never during replay."""
-        state = self.runs.get(task.run_id)
-        return not self.replaying and state is not None and not still_waiting(state, task)
+        return not self.replaying and result_applied(self.runs.get(task.run_id), task)
 
     # -- watching ------------------------------------------------------------------------
 

@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytest
 from chaos_tasks import LOG_ENV, SLOTS
 from conftest import until
 
@@ -301,14 +300,3 @@ def finish(child: EngineChild, runs: dict[str, int], timeout: float = 60) -> dic
 
     until(ended, timeout=timeout, every=0.2, what="every accepted run to end")
     return child.ask("report", runs=ids, timeout=60)["runs"]
-
-
-def mount_tmpfs(mount: Path, size: str) -> None:
-    mount.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(mount)],
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here ({done.stderr.strip()}): run as root")

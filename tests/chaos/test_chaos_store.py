@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
 import time
 
-import pytest
 from conftest import until
 from harness import (
     SLOTS,
@@ -22,7 +20,6 @@ from harness import (
     executions,
     finish,
     in_flight,
-    mount_tmpfs,
     read_log,
 )
 
@@ -46,16 +43,6 @@ def no_step_ran_twice_for(log, seconds: float) -> None:
 def refused_row(child: EngineChild) -> dict:
     rows = {r["check"]: r for r in child.ask("health")["rows"]}
     return rows["results refused by JetStream"]
-
-
-@pytest.fixture
-def small_disk(tmp_path):
-    mount = tmp_path / "disk"
-    mount_tmpfs(mount, "48m")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def test_enospc_on_a_small_tmpfs(tmp_path, small_disk):
