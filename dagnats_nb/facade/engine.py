@@ -3,11 +3,12 @@
 Every public method is sync and has an ``*_async`` twin that can be awaited from any event
 loop (top-level ``await`` in Jupyter included): both are made from one private coroutine
 run on the engine loop (:mod:`dagnats_nb.facade.twins`), so whatever they read is a
-snapshot taken there. This module: life cycle, handlers, workflows, backup and restore,
-and the bridge to the loop. The rest of the API is mixed in: starting, waiting on,
-cancelling and watching runs (:mod:`~dagnats_nb.facade.runs`); reading runs, steps, events
-and dead letters (:mod:`~dagnats_nb.facade.reads`); stats, health and status
-(:mod:`~dagnats_nb.facade.observing`).
+snapshot taken there. This module: life cycle, handlers, workflows, and the bridge to the
+loop. The rest of the API is mixed in: starting, waiting on, cancelling and watching runs
+(:mod:`~dagnats_nb.facade.runs`); reading runs, steps, events and dead letters
+(:mod:`~dagnats_nb.facade.reads`); stats, health and status
+(:mod:`~dagnats_nb.facade.observing`); backup and restore
+(:mod:`~dagnats_nb.facade.maintenance`).
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ import nats.errors
 
 from dagnats_nb.config import Settings, load_settings
 from dagnats_nb.dag import WorkflowDef, load_workflow
-from dagnats_nb.errors import BackupError, DagnatsError, ServerError
+from dagnats_nb.errors import DagnatsError, ServerError
 from dagnats_nb.facade import extensions
 from dagnats_nb.facade.gates import Gates
 from dagnats_nb.facade.hints import Hints, hint, task_types, unserved_message
+from dagnats_nb.facade.maintenance import Maintenance
 from dagnats_nb.facade.observing import Observing
 from dagnats_nb.facade.orchestration import orchestrates
 from dagnats_nb.facade.reads import Reads
@@ -39,8 +41,6 @@ from dagnats_nb.facade.serving import Serving
 from dagnats_nb.facade.triggers import Triggers
 from dagnats_nb.facade.twins import twins
 from dagnats_nb.observe import sampler
-from dagnats_nb.ops import backup, restore
-from dagnats_nb.ops.backup import results_frame
 from dagnats_nb.runtime.consumers import ensure_task_consumer
 from dagnats_nb.runtime.host import WorkerHost
 from dagnats_nb.runtime.loop import LoopThread
@@ -58,16 +58,6 @@ from dagnats_nb.wire import resources
 log = logging.getLogger("dagnats_nb")
 
 
-def _default_progress(verb: str) -> Callable[[Any, dict[str, Any]], None]:
-    """Fill ``progress`` in the caller's thread: a notebook bar is drawn by the cell's."""
-
-    def prepare(engine: Any, kwargs: dict[str, Any]) -> None:
-        if kwargs.get("progress") is None:
-            kwargs["progress"] = extensions.default_progress(verb)
-
-    return prepare
-
-
 def _registered(result: tuple[WorkflowDef, list[str]]) -> WorkflowDef:
     defn, unserved = result
     if unserved:  # _registered <- register <- the caller's line
@@ -75,7 +65,7 @@ def _registered(result: tuple[WorkflowDef, list[str]]) -> WorkflowDef:
     return defn
 
 
-class Engine(Serving, Runs, Reads, Observing, Gates, Triggers, Hints):
+class Engine(Serving, Runs, Reads, Observing, Gates, Triggers, Hints, Maintenance):
     """A dagnats engine: embedded (``Engine.start``) or attached (``Engine.connect``)."""
 
     def __init__(self, settings: Settings, *, embedded: bool) -> None:
@@ -411,50 +401,6 @@ class Engine(Serving, Runs, Reads, Observing, Gates, Triggers, Hints):
         return await self.defs.names()
 
     workflows, workflows_async = twins(_workflows)
-
-    # -- backup and restore (dagnats_nb.ops.backup) --------------------------------------
-
-    async def _backup(
-        self, dir: str | os.PathLike, streams: list[str] | None = None, *, progress=None
-    ) -> list:
-        """Snapshot the engine's streams (default: history, task queues, definitions, runs,
-        payloads) to ``dir/<STREAM>/`` as ``nats stream backup`` does; a DataFrame, one row
-        per stream (stream, messages, bytes, first_seq, last_seq, seconds, mb_per_s). A
-        progress bar shows in Jupyter; ``progress(stream, done_bytes, total_bytes)`` replaces
-        it."""
-        api = self.jetstream_api
-        return await backup.backup_streams(self._nc, dir, streams, progress, api=api)
-
-    backup, backup_async = twins(_backup, results_frame, prepare=_default_progress("backing up"))
-
-    async def _restore(
-        self,
-        dir: str | os.PathLike,
-        force: bool = False,
-        streams: list[str] | None = None,
-        *,
-        progress=None,
-    ) -> list:
-        """Restore the streams backed up in ``dir`` (or only ``streams``); existing streams
-        only with ``force``. Once every folder is checked the engine pauses (:meth:`pause`),
-        restores, and resumes whatever happened: runs are rebuilt by replay; waits on runs in
-        progress end with CancelledError. Same DataFrame as :meth:`backup`."""
-        if self.orchestrator is None:
-            raise BackupError(
-                "cannot restore through an attached engine: the engine that owns the data dir "
-                "would keep its old state; call restore in that engine's process, or stop it "
-                "and run `dagnats restore`"
-            )
-        api = self.jetstream_api
-        plan = await restore.plan_restore(self._nc, dir, force, streams, api)
-        await self._pause()
-        try:
-            scratch = self.settings.data_dir
-            return await restore.run_restore(self._nc, plan, progress, api, scratch=scratch)
-        finally:
-            await self._resume()
-
-    restore, restore_async = twins(_restore, results_frame, prepare=_default_progress("restoring"))
 
     # -- plumbing ------------------------------------------------------------------------
 

@@ -51,8 +51,9 @@ from dagnats_nb.runtime.consumers import ensure_task_consumer
 from dagnats_nb.runtime.handlers import Handler, make_handler
 from dagnats_nb.runtime.host import WorkerHost
 from dagnats_nb.runtime.loop import LoopThread
+from dagnats_nb.runtime.registry import HEARTBEAT_EVERY
 from dagnats_nb.runtime.threads import DaemonThreadPool
-from dagnats_nb.runtime.workers import HEARTBEAT_EVERY, TaskWorker, new_worker_id
+from dagnats_nb.runtime.workers import TaskWorker, new_worker_id
 from dagnats_nb.server.datadir import (
     engine_client_url,
     own_client_url,

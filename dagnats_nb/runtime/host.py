@@ -14,8 +14,9 @@ from nats.js import JetStreamContext
 
 from dagnats_nb.errors import DagnatsError
 from dagnats_nb.runtime.handlers import Handler
+from dagnats_nb.runtime.registry import WorkerRegistry
 from dagnats_nb.runtime.results import StoreGate
-from dagnats_nb.runtime.workers import TaskWorker, WorkerRegistry
+from dagnats_nb.runtime.workers import TaskWorker
 from dagnats_nb.transport.stores import PayloadStore
 from dagnats_nb.wire.protocol import TaskPayload
 
