@@ -29,6 +29,7 @@ from dagnats_nb.config import Settings, load_settings
 from dagnats_nb.dag import WorkflowDef, load_workflow
 from dagnats_nb.errors import DagnatsError, ServerError
 from dagnats_nb.facade import extensions
+from dagnats_nb.facade.comparing import Comparing
 from dagnats_nb.facade.gates import Gates
 from dagnats_nb.facade.hints import Hints, hint, task_types, unserved_message
 from dagnats_nb.facade.maintenance import Maintenance
@@ -65,7 +66,7 @@ def _registered(result: tuple[WorkflowDef, list[str]]) -> WorkflowDef:
     return defn
 
 
-class Engine(Serving, Runs, Reads, Observing, Gates, Triggers, Hints, Maintenance):
+class Engine(Serving, Runs, Reads, Observing, Gates, Triggers, Hints, Maintenance, Comparing):
     """A dagnats engine: embedded (``Engine.start``) or attached (``Engine.connect``)."""
 
     def __init__(self, settings: Settings, *, embedded: bool) -> None:

@@ -38,6 +38,7 @@ FORMATS: dict[str, Callable[[Any], str]] = {
     "number": units.human_number,
     "ratio": units.human_ratio,
     "time": units.human_time,
+    "cost": units.human_cost,
 }
 OPTION_WORDS = {
     "python": {"wide": "`.wide()`", "all": "`include_internal=True`"},
@@ -177,6 +178,17 @@ TABLES: dict[str, Table] = {
                 number="steps events_per_run",
                 bytes="bytes_per_event bytes_per_run",
             ),
+        ),
+        Table(  # eng.compare: two runs side by side (dag.compare)
+            "compare",
+            _names(
+                "step_id type status_a status_b items_a items_b duration_a duration_b "
+                "tokens_a tokens_b cost_a cost_b reused changed definition_changed"
+            ),
+            units=_units(
+                seconds="duration_a duration_b", count="tokens_a tokens_b", cost="cost_a cost_b"
+            ),
+            extra=_names("type items_a items_b"),
         ),
     )
 }

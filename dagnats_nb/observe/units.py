@@ -14,6 +14,7 @@ from typing import Any
 
 __all__ = [
     "human_bytes",
+    "human_cost",
     "human_count",
     "human_duration",
     "human_number",
@@ -74,6 +75,18 @@ def human_duration(seconds: Any) -> str:
         if abs(s) >= 2 * size:
             return f"{_short(s / size)} {unit}"
     return f"{s:.0f} s"
+
+
+def human_cost(value: Any) -> str:
+    """A price, three significant figures and at least two decimals: ``0.000420``,
+    ``0.0315``, ``1.25``, ``1,234.50`` (a cost of LLM calls is often a fraction of a cent)."""
+    if missing(value):
+        return ""
+    v = float(value)
+    if v == 0:
+        return "0"
+    decimals = min(12, max(2, 2 - math.floor(math.log10(abs(v)))))
+    return f"{v:,.{decimals}f}"
 
 
 def human_share(value: Any) -> str:

@@ -419,6 +419,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_gate_parsers(sub, _settings_args, _connect)
     add_run_parsers(sub, _settings_args, _connect)
+    from dagnats_nb.adapters.cli.compare import add_compare_parser
+
+    add_compare_parser(sub, _settings_args, _connect)
     return parser
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 
+from dagnats_nb.adapters.notebook.compare import CompareView
 from dagnats_nb.adapters.notebook.reprs import Status
 from dagnats_nb.config import load_settings
 from dagnats_nb.dag import WorkflowDef, load_workflow
@@ -104,6 +105,16 @@ def fork_line(run: Run, from_step: str) -> str:
     """What a fork reuses, in one line."""
     kept = ", ".join(run.reused) if run.reused else "no step"
     return f"run {run.id} forked from step '{from_step}' of run {run.forked_from}: reuses {kept}"
+
+
+def compare(
+    run_a: str | Run, run_b: str | Run, *, prices: dict[str, tuple[float, float]] | None = None
+) -> CompareView:
+    """Two runs (``last``: the newest) side by side: both DAGs with the changed steps
+    outlined, the table of ``eng.compare`` (``.table``) and the diffs of the changed
+    outputs (``.diffs``); static HTML in Jupyter."""
+    a, b = resolve_run(run_a), resolve_run(run_b)
+    return CompareView(a.engine.comparison(a.id, b.id, prices=prices))
 
 
 def resolve_run(run_id: str | Run) -> Run:

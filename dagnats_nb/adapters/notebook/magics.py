@@ -44,6 +44,7 @@ HELP = """\
   fork RUN_ID STEP [--input JSON|$var] [--workflow WF|$var] [--no-wait] [--timeout S]
                                            a new run from STEP on, reusing the steps
                                            before it; --workflow: an edited version
+  compare RUN_A RUN_B                      two runs side by side: DAGs, steps, diffs
   steps RUN_ID | events RUN_ID             a run's steps / history (DataFrame)
   cancel RUN_ID                            cancel a run
   approve|reject RUN_ID STEP [COMMENT] [--by NAME] [--wait S]
@@ -123,6 +124,9 @@ def _parser() -> MagicArgumentParser:
     s.add_argument("--workflow")
     s.add_argument("--no-wait", action="store_true")
     s.add_argument("--timeout", type=float)
+    s = cmd("compare")
+    s.add_argument("run_a")
+    s.add_argument("run_b")
     for name in ("steps", "events", "cancel", "watch"):
         cmd(name).add_argument("run_id")
     s = cmd("dlq")
@@ -332,6 +336,9 @@ class Dagnats(Magics):
         if not in_kernel(self.shell):
             return None
         return live.follow(self.shell, run, defn, self.live_interval)
+
+    def _compare(self, args: Any, ex: Expander, cell: Any) -> Any:
+        return console.compare(ex.value(args.run_a), ex.value(args.run_b))
 
     def _steps(self, args: Any, ex: Expander, cell: Any) -> Any:
         return console.steps(ex.value(args.run_id))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 import json
 import time
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -157,8 +158,20 @@ def _mean_parent(deps: list[str], above: dict[str, int], default: int) -> float:
     return sum(spots) / len(spots) if spots else float(default)
 
 
-def dag_svg(defn: WorkflowDef, frame: Frame | None = None) -> str:
-    """The DAG as an SVG: left to right by depth, each box coloured by its step's status."""
+# what changed in a step between two runs (%dagnats compare): its outline's colour and dash
+CHANGE_OUTLINE = {"output": "#db2777", "definition": "#7c3aed"}
+DEFINITION_DASH = "5 3"
+
+
+def dag_svg(
+    defn: WorkflowDef,
+    frame: Frame | None = None,
+    changed: Mapping[str, Collection[str]] | None = None,
+) -> str:
+    """The DAG as an SVG: left to right by depth, each box coloured by its step's status.
+    ``changed`` (step id -> ``"output"`` and/or ``"definition"``) outlines those steps:
+    :data:`CHANGE_OUTLINE`'s output colour when the output changed (else the definition
+    colour), dashed when the definition changed."""
     cols = layers(defn)
     rows = max((len(c) for c in cols), default=1)
     width = PAD * 2 + len(cols) * BOX_W + (len(cols) - 1) * GAP_X
@@ -195,19 +208,34 @@ def dag_svg(defn: WorkflowDef, frame: Frame | None = None) -> str:
         dash = ' stroke-dasharray="4 3"' if status == "skipped" else ""
         sub = _step_caption(s.type, s.task, st)
         said = f"{status or s.type}" + (f", {st.note}" if st and st.note else "")
+        what = tuple((changed or {}).get(s.id, ()))
+        said += "".join(f"; {w} changed" for w in what)
         title = html.escape(f"{s.id} ({s.task or s.type}): {said}")
         parts.append(
             f'<g class="dagnats-step" data-step="{html.escape(s.id)}" '
-            f'data-status="{status or ""}"><title>{title}</title>'
+            f'data-status="{status or ""}"'
+            + (f' data-changed="{" ".join(what)}"' if what else "")
+            + f"><title>{title}</title>"
             f'<rect x="{x}" y="{y}" width="{BOX_W}" height="{BOX_H}" rx="6" fill="{fill}" '
             f'stroke="{stroke}" stroke-width="1.5"{dash}/>'
-            f'<text x="{x + BOX_W / 2}" y="{y + 16}" text-anchor="middle" font-size="12" '
+            + (_outline(x, y, what) if what else "")
+            + f'<text x="{x + BOX_W / 2}" y="{y + 16}" text-anchor="middle" font-size="12" '
             f'font-weight="bold" fill="#111827">{html.escape(_clip(s.id, 18))}</text>'
             f'<text x="{x + BOX_W / 2}" y="{y + 31}" text-anchor="middle" font-size="10" '
             f'fill="#374151">{html.escape(sub)}</text></g>'
         )
     parts.append("</svg>")
     return "".join(parts)
+
+
+def _outline(x: float, y: float, what: Collection[str]) -> str:
+    """The outline of a step that changed between two runs (see :func:`dag_svg`)."""
+    colour = CHANGE_OUTLINE["output" if "output" in what else "definition"]
+    dash = f' stroke-dasharray="{DEFINITION_DASH}"' if "definition" in what else ""
+    return (
+        f'<rect class="dagnats-changed" x="{x - 4}" y="{y - 4}" width="{BOX_W + 8}" '
+        f'height="{BOX_H + 8}" rx="9" fill="none" stroke="{colour}" stroke-width="2.5"{dash}/>'
+    )
 
 
 def _step_caption(kind: str, task: str | None, st: StepView | None) -> str:
