@@ -156,6 +156,9 @@ def test_tokens_from_call_records_else_from_the_outputs_usage_and_cost_at_prices
     assert row["cost_b"] == pytest.approx(0.01 + 0.01)
     row = compare_runs(a, fork).rows[0]
     assert (row["tokens_b"], row["reused"]) == (0, True) and "cost_a" not in row
+    elsewhere = [{"step_id": "other", "model": "m1", "prompt_tokens": 1, "completion_tokens": 1}]
+    served = side("S", defn, {"ask": done()}, {"ask": usage}, elsewhere)  # e.g. a cache hit
+    assert compare_runs(a, served).rows[0]["tokens_b"] == 0
     with pytest.raises(dn.RunError) as info:
         compare_runs(a, b, prices={"m1": (1.0, 2.0)})
     assert str(info.value) == (

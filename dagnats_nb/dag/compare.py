@@ -15,10 +15,12 @@ history, its completed steps' outputs with every ``$ref`` read back, its LLM cal
   between the two runs' workflow versions, or the step is in one of them only;
 - ``reused``: either run is a fork that kept this step's recorded output instead of running
   it (``dag.fork``);
-- tokens: the prompt and completion tokens of the step's LLM calls (retries and map items
-  included) from the TELEMETRY records, else from the ``usage`` of its output (or of its
-  map items' outputs); None when the step made no LLM call; a fork's reused LLM step called
-  nothing: 0;
+- tokens: the prompt and completion tokens of the step's LLM calls in this run (retries and
+  map items included) from the TELEMETRY records; when the run has none at all (TELEMETRY
+  keeps 7 days), from the ``usage`` of its output (or of its map items' outputs). None for a
+  step without LLM output; 0 for an LLM step that called nothing in this run: a fork's
+  reused step, or one without call records in a run that has some (a result served from
+  elsewhere, such as a cache);
 - cost: only with ``prices={"model": (in_per_1k, out_per_1k)}`` (the engine has no price
   list of its own), in the prices' unit.
 
@@ -228,9 +230,11 @@ def step_usage(side: Side, step_id: str) -> dict[str, tuple[int, int]] | None:
         for o in items
         if isinstance(o, dict) and isinstance(o.get("usage"), dict)
     ]
-    if step_id in side.state.reused:  # kept its source's output: called nothing here
-        return {model: (0, 0) for model in _summed(used)} if used else None
-    return _summed(used) if used else None
+    if not used:
+        return None
+    if step_id in side.state.reused or side.calls:  # a fork's reused step; or the run's
+        return {model: (0, 0) for model in _summed(used)}  # calls are recorded, none of it
+    return _summed(used)
 
 
 def _of_step(recorded: Any, step_id: str) -> bool:

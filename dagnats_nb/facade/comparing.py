@@ -89,8 +89,9 @@ class Comparing:
         """Two runs of one workflow side by side, as a DataFrame with one row per step
         (both versions' steps, dependencies first; a map step is one row): ``status_a``,
         ``status_b``, ``duration_a``, ``duration_b`` (seconds, shown as ``1.2 s``),
-        ``tokens_a``, ``tokens_b`` (its LLM calls' prompt + completion tokens, retries and
-        map items included; <NA>: no LLM call; 0: a fork's reused step), ``reused`` (a fork
+        ``tokens_a``, ``tokens_b`` (its LLM calls' prompt + completion tokens in that run,
+        retries and map items included, from TELEMETRY, else from its output's ``usage``;
+        <NA>: no LLM output; 0: it called nothing there, e.g. reused), ``reused`` (a fork
         kept the step's recorded output), ``changed`` (the outputs differ as JSON, keys in
         ``ignore`` left out: by default ``latency_ms``, which differs on every LLM call),
         ``definition_changed`` (the step differs between the runs' workflow versions, or
