@@ -201,6 +201,17 @@ def _to_llm_provider(value: Any) -> str | None:
     return value.strip().lower()
 
 
+def _to_auto_flag(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    text = value.strip().lower() if isinstance(value, str) else None
+    flag = {"yes": "true", "on": "true", "1": "true", "no": "false", "off": "false"}
+    text = flag.get(text, text)
+    if text not in ("auto", "true", "false"):
+        raise ValueError("must be auto, true or false")
+    return text
+
+
 def _key(default: Any, hint: str) -> Any:
     """One settings key: its default and the hint shown when a value is invalid."""
     if isinstance(default, list):
@@ -315,6 +326,15 @@ class Settings(BaseModel):
     llm_sim_timeout_rate: Fraction = _key(0.0, "must be a fraction of calls from 0 to 1")
     llm_sim_retry_after: Duration = _key(
         timedelta(seconds=1), "must be a positive duration such as 1s"
+    )
+
+    # Cached steps (runtime.cache): the step cache's KV bucket `task_cache` keeps a value
+    # cache_ttl, at most cache_max_bytes (oldest dropped first); the built-in llm steps are
+    # cached by default in the notebook's engine (auto), always (true) or never (false).
+    cache_ttl: Duration = _key(timedelta(days=7), "must be a positive duration such as 168h")
+    cache_max_bytes: Size = _key(256 * 1024**2, "must be a positive size such as 256MiB")
+    llm_cache: Annotated[str, BeforeValidator(_to_auto_flag)] = _key(
+        "auto", "must be auto (on in a notebook's engine), true or false"
     )
 
     _sources: dict[str, str] = PrivateAttr(default_factory=dict)

@@ -309,6 +309,9 @@ async def scenario(eng: Engine, tmp_path, tag: str, release: threading.Event) ->
     assert [r["run_id"] for r in replayed] == [failed.id]
     assert len(await call(eng, "llm_usage_async")) == 0
     assert len(await call(eng, "llm_calls_async")) == 0
+    stats = await call(eng, "cache_stats_async")  # the step cache
+    assert stats["max_bytes"] > 0 and stats["write_errors"] == 0
+    assert await call(eng, "cache_clear_async", "double") == 0
 
     # observing
     streams = set((await call(eng, "stream_stats_async"))["stream"])

@@ -6,6 +6,7 @@ out. Grammar, one statement per line, ``#`` starts a comment::
     fetch -> [summarize, classify] -> report    # a chain; [a, b] is a group (fan out / in)
     notify                                      # a step alone (no dependencies)
     summarize: task=llm retry=3 timeout=30s     # settings of one step, key=value
+    classify:  cache=true                       # its result from the step cache
     classify:  type=map concurrency=4
     workflow:  retry=2 delay=50ms timeout=5m    # settings of the workflow
 
@@ -63,6 +64,7 @@ STEP_KEYS: dict[str, str] = {
     "body_from": "respond: the field of the input to answer with",
     "skip_if": "skip when a parent's output field matches: parent.field == value",
     "worker_group": "worker group that runs the task",
+    "cache": "true | false: serve the step from the step cache (metadata cache)",
 }
 WORKFLOW_KEYS: dict[str, str] = {
     "version": "workflow version (default 1.0)",
@@ -191,6 +193,8 @@ class _Parser:
                 )
             if key in _INT_KEYS and not re.fullmatch(r"\d+", value):
                 raise self.fail(line, f"{key}={value!r}: expected a whole number", step)
+            if key == "cache" and value.lower() not in ("true", "false"):
+                raise self.fail(line, f"cache={value!r}: write cache=true or cache=false", step)
             values[key] = value
         if step is None:
             self.workflow.update(values)
@@ -262,6 +266,8 @@ class _Parser:
         for key in ("on_failure", "compensate", "worker_group"):
             if key in s:
                 out[key] = s[key]
+        if "cache" in s:
+            out["metadata"] = {"cache": s["cache"].lower()}
         if s.get("on_failure") and s["on_failure"] not in self.deps:
             raise self.fail(line, "on_failure: " + self.unknown(s["on_failure"]), sid)
         if "skip_if" in s:

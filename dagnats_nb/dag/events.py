@@ -185,6 +185,10 @@ class Event:
     (a Go worker), which the core takes as the step's current iteration. A step event's
     payload is what Go puts there: the raw output for ``step.completed`` and
     ``step.continue``, ``{error, failure_type, retry_after_ms}`` for ``step.failed``.
+    Also ours: ``cache`` on a result our workers served from the cache (``{"hit": true,
+    "key", "run_id", "step_id"}``: the run and step that stored it) or stored in it
+    (``{"hit": false, "key"}``), and ``handler_version``, the version of the handler that
+    ran (``dag.cachekey.code_version``, or the one its author gave).
     """
 
     type: str
@@ -197,6 +201,8 @@ class Event:
     map_index: int | None = None
     iteration: int | None = None
     seq: int = 0  # stream sequence, set when read back; not on the wire
+    cache: dict[str, Any] | None = None
+    handler_version: str = ""
 
     @property
     def time(self) -> float:
@@ -215,6 +221,10 @@ class Event:
             out["attempt_number"] = self.attempt_number
         if self.iteration is not None:
             out["iteration"] = self.iteration
+        if self.cache is not None:
+            out["cache"] = self.cache
+        if self.handler_version:
+            out["handler_version"] = self.handler_version
         return out
 
     def encode(self) -> bytes:
@@ -225,6 +235,7 @@ class Event:
         raw = loads(data)
         step_id, index = split_step_id(raw.get("step_id") or "")
         iteration = raw.get("iteration")
+        cache, version = raw.get("cache"), raw.get("handler_version")
         return cls(
             type=raw["type"],
             run_id=raw["run_id"],
@@ -236,6 +247,8 @@ class Event:
             map_index=index,
             iteration=iteration if isinstance(iteration, int) else None,
             seq=seq,
+            cache=cache if isinstance(cache, dict) else None,
+            handler_version=version if isinstance(version, str) else "",
         )
 
     @property

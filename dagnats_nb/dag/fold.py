@@ -27,6 +27,7 @@ from .events import (
     WORKFLOW_CHILD_FAILED,
     WORKFLOW_FAILED,
     Event,
+    wire_step_id,
 )
 from .fork import fork_payload
 from .gates import ApprovalGate
@@ -220,6 +221,8 @@ class Fold(Transaction):
             return  # a duplicate delivery: applied once
         output = e.payload
         self.bind(e.worker_id)
+        if e.cache and e.cache.get("hit") is True:  # served from the cache (ours)
+            self.state.cached |= {wire_step_id(e.step_id, e.map_index)}
         idx = e.map_index
         if idx is not None:
             self.instance_completed(e.step_id, idx, output)

@@ -136,6 +136,7 @@ class RunState:
     forked_from: str = ""  # a fork (``dag.fork``): the run it was forked from, at which step
     fork_step: str = ""
     reused: frozenset[str] = frozenset()  # the steps it completed with the source's outputs
+    cached: frozenset[str] = frozenset()  # steps (map items: ``{step}.map.{i}``) from the cache
 
     def clone(self) -> RunState:
         """A shallow copy (much faster than ``copy.copy`` on a slotted dataclass)."""
@@ -167,6 +168,7 @@ class RunState:
             self.forked_from,
             self.fork_step,
             self.reused,
+            self.cached,
         )
 
     def step(self, step_id: str) -> StepState:

@@ -18,7 +18,7 @@ from dagnats_nb.facade.engine import Engine
 
 _lock = threading.RLock()
 _engine: Engine | None = None
-_handlers: dict[str, tuple[Callable, int | None]] = {}
+_handlers: dict[str, tuple[Any, ...]] = {}  # (fn, concurrency[, {cache, version}])
 
 
 def engine(start: bool = True) -> Engine:
@@ -57,7 +57,7 @@ def start_engine(
                 )
             return eng
         # the handlers first: recovered runs waiting on tasks no worker serves are named
-        eng = Engine.start(data_dir, config, handlers=dict(_handlers), **settings)
+        eng = Engine.start(data_dir, config, handlers=dict(_handlers), notebook=True, **settings)
         _engine = eng
         return eng
 
@@ -85,17 +85,28 @@ def stop_engine() -> bool:
     return True
 
 
-def task(name: str, *, concurrency: int | None = None) -> Callable[[Callable], Callable]:
+def task(
+    name: str,
+    *,
+    concurrency: int | None = None,
+    cache: bool = False,
+    version: str | None = None,
+) -> Callable[[Callable], Callable]:
     """Decorator: handle every step whose task is ``name``, on the default engine;
     ``concurrency`` tasks at once (default: 64 for ``async def``, 8 for a plain ``def``, each
-    in a thread; pass 1 for a handler that is not thread-safe)."""
+    in a thread; pass 1 for a handler that is not thread-safe). ``cache``: serve its steps
+    from the step cache when they ran on the same input before; ``version``: the handler's
+    version in the cache key (default: a hash of its code, blind to what it calls)."""
+    options: dict[str, Any] = {"cache": True} if cache else {}
+    if version is not None:
+        options["version"] = version
 
     def register(fn: Callable) -> Callable:
         with _lock:
-            _handlers[name] = (fn, concurrency)
+            _handlers[name] = (fn, concurrency, options) if options else (fn, concurrency)
             eng = current()
         if eng is not None:
-            eng.add_handler(name, fn, concurrency=concurrency)
+            eng.add_handler(name, fn, concurrency=concurrency, **options)
         return fn
 
     return register

@@ -29,6 +29,7 @@ from dagnats_nb.config import Settings, load_settings
 from dagnats_nb.dag import WorkflowDef, load_workflow
 from dagnats_nb.errors import DagnatsError, ServerError
 from dagnats_nb.facade import extensions
+from dagnats_nb.facade.caching import Caching
 from dagnats_nb.facade.comparing import Comparing
 from dagnats_nb.facade.gates import Gates
 from dagnats_nb.facade.hints import Hints, hint, task_types, unserved_message
@@ -42,7 +43,9 @@ from dagnats_nb.facade.serving import Serving
 from dagnats_nb.facade.triggers import Triggers
 from dagnats_nb.facade.twins import twins
 from dagnats_nb.observe import sampler
+from dagnats_nb.runtime.cache import StepCache
 from dagnats_nb.runtime.consumers import ensure_task_consumer
+from dagnats_nb.runtime.handlers import unpack_spec
 from dagnats_nb.runtime.host import WorkerHost
 from dagnats_nb.runtime.loop import LoopThread
 from dagnats_nb.runtime.orchestrator import Orchestrator
@@ -66,7 +69,9 @@ def _registered(result: tuple[WorkflowDef, list[str]]) -> WorkflowDef:
     return defn
 
 
-class Engine(Serving, Runs, Reads, Observing, Gates, Triggers, Hints, Maintenance, Comparing):
+class Engine(
+    Serving, Runs, Reads, Observing, Gates, Triggers, Hints, Maintenance, Comparing, Caching
+):
     """A dagnats engine: embedded (``Engine.start``) or attached (``Engine.connect``)."""
 
     def __init__(self, settings: Settings, *, embedded: bool) -> None:
@@ -99,6 +104,7 @@ class Engine(Serving, Runs, Reads, Observing, Gates, Triggers, Hints, Maintenanc
         self.llm = None  # the built-in llm task type (dagnats_nb.llm.LLMService)
         self._paused: list | None = None  # the handlers to start again on resume()
         self._closing = False  # stop() under way
+        self.notebook = False  # a notebook's engine: `auto` settings take their notebook value
 
     add_extension = staticmethod(extensions.add_extension)
 
@@ -117,21 +123,26 @@ class Engine(Serving, Runs, Reads, Observing, Gates, Triggers, Hints, Maintenanc
         config: str | os.PathLike | None = None,
         *,
         handlers: dict[str, Callable | tuple[Callable, int | None]] | None = None,
+        notebook: bool = False,
         **settings: Any,
     ) -> Engine:
         """Start an embedded standalone engine (nats-server child, orchestrator, workers).
 
-        ``handlers`` (``{task: fn}`` or ``{task: (fn, concurrency)}``) are added before the
+        ``handlers`` (``{task: fn}``, ``{task: (fn, concurrency)}`` or ``{task: (fn,
+        concurrency, {"cache": True, "version": "..."})}``) are added before the
         runs replayed from the history are looked at: when some of them wait on tasks that
         no worker serves (no handler here, none in the ``workers`` KV), one
-        :class:`~dagnats_nb.errors.UnservedTaskWarning` names them."""
+        :class:`~dagnats_nb.errors.UnservedTaskWarning` names them. ``notebook``: the
+        engine of a notebook (what ``%dagnats start`` and ``dn.engine()`` start): the
+        settings whose default is ``auto`` take their notebook value (``llm_cache`` on)."""
         cfg = load_settings(config, data_dir=data_dir, **settings)
         eng = cls(cfg, embedded=True)
+        eng.notebook = notebook
         eng._boot()
         try:
             for name, spec in (handlers or {}).items():
-                fn, concurrency = spec if isinstance(spec, tuple) else (spec, None)
-                eng.add_handler(name, fn, concurrency=concurrency)
+                fn, concurrency, options = unpack_spec(name, spec)
+                eng.add_handler(name, fn, concurrency=concurrency, **options)
         except BaseException:
             eng.stop()
             raise
@@ -145,10 +156,13 @@ class Engine(Serving, Runs, Reads, Observing, Gates, Triggers, Hints, Maintenanc
         config: str | os.PathLike | None = None,
         *,
         handlers: dict[str, Callable | tuple[Callable, int | None]] | None = None,
+        notebook: bool = False,
         **settings: Any,
     ) -> Engine:
         """The awaitable twin of :meth:`start`."""
-        return await asyncio.to_thread(cls.start, data_dir, config, handlers=handlers, **settings)
+        return await asyncio.to_thread(
+            cls.start, data_dir, config, handlers=handlers, notebook=notebook, **settings
+        )
 
     @classmethod
     def connect(
@@ -238,6 +252,7 @@ class Engine(Serving, Runs, Reads, Observing, Gates, Triggers, Hints, Maintenanc
             self._nc, self._js, self.payloads, self.worker_id, self._executor, self._store_full
         )
         self.host.done = lambda task: bool(self.orchestrator and self.orchestrator.task_done(task))
+        self.host.cache = StepCache(self._js, self.worker_id, self._run_def, self._nc.max_payload)
         await self.host.start()
         if self.settings.llm_enabled:
             await self._start_llm()
@@ -247,11 +262,15 @@ class Engine(Serving, Runs, Reads, Observing, Gates, Triggers, Hints, Maintenanc
         s = self.settings
         max_age = s.runs_max_age.total_seconds() if s.runs_max_age else None
         streams = resources.streams_for(max_age, s.history_max_bytes, s.max_store_bytes)
+        cache = resources.cache_bucket(
+            s.cache_ttl.total_seconds(), s.cache_max_bytes, streams, s.max_store_bytes
+        )
         await provision.ensure_resources(
             self._js,
             streams,
             s.nats_jetstream_replicas,
             self.url,
+            (*resources.BUCKETS, cache),
             owned=self.server is not None,  # the embedded server's streams are all ours
         )
 

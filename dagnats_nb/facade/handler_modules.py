@@ -7,16 +7,17 @@ import importlib
 import importlib.util
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from dagnats_nb.errors import DagnatsError
 from dagnats_nb.facade import default
+from dagnats_nb.runtime.handlers import unpack_spec
 
 BUILTIN_LLM = "llm"
 
-HandlerMap = dict[str, tuple[Callable[..., Any], int | None]]
+# task -> (fn, concurrency), or (fn, concurrency, {"cache": bool, "version": str})
+HandlerMap = dict[str, tuple[Any, ...]]
 
 
 def import_module(name: str):
@@ -99,7 +100,7 @@ def load_handlers(
             "name the handlers' module: dagnats worker MODULE[:ATTR] (or --task llm alone)"
         )
     if concurrency is not None:
-        found = {name: (fn, concurrency) for name, (fn, _) in found.items()}
+        found = {name: (spec[0], concurrency, *spec[2:]) for name, spec in found.items()}
     return found, llm
 
 
@@ -113,15 +114,15 @@ def _from_attr(spec: str, module: Any, attr: str, registered: HandlerMap) -> Han
     if isinstance(obj, dict):
         out: HandlerMap = {}
         for name, value in obj.items():
-            fn, conc = value if isinstance(value, tuple) else (value, None)
+            fn, conc, options = unpack_spec(str(name), value)
             if not callable(fn):
                 raise DagnatsError(f"{spec}: the handler of task {name!r} is not callable")
-            out[str(name)] = (fn, conc)
+            out[str(name)] = (fn, conc, options) if options else (fn, conc)
         return out
     items = list(obj) if isinstance(obj, list | tuple) else [obj]
     out = {}
     for fn in items:
-        names = [n for n, (f, _) in registered.items() if f is fn]
+        names = [n for n, spec in registered.items() if spec[0] is fn]
         if not names:
             what = getattr(fn, "__name__", repr(fn))
             raise DagnatsError(

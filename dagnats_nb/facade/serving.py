@@ -23,16 +23,28 @@ class Serving:
         concurrency: int | None = None,
         group: str = "",
         capabilities: list[str] | tuple[str, ...] = (),
+        cache: bool = False,
+        version: str | None = None,
     ) -> Callable:
         """Decorator: run the function for every step whose ``task`` is ``name`` (of worker
         group ``group``: only steps with that ``worker_group``; with ``capabilities``, also
         the steps whose ``required_capabilities`` they cover, else only those needing none).
         ``concurrency``: tasks it runs at once, by default 64 for ``async def`` and 8 for a
-        plain ``def`` (each in a thread of the engine's pool; 1 for one not thread-safe)."""
+        plain ``def`` (each in a thread of the engine's pool; 1 for one not thread-safe).
+        ``cache``: serve its steps' results from the step cache when the same step ran on
+        the same input before (a step's ``metadata.cache: "false"`` opts out); ``version``:
+        the handler's version in the cache key (default: a hash of its code, which does not
+        see the functions it calls: change ``version`` when they change)."""
 
         def register(fn: Callable) -> Callable:
             self.add_handler(
-                name, fn, concurrency=concurrency, group=group, capabilities=capabilities
+                name,
+                fn,
+                concurrency=concurrency,
+                group=group,
+                capabilities=capabilities,
+                cache=cache,
+                version=version,
             )
             return fn
 
@@ -46,13 +58,17 @@ class Serving:
         concurrency: int | None = None,
         group: str = "",
         capabilities: list[str] | tuple[str, ...] = (),
+        cache: bool = False,
+        version: str | None = None,
     ):
         """Run ``fn`` for every step whose ``task`` is ``name`` (``concurrency`` at once:
         by default 64 for ``async def``, 8 for a plain ``def``, each in a thread of the
         engine's pool, which grows to fit: pass 1 for a handler that is not thread-safe;
         with ``group``, only the steps whose ``worker_group`` it is, from the consumer
-        ``workers-{name}-{group}``)."""
-        handler = make_handler(name, fn, concurrency, group, capabilities)
+        ``workers-{name}-{group}``; ``cache`` and ``version``: see :meth:`task`)."""
+        handler = make_handler(
+            name, fn, concurrency, group, capabilities, cache=cache, version=version
+        )
         if self.host is None:
             raise DagnatsError(
                 "cannot register a handler on an attached engine: handlers run in an engine "
@@ -80,8 +96,10 @@ class Serving:
         from dagnats_nb.llm import LLMService
 
         self.llm = LLMService(self.settings, self._nc, self._js, self.worker_id, self._run_def)
-        handler = make_handler("llm", self.llm.handle, self.settings.llm_concurrency)
-        await self._add_worker(handler)
+        self.llm.cache_on = self.settings.llm_cache == "true" or (
+            self.settings.llm_cache == "auto" and self.notebook
+        )
+        await self._add_worker(self.llm.handler())
 
     async def _run_def(self, run_id: str, workflow: str, def_hash: str = "") -> WorkflowDef:
         """The definition a run follows: the orchestrator's, else the version its tasks name

@@ -36,8 +36,9 @@ STEP_COLUMNS = [
     "worker_id",
     "error",
     "reused",  # a fork's step completed with its source run's output (eng.fork)
+    "cached",  # its result came from the step cache (a map step: every item's)
 ]
-EVENT_COLUMNS = ["seq", "time", "type", "step_id", "attempt", "worker_id", "payload"]
+EVENT_COLUMNS = ["seq", "time", "type", "step_id", "attempt", "worker_id", "payload", "cache"]
 
 
 def _ts(value: float | str | None) -> pd.Timestamp | None:
@@ -104,9 +105,19 @@ def steps_frame(defn: WorkflowDef, state: RunState) -> pd.DataFrame:
                 st.worker_id or None,
                 st.error,
                 step.id in state.reused,
+                _cached(step.id, st, state.cached),
             ]
         )
     return pd.DataFrame(rows, columns=STEP_COLUMNS)
+
+
+def _cached(step_id: str, st: Any, cached: frozenset[str]) -> bool:
+    """Whether the step's result came from the step cache (a map step: every item's)."""
+    if st.map is None:
+        return step_id in cached
+    prefix = f"{step_id}.map."
+    done = sum(1 for sid in cached if sid.startswith(prefix))
+    return bool(st.map.count) and done >= st.map.count
 
 
 def events_frame(events: Iterable[Event]) -> pd.DataFrame:
@@ -119,6 +130,7 @@ def events_frame(events: Iterable[Event]) -> pd.DataFrame:
             e.attempt_number or None,
             e.worker_id or None,
             e.payload,
+            e.cache,
         ]
         for e in events
     ]

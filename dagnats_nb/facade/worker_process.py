@@ -46,9 +46,10 @@ from dagnats_nb.config import Settings
 from dagnats_nb.errors import DagnatsError, ServerError
 from dagnats_nb.facade.handler_modules import BUILTIN_LLM, HandlerMap
 from dagnats_nb.llm import LLMService
+from dagnats_nb.runtime.cache import StepCache
 from dagnats_nb.runtime.capacity import registered_concurrency
 from dagnats_nb.runtime.consumers import ensure_task_consumer
-from dagnats_nb.runtime.handlers import Handler, make_handler
+from dagnats_nb.runtime.handlers import Handler, make_handler, unpack_spec
 from dagnats_nb.runtime.host import WorkerHost
 from dagnats_nb.runtime.loop import LoopThread
 from dagnats_nb.runtime.registry import HEARTBEAT_EVERY
@@ -85,7 +86,9 @@ class WorkerProcess:
         capabilities: list[str] | tuple[str, ...] = (),
     ) -> None:
         """``handlers`` maps task names to ``(function, concurrency)`` (None: the default,
-        64 for ``async def``, 8 for a plain ``def``); ``llm`` adds the built-in ``llm``
+        64 for ``async def``, 8 for a plain ``def``), or ``(function, concurrency,
+        {"cache": True, "version": "..."})`` (cached steps, see ``Engine.task``); what
+        ``@dn.task`` records. ``llm`` adds the built-in ``llm``
         handler; ``group`` makes this a worker of that group: it takes only the tasks of
         steps whose ``worker_group`` is ``group`` (Go's ``worker.WithGroups``);
         ``capabilities``: what this worker offers, matched against steps'
@@ -93,10 +96,10 @@ class WorkerProcess:
         if not handlers and not llm:
             raise DagnatsError("a worker needs at least one handler: pass handlers or llm=True")
         self.settings = settings
-        self.handlers: dict[str, Handler] = {
-            name: make_handler(name, fn, conc, group, capabilities)
-            for name, (fn, conc) in handlers.items()
-        }
+        self.handlers: dict[str, Handler] = {}
+        for name, spec in handlers.items():
+            fn, conc, options = unpack_spec(name, spec)
+            self.handlers[name] = make_handler(name, fn, conc, group, capabilities, **options)
         self.want_llm = llm and BUILTIN_LLM not in self.handlers
         self.url = url  # shown in messages: without credentials once started
         self._client_url: str | None = None  # with them (the data dir's token)
@@ -214,10 +217,12 @@ class WorkerProcess:
         self.host = WorkerHost(
             self._nc, self._js, payloads, self.worker_id, self._executor, _on_fault
         )
+        self.host.cache = StepCache(self._js, self.worker_id, self._run_def, self._nc.max_payload)
         handlers = list(self.handlers.values())
         if self.want_llm:
             self.llm = LLMService(self.settings, self._nc, self._js, self.worker_id, self._run_def)
-            handlers.append(make_handler(BUILTIN_LLM, self.llm.handle, self.tasks[BUILTIN_LLM]))
+            self.llm.cache_on = self.settings.llm_cache == "true"  # auto: on in notebooks only
+            handlers.append(self.llm.handler(self.tasks[BUILTIN_LLM]))
         for handler in handlers:
             await self.host.add(handler, await self._ack_wait(handler.task))
         await self.host.start()

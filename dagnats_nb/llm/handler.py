@@ -10,6 +10,7 @@ with ``model``, ``usage`` (``prompt_tokens``, ``completion_tokens``), ``latency_
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import math
 import os
@@ -20,11 +21,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from dagnats_nb.runtime.handlers import Permanent, TaskContext
+from dagnats_nb.runtime.handlers import Handler, Permanent, TaskContext, make_handler
 from dagnats_nb.wire import protocol
 
 from ..config import Settings
 from ..dag import WorkflowDef
+from ..dag.cachekey import code_version
 from ..dag.model import MAP_KEYS, StepDef
 from ..dag.planner import planner_config
 from ..dag.validate import problem, workflow_error
@@ -196,6 +198,70 @@ class LLMService:
         self._providers: dict[str, Provider] = {}
         self._limiters: dict[str, RateLimiter] = {}
         self._options: dict[tuple[int, str], tuple[WorkflowDef, StepDef, LLMOptions]] = {}
+        self.cache_on = False  # llm steps cached by default (llm_cache, see handler())
+
+    def handler(self, concurrency: int | None = None) -> Handler:
+        """The ``llm`` task's handler: cached by default when ``cache_on`` (the step's
+        ``metadata.cache`` decides first; a ``temperature`` above 0 only when it asks)."""
+        h = make_handler(
+            TASK,
+            self.handle,
+            concurrency or self.settings.llm_concurrency,
+            cache=self.cache_on,
+            version=llm_version(),
+        )
+        h.cache_scope, h.cache_served = self.cache_scope, self.cache_served
+        return h
+
+    def cache_scope(self, step: StepDef) -> tuple[bool, dict[str, Any]]:
+        """Whether an llm step is cached unless it says, and what its key covers beyond
+        its config: the resolved model and provider (the defaults when the step names
+        none), system, prompt template, temperature, max_tokens, response_format, and the
+        provider's endpoint (openai) or seed (simulated)."""
+        opts = parse_options(step)
+        name = opts.provider or self.default
+        extra: dict[str, Any] = {
+            "model": opts.model or self.settings.llm_model,
+            "provider": name,
+            "system": opts.system,
+            "prompt": opts.prompt,
+            "temperature": opts.temperature,
+            "max_tokens": opts.max_tokens,
+            "response_format": opts.response_format,
+        }
+        if step.type == "planner":
+            extra["plan"] = plan_instructions(step)
+        if name == "openai":
+            extra["base_url"] = self.settings.llm_base_url
+        else:
+            extra["sim_seed"] = self.settings.llm_sim_seed
+        hot = opts.temperature is not None and opts.temperature > 0
+        return self.cache_on and not hot, extra
+
+    def cache_served(self, task: protocol.TaskPayload, output: Any) -> None:
+        """A step served from the cache: a call record ``status: cached`` with the tokens
+        its cached output's ``usage`` says were saved."""
+        out = output if isinstance(output, dict) else {}
+        usage = out.get("usage") if isinstance(out.get("usage"), dict) else {}
+        saved = [usage.get(k) for k in ("prompt_tokens", "completion_tokens")]
+        saved = [n if isinstance(n, int) else 0 for n in saved]
+        self.recorder.record(
+            {
+                "run_id": task.run_id,
+                "step_id": task.step_id,
+                "map_index": task.map_index,
+                "attempt": task.attempt,
+                "workflow": task.workflow_name,
+                "model": str(out.get("model") or ""),
+                "status": "cached",
+                "latency_ms": 0.0,
+                "prompt_tokens": 0,
+                "completion_tokens": 0,
+                "saved_prompt_tokens": saved[0],
+                "saved_completion_tokens": saved[1],
+                "worker_id": self.worker_id,
+            }
+        )
 
     def provider(self, name: str) -> Provider:
         """The engine's shared provider ``name`` (created on first use)."""
@@ -344,6 +410,18 @@ class LLMService:
         self.recorder.record(record)
         if tokens is not None:
             await tokens.done(error=error[:500])
+
+
+LLM_CACHE_EPOCH = "1"  # raise when the llm task's output changes in a way its code hides
+
+
+def llm_version() -> str:
+    """The built-in llm handler's version in cache keys: a hash of its code and of the code
+    that shapes its output here (templates, replies), and ``LLM_CACHE_EPOCH``."""
+    parts = [LLM_CACHE_EPOCH]
+    for fn in (LLMService.handle, render, template_scope, plan_reply, parse_json_reply):
+        parts.append(code_version(fn))
+    return "llm-" + hashlib.sha256("/".join(parts).encode()).hexdigest()[:16]
 
 
 def _usage(done: Completion) -> dict[str, int]:

@@ -3,9 +3,11 @@ table read back from it.
 
 A record is JSON: ``ts``, ``run_id``, ``step_id``, ``map_index``, ``attempt``, ``workflow``,
 ``provider``, ``model``, ``status`` (ok, rate_limited, unavailable, timeout, rejected,
-bad_json, cancelled, error), ``http_status``, ``latency_ms``, ``prompt_tokens``,
-``completion_tokens``, ``rate_wait_ms``, ``stream``, ``error``, ``worker_id``. A call whose
-``attempt`` is above 1 is a retry. Records go out in batches, one message
+bad_json, cancelled, error; ``cached``: no call, the step was served from the step cache,
+with ``saved_prompt_tokens`` and ``saved_completion_tokens`` from its cached output's
+usage), ``http_status``, ``latency_ms``, ``prompt_tokens``, ``completion_tokens``,
+``rate_wait_ms``, ``stream``, ``error``, ``worker_id``. A call whose ``attempt`` is above 1
+is a retry. Records go out in batches, one message
 ``{"calls": [record, ...]}`` at most every 50 ms or 200 calls (a message per call would add
 a JetStream publish and its ack to every call on the engine thread); a reader also accepts
 single records. Each message is also a metric record in Go's form (``name``, ``serviceName``,
@@ -38,6 +40,8 @@ USAGE_COLUMNS = [
     "latency_p95_ms",
     "errors",
     "retries",
+    "saved_calls",
+    "saved_tokens",
 ]
 
 
@@ -145,25 +149,47 @@ def calls_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
 
 
 def usage_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
-    """Per run, step and model: calls, tokens, latency p50/p95 (ms), errors, retries."""
+    """Per run, step and model: calls, tokens, latency p50/p95 (ms), errors, retries, and
+    what the step cache saved: ``saved_calls`` (steps served from it, no call) and
+    ``saved_tokens`` (prompt and completion tokens their cached outputs had cost)."""
     if not records:
         return pd.DataFrame(columns=USAGE_COLUMNS)
     df = pd.DataFrame.from_records(records)
-    for col, default in (("prompt_tokens", 0), ("completion_tokens", 0), ("attempt", 1)):
+    for col, default in (
+        ("prompt_tokens", 0),
+        ("completion_tokens", 0),
+        ("attempt", 1),
+        ("saved_prompt_tokens", 0),
+        ("saved_completion_tokens", 0),
+    ):
         if col not in df:
             df[col] = default
-    df["error"] = df["status"] != "ok"
-    df["retry"] = df["attempt"].fillna(1) > 1
+    cached = df["status"] == "cached"
+    df["call"] = ~cached
+    df["error"] = ~df["status"].isin(["ok", "cached"])
+    df["retry"] = (df["attempt"].fillna(1) > 1) & ~cached
+    df["latency"] = df["latency_ms"].where(~cached)
+    df["saved"] = df["saved_prompt_tokens"].fillna(0) + df["saved_completion_tokens"].fillna(0)
     grouped = df.groupby(["run_id", "step_id", "model"], sort=False)
     out = grouped.agg(
-        calls=("status", "size"),
+        calls=("call", "sum"),
         prompt_tokens=("prompt_tokens", "sum"),
         completion_tokens=("completion_tokens", "sum"),
-        latency_p50_ms=("latency_ms", lambda s: round(float(s.quantile(0.5)), 1)),
-        latency_p95_ms=("latency_ms", lambda s: round(float(s.quantile(0.95)), 1)),
+        latency_p50_ms=("latency", lambda s: round(float(s.quantile(0.5)), 1)),
+        latency_p95_ms=("latency", lambda s: round(float(s.quantile(0.95)), 1)),
         errors=("error", "sum"),
         retries=("retry", "sum"),
+        saved_calls=("status", lambda s: int((s == "cached").sum())),
+        saved_tokens=("saved", "sum"),
     ).reset_index()
-    for col in ("prompt_tokens", "completion_tokens", "errors", "retries"):
+    for col in (
+        "calls",
+        "prompt_tokens",
+        "completion_tokens",
+        "errors",
+        "retries",
+        "saved_calls",
+        "saved_tokens",
+    ):
         out[col] = out[col].astype(int)
     return out[USAGE_COLUMNS]

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from dagnats_nb.dag.cachekey import code_version
 from dagnats_nb.errors import DagnatsError
 from dagnats_nb.wire.protocol import is_token
 
@@ -70,6 +71,12 @@ class Handler:
     group: str = ""  # a worker group: only the tasks of steps with this ``worker_group``
     # what this worker offers: it takes only tasks whose required_capabilities it has
     capabilities: frozenset[str] = frozenset()
+    cache: bool = False  # its steps' results are cached unless a step says cache "false"
+    version: str = ""  # the handler's version (dag.cachekey.code_version, or its author's)
+    # A built-in handler's say on caching (the llm task): cache_scope(step) -> (cached by
+    # default, what else the key covers); cache_served(task, output) when a hit is served.
+    cache_scope: Callable[[Any], tuple[bool, dict[str, Any]]] | None = None
+    cache_served: Callable[[Any, Any], None] | None = None
 
     @property
     def is_async(self) -> bool:
@@ -82,6 +89,9 @@ def make_handler(
     concurrency: int | None,
     group: str = "",
     capabilities: Iterable[str] = (),
+    *,
+    cache: bool = False,
+    version: str | None = None,
 ) -> Handler:
     if group and not is_token(group):
         raise DagnatsError(
@@ -102,4 +112,25 @@ def make_handler(
         raise DagnatsError(f"task '{task}': concurrency must be at least 1, got {concurrency}")
     if isinstance(capabilities, str):
         capabilities = [capabilities]
-    return Handler(task, fn, concurrency, group, frozenset(capabilities))
+    if version is not None and (not isinstance(version, str) or not version.strip()):
+        raise DagnatsError(f"task '{task}': version must be a non-empty string, got {version!r}")
+    version = version.strip() if version else code_version(fn)
+    return Handler(task, fn, concurrency, group, frozenset(capabilities), bool(cache), version)
+
+
+HandlerSpec = Any  # fn, (fn, concurrency), or (fn, concurrency, {"cache": .., "version": ..})
+
+
+def unpack_spec(task: str, spec: HandlerSpec) -> tuple[Callable[..., Any], int | None, dict]:
+    """A handler given as ``fn``, ``(fn, concurrency)`` or ``(fn, concurrency, options)``
+    (``options``: ``cache``, ``version``) as ``(fn, concurrency, options)``."""
+    if not isinstance(spec, tuple):
+        return spec, None, {}
+    if len(spec) == 2:
+        return spec[0], spec[1], {}
+    if len(spec) == 3 and isinstance(spec[2], dict) and set(spec[2]) <= {"cache", "version"}:
+        return spec[0], spec[1], dict(spec[2])
+    raise DagnatsError(
+        f"handler of task '{task}': give fn, (fn, concurrency) or (fn, concurrency, "
+        "{'cache': bool, 'version': str})"
+    )

@@ -13,6 +13,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from dagnats_nb.errors import DagnatsError
+from dagnats_nb.runtime.cache import StepCache
 from dagnats_nb.runtime.handlers import Handler
 from dagnats_nb.runtime.registry import WorkerRegistry
 from dagnats_nb.runtime.results import StoreGate
@@ -44,6 +45,7 @@ class WorkerHost:
         self.workers: dict[str, TaskWorker] = {}
         self.gate = StoreGate()  # closed while JetStream refuses results: no new fetches
         self.registry = WorkerRegistry(js, worker_id)
+        self.cache: StepCache | None = None  # the step cache its workers use (runtime.cache)
 
     async def start(self) -> None:
         """Register this process in the ``workers`` KV and heartbeat there."""
@@ -73,6 +75,7 @@ class WorkerHost:
             on_fault=self.on_fault,
             gate=self.gate,
             done=self.done,
+            cache=self.cache,
         )
         await worker.start()
         self.workers[handler.task] = worker
@@ -100,6 +103,9 @@ class WorkerHost:
     async def stop(self, drain_timeout: float, deregister: bool = True) -> None:
         """Stop every worker, then leave the ``workers`` KV (``deregister``)."""
         await self.stop_workers(drain_timeout, forget=False)
+        if self.cache is not None and deregister:  # online: its counters a last time
+            with contextlib.suppress(Exception):
+                await self.cache.close()
         if deregister:
             with contextlib.suppress(Exception):
                 await self.registry.stop()

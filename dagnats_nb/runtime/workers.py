@@ -15,6 +15,7 @@ import functools
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -26,6 +27,7 @@ from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js.errors import FetchTimeoutError
 
+from dagnats_nb.runtime.cache import StepCache
 from dagnats_nb.runtime.consumers import add_consumer, ensure_task_consumer
 from dagnats_nb.runtime.handlers import Continue, Handler, Permanent, RetryAfter, TaskContext
 from dagnats_nb.runtime.results import StoreGate, deliver, record_result
@@ -47,13 +49,18 @@ def new_worker_id() -> str:
 
 
 def task_event(
-    task: protocol.TaskPayload, kind: str, payload: Any, worker_id: str
+    task: protocol.TaskPayload,
+    kind: str,
+    payload: Any,
+    worker_id: str,
+    extras: dict[str, Any] | None = None,
 ) -> protocol.Event:
     """The event a worker publishes about ``task`` (any worker: in-kernel, a worker process,
     the HTTP bridge), as Go's workers write it: the raw output (or failure) as payload, a
     map instance's step id ``{step}.map.{i}``; plus the loop iteration when the task had
-    one."""
+    one, and our ``extras`` (``cache``, ``handler_version``)."""
     return protocol.Event(
+        **(extras or {}),
         type=kind,
         run_id=task.run_id,
         step_id=task.step_id,
@@ -85,8 +92,10 @@ class TaskWorker:
         on_fault: Callable[[str], None] | None = None,
         gate: StoreGate | None = None,
         done: Callable[[protocol.TaskPayload], bool] | None = None,
+        cache: StepCache | None = None,
     ) -> None:
         self.nc = nc
+        self.cache = cache  # the step cache (runtime.cache), None: nothing cached
         self.js = js
         self.payloads = payloads
         self.handler = handler
@@ -261,7 +270,7 @@ class TaskWorker:
         # The Go engine counts attempts from step.started: its tasks announce at once.
         watch = _Watch(self, msg, started, 0.0 if task.from_go else ANNOUNCE_AFTER)
         try:
-            result = await self._execute(task, msg)
+            result, extras = await self._execute(task, msg)
         except asyncio.CancelledError:
             if self._stopping:  # released for another worker, not failed
                 with contextlib.suppress(Exception):
@@ -270,7 +279,7 @@ class TaskWorker:
         finally:
             watch.cancel()
         await watch.announced()  # a step.started that went out precedes the result
-        await self._report(msg, task, result)
+        await self._report(msg, task, result, extras)
 
     async def _resume_dead_letter(self, msg, task: protocol.TaskPayload) -> None:
         """A dead letter sent back to its task subject (Go's ``dagnats dlq replay``): the
@@ -290,30 +299,38 @@ class TaskWorker:
             with contextlib.suppress(Exception):
                 await msg.nak(delay=1.0)
 
-    async def _execute(self, task: protocol.TaskPayload, msg) -> tuple[str, Any, int | None]:
-        """Run the handler on one task: the result event's type and payload, and the
-        payload's encoded size when it is an output (stored aside when too large)."""
-        kind, payload = await self._outcome(task, msg)
+    async def _execute(self, task: protocol.TaskPayload, msg) -> tuple[tuple, dict[str, Any]]:
+        """Run the handler on one task (or serve it from the step cache): the result event's
+        type and payload, and the payload's encoded size when it is an output (stored aside
+        when too large); and the event's extra fields (``cache``, ``handler_version``)."""
+        extras: dict[str, Any] = {"handler_version": self.handler.version}
+        kind, payload = await self._outcome(task, msg, extras)
         if kind == protocol.STEP_FAILED:
-            return kind, payload, None
+            return (kind, payload, None), extras
         try:
-            return kind, payload, len(protocol.dumps(payload))
+            return (kind, payload, len(protocol.dumps(payload))), extras
         except (TypeError, ValueError) as exc:
             err = (
                 f"step '{task.step_id}' returned a value that is not JSON-serialisable "
                 f"({exc}): return dicts, lists, strings, numbers, booleans or None"
             )
-            return (
-                protocol.STEP_FAILED,
-                {"error": err, "failure_type": protocol.NON_RETRIABLE},
-                None,
-            )
+            extras.pop("cache", None)
+            failed = {"error": err, "failure_type": protocol.NON_RETRIABLE}
+            return (protocol.STEP_FAILED, failed, None), extras
 
-    async def _outcome(self, task: protocol.TaskPayload, msg) -> tuple[str, Any]:
+    async def _outcome(
+        self, task: protocol.TaskPayload, msg, extras: dict[str, Any]
+    ) -> tuple[str, Any]:
         try:
             value = await self.payloads.expand(task.input, task.run_id)
         except Exception as exc:
             return protocol.STEP_FAILED, failure(exc, protocol.RETRIABLE)
+        look = await self.cache.lookup(task, self.handler, value) if self.cache else None
+        if look is not None and look.entry is not None:  # a hit: no handler call
+            extras["cache"] = self.cache.served(look)
+            if self.handler.cache_served is not None:
+                self.handler.cache_served(task, look.entry["output"])
+            return protocol.STEP_COMPLETED, look.entry["output"]
         ctx = TaskContext(
             input=value,
             run_id=task.run_id,
@@ -328,6 +345,7 @@ class TaskWorker:
             def_hash=task.def_hash,
             _beat=functools.partial(self._beat_now, msg),
         )
+        t0 = time.perf_counter()
         try:
             result = await self._call(ctx, task.timeout_s)
         except TimeoutError:
@@ -343,6 +361,10 @@ class TaskWorker:
             return protocol.STEP_FAILED, failure(exc, protocol.RETRIABLE)
         if isinstance(result, Continue):
             return protocol.STEP_CONTINUE, result.output
+        if look is not None:  # a miss: stored for the next time
+            stored = await self.cache.store(look, task, result, time.perf_counter() - t0)
+            if stored is not None:
+                extras["cache"] = stored
         return protocol.STEP_COMPLETED, result
 
     async def _call(self, ctx: TaskContext, timeout: float | None) -> Any:
@@ -356,10 +378,14 @@ class TaskWorker:
             return await asyncio.wait_for(coro, timeout)
         return await coro
 
-    def _event(self, task: protocol.TaskPayload, kind: str, payload: Any) -> protocol.Event:
-        return task_event(task, kind, payload, self.worker_id)
+    def _event(
+        self, task: protocol.TaskPayload, kind: str, payload: Any, extras: dict | None = None
+    ) -> protocol.Event:
+        return task_event(task, kind, payload, self.worker_id, extras)
 
-    async def _report(self, msg, task: protocol.TaskPayload, result: tuple) -> None:
+    async def _report(
+        self, msg, task: protocol.TaskPayload, result: tuple, extras: dict | None = None
+    ) -> None:
         """Store the result event, then acknowledge the task (never the other way round);
         a result JetStream refuses is held and stored again (``results.deliver``)."""
         stored = await deliver(
@@ -368,7 +394,7 @@ class TaskWorker:
             msg,
             task,
             result,
-            functools.partial(self._event, task),
+            functools.partial(self._event, task, extras=extras),
             gate=self.gate,
             ack_wait=self.ack_wait,
             on_fault=self.on_fault,

@@ -145,6 +145,8 @@ async def _ensure_stream(
         _tell_dropped(info, after)
     elif spec is not None:
         _check_adoptable(spec, info.config, where)
+    else:  # a bucket of another deployment: adopted as it is when a KV bucket can use it
+        _check_adoptable(StreamSpec(cfg.name, tuple(cfg.subjects or ())), info.config, where)
 
 
 def _tell_dropped(before: js_api.StreamInfo, after: js_api.StreamInfo) -> None:

@@ -99,6 +99,8 @@ class BucketSpec:
     ttl: float | None = None  # seconds
     history: int = 1
     storage: str = "file"
+    max_bytes: int | None = None  # ours only (the step cache): Go's buckets have none
+    discard: str = "new"  # Go's; the step cache drops its oldest entries when full
 
     @property
     def stream(self) -> str:
@@ -107,17 +109,18 @@ class BucketSpec:
     def config(self, replicas: int = 1) -> js_api.StreamConfig:
         """The bucket's stream as nats.go's ``CreateKeyValue`` makes it (Go's buckets): direct
         gets, rollups, no message deletes, discard new, ``history`` values a key. (nats-py's
-        ``create_key_value`` turns per-message TTLs on and direct gets off instead.)"""
+        ``create_key_value`` turns per-message TTLs on and direct gets off instead.) The
+        step cache alone has a byte limit and discards its oldest values at it."""
         window = min(self.ttl, KV_DUPLICATE_WINDOW) if self.ttl else KV_DUPLICATE_WINDOW
         return js_api.StreamConfig(
             name=self.stream,
             subjects=[f"$KV.{self.name}.>"],
             retention=js_api.RetentionPolicy.LIMITS,
             storage=js_api.StorageType(self.storage),
-            discard=js_api.DiscardPolicy.NEW,
+            discard=js_api.DiscardPolicy(self.discard),
             num_replicas=replicas,
             max_age=self.ttl or 0,
-            max_bytes=-1,
+            max_bytes=self.max_bytes or -1,
             max_msgs=-1,
             max_consumers=-1,
             max_msg_size=-1,
@@ -174,6 +177,31 @@ BUCKETS: tuple[BucketSpec, ...] = (
     BucketSpec("triggers"),  # Go's trigger records by trigger id (runtime.triggers)
     BucketSpec("trigger_state"),  # "{id}.last_run_at": the minute a cron trigger last fired
 )
+
+
+CACHE_BUCKET = "task_cache"  # the step cache (ours: Go has none), runtime.cache
+CACHE_MAX_SHARE = 0.10  # the cache's byte limit never takes more of max_store_bytes
+
+
+def cache_bucket(
+    ttl: float, max_bytes: int, streams: tuple[StreamSpec, ...], max_store_bytes: int | None
+) -> BucketSpec:
+    """The step cache's bucket: ``ttl`` seconds a value, at most ``max_bytes``, its oldest
+    values dropped when full. NATS reserves a byte limit in the store, so the limit is also
+    kept within what ``streams`` (their limits resolved) leave of ``max_store_bytes``, and
+    within ``CACHE_MAX_SHARE`` of it (see :func:`cache_limit`)."""
+    limit = cache_limit(max_bytes, streams, max_store_bytes)
+    return BucketSpec(CACHE_BUCKET, ttl=ttl, max_bytes=limit, discard="old")
+
+
+def cache_limit(
+    max_bytes: int, streams: tuple[StreamSpec, ...], max_store_bytes: int | None
+) -> int:
+    """``max_bytes``, or less when the store budget has not the room (at least 64 KiB)."""
+    budget = max_store_bytes or DEFAULT_STORE_BYTES
+    taken = sum(s.max_bytes or 0 for s in streams if s.storage == "file")
+    room = min(budget - taken, int(budget * CACHE_MAX_SHARE))
+    return max(64 * 1024, min(max_bytes, room))
 
 
 def streams_for(

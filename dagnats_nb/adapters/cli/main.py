@@ -412,6 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _settings_args(p)
     p.set_defaults(fn=cmd_worker)
+    from dagnats_nb.adapters.cli.cache import add_cache_parser
+
+    add_cache_parser(sub, _settings_args, _connect)
     from dagnats_nb.adapters.cli.triggers import add_trigger_parser
 
     add_trigger_parser(sub, _settings_args, _overrides)

@@ -21,7 +21,7 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_exp
 from IPython.core.magic_arguments import MagicArgumentParser
 from traitlets import Bool, Float
 
-from dagnats_nb.adapters.notebook import console, live
+from dagnats_nb.adapters.notebook import caching, console, live
 from dagnats_nb.adapters.notebook.expand import Expander, read_json_value, split_words
 from dagnats_nb.adapters.notebook.live import RunView, in_kernel
 from dagnats_nb.dag import WorkflowDef, load_workflow
@@ -63,6 +63,8 @@ HELP = """\
   monitor [varz|jsz|connz|subsz]           NATS monitoring (needs monitor_port)
   sizing [WF] [--runs-per-day N] [--days D] [--concurrent-runs N]
                                            disk/memory estimate calibrated on this engine
+  cache | cache clear [--task T]           the step cache: entries, hits, saved time /
+                                           drop its results (of task T)
   help                                     this text
 
   -o NAME / --save NAME stores the result in the namespace; RUN_ID may be `last` or $run.
@@ -168,6 +170,9 @@ def _parser() -> MagicArgumentParser:
     s.add_argument("--runs-per-day", type=float, default=1000.0)
     s.add_argument("--days", type=float, default=30.0)
     s.add_argument("--concurrent-runs", type=int)
+    s = cmd("cache")
+    s.add_argument("action", nargs="?", default="stats", choices=["stats", "clear"])
+    s.add_argument("--task")
     cmd("help", save=False)
     s = cmd("workflow")
     s.add_argument("name")
@@ -282,6 +287,12 @@ class Dagnats(Magics):
             days=args.days,
             **extra,
         )
+
+    def _cache(self, args: Any, ex: Expander, cell: Any) -> Any:
+        if args.action == "stats":
+            return caching.cache_stats()
+        print(caching.cache_clear(ex.value(args.task) if args.task else None))
+        return None
 
     def _workflows(self, args: Any, ex: Expander, cell: Any) -> Any:
         return console.workflows()
