@@ -73,7 +73,8 @@ def test_our_streams_and_buckets_have_the_go_engines_config(go_budget, go_serve,
     opts = dict(max_store_bytes=BUDGET, llm_enabled=False)
     with dn.Engine.start(data_dir=tmp_path / "nb", **opts) as eng:
         ours = asyncio.run(_configs(eng.connect_url))
-    assert set(ours) - set(go) == {"OBJ_payloads"}  # our payload store: Go has none
+    # our payload store and step cache (cached steps): Go has neither
+    assert set(ours) - set(go) == {"OBJ_payloads", "KV_task_cache"}
     assert set(go) - set(ours) >= GO_ONLY
     differences = {}
     for name in sorted(set(ours) & set(go)):
