@@ -19,6 +19,7 @@ from llm_server import ChatServer
 
 import dagnats_nb as dn
 from dagnats_nb.adapters.cli.main import main as cli_main
+from dagnats_nb.config import load_settings
 from dagnats_nb.dag.cachekey import cache_key, code_version, step_flag, wants_cache
 from dagnats_nb.dag.edges import load_edges
 from dagnats_nb.dag.events import Event
@@ -546,3 +547,27 @@ def test_someone_elses_cache_bucket_is_used_as_it_is_or_refused_in_one_line(tmp_
             dn.Engine.start(data_dir=tmp_path / "e2", nats_url=server.client_url)
         text = str(info.value)
         assert "\n" not in text and "stream KV_task_cache" in text and "another deployment" in text
+
+
+def test_a_worker_module_keeps_its_handlers_cache_options(tmp_path):
+    from dagnats_nb.facade.handler_modules import load_handlers
+
+    module = tmp_path / "cached_tasks.py"
+    module.write_text(
+        "import dagnats_nb as dn\n\n"
+        "@dn.task('cq', cache=True, version='v9')\n"
+        "def cq(ctx):\n    return ctx.input\n\n"
+        "@dn.task('plain')\n"
+        "def plain(ctx):\n    return ctx.input\n"
+    )
+    try:
+        found, _ = load_handlers(str(module), concurrency=3)
+        assert found["cq"][1:] == (3, {"cache": True, "version": "v9"})
+        assert found["plain"][1:] == (3,)
+        wp = WorkerProcess(load_settings(data_dir=tmp_path / "d"), found)
+        handler = wp.handlers["cq"]
+        assert (handler.cache, handler.version, handler.concurrency) == (True, "v9", 3)
+        assert not wp.handlers["plain"].cache and len(wp.handlers["plain"].version) == 16
+    finally:
+        for name in ("cq", "plain"):
+            default._handlers.pop(name, None)
