@@ -143,3 +143,28 @@ def test_health_shows_its_advice_whole(engine):
     (df,) = until(warned, timeout=20, what="the consumer pending warning")
     assert advice in repr(df) and advice in df._repr_html_()
     assert "..." not in repr(df) and "…" not in df._repr_html_()
+
+
+def test_many_runs_started_at_once_read_the_workers_kv_once(engine):
+    """Each start asks which tasks are served; 300 at once share one read of the workers KV
+    (each read is a KV watcher: one each hit the server's consumer limit under load)."""
+    engine.add_handler("fetch", fetch)
+    engine.register(ORPHAN)
+    reads = []
+    read = engine._workers
+
+    async def counted():
+        reads.append(1)
+        return await read()
+
+    engine._workers = counted
+
+    async def start_many() -> list:
+        return await asyncio.gather(*(engine.start_run_async("orphan", i) for i in range(300)))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dn.UnservedTaskWarning)
+        runs = asyncio.run(start_many())
+    assert len({r.id for r in runs}) == 300
+    assert all(r.unserved == ["enrich"] for r in runs)
+    assert len(reads) == 1

@@ -16,6 +16,7 @@ in the caller's thread:
 
 from __future__ import annotations
 
+import asyncio
 import time
 import warnings
 from collections.abc import Iterable
@@ -84,6 +85,7 @@ class Hints:
 
     _quiet_until: float = 0.0  # monotonic time before which register does not warn
     _served_cache: tuple[float, frozenset[str]] | None = None
+    _served_read: asyncio.Future | None = None  # the read of the workers KV under way
 
     def _setting_up(self) -> None:
         """The engine starts, connects or gets a handler: register keeps quiet a while."""
@@ -97,17 +99,29 @@ class Hints:
             return []
         now = time.monotonic()
         if self._served_cache is None or now - self._served_cache[0] > SERVED_TTL:
-            gap = self.settings.health_worker_gap.total_seconds()
-            wall = time.time()
-            entries = [read_entry(w) for w in await self._workers()]
-            live = {
-                t
-                for e in entries
-                if e.heartbeat_at is None or wall - e.heartbeat_at <= gap
-                for t in e.tasks
-            }
-            self._served_cache = (now, frozenset(live))
+            # one read for every start that asks meanwhile: 2,000 runs started at once
+            # would otherwise open 2,000 KV watchers (and hit the consumer limit)
+            if self._served_read is None or self._served_read.done():
+                self._served_read = asyncio.ensure_future(self._read_served())
+            read = self._served_read
+            try:
+                self._served_cache = (now, await asyncio.shield(read))
+            finally:
+                if self._served_read is read and read.done():
+                    self._served_read = None
         return sorted(missing - self._served_cache[1])
+
+    async def _read_served(self) -> frozenset[str]:
+        """The task types the live entries of the ``workers`` KV serve."""
+        gap = self.settings.health_worker_gap.total_seconds()
+        wall = time.time()
+        entries = [read_entry(w) for w in await self._workers()]
+        return frozenset(
+            t
+            for e in entries
+            if e.heartbeat_at is None or wall - e.heartbeat_at <= gap
+            for t in e.tasks
+        )
 
     async def _unserved_tasks(self, workflow: str | WorkflowDef | dict) -> list[str]:
         """The task types of ``workflow``'s steps (a registered name, or a definition) that
