@@ -261,10 +261,10 @@ def test_llm_hits_make_no_call_and_each_option_makes_a_miss(eng, server):
     r2 = eng.run(llm_flow("c-llm", base), input="hi")
     assert r1.status == r2.status == "completed" and len(server.requests) == 1
     assert r2.output == r1.output
-    variants = [
+    variants = [  # each a miss: prompt, model, max_tokens, input (temperature: the next test)
         ({**base, "prompt": "Tell {input}"}, "hi"),
         ({**base, "model": "m2"}, "hi"),
-        ({**base, "temperature": 0.0, "max_tokens": 5}, "hi"),
+        ({**base, "max_tokens": 5}, "hi"),
         (base, "ho"),
     ]
     for i, (cfg, value) in enumerate(variants, start=2):
@@ -293,7 +293,9 @@ def test_a_hot_llm_step_is_cached_only_when_it_asks(eng, server):
     for _ in range(2):
         eng.run(llm_flow("c-hot-asks", hot, {"cache": "true"}), input="hi")
     assert len(server.requests) == 3
-    changed = {"temperature": 0.9}
+    changed = {"temperature": 0.9}  # another temperature: a miss
+    eng.run(llm_flow("c-hot-asks", changed, {"cache": "true"}), input="hi")
+    assert len(server.requests) == 4
     eng.run(llm_flow("c-hot-asks", changed, {"cache": "true"}), input="hi")
     assert len(server.requests) == 4
 
@@ -571,3 +573,28 @@ def test_a_worker_module_keeps_its_handlers_cache_options(tmp_path):
     finally:
         for name in ("cq", "plain"):
             default._handlers.pop(name, None)
+
+
+def test_the_llm_key_covers_the_resolved_model_provider_and_endpoint():
+    from dagnats_nb.dag import load_workflow
+    from dagnats_nb.llm import LLMService
+
+    step = load_workflow(llm_flow("k", {})).step("s")
+
+    def scope(cache_on=True, **settings):
+        svc = LLMService(load_settings(**settings), None, None, "w", None)
+        svc.cache_on = cache_on
+        return svc.cache_scope(step)
+
+    on, extra = scope(llm_model="a")
+    assert on and extra["model"] == "a" and extra["provider"] == "simulated"
+    assert extra["prompt"] == "Say {input}" and extra["sim_seed"] == 0
+    assert scope(llm_model="b")[1]["model"] == "b"
+    assert scope(llm_sim_seed=3)[1] != extra
+    openai = scope(llm_base_url="http://127.0.0.1:9/v1")[1]
+    assert openai["provider"] == "openai" and openai["base_url"] == "http://127.0.0.1:9/v1"
+    assert scope(cache_on=False)[0] is False
+    hot = load_workflow(llm_flow("k", {"temperature": 0.5})).step("s")
+    svc = LLMService(load_settings(), None, None, "w", None)
+    svc.cache_on = True
+    assert svc.cache_scope(hot)[0] is False

@@ -1,8 +1,9 @@
 """Cached steps: a task worker serves a cacheable step's result from the ``task_cache`` KV
 bucket instead of calling its handler (the key and what is cacheable: ``dag.cachekey``).
 
-- **Lookup.** Only for a cacheable task (its step's ``metadata.cache``, the handler's
-  ``cache=True``, or a built-in handler's own rule: the ``llm`` task's) is the step's
+- **Lookup.** Only for a cacheable task (its step's ``metadata.cache: "true"``, or a handler
+  added with ``cache=True``: the ``llm`` handler when ``llm_cache`` is on, its
+  ``cache_scope`` then leaving out a step with a ``temperature`` above 0) is the step's
   definition resolved and the key computed; a task that is not costs nothing.
 - **Hit.** No handler call: the worker publishes the usual ``step.completed`` with the
   stored output, marked ``cache: {hit: true, key, run_id, step_id}`` (the run and step that
@@ -25,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +44,7 @@ log = logging.getLogger("dagnats_nb.runtime.cache")
 ResolveDef = Callable[[str, str, str], Awaitable[Any]]  # run id, workflow, def hash
 COUNTERS = ("hits", "misses", "stored", "too_large", "write_errors")
 FLUSH_EVERY = 2.0  # seconds between puts of this process's counters
+OPEN_AGAIN = 30.0  # seconds before looking again for a bucket that was missing
 HEADROOM = 1024  # bytes of a KV message left for its subject and headers
 # Seconds a cache read or write may take: the engine's KV writes are retried for a minute
 # through a server loss (transport.jetstream); a cache write is given up sooner.
@@ -74,6 +77,7 @@ class StepCache:
         self._kv: Any = None
         self._max_value = max_payload - HEADROOM
         self._missing_said = False
+        self._missing_at = -OPEN_AGAIN
         self._write_said = False
         self._read_said = False
         self._flush: asyncio.TimerHandle | None = None
@@ -83,10 +87,13 @@ class StepCache:
         """Find the bucket (made by the engine at start); False, said once, when missing."""
         if self._kv is not None:
             return True
+        if time.monotonic() - self._missing_at < OPEN_AGAIN:
+            return False
         try:
             info = await self.js.stream_info(STREAM)
             self._kv = await self.js.key_value(CACHE_BUCKET)
         except NotFoundError:
+            self._missing_at = time.monotonic()
             if not self._missing_said:
                 log.warning("no %s KV bucket: steps are not cached here", CACHE_BUCKET)
                 self._missing_said = True
