@@ -11,7 +11,7 @@ from dagnats_nb.dag import load_workflow
 from dagnats_nb.dag.advance import advance, replay, resume
 from dagnats_nb.dag.events import STEP_COMPLETED, WORKFLOW_STARTED, Event, format_time
 from dagnats_nb.dag.fold import Fold
-from dagnats_nb.dag.fork import downstream, plan_fork
+from dagnats_nb.dag.fork import downstream, plan_fork, rerun_seeds
 from dagnats_nb.dag.state import (
     COMPLETED,
     FAILED,
@@ -225,3 +225,31 @@ def test_replay_of_a_fork_keeps_its_reused_outputs():
     after, actions = advance(CHAIN, state, back)
     assert "fork.a.step.completed" not in {e.msg_id for e, _ in after.outbox.values()}
     assert actions == [] and after.step("c").status == QUEUED
+
+
+def test_a_rerun_starts_from_the_changed_steps_in_run_order():
+    raw = CHAIN.to_dict()
+    raw["steps"][2]["timeout"] = 5_000_000_000  # step c's definition
+    edited = load_workflow(raw)
+    assert rerun_seeds(CHAIN, edited, {}, {}) == ("c",)
+    assert rerun_seeds(CHAIN, CHAIN, {}, {}) == ()
+    # b's handler is another version now; d's has no recorded version (a Go worker's)
+    ran_with = {"a": "v1", "b": "v1", "c": "v1"}
+    serving = {"a": "v1", "b": "v2", "d": "v9"}
+    assert rerun_seeds(CHAIN, edited, ran_with, serving) == ("b", "c")
+    fork = plan_fork(CHAIN, ran(CHAIN), edited, "b", also=("c",))
+    assert fork.reused == {"a": "out-a"} and fork.runs == ("b", "c", "d")
+
+
+def test_a_changed_failure_handler_reruns_the_step_it_handles():
+    raw = {
+        "name": "h",
+        "steps": [
+            {"id": "a", "task": "a"},
+            {"id": "b", "task": "b", "depends_on": ["a"], "on_failure": "fix"},
+            {"id": "fix", "task": "fix"},
+        ],
+    }
+    source = load_workflow(raw)
+    raw["steps"][2]["metadata"] = {"note": "edited"}
+    assert rerun_seeds(source, load_workflow(raw), {}, {}) == ("b",)

@@ -51,16 +51,15 @@ def plan_fork(
     from_step: str,
     *,
     new_input: bool = False,
+    also: tuple[str, ...] = (),
 ) -> Fork:
     """The steps a fork of the run ``state`` (of definition ``source``) from ``from_step``
-    reuses, run against ``target``; RunError (one line) when ``from_step`` is no step of
-    ``target`` or is a handler."""
-    check_from_step(state.run_id, target, from_step)
-    before = {s.id: s for s in source.steps}
-    changed = tuple(
-        s.id for s in target.steps if s.id not in before or before[s.id].to_dict() != s.to_dict()
-    )
-    seeds = {from_step, *changed}
+    (and from the steps ``also``) reuses, run against ``target``; RunError (one line) when
+    one of them is no step of ``target`` or is a handler."""
+    for sid in (from_step, *also):
+        check_from_step(state.run_id, target, sid)
+    changed = changed_steps(source, target)
+    seeds = {from_step, *also, *changed}
     seeds |= {s.id for s in target.steps if s.type == "planner"}
     if new_input:
         seeds |= {s.id for s in target.steps if not s.depends_on}
@@ -81,6 +80,39 @@ def plan_fork(
         else:
             runs.append(sid)
     return Fork(reused, tuple(runs), changed)
+
+
+def changed_steps(source: WorkflowDef, target: WorkflowDef) -> tuple[str, ...]:
+    """The steps of ``target`` whose definition differs from ``source``'s, or new in it."""
+    before = {s.id: s for s in source.steps}
+    return tuple(
+        s.id for s in target.steps if s.id not in before or before[s.id].to_dict() != s.to_dict()
+    )
+
+
+def rerun_seeds(
+    source: WorkflowDef,
+    target: WorkflowDef,
+    ran_with: dict[str, str],
+    serving: dict[str, str],
+) -> tuple[str, ...]:
+    """What a rerun of a run of ``source`` against ``target`` starts from, in run order:
+    the steps whose definition changed (or are new), and the steps whose task is now served
+    by a handler of another version than the one that ran them (``ran_with``: step id ->
+    the handler version its result event recorded; ``serving``: task -> the version of the
+    handler that serves it here). Steps without a recorded version (a Go worker's) or whose
+    task is not served here are taken as unchanged. A changed on_failure or compensate
+    handler stands for the steps it handles (it runs only when one of them fails)."""
+    changed = set(changed_steps(source, target))
+    for s in target.steps:
+        was, now = ran_with.get(s.id), serving.get(s.task)
+        if was and now and was != now:
+            changed.add(s.id)
+    for s in target.steps:
+        if changed & {s.on_failure, s.compensate}:
+            changed.add(s.id)
+    handlers = set(target.handler_steps)
+    return tuple(sid for sid in target.topological_order if sid in changed - handlers)
 
 
 def check_from_step(run_id: str, target: WorkflowDef, from_step: str) -> None:

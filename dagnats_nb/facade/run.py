@@ -54,9 +54,11 @@ class Run:
         # all were served, or the handle came from get_run): its steps of those tasks wait
         self.unserved: list[str] = []
         # a fork (eng.fork) started by this handle: the run it was forked from, and the
-        # steps it completed with that run's outputs ("" and [] otherwise, or from get_run)
+        # steps it completed with that run's outputs, and the steps it ran again from
+        # ("" and [] otherwise, or from get_run)
         self.forked_from = ""
         self.reused: list[str] = []
+        self.fork_steps: list[str] = []
 
     def _summary(self) -> dict[str, Any]:
         """The engine's summary of the run; once the engine has stopped, what was last seen

@@ -14,6 +14,7 @@ import json
 import secrets
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,8 @@ from nats.js.errors import APIError, NotFoundError
 
 from dagnats_nb.dag import WorkflowDef, load_workflow
 from dagnats_nb.dag.advance import replay
-from dagnats_nb.dag.fork import FORKED_FROM, REUSED, plan_fork
-from dagnats_nb.dag.state import RUN_TERMINAL
+from dagnats_nb.dag.fork import FORKED_FROM, REUSED, plan_fork, rerun_seeds
+from dagnats_nb.dag.state import RUN_TERMINAL, RunState
 from dagnats_nb.dag.validate import check
 from dagnats_nb.errors import RunError
 from dagnats_nb.facade import tokens
@@ -35,6 +36,17 @@ from dagnats_nb.wire import protocol
 
 REFUSED_WAIT = 5.0  # seconds a start waits while JetStream refuses the workers' results
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+@dataclass(frozen=True, slots=True)
+class _Source:
+    """A run a fork starts from, as read from its history."""
+
+    run_id: str
+    target: tuple[str, WorkflowDef]  # its definition's hash and the definition
+    state: RunState
+    input: Any
+    handler_versions: dict[str, str]  # step id -> the handler version its result recorded
 
 
 def new_run_id() -> str:
@@ -100,26 +112,84 @@ class Runs:
         version (an edited ``%%dagnats workflow`` cell), a definition that one: a step whose
         definition changed runs again, with what depends on it. Its history says what it
         was forked from: ``workflow.started`` carries ``forked_from`` and ``reused``."""
+        source = await self._fork_source(run_id)
+        target = source.target if workflow is None else await self._fork_target(source, workflow)
+        return await self._start_fork(source, target, (from_step,), input)
+
+    fork, fork_async = twins(_fork, lambda run: _started(run, 3))
+
+    async def _rerun(
+        self, run_id: str, input: Any = None, workflow: str | WorkflowDef | dict | None = None
+    ) -> Run:
+        """Run ``run_id`` again after an edit, paying only for what changed: a fork (see
+        :meth:`fork`) against the workflow's latest registered version (or ``workflow``)
+        from every step whose definition changed (or is new) and every step whose task this
+        engine now serves with a handler of another version than the one that ran it (the
+        ``handler_version`` its result recorded; Go workers record none). RunError (one
+        line) when nothing changed and ``input`` is the same."""
+        source = await self._fork_source(run_id)
+        name = source.target[1].name if workflow is None else workflow
+        target = await self._fork_target(source, name)
+        seeds = rerun_seeds(
+            source.target[1], target[1], source.handler_versions, self._serving_versions()
+        )
+        if not seeds:
+            if input is None or _canonical(input) == _canonical(source.input):
+                raise RunError(
+                    f"nothing changed since run {run_id}: its workflow '{target[1].name}' and "
+                    "the handlers that ran it are the same; edit the workflow or a handler, "
+                    "or fork from a step (eng.fork / %dagnats fork RUN STEP)"
+                )
+            seeds = tuple(target[1].topological_order[:1])
+        return await self._start_fork(source, target, seeds, input)
+
+    rerun, rerun_async = twins(_rerun, lambda run: _started(run, 3))
+
+    def _serving_versions(self) -> dict[str, str]:
+        """Task -> the version of the handler this engine serves it with."""
+        if self.host is None:
+            return {}
+        return {w.handler.task: w.handler.version for w in list(self.host.workers.values())}
+
+    async def _fork_source(self, run_id: str) -> _Source:
+        """The run a fork starts from: its definition, state, input and handler versions."""
         await self._fork_needs_our_orchestrator()
         events = await self._history(run_id)
         if not events or events[0].type != protocol.WORKFLOW_STARTED:
             raise RunError(f"no run with id {run_id} to fork: list runs with eng.runs()")
         started = events[0].payload
-        source_hash, source = await self.defs.for_started(started)
-        state = replay(source, events)
-        if workflow is None:
-            h, defn = source_hash, source
-        else:
-            h, defn = await self._definition(workflow)
-            if defn.name != source.name:
-                raise RunError(
-                    f"cannot fork run {run_id} of workflow '{source.name}' against workflow "
-                    f"'{defn.name}': pass a version of '{source.name}' (or none: its own)"
-                )
+        h, defn = await self.defs.for_started(started)
         kept = await self.payloads.expand(protocol.started_input(started), run_id)
-        value = kept if input is None else input
-        new_input = input is not None and _canonical(input) != _canonical(kept)
-        plan = plan_fork(source, state, defn, from_step, new_input=new_input)
+        versions = {e.step_id: e.handler_version for e in events if e.handler_version}
+        return _Source(run_id, (h, defn), replay(defn, events), kept, versions)
+
+    async def _fork_target(
+        self, source: _Source, workflow: str | WorkflowDef | dict
+    ) -> tuple[str, WorkflowDef]:
+        h, defn = await self._definition(workflow)
+        if defn.name != source.target[1].name:
+            raise RunError(
+                f"cannot fork run {source.run_id} of workflow '{source.target[1].name}' "
+                f"against workflow '{defn.name}': pass a version of "
+                f"'{source.target[1].name}' (or none: its own)"
+            )
+        return h, defn
+
+    async def _start_fork(
+        self,
+        source: _Source,
+        target: tuple[str, WorkflowDef],
+        seeds: tuple[str, ...],
+        input: Any,
+    ) -> Run:
+        """Start the fork of ``source`` against ``target`` from the steps ``seeds``."""
+        run_id, (source_hash, source_def) = source.run_id, source.target
+        h, defn = target
+        value = source.input if input is None else input
+        new_input = input is not None and _canonical(input) != _canonical(source.input)
+        plan = plan_fork(
+            source_def, source.state, defn, seeds[0], new_input=new_input, also=seeds[1:]
+        )
         new_id = new_run_id()
         encoded = _encoded_input(defn.name, value)
         needed = len(encoded) + self.defs.size(h, defn)
@@ -127,18 +197,20 @@ class Runs:
         reused = {sid: await self.payloads.expand(out, run_id) for sid, out in plan.reused.items()}
         room = self.payloads.limit - needed - 200  # forked_from and the keys
         reused = await self._fitted(reused, room, new_id)
+        forked_from = {"run_id": run_id, "step_id": seeds[0], "def_hash": source_hash}
+        if len(seeds) > 1:
+            forked_from["also"] = list(seeds[1:])
         payload = {
             "workflow_def": self.defs.wire(h, defn),
             "input": value,
             "def_hash": h,
-            FORKED_FROM: {"run_id": run_id, "step_id": from_step, "def_hash": source_hash},
+            FORKED_FROM: forked_from,
             REUSED: reused,
         }
         run = await self._publish_start(new_id, defn, payload)
         run.forked_from, run.reused = run_id, list(plan.reused)
+        run.fork_steps = list(seeds)
         return run
-
-    fork, fork_async = twins(_fork, lambda run: _started(run, 3))
 
     async def _fitted(self, outputs: dict[str, Any], room: int, run_id: str) -> dict[str, Any]:
         """``outputs`` with the largest stored as the run's own ``$ref`` (a copy: refs are

@@ -119,9 +119,25 @@ def add_run_parsers(
     settings_args(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(fn=cmd_fork, connect=connect)
+    p = sub.add_parser(
+        "rerun",
+        help="run RUN again after an edit: a fork from the steps whose definition changed",
+    )
+    p.add_argument("run_id", metavar="RUN", nargs="?", default="last", help="default: `last`")
+    p.add_argument("--input", help="a new input as JSON (default: the run's; runs every step)")
+    p.add_argument("--workflow", help="a registered name (its latest version) or a workflow file")
+    p.add_argument("--no-wait", action="store_true", help="print the new run's id and return")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait (default 300)")
+    settings_args(p)
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(fn=cmd_rerun, connect=connect)
 
 
 # -- helpers -------------------------------------------------------------------------------
+
+
+def _fork_points(steps: list[str]) -> str:
+    return ("step " if len(steps) == 1 else "steps ") + ", ".join(f"'{s}'" for s in steps)
 
 
 def _resolve(eng: Any, run_id: str) -> dict[str, Any]:
@@ -344,6 +360,15 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_fork(args: argparse.Namespace) -> int:
+    return _forked(args, lambda eng, source, value, wf: eng.fork(source, args.step_id, value, wf))
+
+
+def cmd_rerun(args: argparse.Namespace) -> int:
+    return _forked(args, lambda eng, source, value, wf: eng.rerun(source, value, wf))
+
+
+def _forked(args: argparse.Namespace, start: Callable[..., Any]) -> int:
+    """``fork`` and ``rerun``: start the new run, wait for it unless ``--no-wait``, print."""
     try:
         value = json.loads(args.input) if args.input is not None else None
     except ValueError as exc:
@@ -355,7 +380,7 @@ def cmd_fork(args: argparse.Namespace) -> int:
     try:
         source = _resolve(eng, args.run_id)["run_id"]
         with hints():  # a task no worker serves: said before the wait, on stderr
-            run = eng.fork(source, args.step_id, value, workflow)
+            run = start(eng, source, value, workflow)
         if args.no_wait:
             print(run.id)
             return 0
@@ -363,7 +388,8 @@ def cmd_fork(args: argparse.Namespace) -> int:
         result: dict[str, Any] = {
             "run_id": run.id,
             "forked_from": source,
-            "step_id": args.step_id,
+            "step_id": run.fork_steps[0],
+            "from_steps": run.fork_steps,
             "reused": run.reused,
             "workflow": run.workflow,
             "status": run.status,
@@ -378,7 +404,8 @@ def cmd_fork(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2, default=str))
     else:
         kept = ", ".join(run.reused) if run.reused else "no step"
-        print(f"run {run.id} forked from step '{args.step_id}' of run {source}: reuses {kept}")
+        points = _fork_points(run.fork_steps)
+        print(f"run {run.id} forked from {points} of run {source}: reuses {kept}")
         print(f"run {run.id} {result['status']}")
         if "output" in result:
             print(json.dumps(result["output"], indent=2, default=str))

@@ -101,10 +101,21 @@ def fork(
     return source.engine.fork(source.id, from_step, input, workflow)
 
 
-def fork_line(run: Run, from_step: str) -> str:
+def rerun(
+    run_id: str | Run, input: Any = None, workflow: str | WorkflowDef | dict | None = None
+) -> Run:
+    """Run a run (``last``: the newest) again after an edit, from what changed
+    (``eng.rerun``)."""
+    source = resolve_run(run_id)
+    return source.engine.rerun(source.id, input, workflow)
+
+
+def fork_line(run: Run) -> str:
     """What a fork reuses, in one line."""
     kept = ", ".join(run.reused) if run.reused else "no step"
-    return f"run {run.id} forked from step '{from_step}' of run {run.forked_from}: reuses {kept}"
+    steps = run.fork_steps
+    points = ("step " if len(steps) == 1 else "steps ") + ", ".join(f"'{s}'" for s in steps)
+    return f"run {run.id} forked from {points} of run {run.forked_from}: reuses {kept}"
 
 
 def compare(
