@@ -44,6 +44,9 @@ HELP = """\
   fork RUN_ID STEP [--input JSON|$var] [--workflow WF|$var] [--no-wait] [--timeout S]
                                            a new run from STEP on, reusing the steps
                                            before it; --workflow: an edited version
+  rerun [RUN_ID] [--input ...] [--workflow ...] [--no-wait] [--timeout S]
+                                           RUN_ID (default last) again after an edit:
+                                           a fork from what changed (cell or handler)
   compare RUN_A RUN_B                      two runs side by side: DAGs, steps, diffs
   steps RUN_ID | events RUN_ID             a run's steps / history (DataFrame)
   cancel RUN_ID                            cancel a run
@@ -123,6 +126,12 @@ def _parser() -> MagicArgumentParser:
     s = cmd("fork")
     s.add_argument("run_id")
     s.add_argument("step_id")
+    s.add_argument("--input")
+    s.add_argument("--workflow")
+    s.add_argument("--no-wait", action="store_true")
+    s.add_argument("--timeout", type=float)
+    s = cmd("rerun")
+    s.add_argument("run_id", nargs="?", default="last")
     s.add_argument("--input")
     s.add_argument("--workflow")
     s.add_argument("--no-wait", action="store_true")
@@ -320,7 +329,16 @@ class Dagnats(Magics):
         workflow = ex.value(args.workflow) if args.workflow is not None else None
         step = ex.value(args.step_id)
         run = console.fork(ex.value(args.run_id), step, data, workflow)
-        print(console.fork_line(run, step))
+        print(console.fork_line(run))
+        return self._until_done(run, None, args)
+
+    def _rerun(self, args: Any, ex: Expander, cell: Any) -> Run:
+        data = args.input
+        if data is not None and data not in ex.strings:
+            data = read_json_value(ex.value(data), "--input")
+        workflow = ex.value(args.workflow) if args.workflow is not None else None
+        run = console.rerun(ex.value(args.run_id), data, workflow)
+        print(console.fork_line(run))
         return self._until_done(run, None, args)
 
     def _until_done(self, run: Run, defn: WorkflowDef | None, args: Any) -> Run:
