@@ -598,3 +598,29 @@ def test_the_llm_key_covers_the_resolved_model_provider_and_endpoint():
     svc = LLMService(load_settings(), None, None, "w", None)
     svc.cache_on = True
     assert svc.cache_scope(hot)[0] is False
+
+
+def test_without_the_bucket_a_worker_process_runs_every_step(engine, caplog):
+    calls = Counter()
+
+    def twice(ctx):
+        calls["n"] += 1
+        return ctx.input * 2
+
+    async def drop_bucket():
+        nc = await nats.connect(engine.connect_url)
+        await nc.jetstream().delete_stream("KV_task_cache")
+        await nc.close()
+
+    asyncio.run(drop_bucket())  # e.g. an engine of an older version made the streams
+    spec = {"c-nob": (twice, 1, {"cache": True})}
+    with (
+        caplog.at_level(logging.WARNING, logger="dagnats_nb.runtime.cache"),
+        WorkerProcess(engine.settings, spec, url=engine.url),
+    ):
+        for _ in range(2):
+            run = engine.run(flow("c-nob", "c-nob"), input=3)
+            assert run.output == 6 and cache_field(engine, run) is None
+    assert calls["n"] == 2
+    said = [r.message for r in caplog.records if "not cached here" in r.message]
+    assert said == ["steps are not cached here (task_cache KV: no such bucket)"]

@@ -92,10 +92,11 @@ class StepCache:
         try:
             info = await self.js.stream_info(STREAM)
             self._kv = await self.js.key_value(CACHE_BUCKET)
-        except NotFoundError:
+        except Exception as exc:  # missing, or NATS did not answer: not cached for now
             self._missing_at = time.monotonic()
             if not self._missing_said:
-                log.warning("no %s KV bucket: steps are not cached here", CACHE_BUCKET)
+                why = "no such bucket" if isinstance(exc, NotFoundError) else str(exc)
+                log.warning("steps are not cached here (%s KV: %s)", CACHE_BUCKET, why)
                 self._missing_said = True
             return False
         limit = info.config.max_bytes or -1
