@@ -502,6 +502,8 @@ def test_a_worker_process_serves_from_the_cache(engine):
         assert cache_field(engine, second)["run_id"] == first.id
         versions = {e.handler_version for e in engine.history(first.id)}
         assert "1" in versions
+    stats = engine.cache_stats()  # the worker put its counters when it stopped
+    assert (stats["hits"], stats["stored"]) == (1, 1)
 
 
 def _stream_config(url: str, name: str, create: dict | None = None) -> dict:
