@@ -14,6 +14,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 
+class _Listener(ThreadingHTTPServer):
+    # The default listen backlog is 5: eight calls connecting at once on a busy machine
+    # saw a SYN dropped and its 1 s retransmit as a ConnectTimeout (llm_timeout=1s).
+    request_queue_size = 128
+
+
 @dataclass
 class Reply:
     """One scripted reply: ``status`` with an error body, or a completion of ``text``."""
@@ -69,7 +75,7 @@ class ChatServer:
                     with server.lock:
                         server.inflight -= 1
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = _Listener(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_port}/v1"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)

@@ -233,6 +233,12 @@ async def scenario(eng: Engine, tmp_path, tag: str, release: threading.Event) ->
         forked.reused == ["a"] and await call(eng, "wait_run_async", forked.id, 20) == "completed"
     )
     assert await call(eng, "run_output_async", forked.id) == {"n": 9}
+    again = await call(eng, "rerun_async", run.id, {"n": 2})  # a new input: every step
+    assert again.reused == [] and await call(eng, "wait_run_async", again.id, 20) == "completed"
+    table = await call(eng, "compare_async", run.id, again.id)
+    assert list(table["changed"]) == [True, True]
+    assert "step a" in await call(eng, "diff_async", run.id, again.id, "a")
+    assert (await call(eng, "comparison_async", run.id, forked.id)).diffs == {}
 
     # watching, tokens (a TokenStream iterated on this loop)
     states: list = []
