@@ -253,3 +253,23 @@ def test_a_changed_failure_handler_reruns_the_step_it_handles():
     source = load_workflow(raw)
     raw["steps"][2]["metadata"] = {"note": "edited"}
     assert rerun_seeds(source, load_workflow(raw), {}, {}) == ("b",)
+
+
+def test_a_run_keeps_the_handler_version_of_each_completed_step():
+    """What ``rerun`` compares with today's handlers: the fold keeps the version the last
+    completed result of each step recorded (none from a Go worker), without touching the
+    dict an earlier state (a clone) holds."""
+    state = replay(CHAIN, [started(CHAIN, {}, run_id="v")])
+    done = [
+        Event(STEP_COMPLETED, "v", format_time(T0 + 1), step_id="a", payload=1),
+        Event(STEP_COMPLETED, "v", format_time(T0 + 2), step_id="b", payload=2),
+    ]
+    done[0].handler_version = "1111"
+    state, _ = advance(CHAIN, state, done[0])
+    before = state.versions
+    state, _ = advance(CHAIN, state, done[1])  # a Go worker's: no version
+    assert state.versions == {"a": "1111"} and state.versions is before
+    again = Event(STEP_COMPLETED, "v", format_time(T0 + 3), step_id="c", payload=3)
+    again.handler_version = "2222"
+    after, _ = advance(CHAIN, state, again)
+    assert after.versions == {"a": "1111", "c": "2222"} and before == {"a": "1111"}

@@ -223,6 +223,12 @@ class Fold(Transaction):
         self.bind(e.worker_id)
         if e.cache and e.cache.get("hit") is True:  # served from the cache (ours)
             self.state.cached |= {wire_step_id(e.step_id, e.map_index)}
+        versions = self.state.versions
+        if e.handler_version and (versions or {}).get(e.step_id) != e.handler_version:
+            self.state.versions = {
+                **(versions or {}),
+                e.step_id: e.handler_version,
+            }  # clones share the old
         idx = e.map_index
         if idx is not None:
             self.instance_completed(e.step_id, idx, output)

@@ -137,6 +137,9 @@ class RunState:
     fork_step: str = ""
     reused: frozenset[str] = frozenset()  # the steps it completed with the source's outputs
     cached: frozenset[str] = frozenset()  # steps (map items: ``{step}.map.{i}``) from the cache
+    # step -> the handler version its last completed result recorded (our workers'; None
+    # until one did): what ``dag.fork.rerun_seeds`` compares with today's handlers
+    versions: dict[str, str] | None = None
 
     def clone(self) -> RunState:
         """A shallow copy (much faster than ``copy.copy`` on a slotted dataclass)."""
@@ -169,6 +172,7 @@ class RunState:
             self.fork_step,
             self.reused,
             self.cached,
+            self.versions,
         )
 
     def step(self, step_id: str) -> StepState:

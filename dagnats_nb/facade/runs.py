@@ -152,16 +152,18 @@ class Runs:
         return {w.handler.task: w.handler.version for w in list(self.host.workers.values())}
 
     async def _fork_source(self, run_id: str) -> _Source:
-        """The run a fork starts from: its definition, state, input and handler versions."""
+        """The run a fork starts from, read from its history (the orchestrator's copy of a
+        finished run has dropped its steps' outputs): its definition, state, input and the
+        handler versions its results recorded."""
         await self._fork_needs_our_orchestrator()
         events = await self._history(run_id)
         if not events or events[0].type != protocol.WORKFLOW_STARTED:
             raise RunError(f"no run with id {run_id} to fork: list runs with eng.runs()")
         started = events[0].payload
         h, defn = await self.defs.for_started(started)
+        state = replay(defn, events)
         kept = await self.payloads.expand(protocol.started_input(started), run_id)
-        versions = {e.step_id: e.handler_version for e in events if e.handler_version}
-        return _Source(run_id, (h, defn), replay(defn, events), kept, versions)
+        return _Source(run_id, (h, defn), state, kept, dict(state.versions or {}))
 
     async def _fork_target(
         self, source: _Source, workflow: str | WorkflowDef | dict
