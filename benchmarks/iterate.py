@@ -63,7 +63,7 @@ from dagnats_nb.adapters.cli import demo  # noqa: E402
 LLM_STEPS = ("summarise", "classify", "digest")
 UNCHANGED_LLM = ("summarise", "classify")
 TARGET_SPEEDUP = 10.0
-SIZES = {"full": {"docs": 40, "repeat": 3}, "quick": {"docs": 8, "repeat": 1}}
+SIZES = {"full": {"docs": 50, "repeat": 3}, "quick": {"docs": 8, "repeat": 1}}
 
 
 def pipeline(edit: int | None = None, cache: bool = False) -> dict[str, Any]:
@@ -292,7 +292,7 @@ def run_all(mode: str, root: Path, args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="8 documents, 1 repetition")
-    ap.add_argument("--docs", type=int, help="documents (default 40, quick 8)")
+    ap.add_argument("--docs", type=int, help="documents (default 50, as the demo, quick 8)")
     ap.add_argument("--repeat", type=int, help="edits measured (default 3, quick 1)")
     ap.add_argument("--latency-ms", type=float, default=200.0, help="fixed simulated latency")
     ap.add_argument("--concurrency", type=int, default=8, help="llm_concurrency (default 8)")
