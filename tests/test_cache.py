@@ -105,6 +105,39 @@ def test_cache_and_handler_version_are_envelope_fields_go_ignores():
     assert "cache" not in Event("step.completed", "r1", step_id="s").to_wire()
 
 
+def test_the_fold_counts_each_hit_once_and_a_map_step_by_its_items():
+    """``RunState.cached``: step -> results served from the cache; a hit delivered twice
+    counts once, and a map step with every item a hit is cached (``eng.steps``)."""
+    from dagnats_nb.dag import load_workflow
+    from dagnats_nb.dag.advance import advance, replay
+    from dagnats_nb.dag.events import STEP_COMPLETED, WORKFLOW_STARTED, format_time
+
+    defn = load_workflow(
+        {
+            "name": "m",
+            "steps": [
+                {"id": "a", "task": "a"},
+                {"id": "m", "task": "sq", "type": "map", "depends_on": ["a"]},
+            ],
+        }
+    )
+    start = {"workflow_def": defn.to_dict(), "input": None, "def_hash": "h"}
+    state = replay(defn, [Event(WORKFLOW_STARTED, "r", format_time(0), payload=start)])
+
+    def done(step: str, output, index=None, hit=True) -> Event:
+        e = Event(STEP_COMPLETED, "r", format_time(1), step_id=step, payload=output)
+        e.map_index, e.cache = index, {"hit": hit, "key": "k"}
+        return e
+
+    state, _ = advance(defn, state, done("a", [1, 2, 3]))
+    state, _ = advance(defn, state, done("a", [1, 2, 3]))  # delivered again
+    for i in range(3):
+        state, _ = advance(defn, state, done("m", i * i, index=i, hit=i != 2))
+        state, _ = advance(defn, state, done("m", i * i, index=i, hit=i != 2))
+    assert state.cached == {"a": 1, "m": 2}
+    assert state.step("m").status == "completed"
+
+
 def test_the_cache_limit_fits_the_store_budget():
     streams = resources.streams_for(max_store_bytes=10 * resources.GiB)
     assert resources.cache_limit(256 << 20, streams, 10 * resources.GiB) == 256 << 20

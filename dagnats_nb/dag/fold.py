@@ -27,7 +27,6 @@ from .events import (
     WORKFLOW_CHILD_FAILED,
     WORKFLOW_FAILED,
     Event,
-    wire_step_id,
 )
 from .fork import fork_payload
 from .gates import ApprovalGate
@@ -214,6 +213,12 @@ class Fold(Transaction):
             st.started_at = self.now
             st.worker_id = e.worker_id
 
+    def count_cached(self, step_id: str) -> None:
+        """One more result of ``step_id`` served from the step cache (a new dict: clones
+        share the old one; a few entries, so a map of many hits stays linear)."""
+        cached = self.state.cached or {}
+        self.state.cached = {**cached, step_id: cached.get(step_id, 0) + 1}
+
     def on_completed(self, e: Event) -> None:
         self.catch_up(e)
         cur = self.state.step(e.step_id)
@@ -221,8 +226,7 @@ class Fold(Transaction):
             return  # a duplicate delivery: applied once
         output = e.payload
         self.bind(e.worker_id)
-        if e.cache and e.cache.get("hit") is True:  # served from the cache (ours)
-            self.state.cached |= {wire_step_id(e.step_id, e.map_index)}
+        hit = bool(e.cache) and e.cache.get("hit") is True  # served from the cache (ours)
         versions = self.state.versions
         if e.handler_version and (versions or {}).get(e.step_id) != e.handler_version:
             self.state.versions = {
@@ -231,10 +235,14 @@ class Fold(Transaction):
             }  # clones share the old
         idx = e.map_index
         if idx is not None:
+            if hit and cur.map is not None and idx in cur.map.active:
+                self.count_cached(e.step_id)
             self.instance_completed(e.step_id, idx, output)
             return
         if e.iteration is not None and e.iteration != cur.iteration:
             return  # an earlier loop iteration's late report (its attempt is 1 again)
+        if hit:
+            self.count_cached(e.step_id)
         if self.plan.steps[e.step_id].type == "planner" and not self.materialize(e, output):
             return
         self.complete_step(e.step_id, output, worker_id=e.worker_id)

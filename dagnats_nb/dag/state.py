@@ -136,7 +136,8 @@ class RunState:
     forked_from: str = ""  # a fork (``dag.fork``): the run it was forked from, at which step
     fork_step: str = ""
     reused: frozenset[str] = frozenset()  # the steps it completed with the source's outputs
-    cached: frozenset[str] = frozenset()  # steps (map items: ``{step}.map.{i}``) from the cache
+    # step -> its results (a map step's items) served from the step cache (None: none yet)
+    cached: dict[str, int] | None = None
     # step -> the handler version its last completed result recorded (our workers'; None
     # until one did): what ``dag.fork.rerun_seeds`` compares with today's handlers
     versions: dict[str, str] | None = None

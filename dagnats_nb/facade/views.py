@@ -111,13 +111,12 @@ def steps_frame(defn: WorkflowDef, state: RunState) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=STEP_COLUMNS)
 
 
-def _cached(step_id: str, st: Any, cached: frozenset[str]) -> bool:
+def _cached(step_id: str, st: Any, cached: dict[str, int] | None) -> bool:
     """Whether the step's result came from the step cache (a map step: every item's)."""
+    served = (cached or {}).get(step_id, 0)
     if st.map is None:
-        return step_id in cached
-    prefix = f"{step_id}.map."
-    done = sum(1 for sid in cached if sid.startswith(prefix))
-    return bool(st.map.count) and done >= st.map.count
+        return served > 0
+    return bool(st.map.count) and served >= st.map.count
 
 
 def events_frame(events: Iterable[Event]) -> pd.DataFrame:
