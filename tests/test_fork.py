@@ -187,6 +187,49 @@ def test_fork_from_a_map_step_and_from_a_step_after_it(engine):
     assert started(engine, after.id)["forked_from"]["run_id"] == fork.id
 
 
+def test_fork_from_the_middle_of_a_map_step_pays_only_for_the_items_that_did_not_finish(engine):
+    """A map step runs again whole, but with its task cached the items that completed in
+    the source are served from the cache: no call for them, a call for the failed item and
+    for the one that never started."""
+    calls: Counter = Counter()
+    broken = {2}
+
+    @engine.task("items")
+    def items(ctx):
+        return list(range(ctx.input))
+
+    @engine.task("square", cache=True, version="1")  # the fix below keeps the version
+    def square(ctx):
+        calls[ctx.input] += 1
+        if ctx.input in broken:
+            raise dn.Permanent(f"item {ctx.input} is broken")
+        return ctx.input * ctx.input
+
+    wf = {
+        "name": "squares-cached",
+        "steps": [
+            {"id": "items", "task": "items"},
+            {
+                "id": "sq",
+                "task": "square",
+                "type": "map",
+                "config": {"concurrency": 1},  # in order: item 3 never starts
+                "depends_on": ["items"],
+            },
+        ],
+    }
+    failed = engine.run(wf, 4, timeout=20)
+    assert failed.status == "failed" and calls == Counter({0: 1, 1: 1, 2: 1})
+    broken.clear()
+    fork = engine.fork(failed.id, "sq")
+    assert fork.reused == ["items"] and fork.wait(20).status == "completed"
+    assert fork.output == [0, 1, 4, 9]
+    assert calls == Counter({0: 1, 1: 1, 2: 2, 3: 1})  # items 0 and 1: no second call
+    hits = [e for e in engine.history(fork.id) if e.cache and e.cache.get("hit")]
+    assert sorted(e.map_index for e in hits) == [0, 1]
+    assert {e.cache["run_id"] for e in hits} == {failed.id}
+
+
 def test_fork_against_an_edited_version_reruns_the_changed_step_and_what_follows(engine):
     calls: Counter = Counter()
     chain_handlers(engine, calls)
