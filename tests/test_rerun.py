@@ -91,14 +91,32 @@ def test_percent_dagnats_rerun_last_after_editing_the_cell(tmp_path, capsys):
             ip.run_cell_magic("dagnats", "workflow chain", "a -> b -> c -> d")
             first = ip.run_line_magic("dagnats", 'run chain --input \'{"start": "n"}\'')
             assert first.status == "completed"
-            # the cell edited and run again: c gets a timeout
-            ip.run_cell_magic("dagnats", "workflow chain", "a -> b -> c -> d\nc: timeout=30s")
             capsys.readouterr()
+            ip.run_cell_magic("dagnats", "workflow chain", "a -> b -> c -> d")  # the same
+            assert "changed" not in capsys.readouterr().out
+            # the cell edited and run again: c gets a timeout, e is new
+            edited = "a -> b -> c -> d\nb -> e\nc: timeout=30s"
+            ip.run_cell_magic("dagnats", "workflow chain", edited)
+            assert (
+                capsys.readouterr()
+                .out.strip()
+                .endswith(
+                    "workflow 'chain' changed: c (edited), e (new); `%dagnats rerun` runs the last "
+                    "run again from there, reusing the rest"
+                )
+            )
+
+            @eng.task("e")
+            def e(ctx):
+                calls["e"] += 1
+                return ctx.input
+
             again = ip.run_line_magic("dagnats", "rerun last -o again")
             assert ip.user_ns["again"] is again and again.status == "completed"
-            assert again.reused == ["a", "b"] and calls == Counter(a=1, b=1, c=2, d=2)
+            assert again.reused == ["a", "b"] and calls == Counter(a=1, b=1, c=2, d=2, e=1)
             out = capsys.readouterr().out
-            assert f"run {again.id} forked from step 'c' of run {first.id}: reuses a, b" in out
+            forked = f"run {again.id} forked from steps 'c', 'e' of run {first.id}: reuses a, b"
+            assert forked in out
 
             result = ip.run_cell("%dagnats rerun last")
             assert not result.success

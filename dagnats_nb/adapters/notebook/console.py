@@ -16,7 +16,8 @@ from dagnats_nb.adapters.notebook.compare import CompareView
 from dagnats_nb.adapters.notebook.reprs import Status
 from dagnats_nb.config import load_settings
 from dagnats_nb.dag import WorkflowDef, load_workflow
-from dagnats_nb.errors import RunError
+from dagnats_nb.dag.fork import changed_steps
+from dagnats_nb.errors import RunError, WorkflowError
 from dagnats_nb.facade import default
 from dagnats_nb.facade.engine import Engine
 from dagnats_nb.facade.run import Run
@@ -74,6 +75,28 @@ def runs(
 def register(definition: WorkflowDef | dict | str) -> WorkflowDef:
     """Validate and store a workflow on the kernel's engine (starting it if needed)."""
     return default.engine().register(load_workflow(definition))
+
+
+def latest(name: str) -> WorkflowDef | None:
+    """The latest registered version of ``name`` on the kernel's engine (None: none yet)."""
+    try:
+        return default.engine().workflow(name)
+    except WorkflowError:
+        return None
+
+
+def change_line(before: WorkflowDef | None, after: WorkflowDef) -> str | None:
+    """One line naming what an edited workflow cell changed (None: new, or the same)."""
+    if before is None or before.to_dict() == after.to_dict():
+        return None
+    old = set(before.step_ids)
+    parts = [f"{sid} ({'edited' if sid in old else 'new'})" for sid in changed_steps(before, after)]
+    parts += [f"{sid} (removed)" for sid in before.step_ids if sid not in set(after.step_ids)]
+    what = ", ".join(parts) if parts else "its workflow settings"
+    return (
+        f"workflow '{after.name}' changed: {what}; `%dagnats rerun` runs the last run again "
+        "from there, reusing the rest"
+    )
 
 
 def run(

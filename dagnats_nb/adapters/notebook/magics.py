@@ -440,7 +440,12 @@ class Dagnats(Magics):
             defn = load_edges(body, args.name, version=args.version, first_line=2)
         else:
             defn = load_workflow(_raw_definition(body, args.name, args.version))
-        return console.register(defn)
+        before = console.latest(defn.name)
+        registered = console.register(defn)
+        line = console.change_line(before, registered)
+        if line:
+            print(line)
+        return registered
 
 
 def _worded(df: pd.DataFrame) -> pd.DataFrame:
