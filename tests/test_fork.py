@@ -184,6 +184,8 @@ def test_fork_from_a_map_step_and_from_a_step_after_it(engine):
     assert after.output == 14 and calls["total"] == 2
     assert [calls[i] for i in range(4)] == per_item and calls["items"] == 1
     assert engine.step_output(after.id, "sq") == [0, 1, 4, 9]
+    counts = engine.steps(after.id).set_index("step_id")["items"]
+    assert counts["sq"] == "4/4" and counts.isna()["items"]  # a reused map step: its items
     assert started(engine, after.id)["forked_from"]["run_id"] == fork.id
 
 

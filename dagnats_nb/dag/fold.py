@@ -47,6 +47,7 @@ from .state import (
     RUNNING,
     STEP_TERMINAL,
     WAITING,
+    MapState,
     SetTimer,
     Timer,
 )
@@ -97,6 +98,9 @@ class Fold(Transaction):
                 continue
             st = self.st(sid)
             st.status, st.output, st.ended_at = COMPLETED, reused[sid], self.now
+            if self.plan.steps[sid].type == "map" and isinstance(reused[sid], list):
+                n = len(reused[sid])  # its items, as views show a map step's
+                st.map = MapState(n, reused[sid], n, n)
             self.publish(self.event(STEP_COMPLETED, sid, reused[sid]))
             kept.append(sid)
         s.reused = frozenset(kept)
