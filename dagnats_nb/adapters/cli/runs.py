@@ -77,8 +77,8 @@ def add_run_parsers(
     settings_args: Callable[[argparse.ArgumentParser], None],
     connect: Callable[[argparse.Namespace], Any],
 ) -> None:
-    """Add ``runs``, ``show``, ``events``, ``cancel`` and ``fork`` to the ``dagnats`` subcommands;
-    ``connect(args)`` is the engine they talk to."""
+    """Add ``runs``, ``show``, ``events``, ``cancel``, ``fork`` and ``rerun`` to the ``dagnats``
+    subcommands; ``connect(args)`` is the engine they talk to."""
     p = sub.add_parser("runs", help="list runs, newest last (run_id, workflow, status...)")
     p.add_argument("--workflow", help="only this workflow's runs")
     p.add_argument("--status", help="only runs in this status (running, completed, failed...)")
@@ -112,28 +112,30 @@ def add_run_parsers(
     )
     p.add_argument("run_id", metavar="RUN", help="a run id, or `last` (the newest run)")
     p.add_argument("step_id", metavar="STEP", help="the step it runs again, with what follows")
-    p.add_argument("--input", help="a new input as JSON (default: the run's; runs every step)")
-    p.add_argument("--workflow", help="a registered name (its latest version) or a workflow file")
-    p.add_argument("--no-wait", action="store_true", help="print the new run's id and return")
-    p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait (default 300)")
-    settings_args(p)
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    _fork_options(p, settings_args)
     p.set_defaults(fn=cmd_fork, connect=connect)
     p = sub.add_parser(
         "rerun",
         help="run RUN again after an edit: a fork from the steps whose definition changed",
     )
     p.add_argument("run_id", metavar="RUN", nargs="?", default="last", help="default: `last`")
+    _fork_options(p, settings_args)
+    p.set_defaults(fn=cmd_rerun, connect=connect)
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def _fork_options(
+    p: argparse.ArgumentParser, settings_args: Callable[[argparse.ArgumentParser], None]
+) -> None:
+    """The options ``fork`` and ``rerun`` share."""
     p.add_argument("--input", help="a new input as JSON (default: the run's; runs every step)")
     p.add_argument("--workflow", help="a registered name (its latest version) or a workflow file")
     p.add_argument("--no-wait", action="store_true", help="print the new run's id and return")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait (default 300)")
     settings_args(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.set_defaults(fn=cmd_rerun, connect=connect)
-
-
-# -- helpers -------------------------------------------------------------------------------
 
 
 def _fork_points(steps: list[str]) -> str:
