@@ -87,6 +87,28 @@ def test_code_version_sees_code_not_lines_or_comments():
     assert code_version(len) == code_version(len)
 
 
+def test_code_version_sees_what_a_factory_captured():
+    """Handlers made by one factory share their code: the values they captured tell them
+    apart (a model name, a prompt, a helper function's code), so a handler rebuilt with
+    another model is a miss."""
+
+    def make(model, helper=None):
+        def handler(ctx):
+            return helper(ctx) if helper else f"{model}: {ctx}"
+
+        return handler
+
+    assert code_version(make("gpt-4")) == code_version(make("gpt-4"))
+    assert code_version(make("gpt-4")) != code_version(make("gpt-5"))
+    one, two = (lambda c: c + 1), (lambda c: c + 2)
+    assert code_version(make("m", one)) != code_version(make("m", two))
+
+    def recursive(ctx):  # captures itself through its own closure: no endless loop
+        return recursive
+
+    assert len(code_version(recursive)) == 16
+
+
 def test_edge_syntax_cache_key_maps_to_metadata():
     defn = load_edges("a -> b\nb: cache=true\na: cache=false", "w")
     assert defn.step("b").metadata == {"cache": "true"}

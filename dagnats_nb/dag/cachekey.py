@@ -17,8 +17,10 @@ no spaces) of:
 So a changed handler, config, input or metadata never gets an old value.
 
 **What a handler's version sees.** :func:`code_version` hashes the handler's own code: its
-bytecode, constants (nested functions' and lambdas' code included), the names it uses and
-its default arguments; not line numbers, comments or where the file is. It cannot see a
+bytecode, constants (nested functions' and lambdas' code included), the names it uses, its
+default arguments and the values it captured from an enclosing function (a handler made by a
+factory: plain values, and captured functions' code); not line numbers, comments or where the
+file is. It cannot see a
 change in a function or global the handler calls or reads: pass ``version="..."`` to the
 decorator and change it when such a change should invalidate the cache.
 """
@@ -105,6 +107,16 @@ def _feed(h: Any, fn: Any, seen: set[int]) -> None:
     _code(h, code, seen)
     _const(h, getattr(fn, "__defaults__", None), seen)
     _const(h, tuple(sorted((getattr(fn, "__kwdefaults__", None) or {}).items())), seen)
+    for cell in getattr(fn, "__closure__", None) or ():  # a factory's captured values
+        try:
+            value = cell.cell_contents
+        except ValueError:  # a cell not filled yet
+            continue
+        if callable(value) and hasattr(value, "__code__"):
+            if id(value.__code__) not in seen:
+                _feed(h, value, seen)
+        else:
+            _const(h, value, seen)
 
 
 def _code(h: Any, code: types.CodeType, seen: set[int]) -> None:
