@@ -10,6 +10,7 @@ import json
 
 import pytest
 
+import dagnats_nb as dn
 from dagnats_nb.errors import WorkflowError
 from dagnats_nb.runtime.gates import parse_value
 from dagnats_nb.runtime.triggers import readable
@@ -86,3 +87,60 @@ def test_json_nested_too_deep_is_text_and_a_stored_definition_must_be_an_object(
             _stored("w", value)
         assert why in str(err.value) and "\n" not in str(err.value)
     assert _stored("w", b'{"name": "w"}') == {"name": "w"}
+
+
+def test_a_history_message_that_is_no_event_is_one_line_and_the_engine_goes_on(engine, caplog):
+    """Junk on a history subject (not JSON, no type, another run's subject) is skipped with
+    one warning line each, no traceback (a replay would print it again at every start), and
+    named in the orchestrator's errors; a run after it completes."""
+    import asyncio
+    import logging
+
+    import nats
+
+    async def publish() -> None:
+        nc = await nats.connect(engine.connect_url)
+        js = nc.jetstream()
+        await js.publish("history.junk1", b"not json")
+        await js.publish("history.junk2", json.dumps({"run_id": "junk2"}).encode())
+        other = {"type": "workflow.started", "run_id": "elsewhere"}
+        await js.publish("history.junk3", json.dumps(other).encode())
+        await nc.close()
+
+    engine.add_handler("echo", lambda ctx: ctx.input)
+    with caplog.at_level(logging.WARNING, logger="dagnats_nb.runtime.orchestrator"):
+        asyncio.run(publish())
+        run = engine.run({"name": "after-junk", "steps": [{"id": "e", "task": "echo"}]}, 7)
+    assert run.status == "completed" and run.output == 7
+    skipped = [r for r in caplog.records if "skipped" in r.getMessage()]
+    assert len(skipped) == 3, [r.getMessage() for r in caplog.records]
+    assert all(r.levelno == logging.WARNING and r.exc_info is None for r in skipped)
+    assert "does not match subject history.junk3" in skipped[2].getMessage()
+    assert sum("skipped" in e for e in engine.orchestrator.errors) == 3
+
+
+def test_an_attached_engine_reads_a_run_whose_record_is_not_json(engine):
+    """Someone wrote junk under the run's ``workflow_runs`` key: an attached engine answers
+    from the history instead of raising."""
+    import asyncio
+
+    import nats
+
+    engine.add_handler("echo", lambda ctx: ctx.input)
+    run = engine.run({"name": "junk-record", "steps": [{"id": "e", "task": "echo"}]}, 1)
+    assert run.status == "completed"
+
+    async def spoil() -> None:
+        nc = await nats.connect(engine.connect_url)
+        kv = await nc.jetstream().key_value("workflow_runs")
+        await kv.put(f"run.{run.id}", b"\xff not json")
+        await nc.close()
+
+    asyncio.run(spoil())
+    attached = dn.Engine.connect(data_dir=engine.settings.data_dir)
+    try:
+        summary = attached.run_state(run.id)
+        assert summary is not None and summary["run_id"] == run.id
+        assert summary["workflow"] == "junk-record"
+    finally:
+        attached.stop()

@@ -98,7 +98,10 @@ class Reads:
                 entry = await kv.get(key)
             except (KeyNotFoundError, NotFoundError):
                 continue
-            summary = read_record(json.loads(entry.value))
+            try:
+                summary = read_record(json.loads(entry.value))
+            except ValueError:  # a record that is not JSON (not ours): the history tells
+                continue
             if summary is not None:
                 return summary
         first = await self._history(run_id, limit=1)

@@ -143,19 +143,19 @@ class Orchestrator:
     # -- consuming -----------------------------------------------------------------------
 
     async def _on_msg(self, msg) -> None:
-        seq = 0
+        seq, event = 0, None
         try:
             seq = stream_seq(msg)
             if seq <= self.last_seq:  # sent again by a recreated consumer: applied once
                 self.counters["history_redelivered"] += 1
                 return
-            event = protocol.Event.decode(msg.data, seq=seq)
-            if msg.subject != protocol.history_subject(event.run_id):
-                # not the run's own subject (a forged or broken event: a run id with a space)
-                raise ValueError(f"run id {event.run_id!r} does not match subject {msg.subject}")
+            event = protocol.history_event(msg.data, msg.subject, seq)
             await self.apply(event)
         except Exception as exc:  # one bad event must not stop the engine
-            log.exception("cannot apply history message %s: %s", seq, exc)
+            if event is None:  # a message that is no event of its run: one line
+                log.warning("history message %s skipped: %s", seq, exc)
+            else:  # an event it could not apply: a bug, with its trace
+                log.exception("cannot apply history message %s: %s", seq, exc)
             self.errors.append(f"history message {seq} skipped: {exc}")
         self.last_seq = max(self.last_seq, seq)
         if self.replaying:

@@ -74,6 +74,16 @@ def history_subject(run_id: str) -> str:
     return f"history.{run_id}"
 
 
+def history_event(data: bytes, subject: str, seq: int = 0) -> Event:
+    """A history message as an event of the run its subject names; ValueError (KeyError,
+    TypeError) when it is none: not an event, or forged or broken (a run id with a space,
+    another run's subject)."""
+    event = Event.decode(data, seq=seq)
+    if subject != history_subject(event.run_id):
+        raise ValueError(f"run id {event.run_id!r} does not match subject {subject}")
+    return event
+
+
 def response_subject(run_id: str) -> str:
     """Where a respond step answers the HTTP request that started its run (core NATS)."""
     return f"dagnats.http.response.{run_id}"
@@ -225,6 +235,7 @@ __all__ = [
     "dumps",
     "format_time",
     "loads",
+    "history_event",
     "history_subject",
     "is_ref",
     "is_token",
