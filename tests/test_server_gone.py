@@ -43,3 +43,22 @@ def test_killing_the_server_ends_a_wait_with_no_timeout(tmp_path):
             run.wait(timeout=None)
     finally:
         eng.stop()
+
+
+def test_waits_work_again_once_jetstream_stores_again(engine):
+    """A fault that ended the waits (a full store) fails later waits only while it lasts:
+    the first start JetStream stores again ends it, and that run is waited on as usual."""
+    engine.add_handler("echo", lambda ctx: ctx.input)
+    wf = {"name": "after-fault", "steps": [{"id": "e", "task": "echo"}]}
+    with pytest.warns(dn.UnservedTaskWarning):  # it waits for ever: no worker serves it
+        held = engine.start_run({"name": "held", "steps": [{"id": "h", "task": "nobody"}]})
+
+    async def fault() -> None:
+        engine.orchestrator.report_fault("JetStream stores nothing now (test)", store_full=True)
+
+    engine._call(fault())
+    with pytest.raises(RunError, match="JetStream stores nothing now"):
+        held.wait(5)
+    run = engine.run(wf, 3, timeout=20)  # before: "JetStream stores nothing now" at once
+    assert run.status == "completed" and run.output == 3
+    assert engine.orchestrator.store_full is None

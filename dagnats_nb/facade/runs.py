@@ -271,6 +271,8 @@ class Runs:
             raise RunError(msg or f"cannot start a run of '{defn.name}': {exc}") from None
         except TimeoutError:
             raise self._nats_failure(None) from None
+        if self.orchestrator is not None:
+            self.orchestrator.store_full = None  # it stored the start: waits need not fail
         run = Run(self, run_id, defn.name)
         run.unserved = await self._missing(task_types(defn))
         return run

@@ -77,7 +77,7 @@ class Orchestrator:
         # Totals since start (replay included), for rates: steps_completed, steps_failed,
         # runs_started, runs_completed, runs_failed, runs_cancelled.
         self.counters: Counter[str] = Counter()
-        self.store_full: str | None = None
+        self.store_full: str | None = None  # why waits fail now (a full store, a dead server)
         self._waiters: dict[str, list[asyncio.Future]] = {}
         self._watchers: dict[str, list[Callable[[RunState], None]]] = {}
         self._timers: dict[TimerKey, asyncio.TimerHandle] = {}
@@ -271,12 +271,12 @@ class Orchestrator:
         if fut.cancelled():
             return
         exc = fut.exception()
-        if exc is not None:
-            full = store_error(exc)
-            if full:
-                self.report_fault(full, store_full=True)
-            else:
-                self.report_fault(f"{type(exc).__name__}: {exc}")
+        if exc is None:
+            self.store_full = None  # JetStream stores again: waits need not fail
+        elif full := store_error(exc):
+            self.report_fault(full, store_full=True)
+        else:
+            self.report_fault(f"{type(exc).__name__}: {exc}")
 
     async def _publish_event(self, event: protocol.Event) -> None:
         ack = await self.js.publish_async(
