@@ -319,6 +319,15 @@ def test_no_engine_no_streams_and_dead_url_are_one_line(clean_registry, capsys, 
     assert err.count("\n") == 1
 
 
+def test_a_worker_id_that_cannot_be_a_kv_key_is_one_line(clean_registry, capsys, tmp_path):
+    """``wp@1`` is a subject token but no KV key: refused before anything connects."""
+    for bad in ("wp@1", "a.b", "has space"):
+        args = ["worker", "tests.worker_tasks", "--worker-id", bad, "--data-dir", str(tmp_path)]
+        assert cli.main(args) == 1
+        err = capsys.readouterr().err
+        assert f"worker id {bad!r} cannot be used as a KV key" in err and err.count("\n") == 1
+
+
 def test_a_module_that_starts_an_engine_is_refused(clean_registry, capsys, tmp_path):
     module = tmp_path / "engine_on_import.py"
     module.write_text(

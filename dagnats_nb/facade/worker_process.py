@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 
 from nats.js.errors import NotFoundError
 
@@ -69,6 +70,9 @@ from dagnats_nb.wire import protocol
 log = logging.getLogger("dagnats_nb.worker")
 
 FOLLOW_EVERY = 1.0  # seconds between looks at engine.json while disconnected
+
+
+_WORKER_ID = re.compile(r"[-_A-Za-z0-9]+")
 
 
 class WorkerProcess:
@@ -104,7 +108,7 @@ class WorkerProcess:
         self.url = url  # shown in messages: without credentials once started
         self._client_url: str | None = None  # with them (the data dir's token)
         self.worker_id = worker_id or new_worker_id()
-        if not protocol.is_token(self.worker_id):
+        if not _WORKER_ID.fullmatch(self.worker_id):  # a KV key and a subject token
             raise DagnatsError(
                 f"worker id {self.worker_id!r} cannot be used as a KV key: use letters, "
                 "digits, '-' or '_'"
