@@ -9,7 +9,7 @@ Prints ONE JSON object on stdout (progress goes to stderr). For each concurrency
 on a fresh loop in this process), the engine's wall time for one run whose map step makes
 the calls (from ``start_run`` to the run's end, including the step that makes the list),
 the ideal (calls / concurrency x latency), and the engine's overhead per call.
-``targets``: wall <= 1.25 x ideal.
+``targets`` (issue 15): wall <= 1.10 x ideal at concurrency 100, <= 1.25 x ideal at 500.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from typing import Any
 import dagnats_nb as dn
 
 CONCURRENCIES = (100, 500)
-TARGET_RATIO = 1.25
+TARGET_RATIOS = {100: 1.10, 500: 1.25}  # wall / ideal, per concurrency (issue 15)
 
 
 def log(msg: str) -> None:
@@ -126,9 +126,9 @@ def run_all(mode: str, root: Path, calls: int, latency_ms: float) -> dict[str, A
         cases.append(case)
     targets = {
         f"concurrency_{c['concurrency']}_wall_s": {
-            "target": round(TARGET_RATIO * c["ideal_s"], 3),
+            "target": round(TARGET_RATIOS[c["concurrency"]] * c["ideal_s"], 3),
             "measured": c["engine_s"],
-            "met": c["engine_s"] <= TARGET_RATIO * c["ideal_s"],
+            "met": c["engine_s"] <= TARGET_RATIOS[c["concurrency"]] * c["ideal_s"],
         }
         for c in cases
     }

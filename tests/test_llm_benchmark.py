@@ -42,7 +42,8 @@ def test_quick_run_reports_both_concurrencies(report):
 def test_quick_run_reports_targets_and_machine(report):
     for case in report["cases"]:
         target = report["targets"][f"concurrency_{case['concurrency']}_wall_s"]
-        assert target["target"] == pytest.approx(1.25 * case["ideal_s"], abs=1e-3)
+        ratio = {100: 1.10, 500: 1.25}[case["concurrency"]]  # issue 15's targets
+        assert target["target"] == pytest.approx(ratio * case["ideal_s"], abs=1e-3)
         assert target["measured"] == case["engine_s"]
         assert target["met"] is (case["engine_s"] <= target["target"])
     assert report["machine"]["cpu_count"] >= 1 and report["machine"]["httpx"]
