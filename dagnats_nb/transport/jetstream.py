@@ -181,10 +181,13 @@ class ClusterJetStream(JetStreamContext):
             hdr = {**(hdr or {}), js_api.Header.EXPECTED_STREAM: stream}
         if msg_ttl is not None:
             hdr = {**(hdr or {}), js_api.Header.MSG_TTL: str(int(msg_ttl))}
-        try:
-            await asyncio.wait_for(self._slots.acquire(), timeout=wait_stall)
-        except (TimeoutError, asyncio.CancelledError):
-            raise TooManyStalledMsgsError from None
+        if self._slots.locked():  # 16,384 sends await their acks: wait for one (rare)
+            try:
+                await asyncio.wait_for(self._slots.acquire(), timeout=wait_stall)
+            except (TimeoutError, asyncio.CancelledError):
+                raise TooManyStalledMsgsError from None
+        else:  # a free slot: taken at once, without wait_for's task (Python 3.11)
+            await self._slots.acquire()
         try:
             prefix = self._reply_prefix or await self._subscribe_replies()
         except BaseException:

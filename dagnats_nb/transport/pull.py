@@ -78,4 +78,22 @@ async def fetch_available(psub, batch: int, timeout: float) -> list[Msg]:
             if JetStreamContext.is_status_msg(msg):
                 break
             msgs.append(msg)
+            if _take_until_status(psub, msgs, batch):
+                break
     return msgs
+
+
+def _take_until_status(psub, msgs: list[Msg], batch: int) -> bool:
+    """Append to ``msgs`` what the pull inbox already holds, up to ``batch``, without
+    waiting (``next_msg`` costs two asyncio tasks and a loop turn per message: a batch of
+    200 read one by one waited behind every other callback of a busy loop 200 times).
+    True when the request's closing status came."""
+    sub = psub._sub  # nats-py internal: the pull inbox's subscription (see take_buffered)
+    queue = sub._pending_queue
+    while len(msgs) < batch and not queue.empty():
+        msg = queue.get_nowait()
+        sub._pending_size -= len(msg.data)
+        if JetStreamContext.is_status_msg(msg):
+            return True
+        msgs.append(msg)
+    return False
