@@ -52,6 +52,7 @@ from dagnats_nb.transport.stores import DefinitionStore, PayloadStore
 from dagnats_nb.wire import protocol
 
 log = logging.getLogger("dagnats_nb.runtime.orchestrator")
+YIELD_EVERY = 32  # actions performed, or history messages applied, between two loop turns
 
 
 class Orchestrator:
@@ -145,7 +146,7 @@ class Orchestrator:
     async def _on_msg(self, msg) -> None:
         seq, event = 0, None
         try:
-            seq = stream_seq(msg)
+            seq = protocol.stream_seq(msg)
             if seq <= self.last_seq:  # sent again by a recreated consumer: applied once
                 self.counters["history_redelivered"] += 1
                 return
@@ -158,6 +159,8 @@ class Orchestrator:
                 log.exception("cannot apply history message %s: %s", seq, exc)
             self.errors.append(f"history message {seq} skipped: {exc}")
         self.last_seq = max(self.last_seq, seq)
+        if not seq % YIELD_EVERY:  # nats-py runs a queue of callbacks in one turn
+            await asyncio.sleep(0)
         if self.replaying:
             self.replayed_events += 1
             if seq >= self._replay_until:
@@ -223,7 +226,9 @@ class Orchestrator:
     async def execute(self, state: RunState, actions: list) -> None:
         """Perform the core's actions, in order. Publishes are pipelined: each is written at
         once and its ack handled when it comes (a failure is reported as a fault)."""
-        for action in actions:
+        for i, action in enumerate(actions, 1):
+            if not i % YIELD_EVERY:  # a map's 1,000 dispatches: the workers start meanwhile
+                await asyncio.sleep(0)
             if isinstance(action, Publish):
                 await self._publish_event(action.event)
             elif isinstance(action, Dispatch):
@@ -508,12 +513,3 @@ COUNTED = {
     protocol.STEP_FAILED: "steps_failed",
     protocol.WORKFLOW_STARTED: "runs_started",
 }
-
-
-def stream_seq(msg) -> int:
-    """The stream sequence of a JetStream message, read from its reply subject without
-    parsing the rest of the metadata (the orchestrator's hot path)."""
-    tokens = msg.reply.split(".", 9)
-    if len(tokens) == 9:  # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>
-        return int(tokens[5])
-    return msg.metadata.sequence.stream  # v2 form, with domain and account hash

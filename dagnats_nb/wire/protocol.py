@@ -84,6 +84,15 @@ def history_event(data: bytes, subject: str, seq: int = 0) -> Event:
     return event
 
 
+def stream_seq(msg: Any) -> int:
+    """The stream sequence of a JetStream message, read from its reply subject without
+    parsing the rest of the metadata (the orchestrator's hot path)."""
+    tokens = msg.reply.split(".", 9)
+    if len(tokens) == 9:  # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>
+        return int(tokens[5])
+    return msg.metadata.sequence.stream  # v2 form, with domain and account hash
+
+
 def response_subject(run_id: str) -> str:
     """Where a respond step answers the HTTP request that started its run (core NATS)."""
     return f"dagnats.http.response.{run_id}"
