@@ -59,27 +59,38 @@ def take_buffered(psub: object, limit: int | None = None) -> list[Msg]:
 async def fetch_available(psub, batch: int, timeout: float) -> list[Msg]:
     """Up to ``batch`` tasks as soon as there is one, never waiting for a full batch.
 
-    Tasks already buffered, else a lingering request for one task (``fetch(1)``: no
-    ``no_wait``), then a ``no_wait`` request for what else is there, read until its status
-    (see the module docstring for why not ``fetch(n)``)."""
+    Tasks already buffered, else a ``no_wait`` request for what is there (one round trip
+    when tasks wait: a worker whose slots free up as its calls end takes the next ones at
+    once), else a lingering request for one task (``fetch(1)``: no ``no_wait``) and a
+    ``no_wait`` request for the rest; each ``no_wait`` read until its status (see the
+    module docstring for why not ``fetch(n)``)."""
     msgs = take_buffered(psub, batch)
+    if msgs or batch == 1:
+        return msgs or await psub.fetch(1, timeout=timeout)
+    msgs = await _no_wait(psub, batch)
     if msgs:
         return msgs
     msgs = await psub.fetch(1, timeout=timeout)
-    if batch > 1:
-        more = json.dumps({"batch": batch - 1, "no_wait": True}).encode()
-        # nats-py internals: the connection, the consumer's next-message subject, the inbox
-        await psub._nc.publish(psub._nms, more, psub._deliver)
-        while len(msgs) < batch:
-            try:
-                msg = await psub._sub.next_msg(timeout=REST_WAIT)
-            except (TimeoutError, NatsTimeout):
-                break
-            if JetStreamContext.is_status_msg(msg):
-                break
-            msgs.append(msg)
-            if _take_until_status(psub, msgs, batch):
-                break
+    return msgs + await _no_wait(psub, batch - 1)
+
+
+async def _no_wait(psub, batch: int) -> list[Msg]:
+    """The tasks a ``no_wait`` request for ``batch`` gets (none when the server answers
+    with a status: no tasks, or requests of other workers waiting)."""
+    more = json.dumps({"batch": batch, "no_wait": True}).encode()
+    # nats-py internals: the connection, the consumer's next-message subject, the inbox
+    await psub._nc.publish(psub._nms, more, psub._deliver)
+    msgs: list[Msg] = []
+    while len(msgs) < batch:
+        try:
+            msg = await psub._sub.next_msg(timeout=REST_WAIT)
+        except (TimeoutError, NatsTimeout):
+            break
+        if JetStreamContext.is_status_msg(msg):
+            break
+        msgs.append(msg)
+        if _take_until_status(psub, msgs, batch):
+            break
     return msgs
 
 
