@@ -41,8 +41,17 @@ def no_step_ran_twice_for(log, seconds: float) -> None:
 
 
 def refused_row(child: EngineChild) -> dict:
-    rows = {r["check"]: r for r in child.ask("health")["rows"]}
-    return rows["results refused by JetStream"]
+    """health()'s row for the refused results, once it shows (a held result may get in
+    when a run ends and frees a little room: the gate reopens, then refuses again)."""
+    found: dict = {}
+
+    def shown() -> bool:
+        rows = {r["check"]: r for r in child.ask("health")["rows"]}
+        found.update(rows.get("results refused by JetStream") or {})
+        return bool(found)
+
+    until(shown, timeout=30, what="health to name the refused results")
+    return found
 
 
 def test_enospc_on_a_small_tmpfs(tmp_path, small_disk):
@@ -90,8 +99,9 @@ def test_enospc_on_a_small_tmpfs(tmp_path, small_disk):
 
 def test_store_full_on_the_object_store_path(tmp_path):
     """Outputs of 1.5 MiB go to the object store (``$ref``) until the store, 24 MiB, is
-    full: the object-store write fails, the worker holds the output and its step does not
-    run again; restarted with 256 MiB, every run completes with its output read back."""
+    full: the object-store write (or the result's publish, whichever meets the full store
+    first) fails, the worker holds the output and its step does not run again; restarted
+    with 256 MiB, every run completes with its output read back from the object store."""
     tally = Tally("store full (object store)")
     log = tmp_path / "effects.log"
     child = EngineChild(tmp_path / "engine", log, max_store_bytes="24MiB").start()
@@ -101,8 +111,9 @@ def test_store_full_on_the_object_store_path(tmp_path):
         runs = dict(zip(child.start_runs(inputs, workflow="one"), range(16), strict=True))
         until(lambda: child.ask("gate")["refusing"], timeout=30, what="the store to fill")
         tally.faults += 1
-        reason = child.ask("gate")["reason"]
-        assert "cannot store the output of step a" in reason, reason  # the object store's
+        # whichever write met the full store first: an output's object-store write or a
+        # result event's publish (a run of 16 races for the last bytes)
+        reason = child.ask("gate")["reason"] or ""
         assert "JetStream storage is full" in reason, reason
         no_step_ran_twice_for(log, 5)
         row = refused_row(child)
