@@ -142,11 +142,20 @@ def test_stats_cli_prints_tables_for_people(engine, capsys):
     rows = json.loads(dagnats("stats", "streams", "--json"))
     telemetry = next(r for r in rows if r["stream"] == "TELEMETRY")
     assert telemetry["max_bytes"] == 1 << 30 and telemetry["max_age_s"] == 7 * 86400
-    lag = dagnats("stats", "consumers")
-    assert "workers-llm" in lag and "KV_workers" not in lag and "$KV." not in lag
-    assert re.search(r"\d+ ephemeral consumers .* not shown: --all shows them", lag)
-    every = dagnats("stats", "lag", "--all")
-    assert "KV_workers" in every and "$KV.workers.>" in every and "not shown" not in every
+
+    async def watch():  # an ephemeral consumer on KV_workers, as a KV watcher makes one
+        kv = await engine._js.key_value("workers")
+        return await kv.watchall()
+
+    watcher = engine._call(watch())
+    try:
+        lag = dagnats("stats", "consumers")
+        assert "workers-llm" in lag and "KV_workers" not in lag and "$KV." not in lag
+        assert re.search(r"\d+ ephemeral consumers? .* not shown: --all shows them", lag)
+        every = dagnats("stats", "lag", "--all")
+        assert "KV_workers" in every and "$KV.workers.>" in every and "not shown" not in every
+    finally:
+        engine._call(watcher.stop())
     assert {r["durable"] for r in json.loads(dagnats("stats", "consumers", "--json"))} == {True}
     assert "60 s" in dagnats("stats", "health")  # the heartbeat gap's threshold
     assert main(["stats", "streams", "--all", *where]) == 1

@@ -355,3 +355,34 @@ def test_a_retried_publish_resolves_once(server):
         await nc.jetstream().delete_stream(name)
 
     run(scenario, server.client_url)
+
+
+def test_kv_keys_lists_every_key_from_the_streams_subjects(tmp_path):
+    """``kv_keys`` reads the bucket's subjects (not nats-py's watch, which may end before the
+    first message and list none); a deleted key keeps its marker, and the readers built on
+    it leave it out."""
+    from dagnats_nb.transport.stores import DefinitionStore, json_values, kv_keys
+
+    async def scenario(url: str) -> None:
+        nc = await nats.connect(url)
+        js = jetstream(nc)
+        kv = await js.create_key_value(bucket="many")
+        for i in range(300):
+            await kv.put(f"k{i:03d}", b'{"n": %d}' % i)
+        await kv.put("k000", b'{"n": -1}')  # a second revision: one key still
+        await kv.delete("k001")
+        keys = await kv_keys(js, "many")
+        assert sorted(keys) == [f"k{i:03d}" for i in range(300)]  # k001: its marker
+        values = await json_values(js, "many")
+        assert len(values) == 299 and values["k000"] == {"n": -1} and "k001" not in values
+        with pytest.raises(nats.js.errors.NotFoundError):
+            await kv_keys(js, "nothing-here")
+        defs = await js.create_key_value(bucket="workflow_defs")
+        await defs.put("kept", b"{}")
+        await defs.put("gone", b"{}")
+        await defs.delete("gone")
+        assert await DefinitionStore(js).names() == ["kept"]
+        await nc.close()
+
+    with EmbeddedServer(data_dir=tmp_path / "nats") as running:
+        asyncio.run(scenario(running.client_url))

@@ -14,14 +14,14 @@ import time
 from collections import deque
 from typing import Any
 
-from nats.js.errors import KeyNotFoundError, NoKeysError, NotFoundError
+from nats.js.errors import KeyNotFoundError, NotFoundError
 
 from dagnats_nb.dag import parse_duration
 from dagnats_nb.dag.state import RUN_TERMINAL
 from dagnats_nb.facade.twins import twins
 from dagnats_nb.observe import health, monitor, sampler, sizing, stats, tables
 from dagnats_nb.server.datadir import read_engine_info
-from dagnats_nb.transport.stores import json_values
+from dagnats_nb.transport.stores import json_values, kv_keys
 from dagnats_nb.wire import protocol, resources
 from dagnats_nb.wire.runs import read_record
 from dagnats_nb.wire.workers import read_entry
@@ -203,8 +203,8 @@ class Observing:
         measure."""
         kv = await self._js.key_value("workflow_runs")
         try:
-            keys = sorted(await kv.keys())
-        except (NotFoundError, NoKeysError):
+            keys = sorted(await kv_keys(self._js, "workflow_runs"))
+        except NotFoundError:
             return []
         out: list[tuple[str, str, int, int]] = []
         for key in reversed(keys):  # newest ids last in ULID order: recent runs first

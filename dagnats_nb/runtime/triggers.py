@@ -46,9 +46,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from nats.js.errors import KeyNotFoundError, NoKeysError, NotFoundError
+from nats.js.errors import KeyNotFoundError, NotFoundError
 
 from dagnats_nb.dag.cron import Cron, parse_cron
+from dagnats_nb.transport.stores import kv_keys
 
 log = logging.getLogger("dagnats_nb")
 
@@ -137,10 +138,10 @@ class TriggerStore:
 
     async def all(self) -> dict[str, tuple[dict[str, Any], float]]:
         """Every trigger record by id, with the time it was written (POSIX seconds)."""
-        kv = await self._bucket(BUCKET)
+        await self._bucket(BUCKET)
         try:
-            keys = await kv.keys()
-        except (NotFoundError, NoKeysError):
+            keys = await kv_keys(self.js, BUCKET)
+        except NotFoundError:
             return {}
         out = {}
         for key in keys:

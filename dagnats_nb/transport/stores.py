@@ -11,7 +11,7 @@ import uuid
 from typing import Any
 
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError, NoKeysError, NotFoundError, ObjectNotFoundError
+from nats.js.errors import KeyNotFoundError, NotFoundError, ObjectNotFoundError
 
 from dagnats_nb.dag import WorkflowDef, limits, load_workflow
 from dagnats_nb.errors import WorkflowError
@@ -22,14 +22,33 @@ _KV_KEY = re.compile(r"^[-/_=.a-zA-Z0-9]+$")
 ENVELOPE_HEADROOM = 16 * 1024
 
 
+async def kv_keys(js: JetStreamContext, bucket: str) -> list[str]:
+    """The keys of a KV bucket that hold a message (a deleted key's marker too: reading it
+    tells), from its stream's subjects, page by page; NotFoundError without the bucket.
+    Not nats-py's ``kv.keys()``: its watch can end before the first messages arrive and
+    list none (nats-io/nats.py#842), which made tables of triggers or workers empty now
+    and then."""
+    prefix = f"$KV.{bucket}."
+    keys: list[str] = []
+    while True:
+        req = json.dumps({"subjects_filter": prefix + ">", "offset": len(keys)}).encode()
+        resp = await js._api_request(
+            f"{js._prefix}.STREAM.INFO.KV_{bucket}", req, timeout=js._timeout
+        )
+        subjects = (resp.get("state") or {}).get("subjects") or {}
+        keys.extend(subject[len(prefix) :] for subject in subjects)
+        if not subjects or len(keys) >= (resp.get("total") or 0):
+            return keys
+
+
 async def json_values(js: JetStreamContext, bucket: str) -> dict[str, Any]:
     """Every live value of a KV bucket, decoded from JSON, by key (a key deleted while
     reading, or a value that is not JSON or nested too deep, is left out; an empty bucket
     is ``{}``)."""
     kv = await js.key_value(bucket)
     try:
-        keys = await kv.keys()
-    except (NotFoundError, NoKeysError):
+        keys = await kv_keys(js, bucket)
+    except NotFoundError:
         return {}
     out: dict[str, Any] = {}
     for key in keys:
@@ -216,12 +235,16 @@ class DefinitionStore:
     async def names(self) -> list[str]:
         kv = await self._bucket()
         try:
-            keys = await kv.keys()
-        except (NotFoundError, NoKeysError):
+            keys = await kv_keys(self.js, "workflow_defs")
+        except NotFoundError:
             return []
         out = []
         for k in keys:
             if _LEGACY_VERSION.search(k):
+                continue
+            try:
+                await kv.get(k)
+            except (KeyNotFoundError, NotFoundError):  # deleted (its marker is left)
                 continue
             if k.startswith("b64_"):
                 pad = "=" * (-len(k[4:]) % 4)
