@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 import warnings
 
 import pytest
@@ -162,9 +163,12 @@ def test_many_runs_started_at_once_read_the_workers_kv_once(engine):
     async def start_many() -> list:
         return await asyncio.gather(*(engine.start_run_async("orphan", i) for i in range(300)))
 
+    began = time.monotonic()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", dn.UnservedTaskWarning)
         runs = asyncio.run(start_many())
+    took = time.monotonic() - began
     assert len({r.id for r in runs}) == 300
     assert all(r.unserved == ["enrich"] for r in runs)
-    assert len(reads) == 1
+    # one read for all of them; another only when a start comes after the 2 s cache expired
+    assert 1 <= len(reads) <= 1 + int(took / hints.SERVED_TTL), (len(reads), took)
