@@ -46,7 +46,6 @@ class _Source:
     target: tuple[str, WorkflowDef]  # its definition's hash and the definition
     state: RunState
     input: Any
-    handler_versions: dict[str, str]  # step id -> the handler version its result recorded
 
 
 def new_run_id() -> str:
@@ -131,7 +130,7 @@ class Runs:
         name = source.target[1].name if workflow is None else workflow
         target = await self._fork_target(source, name)
         seeds = rerun_seeds(
-            source.target[1], target[1], source.handler_versions, self._serving_versions()
+            source.target[1], target[1], source.state.versions or {}, self._serving_versions()
         )
         if not seeds:
             if input is None or _canonical(input) == _canonical(source.input):
@@ -153,8 +152,8 @@ class Runs:
 
     async def _fork_source(self, run_id: str) -> _Source:
         """The run a fork starts from, read from its history (the orchestrator's copy of a
-        finished run has dropped its steps' outputs): its definition, state, input and the
-        handler versions its results recorded."""
+        finished run has dropped its steps' outputs): its definition, state (with the
+        handler versions its results recorded) and input."""
         await self._fork_needs_our_orchestrator()
         events = await self._history(run_id)
         if not events or events[0].type != protocol.WORKFLOW_STARTED:
@@ -163,7 +162,7 @@ class Runs:
         h, defn = await self.defs.for_started(started)
         state = replay(defn, events)
         kept = await self.payloads.expand(protocol.started_input(started), run_id)
-        return _Source(run_id, (h, defn), state, kept, dict(state.versions or {}))
+        return _Source(run_id, (h, defn), state, kept)
 
     async def _fork_target(
         self, source: _Source, workflow: str | WorkflowDef | dict
