@@ -267,7 +267,7 @@ class Engine(
         )
         await provision.ensure_resources(
             self._js,
-            streams,
+            (*streams, resources.SNAPSHOTS),
             s.nats_jetstream_replicas,
             self.url,
             (*resources.BUCKETS, cache),

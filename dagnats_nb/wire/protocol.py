@@ -61,6 +61,7 @@ EVENTS_STREAM = "EVENTS"  # what wait_for_event steps wait for: event.{type}
 APPROVAL_BUCKET = "approval_tokens"  # Go's: {run}.{step} -> the open approval's token
 SIGNAL_BUCKET = "signals"  # Go's: {run}.{name} -> a signal's payload
 PAYLOAD_BUCKET = "payloads"
+SNAPSHOT_STREAM = "DAGNATS_SNAPSHOTS"  # ours: active runs' snapshots (runtime.snapshots)
 
 _BAD_TOKEN = re.compile(r"[.*>\s]")
 
@@ -207,6 +208,7 @@ __all__ = [
     "MAP_STARTED",
     "NON_RETRIABLE",
     "PAYLOAD_BUCKET",
+    "SNAPSHOT_STREAM",
     "RETRIABLE",
     "RETRY_AFTER",
     "RUN_TERMINAL_EVENTS",

@@ -74,6 +74,7 @@ class StreamSpec:
     duplicate_window: float | None = None  # seconds; None: the server's (2 min)
     discard: str = "old"  # old | new
     allow_atomic: bool = False  # atomic batch publish (nats-server >= 2.12, API level 2)
+    max_msgs_per_subject: int | None = None  # None: no limit
 
     def config(self, replicas: int = 1, api_level: int | None = 2) -> js_api.StreamConfig:
         """The stream config to send; ``allow_atomic`` only to a server that knows it."""
@@ -87,6 +88,7 @@ class StreamSpec:
             "max_age": self.max_age or 0,
             "max_bytes": self.max_bytes or -1,
             "duplicate_window": self.duplicate_window or 0,
+            "max_msgs_per_subject": self.max_msgs_per_subject or -1,
         }
         if self.allow_atomic and (api_level or 0) >= 2:
             kw["allow_atomic"] = True
@@ -178,6 +180,13 @@ BUCKETS: tuple[BucketSpec, ...] = (
     BucketSpec("trigger_state"),  # "{id}.last_run_at": the minute a cron trigger last fired
 )
 
+
+# Ours (Go never reads it): the snapshots of the runs an orchestrator holds, one message a
+# subject (``runtime.snapshots``). It holds O(active runs), so no age or byte limit: a full
+# store refuses a snapshot, and the checkpoint stops advancing (restart reads more history).
+SNAPSHOTS = StreamSpec(
+    protocol.SNAPSHOT_STREAM, ("dagnats_nb.snapshot.>",), max_msgs_per_subject=1
+)
 
 CACHE_BUCKET = "task_cache"  # the step cache (ours: Go has none), runtime.cache
 CACHE_MAX_SHARE = 0.10  # the cache's byte limit never takes more of max_store_bytes
