@@ -37,6 +37,7 @@ from dagnats_nb.facade.maintenance import Maintenance
 from dagnats_nb.facade.observing import Observing
 from dagnats_nb.facade.orchestration import orchestrates
 from dagnats_nb.facade.reads import Reads
+from dagnats_nb.facade.retention import Retention
 from dagnats_nb.facade.run import Run, RunTimeout
 from dagnats_nb.facade.runs import Runs, new_run_id
 from dagnats_nb.facade.serving import Serving
@@ -70,7 +71,17 @@ def _registered(result: tuple[WorkflowDef, list[str]]) -> WorkflowDef:
 
 
 class Engine(
-    Serving, Runs, Reads, Observing, Gates, Triggers, Hints, Maintenance, Comparing, Caching
+    Serving,
+    Runs,
+    Reads,
+    Observing,
+    Gates,
+    Triggers,
+    Hints,
+    Maintenance,
+    Comparing,
+    Caching,
+    Retention,
 ):
     """A dagnats engine: embedded (``Engine.start``) or attached (``Engine.connect``)."""
 
@@ -244,10 +255,11 @@ class Engine(
         await self._ensure_resources()
         self._started["resources"] = True
         if await orchestrates(self._js, self.settings, self.url, self.server is not None):
-            self.orchestrator = Orchestrator(self._nc, self._js, self.defs, self.payloads)
+            self.orchestrator = self._new_orchestrator()
             await self.orchestrator.start()
         self._started["orchestrator"] = True
         await self._start_triggers()  # the orchestrating engine fires them
+        await self._start_pruner()  # and prunes expired records and payloads
         self.host = WorkerHost(
             self._nc, self._js, self.payloads, self.worker_id, self._executor, self._store_full
         )
@@ -257,6 +269,15 @@ class Engine(
         if self.settings.llm_enabled:
             await self._start_llm()
         self._started["workers"] = True
+
+    def _new_orchestrator(self) -> Orchestrator:
+        return Orchestrator(
+            self._nc,
+            self._js,
+            self.defs,
+            self.payloads,
+            snapshot_restart=self.settings.snapshot_restart,
+        )
 
     async def _ensure_resources(self) -> None:
         s = self.settings
@@ -294,6 +315,7 @@ class Engine(
     async def _stop_async(self) -> None:
         self._closing = True
         await self._stop_triggers()
+        await self._stop_pruner()
         for extension in reversed(self.extensions):
             try:
                 await extension.stop()
@@ -339,7 +361,7 @@ class Engine(
             return
         await self._ensure_resources()
         self.defs = DefinitionStore(self._js)  # what the streams hold now, not a cache
-        self.orchestrator = Orchestrator(self._nc, self._js, self.defs, self.payloads)
+        self.orchestrator = self._new_orchestrator()
         await self.orchestrator.start()  # replays the history
         self._started["orchestrator"] = True
         handlers, self._paused = self._paused, None
