@@ -318,6 +318,8 @@ async def scenario(eng: Engine, tmp_path, tag: str, release: threading.Event) ->
     stats = await call(eng, "cache_stats_async")  # the step cache
     assert stats["max_bytes"] > 0 and stats["write_errors"] == 0
     assert await call(eng, "cache_clear_async", "double") == 0
+    pruned = await call(eng, "prune_async")  # retention: nothing ended 720h ago
+    assert pruned["records_pruned"] == 0 and pruned["max_age"] == 720 * 3600
 
     # observing
     streams = set((await call(eng, "stream_stats_async"))["stream"])

@@ -15,7 +15,7 @@ import pytest
 from conftest import until
 
 import dagnats_nb as dn
-from dagnats_nb.errors import DagnatsError
+from dagnats_nb.errors import DagnatsError, WorkflowError
 from dagnats_nb.runtime import retention
 
 BIG = "x" * 1_100_000  # over the 1 MiB message limit: kept in the payloads object store
@@ -95,6 +95,8 @@ def test_ended_runs_lose_record_and_payloads_waiting_and_recent_runs_keep_them(e
     assert done["payload_bytes"] > len(BIG) and done["complete"] is True
     assert done["max_age"] == 0.8 and done["cutoff"].endswith("Z")
     assert eng.get_run(recent.id).status == "completed"
+    with pytest.raises(WorkflowError, match="is missing"):  # its large output went
+        eng.step_output(old.id, "s")
     assert eng.get_run(waiting.id).status == "running"
     eng.approve(waiting.id, "ok", by="ada")  # the waiting run's input was kept: it goes on
     assert waiting.wait(timeout=20).status == "completed"
