@@ -311,6 +311,33 @@ def test_record_state_rebuilds_what_memory_holds(eng, finished, parity):
     assert mapped["steps"]["sq"]["map_instances"] == [{"status": "completed"}] * 5
 
 
+def test_every_field_of_a_finished_state_comes_back_from_its_record():
+    """The pure round trip on a state with every field set (``test_snapshot``'s): what
+    memory keeps of it comes back, and Go's fields say what Go's engine would."""
+    from test_snapshot import every_field_set
+
+    from dagnats_nb.dag.state import StepState
+    from dagnats_nb.wire.runs import record_state, run_record
+
+    s = every_field_set()
+    s.steps["retry"] = StepState("retrying", 2, error="flaky", due_at=50.0, queued_at=4.0)
+    s.steps["nap"] = StepState("running", 1, due_at=60.0, first_at=3.0)
+    s.steps["loop"] = StepState("waiting", 1, 3, first_at=2.0, due_at=70.0)
+    raw = json.loads(json.dumps(run_record(s)))
+    back = record_state(raw, s.extended)
+    expected = lean(s)
+    expected["event_count"] = s.event_count + len(s.outbox)  # each outbox event comes back
+    assert lean(back) == expected and back.extended == s.extended
+    go = raw["steps"]
+    assert go["retry"]["status"] == "queued" and go["loop"]["status"] == "running"
+    assert go["nap"]["wake_at"] == "1970-01-01T00:01:00.000000Z"
+    assert go["loop"]["loop_started_at"] == "1970-01-01T00:00:02.000000Z"
+    assert go["child"]["child_run_id"] == "r-child" and "wake_at" not in go["ok"]
+    statuses = [i["status"] for i in go["m"]["map_instances"]]
+    assert statuses == ["completed", "queued", "x"]
+    assert raw["root_run_id"] == "root" and raw["parent_run_id"] == "p"
+
+
 def test_a_record_any_client_wrote_is_read_from_history_not_trusted():
     from dagnats_nb.wire.runs import read_record, record_state
 
