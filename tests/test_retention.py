@@ -82,18 +82,18 @@ def test_ended_runs_lose_record_and_payloads_waiting_and_recent_runs_keep_them(e
     assert old.status == "completed" and old.output == {"blob": BIG}
     owners, chunks = objects(eng)
     assert owners == {waiting.id, old.id} and chunks == 2
-    time.sleep(1.0)
+    time.sleep(1.5)
     recent = eng.run("big", timeout=30)
     assert {waiting.id, old.id, failed.id, recent.id} <= records(eng)
 
-    done = eng.prune(max_age=0.8)
+    done = eng.prune(max_age=1.2)  # old ones: ended 1.5 s ago or more; recent: just now
 
     assert records(eng) & {waiting.id, old.id, failed.id, recent.id} == {waiting.id, recent.id}
     owners, chunks = objects(eng)
     assert owners == {waiting.id, recent.id} and chunks == 2
     assert done["records_pruned"] == 2 and done["payloads_deleted"] == 1
     assert done["payload_bytes"] > len(BIG) and done["complete"] is True
-    assert done["max_age"] == 0.8 and done["cutoff"].endswith("Z")
+    assert done["max_age"] == 1.2 and done["cutoff"].endswith("Z")
     assert eng.get_run(recent.id).status == "completed"
     with pytest.raises(WorkflowError, match="is missing"):  # its large output went
         eng.step_output(old.id, "s")
@@ -101,26 +101,26 @@ def test_ended_runs_lose_record_and_payloads_waiting_and_recent_runs_keep_them(e
     eng.approve(waiting.id, "ok", by="ada")  # the waiting run's input was kept: it goes on
     assert waiting.wait(timeout=20).status == "completed"
 
-    again = eng.prune(max_age=0.8)
+    again = eng.prune(max_age=1.2)
     assert again["records_pruned"] == 0 and again["payloads_deleted"] == 0
     assert records(eng) >= {waiting.id, recent.id}
 
 
 def test_a_pass_reads_the_expired_records_and_one_more(eng):
     old = [eng.run("small", input={"n": i}, timeout=20).id for i in range(3)]
-    time.sleep(1.0)
-    new = [eng.run("small", input={"n": i}, timeout=20).id for i in range(20)]
+    time.sleep(2.0)
+    new = [eng.run("small", input={"n": i}, timeout=20).id for i in range(5)]
     assert set(old + new) <= records(eng)
 
-    done = eng.prune(max_age=0.8)
+    done = eng.prune(max_age=1.5)
 
     assert done["records_pruned"] == 3
     assert done["records_read"] == 4  # the 3 expired, then the first newer one: stop
     assert records(eng) & set(old + new) == set(new)
-    capped = eng.prune(max_age=0.0001, limit=5)  # all 20 expired now; 5 a pass
-    assert capped["records_read"] == 5 and capped["records_pruned"] == 5
+    capped = eng.prune(max_age=0.0001, limit=2)  # all 5 expired now; 2 a pass
+    assert capped["records_read"] == 2 and capped["records_pruned"] == 2
     assert capped["complete"] is False
-    assert len(records(eng) & set(new)) == 15
+    assert records(eng) & set(new) == set(new[2:])
 
 
 def _put_records(engine, values: dict[str, bytes]) -> None:
@@ -164,6 +164,25 @@ def test_only_terminal_records_that_ended_before_the_cutoff_go(eng):
     assert done["records_read"] == 6 and done["records_pruned"] == 2
     left = {"still-running", "clock-ahead", "garbage", waiting.id}
     assert records(eng) == left
+
+
+def test_a_capped_pass_goes_on_where_the_last_one_stopped(eng):
+    def rec(run_id: str, status: str) -> bytes:
+        ended = "2020-01-01T00:00:00Z"
+        return json.dumps({"run_id": run_id, "status": status, "completed_at": ended}).encode()
+
+    waiting = {f"w{i}": rec(f"w{i}", "running") for i in range(3)}  # old, never pruned
+    _put_records(eng, waiting | {"d1": rec("d1", "completed"), "d2": rec("d2", "failed")})
+    time.sleep(0.6)
+    first = eng.prune(max_age=0.5, limit=2)
+    assert (first["records_read"], first["records_pruned"], first["complete"]) == (2, 0, False)
+    second = eng.prune(max_age=0.5, limit=2)  # not the same two waiting ones again
+    assert (second["records_read"], second["records_pruned"]) == (2, 1)
+    third = eng.prune(max_age=0.5, limit=2)
+    assert (third["records_read"], third["records_pruned"], third["complete"]) == (1, 1, True)
+    assert records(eng) == set(waiting)
+    fourth = eng.prune(max_age=0.5, limit=2)  # from the first record again
+    assert (fourth["records_read"], fourth["records_pruned"]) == (2, 0)
 
 
 def _put_objects(engine, names: list[str]) -> None:
