@@ -40,7 +40,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import nats.errors
 from nats.aio.client import Client as NATS
@@ -50,6 +50,7 @@ from dagnats_nb.transport.api import js_api
 from dagnats_nb.wire import protocol
 
 log = logging.getLogger("dagnats_nb.runtime.retention")
+T = TypeVar("T")
 
 FIRST_DELAY = 60.0  # seconds from the start to the first pass
 INTERVAL = 3600.0  # seconds between passes
@@ -81,11 +82,12 @@ class Stored:
 
 
 @dataclass(frozen=True, slots=True)
-class Scan:
-    """What a scan read: the messages stored before the cutoff, how many it read (the
-    newer one that ended it included), and where the next scan starts (0: the first)."""
+class Scan(Generic[T]):
+    """What a scan read: what it picked of the messages stored before the cutoff, how many
+    it read (the newer one that ended it included), and where the next scan starts (0: the
+    first)."""
 
-    found: list[Stored]
+    found: list[T]
     read: int
     resume: int
 
@@ -157,15 +159,23 @@ def _stored(msg) -> Stored:
 
 
 async def scan(
-    nc: NATS, api: str, stream: str, subjects: str, start: int, cutoff: float, limit: int
-) -> Scan:
-    """Messages of ``stream`` on ``subjects`` from sequence ``start``, in order, until the
-    first stored at or after ``cutoff``, the end, or ``limit`` read (then ``resume`` says
-    where to go on). Batched direct gets (``batch``, nats-server 2.11); a server that
-    answers one message a request is read one message a request."""
+    nc: NATS,
+    api: str,
+    stream: str,
+    subjects: str,
+    start: int,
+    cutoff: float,
+    limit: int,
+    pick: Callable[[Stored], T | None],
+) -> Scan[T]:
+    """``pick`` of each message of ``stream`` on ``subjects`` from sequence ``start``, in
+    order, until the first stored at or after ``cutoff``, the end, or ``limit`` read (then
+    ``resume`` says where to go on); what it returns that is not None is kept (a message
+    is not: 10,000 records are 30-50 MB). Batched direct gets (``batch``, nats-server
+    2.11); a server that answers one message a request is read one message a request."""
     inbox = nc.new_inbox()
     sub = await nc.subscribe(inbox)
-    found: list[Stored] = []
+    found: list[T] = []
     read, seq = 0, max(start, 1)
     try:
         while read < limit:
@@ -181,7 +191,9 @@ async def scan(
                 one, got, read = _stored(msg), got + 1, read + 1
                 if one.time >= cutoff:
                     return Scan(found, read, 0)
-                found.append(one)
+                picked = pick(one)
+                if picked is not None:
+                    found.append(picked)
                 seq = one.seq + 1
                 if "Nats-Num-Pending" not in h:  # a server without batches: one a request
                     break
@@ -314,43 +326,49 @@ class Pruner:
             self.last = out
             return out
 
-    async def _scan(self, stream: str, subjects: str, cutoff: float, limit: int) -> Scan:
+    async def _scan(
+        self, stream: str, subjects: str, cutoff: float, limit: int, pick: Callable
+    ) -> Scan:
         start = self._resume[stream]
-        found = await scan(self.nc, self.api, stream, subjects, start, cutoff, limit)
+        found = await scan(self.nc, self.api, stream, subjects, start, cutoff, limit, pick)
         self._resume[stream] = found.resume
         return found
 
     async def _records(self, cutoff: float, limit: int, out: dict[str, Any]) -> set[str]:
-        found = await self._scan(RUNS_STREAM, RUN_SUBJECTS, cutoff, limit)
+        def expired(msg: Stored) -> tuple[str, str, int] | None:
+            run_id = None if msg.marker else expired_run(msg.data, cutoff)
+            if run_id is None or self.holds(run_id):
+                return None
+            return run_id, msg.subject, msg.seq
+
+        found = await self._scan(RUNS_STREAM, RUN_SUBJECTS, cutoff, limit, expired)
         out["records_read"] = found.read
         out["complete"] &= found.resume == 0
-        doomed: dict[str, Stored] = {}
-        for msg in found.found:
-            run_id = None if msg.marker else expired_run(msg.data, cutoff)
-            if run_id is not None and not self.holds(run_id):
-                doomed[run_id] = msg
         api, nc = self.api, self.nc
         purged = await _bounded(
-            purge(nc, api, RUNS_STREAM, m.subject, m.seq + 1) for m in doomed.values()
+            purge(nc, api, RUNS_STREAM, subject, seq + 1) for _, subject, seq in found.found
         )
         out["records_pruned"] = sum(1 for n in purged if n)
-        return set(doomed)
+        return {run_id for run_id, _, _ in found.found}
 
     async def _payloads(
         self, cutoff: float, limit: int, pruned: set[str], out: dict[str, Any]
     ) -> None:
-        found = await self._scan(PAYLOAD_STREAM, META_SUBJECTS, cutoff, limit)
-        out["payloads_read"] = found.read
-        out["complete"] &= found.resume == 0
         orphan_before = min(cutoff, time.time() - ORPHAN_AGE)
-        candidates: list[tuple[Stored, dict[str, Any], str]] = []
-        for msg in found.found:
+
+        def candidate(msg: Stored) -> tuple[Stored, dict[str, Any], str] | None:
             meta = stored_object(msg.data)
             run_id = owner(meta["name"]) if meta else None
             if run_id is None or self.holds(run_id):
-                continue
+                return None
             if run_id in pruned or msg.time < orphan_before:
-                candidates.append((msg, meta, run_id))
+                return msg, meta, run_id
+            return None
+
+        found = await self._scan(PAYLOAD_STREAM, META_SUBJECTS, cutoff, limit, candidate)
+        out["payloads_read"] = found.read
+        out["complete"] &= found.resume == 0
+        candidates = found.found
         unknown = sorted({run_id for _, _, run_id in candidates} - pruned)
         kept = await _bounded(record_exists(self.nc, self.api, run_id) for run_id in unknown)
         alive = {run_id for run_id, exists in zip(unknown, kept, strict=True) if exists}
