@@ -185,6 +185,25 @@ def test_a_capped_pass_goes_on_where_the_last_one_stopped(eng):
     assert (fourth["records_read"], fourth["records_pruned"]) == (2, 0)
 
 
+def test_a_childs_objects_stay_while_its_parent_runs_or_keeps_its_record(eng):
+    eng.register({"name": "kid", "steps": [{"id": "s", "task": "big"}]})
+    child_step = {"id": "c", "type": "sub_workflow", "config": {"workflow": "kid"}}
+    gate = {**GATE, "depends_on": ["c"]}
+    parent = eng.start_run({"name": "parent", "steps": [child_step, gate]})
+    child = f"{parent.id}-c"  # its output is an object the parent's step c refers to
+    until(lambda: child in objects(eng)[0] and child in records(eng), what="the child's end")
+    time.sleep(0.6)
+    first = eng.prune(max_age=0.5)
+    assert first["records_pruned"] == 1 and child not in records(eng)
+    assert objects(eng)[0] == {child}  # the parent runs: its child's output stays
+    eng.approve(parent.id, "ok")
+    assert parent.wait(timeout=20).status == "completed"
+    time.sleep(0.6)
+    second = eng.prune(max_age=0.5)
+    assert second["records_pruned"] == 1 and second["payloads_deleted"] == 1
+    assert objects(eng) == (set(), 0)
+
+
 def _put_objects(engine, names: list[str]) -> None:
     async def put():
         nc = await nats.connect(engine.connect_url)

@@ -14,11 +14,13 @@ history does not: KV ``workflow_runs`` (one record ``run.{id}`` a run) and the o
    running stays. The purge names the key's subject and the sequence read, so it leaves no
    delete marker, and a record put again since (a reopened run) stays.
 2. reads the object metadata (``$O.payloads.M.>``) the same way, oldest first, up to the
-   cutoff, and deletes each object whose run has no record any more (pruned now, or before:
-   then the object must also be ``ORPHAN_AGE`` old) and is not running here: its chunks'
-   subject, then its metadata's, both purged (no "deleted" marker, unlike nats-py's
-   ``delete``). An object is put before its run ends, so every object of an expired run is
-   older than the cutoff, and a pass cut short leaves objects that a later one finds.
+   cutoff, and deletes each object whose run has no record any more, nor any run it
+   descends from (:func:`lineage`: a parent holds its child's output), and none of them is
+   running here. A record gone before this pass (not pruned now) also needs the object to
+   be ``ORPHAN_AGE`` old. Deleting is purging its chunks' subject, then its metadata's (no
+   "deleted" marker, unlike nats-py's ``delete``). An object is put before its run ends, so
+   every object of an expired run is older than the cutoff, and a pass cut short leaves
+   objects that a later one finds.
 
 Each scan reads at most ``limit`` messages (10,000, Go's ``pruneMaxRunsScan``); when the cap
 stops it, the next pass goes on from there (old waiting runs at the front are not read
@@ -127,6 +129,17 @@ def owner(name: str) -> str | None:
     when that cannot be a run id: a subject token)."""
     run_id, slash, _ = name.partition("/")
     return run_id if slash and protocol.is_token(run_id) else None
+
+
+def lineage(run_id: str) -> list[str]:
+    """``run_id`` and the runs it may descend from: a sub_workflow child's id is
+    ``{parent}-{step}``, and its parent holds the child's output, references included."""
+    out = [run_id]
+    while "-" in run_id:
+        run_id = run_id.rpartition("-")[0]
+        if run_id:
+            out.append(run_id)
+    return out
 
 
 def summary(max_age: float | None, cutoff: float | None = None) -> dict[str, Any]:
@@ -356,23 +369,24 @@ class Pruner:
     ) -> None:
         orphan_before = min(cutoff, time.time() - ORPHAN_AGE)
 
-        def candidate(msg: Stored) -> tuple[Stored, dict[str, Any], str] | None:
+        def candidate(msg: Stored) -> tuple[Stored, dict[str, Any], list[str]] | None:
             meta = stored_object(msg.data)
             run_id = owner(meta["name"]) if meta else None
-            if run_id is None or self.holds(run_id):
+            runs = lineage(run_id) if run_id else []
+            if not runs or any(self.holds(r) for r in runs):
                 return None
-            if run_id in pruned or msg.time < orphan_before:
-                return msg, meta, run_id
+            if not pruned.isdisjoint(runs) or msg.time < orphan_before:
+                return msg, meta, runs
             return None
 
         found = await self._scan(PAYLOAD_STREAM, META_SUBJECTS, cutoff, limit, candidate)
         out["payloads_read"] = found.read
         out["complete"] &= found.resume == 0
         candidates = found.found
-        unknown = sorted({run_id for _, _, run_id in candidates} - pruned)
+        unknown = sorted({r for _, _, runs in candidates for r in runs} - pruned)
         kept = await _bounded(record_exists(self.nc, self.api, run_id) for run_id in unknown)
         alive = {run_id for run_id, exists in zip(unknown, kept, strict=True) if exists}
-        doomed = [(msg, meta) for msg, meta, run_id in candidates if run_id not in alive]
+        doomed = [(msg, meta) for msg, meta, runs in candidates if alive.isdisjoint(runs)]
         await _bounded(self._delete_object(msg, meta) for msg, meta in doomed)
         out["payloads_deleted"] = sum(1 for _, meta in doomed if not meta.get("deleted"))
         out["payload_bytes"] = sum(int(meta.get("size") or 0) for _, meta in doomed)
