@@ -26,8 +26,9 @@ WORKFLOW = {
 }
 
 
-def main(data_dir: str, runs: int) -> None:
-    eng = dn.Engine.start(data_dir=data_dir, ack_wait="2s")
+def main(data_dir: str, runs: int, restart: str) -> None:
+    snapshots = restart == "snapshots"
+    eng = dn.Engine.start(data_dir=data_dir, ack_wait="2s", snapshot_restart=snapshots)
 
     @eng.task("quick")
     def quick(ctx):
@@ -54,9 +55,11 @@ def main(data_dir: str, runs: int) -> None:
         )
 
     until(in_the_wanted_state, timeout=30, every=0.05, what="runs in the wanted state")
+    if snapshots:  # a checkpoint was written: the restart begins after it
+        until(lambda: eng.orchestrator.snapshots.checkpoint_seq, timeout=10, what="a checkpoint")
     print(json.dumps({"runs": ids, "server_pid": eng.server.pid}), flush=True)
     time.sleep(600)  # waits to be SIGKILLed by the test
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]))
+    main(sys.argv[1], int(sys.argv[2]), sys.argv[3])

@@ -42,8 +42,9 @@ WORKFLOWS = [
 ]
 
 
-def main(data_dir: str) -> None:
-    eng = dn.Engine.start(data_dir=data_dir, ack_wait="2s")
+def main(data_dir: str, restart: str) -> None:
+    snapshots = restart == "snapshots"
+    eng = dn.Engine.start(data_dir=data_dir, ack_wait="2s", snapshot_restart=snapshots)
 
     @eng.task("after")
     def after(ctx):
@@ -62,10 +63,12 @@ def main(data_dir: str) -> None:
         return ok and "approval.requested" in types
 
     until(waiting, timeout=30, every=0.05, what="four waiting runs")
+    if snapshots:  # a checkpoint was written: the restart begins after it
+        until(lambda: eng.orchestrator.snapshots.checkpoint_seq, timeout=10, what="a checkpoint")
     wake = eng.run_state(ids["nap"])["state"].step("gate").due_at
     print(json.dumps({"runs": ids, "wake": wake, "server_pid": eng.server.pid}), flush=True)
     time.sleep(600)  # waits to be SIGKILLed by the test
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], sys.argv[2])

@@ -24,10 +24,15 @@ def pid_alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def test_sigkill_mid_run_then_restart_finishes_every_run(tmp_path):
+RESTARTS = ["history", "snapshots"]  # replay it all; or the snapshots and what follows
+
+
+@pytest.mark.parametrize("restart", RESTARTS)
+def test_sigkill_mid_run_then_restart_finishes_every_run(tmp_path, restart):
     data = tmp_path / "engine"
+    script = str(Path(__file__).with_name("crash_child.py"))
     child = subprocess.Popen(
-        [sys.executable, str(Path(__file__).with_name("crash_child.py")), str(data), "4"],
+        [sys.executable, script, str(data), "4", restart],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -47,9 +52,11 @@ def test_sigkill_mid_run_then_restart_finishes_every_run(tmp_path):
     )
 
     calls: Counter = Counter()
+    snapshots = restart == "snapshots"
     with pytest.warns(UserWarning, match=f"cleaned stale engine.json left by pid {child.pid}"):
-        eng = dn.Engine.start(data_dir=data, ack_wait="2s")
+        eng = dn.Engine.start(data_dir=data, ack_wait="2s", snapshot_restart=snapshots)
     with eng:
+        assert bool(eng.orchestrator.restored_from) == snapshots
 
         @eng.task("quick")
         def quick(ctx):
@@ -113,13 +120,14 @@ def test_a_forged_start_with_a_bad_run_id_neither_runs_nor_blocks_a_restart(tmp_
         assert "has space" not in set(eng.runs()["run_id"])
 
 
-def test_sigkill_while_runs_sleep_wait_for_an_event_for_approval_and_for_a_child(tmp_path):
+@pytest.mark.parametrize("restart", RESTARTS)
+def test_sigkill_while_runs_sleep_wait_for_an_event_for_approval_and_for_a_child(tmp_path, restart):
     """Each waiting run resumes after a kill -9 and finishes; each gate ends once: the
     sleep on time, the approval with the token issued before the crash, the event once,
     the child (asleep at the crash) once, reported to its parent once."""
     data = tmp_path / "engine"
     child = subprocess.Popen(
-        [sys.executable, str(Path(__file__).with_name("gates_crash_child.py")), str(data)],
+        [sys.executable, str(Path(__file__).with_name("gates_crash_child.py")), str(data), restart],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -134,9 +142,11 @@ def test_sigkill_while_runs_sleep_wait_for_an_event_for_approval_and_for_a_child
     runs = info["runs"]
 
     calls: Counter = Counter()
+    snapshots = restart == "snapshots"
     with pytest.warns(UserWarning, match="cleaned stale engine.json"):
-        eng = dn.Engine.start(data_dir=data, ack_wait="2s")
+        eng = dn.Engine.start(data_dir=data, ack_wait="2s", snapshot_restart=snapshots)
     with eng:
+        assert bool(eng.orchestrator.restored_from) == snapshots
 
         @eng.task("after")
         def after(ctx):

@@ -81,21 +81,28 @@ def test_replay_resumes_a_failed_run_at_the_failed_step(engine):
     assert engine.get_run(run.id).status == "completed"
 
 
-def test_replay_after_a_restart_uses_the_history(tmp_path):
+@pytest.mark.parametrize("snapshot_restart", [False, True])
+def test_replay_after_a_restart_uses_the_history(tmp_path, snapshot_restart):
+    """After a snapshot restart the failed run is not in memory: the replay rebuilds it
+    from its history."""
     data_dir = tmp_path / "e"
     gate = Gate()
-    with dn.Engine.start(data_dir=data_dir, ack_wait="2s") as eng:
+    opts = dict(ack_wait="2s", snapshot_restart=snapshot_restart)
+    with dn.Engine.start(data_dir=data_dir, **opts) as eng:
         gate.install(eng)
         run = eng.run("invoice", {"amount": 5})
         assert run.status == "failed"
         newest_letter(eng, run.id)
     gate.fixed.set()
-    with dn.Engine.start(data_dir=data_dir, ack_wait="2s") as eng:
+    with dn.Engine.start(data_dir=data_dir, **opts) as eng:
         gate.install(eng)
+        assert (run.id in eng.orchestrator.runs) is not snapshot_restart
         [row] = eng.dlq_replay(run=run.id)
         assert row["step_id"] == "charge" and row["replayed"]
         final = eng.get_run(run.id).wait(10)
         assert final.status == "completed" and final.output == "sent for 5"
+        assert gate.calls == [1, 2]  # parse did not run again, charge once more
+        assert eng.orchestrator.counters["runs_rebuilt"] == int(snapshot_restart)
 
 
 def test_dlq_cli_lists_and_replays_against_a_running_engine(engine, capsys):

@@ -121,3 +121,17 @@ def test_a_snapshot_at_any_point_of_a_random_run_resumes_as_replay_does(sc: Scen
         final = random_schedule(new, random.Random(seed + k))
         check_outcome(sc, final)
         assert summary(sc.defn, replay(sc.defn, new.history)) == summary(sc.defn, final)
+
+
+def test_a_definition_a_planner_extended_comes_back_with_its_dotted_steps():
+    """Planned step ids hold the planner's name and a dot, which a file may not: the
+    extended definition is rebuilt as the planner made it, not checked again."""
+    from dagnats_nb.dag.model import StepDef
+    from dagnats_nb.dag.planner import extended
+
+    defn = load_workflow({"name": "p", "steps": [{"id": "plan", "task": "planner"}]})
+    planned = StepDef.model_validate({"id": "plan.up", "task": "upper", "type": "normal"})
+    state = RunState("r1", "p", "1", "h", None, 1.0, extended=extended(defn, [planned]))
+    back = through_json(state)
+    assert back is not None and [s.id for s in back.extended.steps] == ["plan", "plan.up"]
+    assert back.extended == state.extended

@@ -52,6 +52,13 @@ def load_workflow(
     return defn
 
 
+def load_extended(raw: Any) -> WorkflowDef:
+    """A run's definition with the steps its planners added, as a snapshot or a record
+    keeps it (``to_dict``): built, not checked again, as ``planner.extended`` makes it
+    (planned step ids hold the planner's name and a dot, which files may not)."""
+    return _build(_as_mapping(raw, "workflow"))
+
+
 def _read(source: Any, fmt: str | None) -> tuple[dict[str, Any], str]:
     """The definition's mapping and how problems name its source."""
     if isinstance(source, Mapping):

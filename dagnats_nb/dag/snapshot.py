@@ -77,9 +77,9 @@ def _run(body: dict[str, Any]) -> RunState:
         undo = tuple(tuple(pair) for pair in raw.get("undo", ()))
         state.failure = Failure(**{**_known(raw, _FAILURE), "undo": undo})
     if body.get("extended") is not None:
-        from .loader import load_workflow  # the loader reads files too: only when needed
+        from .loader import load_extended  # the loader reads files too: only when needed
 
-        state.extended = load_workflow(body["extended"], allow_unsupported=True)
+        state.extended = load_extended(body["extended"])
     return state
 
 

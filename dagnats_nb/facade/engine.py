@@ -255,7 +255,7 @@ class Engine(
         await self._ensure_resources()
         self._started["resources"] = True
         if await orchestrates(self._js, self.settings, self.url, self.server is not None):
-            self.orchestrator = Orchestrator(self._nc, self._js, self.defs, self.payloads)
+            self.orchestrator = self._new_orchestrator()
             await self.orchestrator.start()
         self._started["orchestrator"] = True
         await self._start_triggers()  # the orchestrating engine fires them
@@ -269,6 +269,15 @@ class Engine(
         if self.settings.llm_enabled:
             await self._start_llm()
         self._started["workers"] = True
+
+    def _new_orchestrator(self) -> Orchestrator:
+        return Orchestrator(
+            self._nc,
+            self._js,
+            self.defs,
+            self.payloads,
+            snapshot_restart=self.settings.snapshot_restart,
+        )
 
     async def _ensure_resources(self) -> None:
         s = self.settings
@@ -352,7 +361,7 @@ class Engine(
             return
         await self._ensure_resources()
         self.defs = DefinitionStore(self._js)  # what the streams hold now, not a cache
-        self.orchestrator = Orchestrator(self._nc, self._js, self.defs, self.payloads)
+        self.orchestrator = self._new_orchestrator()
         await self.orchestrator.start()  # replays the history
         self._started["orchestrator"] = True
         handlers, self._paused = self._paused, None

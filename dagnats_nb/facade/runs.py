@@ -307,6 +307,11 @@ class Runs:
         seconds (``run.wait()`` is the same on a :class:`Run`)."""
         try:
             if self.orchestrator is not None:
+                o = self.orchestrator
+                if o.restored_from and run_id not in o.runs:  # ended before the restart?
+                    summary = await self._run_state(run_id)
+                    if summary is not None and summary["status"] in RUN_TERMINAL:
+                        return summary["status"]
                 state = await asyncio.wait_for(self.orchestrator.wait(run_id), timeout)
                 return state.status
             return await asyncio.wait_for(self._poll_run(run_id), timeout)

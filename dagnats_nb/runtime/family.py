@@ -37,14 +37,18 @@ class Family:
         defs: DefinitionStore,
         runs: dict[str, RunState],
         publish: Callable[[Event], Awaitable[None]],
+        ended: Callable[[str], Awaitable[RunState | None]] | None = None,
     ) -> None:
         self.js = js
         self.defs = defs
         self.runs = runs
         self.publish = publish
+        self.ended = ended  # a run not in memory that ended (None: it never started)
 
     async def spawn(self, parent: RunState, a: SpawnChild) -> None:
         child = self.runs.get(a.child_run_id)
+        if child is None and self.ended is not None:
+            child = await self.ended(a.child_run_id)
         if child is not None:
             if child.terminal and not a.detach:
                 await self.tell_parent(child)

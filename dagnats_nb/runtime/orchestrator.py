@@ -1,8 +1,11 @@
 """Consumes WORKFLOW_HISTORY, applies ``dag.advance`` and performs the actions it returns.
 
-It holds no state that replay cannot rebuild: on start it reads the whole history with an
+It holds no state that replay cannot rebuild: on start it reads the history with an
 ordered consumer, folds every run's events into its state (dropping the actions), then asks
-``dag.resume`` what each unfinished run still needs (undelivered decisions, timers).
+``dag.resume`` what each unfinished run still needs (undelivered decisions, timers). With
+``snapshot_restart`` it first loads the runs that were active from their snapshots
+(``runtime.snapshots``) and reads only the history after the last checkpoint; an event at
+or before a run's ``last_seq`` is then not applied again.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from collections.abc import Callable
 import nats.errors
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
+from nats.js import api as js_api
 
 from dagnats_nb.dag import WorkflowDef
 from dagnats_nb.dag.advance import advance, compact, max_runs, resume, start
@@ -40,13 +44,15 @@ from dagnats_nb.dag.state import (
     TimerKey,
     result_applied,
 )
-from dagnats_nb.errors import RunError
 from dagnats_nb.runtime import requeue
 from dagnats_nb.runtime.admission import Admission
 from dagnats_nb.runtime.family import Family
 from dagnats_nb.runtime.gates import Correlator
 from dagnats_nb.runtime.records import RunRecords
+from dagnats_nb.runtime.restart import SnapshotRestart
+from dagnats_nb.runtime.snapshots import Snapshots
 from dagnats_nb.runtime.sticky import FALLBACK_CHECK, StickyRouter, still_waiting
+from dagnats_nb.runtime.waiting import Waits
 from dagnats_nb.transport.errors import store_error
 from dagnats_nb.transport.stores import DefinitionStore, PayloadStore
 from dagnats_nb.wire import protocol
@@ -55,13 +61,15 @@ log = logging.getLogger("dagnats_nb.runtime.orchestrator")
 YIELD_EVERY = 32  # actions performed, or history messages applied, between two loop turns
 
 
-class Orchestrator:
+class Orchestrator(Waits, SnapshotRestart):
     def __init__(
         self,
         nc: NATS,
         js: JetStreamContext,
         defs: DefinitionStore,
         payloads: PayloadStore,
+        *,
+        snapshot_restart: bool = False,
     ) -> None:
         self.nc = nc
         self.js = js
@@ -88,6 +96,9 @@ class Orchestrator:
         self._replay_started = 0.0
         self._sub = None
         self.records: RunRecords | None = None
+        self.snapshots: Snapshots | None = None
+        self.snapshot_restart = snapshot_restart
+        self.restored_from = 0  # the checkpoint a snapshot restart began after (0: none)
         self._pending: set[asyncio.Future] = set()
 
     async def start(self) -> None:
@@ -98,14 +109,25 @@ class Orchestrator:
             self.js, self.nc, self.runs, self._publish_event, self.errors.append
         )
         await self.gates.start()
-        self.family = Family(self.js, self.defs, self.runs, self._publish_event)
+        self.family = Family(self.js, self.defs, self.runs, self._publish_event, self._ended_run)
         self.admission = Admission(self._publish_event, self._track)
         info = await self.js.stream_info(protocol.HISTORY_STREAM)
         self._replay_until = info.state.last_seq
         self._replay_started = time.perf_counter()
+        history_id = info.created.isoformat() if info.created else ""
+        self.snapshots = Snapshots(
+            self.js, self.runs, self.defs, lambda: self.last_seq, history_id, self.payloads.limit
+        )
+        start_seq = await self._restore(info.state.last_seq) if self.snapshot_restart else 0
+        config = None
+        if start_seq:  # the history after the checkpoint
+            config = js_api.ConsumerConfig(
+                deliver_policy=js_api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start_seq
+            )
         self._sub = await self.js.subscribe(
             "history.>",
             stream=protocol.HISTORY_STREAM,
+            config=config,
             ordered_consumer=True,
             cb=self._on_msg,
             pending_msgs_limit=-1,
@@ -115,8 +137,9 @@ class Orchestrator:
             # 1 s heartbeats make that 2 s instead of 10.
             idle_heartbeat=1.0,
         )
-        if self._replay_until == 0 or info.state.messages == 0:
+        if self._replay_until <= self.last_seq or info.state.messages == 0:
             await self._end_replay()
+        self.snapshots.start()
         await self.ready.wait()
 
     async def stop(self) -> None:
@@ -136,6 +159,9 @@ class Orchestrator:
         if self.records is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.records.close(), 5)
+        if self.snapshots is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.snapshots.close(), 5)
         for futs in self._waiters.values():
             for f in futs:
                 if not f.done():
@@ -144,20 +170,15 @@ class Orchestrator:
     # -- consuming -----------------------------------------------------------------------
 
     async def _on_msg(self, msg) -> None:
-        seq, event = 0, None
         try:
             seq = protocol.stream_seq(msg)
             if seq <= self.last_seq:  # sent again by a recreated consumer: applied once
                 self.counters["history_redelivered"] += 1
                 return
-            event = protocol.history_event(msg.data, msg.subject, seq)
-            await self.apply(event)
-        except Exception as exc:  # one bad event must not stop the engine
-            if event is None:  # a message that is no event of its run: one line
-                log.warning("history message %s skipped: %s", seq, exc)
-            else:  # an event it could not apply: a bug, with its trace
-                log.exception("cannot apply history message %s: %s", seq, exc)
-            self.errors.append(f"history message {seq} skipped: {exc}")
+        except Exception as exc:
+            log.warning("history message skipped: %s", exc)
+            return
+        await self._apply_message(msg, seq)
         self.last_seq = max(self.last_seq, seq)
         if not seq % YIELD_EVERY:  # nats-py runs a queue of callbacks in one turn
             await asyncio.sleep(0)
@@ -166,10 +187,22 @@ class Orchestrator:
             if seq >= self._replay_until:
                 await self._end_replay()
 
+    async def _apply_message(self, msg, seq: int) -> None:
+        event = None
+        try:
+            event = protocol.history_event(msg.data, msg.subject, seq)
+            await self.apply(event)
+        except Exception as exc:  # one bad event must not stop the engine
+            if event is None:  # a message that is no event of its run: one line
+                log.warning("history message %s skipped: %s", seq, exc)
+            else:  # an event it could not apply: a bug, with its trace
+                log.exception("cannot apply history message %s: %s", seq, exc)
+            self.errors.append(f"history message {seq} skipped: {exc}")
+
     async def apply(self, event: protocol.Event) -> None:
         run_id = event.run_id
         if event.type == protocol.WORKFLOW_STARTED:
-            if run_id in self.runs:
+            if run_id in self.runs or await self._started_before(run_id, event.seq):
                 return
             h, defn = await self.defs.for_started(event.payload)
             if isinstance(event.payload, dict) and not event.payload.get("def_hash"):
@@ -178,8 +211,12 @@ class Orchestrator:
             self.run_defs[run_id] = defn
         else:
             old = self.runs.get(run_id)
+            if old is None and event.type == protocol.STEP_REPLAYED:
+                old = await self._reopened(run_id, event.seq)  # ended before a restart
             if old is None:
                 return  # history of a run whose start was trimmed by retention
+            if event.seq and event.seq <= old.last_seq:  # in the run's snapshot already
+                return
             defn = self.run_defs[run_id]
             state, actions = advance(defn, old, event)
             if state.terminal and not old.terminal:
@@ -193,6 +230,7 @@ class Orchestrator:
         if state.extended is not None:  # a planner's steps joined it: views follow
             self.run_defs[run_id] = state.extended
         self.runs[run_id] = state
+        self.snapshots.dirty(run_id)
         if not self.replaying:
             if not state.terminal:  # `dagnats run list / status` follow it while it runs
                 self.records.due(state)
@@ -403,6 +441,7 @@ class Orchestrator:
         timer = Timer(time.time(), t.kind, run_id, t.step_id, t.map_index, t.seqno)
         state, actions = advance(self.run_defs[run_id], state, timer)
         self.runs[run_id] = state
+        self.snapshots.dirty(run_id)
         self._notify(run_id, state)
         self._due.append((state, actions))
         if self._firing is None:  # one task performs what the timers due together decided
@@ -433,78 +472,11 @@ class Orchestrator:
 
     reading = property(lambda self: self._sub is not None, doc="Applying the history now.")
 
-    def report_fault(
-        self, message: str, *, store_full: bool = False, end_waits: bool = False
-    ) -> None:
-        """Record an engine fault; a full store (or a dead server: ``end_waits``) also ends
-        every wait, and fails later ones, with that message."""
-        log.error("%s", message)
-        self.errors.append(message)
-        if store_full or end_waits:
-            self.store_full = message
-            for run_id in list(self._waiters):
-                for fut in self._waiters.pop(run_id):
-                    if not fut.done():
-                        fut.set_exception(RunError(message))
-
     def task_done(self, task: protocol.TaskPayload) -> bool:
         """Whether ``task``'s step (of a run replayed here) no longer waits for it: a task
         delivered again after its result was applied (a nats-server restarted after its
         disk filled forgets acknowledgements) is not run again. Never during replay."""
         return not self.replaying and result_applied(self.runs.get(task.run_id), task)
-
-    # -- watching ------------------------------------------------------------------------
-
-    def watch(self, run_id: str, callback) -> Callable[[], None]:
-        """Call ``callback(state)`` on the engine loop after each change of the run's state
-        (and once at once with the current state). Returns a function that stops it."""
-        self._watchers.setdefault(run_id, []).append(callback)
-        state = self.runs.get(run_id)
-        if state is not None:
-            self._safe_call(callback, state)
-
-        def unwatch() -> None:
-            callbacks = self._watchers.get(run_id, [])
-            if callback in callbacks:
-                callbacks.remove(callback)
-            if not callbacks:
-                self._watchers.pop(run_id, None)
-
-        return unwatch
-
-    def _notify(self, run_id: str, state: RunState) -> None:
-        for callback in self._watchers.get(run_id, ()):
-            self._safe_call(callback, state)
-
-    def _safe_call(self, callback, state: RunState) -> None:
-        try:
-            callback(state)
-        except Exception as exc:  # a broken view must not break the engine
-            log.warning("run watcher %r failed: %s", callback, exc)
-
-    # -- waiting -------------------------------------------------------------------------
-
-    def _wake(self, run_id: str) -> None:
-        for fut in self._waiters.pop(run_id, ()):
-            if not fut.done():
-                fut.set_result(self.runs[run_id])
-
-    async def wait(self, run_id: str) -> RunState:
-        state = self.runs.get(run_id)
-        if state is not None and state.terminal:
-            return state
-        if self.store_full:
-            raise RunError(self.store_full)
-        fut = asyncio.get_running_loop().create_future()
-        waiters = self._waiters.setdefault(run_id, [])
-        waiters.append(fut)
-        try:
-            return await fut
-        finally:  # a wait that timed out (or was cancelled) leaves nothing behind
-            if fut in waiters:
-                waiters.remove(fut)
-            if not waiters and self._waiters.get(run_id) is waiters:
-                del self._waiters[run_id]
 
 
 COUNTED = {

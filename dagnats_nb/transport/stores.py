@@ -214,6 +214,10 @@ class DefinitionStore:
         self._remember(defn, h)
         return h, defn
 
+    def known(self, name: str, h: str) -> WorkflowDef | None:
+        """Workflow ``name`` version ``h`` when this process has read or stored it."""
+        return self._cache.get((name, h))
+
     async def for_run(self, run_id: str, workflow: str, h: str = "") -> WorkflowDef:
         """The definition a run follows, for a worker that holds no run state: the version
         its tasks name when seen before, else its ``workflow.started`` event's, else the

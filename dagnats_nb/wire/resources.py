@@ -184,9 +184,7 @@ BUCKETS: tuple[BucketSpec, ...] = (
 # Ours (Go never reads it): the snapshots of the runs an orchestrator holds, one message a
 # subject (``runtime.snapshots``). It holds O(active runs), so no age or byte limit: a full
 # store refuses a snapshot, and the checkpoint stops advancing (restart reads more history).
-SNAPSHOTS = StreamSpec(
-    protocol.SNAPSHOT_STREAM, ("dagnats_nb.snapshot.>",), max_msgs_per_subject=1
-)
+SNAPSHOTS = StreamSpec(protocol.SNAPSHOT_STREAM, ("dagnats_nb.snapshot.>",), max_msgs_per_subject=1)
 
 CACHE_BUCKET = "task_cache"  # the step cache (ours: Go has none), runtime.cache
 CACHE_MAX_SHARE = 0.10  # the cache's byte limit never takes more of max_store_bytes

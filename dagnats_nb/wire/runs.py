@@ -316,11 +316,11 @@ def _step_state(go: dict[str, Any], row: list[Any]) -> StepState:
 
 
 def _extended(defn: Any, dynamic: list[dict[str, Any]]) -> Any:
-    from dagnats_nb.dag.loader import load_workflow  # reads files too: only when needed
+    from dagnats_nb.dag.loader import load_extended  # reads files too: only when needed
 
     body = defn.to_dict()
     body["steps"] = [*body["steps"], *dynamic]
-    return load_workflow(body, allow_unsupported=True)
+    return load_extended(body)
 
 
 def _output(raw: dict[str, Any], output_of: str | list[str]) -> Any:
