@@ -31,8 +31,12 @@ def test_retention_caps_the_history_and_the_store_fill_day():
     est = sizing.estimate(w, days=30)
     assert est.history_bytes_per_day == per_day
     assert est.streams["WORKFLOW_HISTORY"] == 30 * per_day
-    # unbounded history fills 50 GiB in about 50 GiB / (per_day + KV summaries) days
-    expected = (50 * GiB - est.streams["TASK_QUEUES"]) / (per_day + 100_000 * sizing.KV_RUN_SUMMARY)
+    # unbounded history fills 50 GiB in about 50 GiB / (per_day + records) days: the task
+    # queue and the snapshots (10 active runs) hold the same bytes every day
+    record = sizing.Calibration().record_bytes(10)
+    assert record == 5000  # ~5 KB for a 10-step run: the rule since records carry `nb`
+    fixed = est.streams["TASK_QUEUES"] + est.streams["DAGNATS_SNAPSHOTS"]
+    expected = (50 * GiB - fixed) / (per_day + 100_000 * record)
     assert est.days_until_cap == pytest.approx(expected, rel=1e-6)
 
     kept = sizing.estimate(
@@ -255,3 +259,88 @@ def test_sizing_measures_each_workflow_and_names_the_mix(engine, capsys):
     assert main(["sizing", "tiny", "--data-dir", str(engine.settings.data_dir)]) == 0
     out = capsys.readouterr().out
     assert "of 'tiny' (1 step)" in out and "bulky" not in out
+
+
+def test_store_is_history_records_and_snapshots_and_restart_ignores_its_size():
+    cal = sizing.Calibration().with_stores(record=(2650.0, 10), snapshot=(4000.0, 10))
+    assert (cal.record_bytes(10), cal.snapshot_bytes(20)) == (2650.0, 7000.0)
+    assert cal.source == "rule of thumb; records and snapshots measured"
+    w = sizing.Workload(runs_per_day=10_000, concurrent_runs=500, history_max_age_days=30)
+    est = sizing.estimate(w, cal, days=60)
+    history = 10_000 * 12 * 500 * 30  # runs/day x events x bytes x runs_max_age
+    assert est.streams["WORKFLOW_HISTORY"] == history
+    assert est.streams["KV_workflow_runs"] == 10_000 * 2650 * 30
+    assert est.streams["DAGNATS_SNAPSHOTS"] == 500 * 4000
+    rows = {r["item"]: r for r in sizing.compare(cal, steps=10)}
+    assert rows["bytes per record (10 steps)"]["rule_of_thumb"] == 5000
+    assert rows["bytes per snapshot (10 steps)"]["measured"] == 4000
+    # the recovery window: 5 min down + the 1 s checkpoint period at 10,000 x 12 events/day
+    rec = est.recovery
+    rate = 10_000 * 12 / 86400
+    assert rec["events_since_checkpoint"] == pytest.approx(301 * rate)
+    assert rec["history_needed_bytes"] == pytest.approx(301 * rate * 500)
+    assert rec["restart_s"] == pytest.approx(1 + 500 * 1e-4 + 301 * rate / 20_000)
+    assert rec["full_replay_events"] == pytest.approx(history / 500)
+    # a store ten times larger: the same restart, a full replay ten times longer
+    longer = sizing.estimate(
+        sizing.Workload(runs_per_day=10_000, concurrent_runs=500, history_max_age_days=300),
+        cal,
+        days=600,
+    )
+    assert longer.recovery["restart_s"] == rec["restart_s"]
+    assert longer.recovery["full_replay_s"] - 1 == pytest.approx(10 * (rec["full_replay_s"] - 1))
+    text = repr(sizing.Report(est, cal, []))
+    assert "recovery (snapshot_restart): restart ~1.07 s after 5 min down" in text
+
+
+def test_engine_measures_record_and_snapshot_bytes(tmp_path):
+    """Records from the real ``workflow_runs`` bucket (its bytes over its records), snapshots
+    from the real ``DAGNATS_SNAPSHOTS`` messages; the estimate is built on both."""
+    import json
+
+    import dagnats_nb as dn
+    from dagnats_nb.runtime import snapshots as snap
+    from dagnats_nb.transport.reading import read_all
+
+    steps = [
+        {"id": f"s{i}", "task": "work", **({"depends_on": [f"s{i - 1}"]} if i else {})}
+        for i in range(9)
+    ]
+    gate = {"id": "g", "type": "approval", "depends_on": ["s8"],
+            "config": {"subject": "approvals.g", "timeout": "1h"}}  # fmt: skip
+    opts = dict(llm_enabled=False, snapshot_restart=True)
+    with dn.Engine.start(data_dir=tmp_path / "e", **opts) as eng:
+
+        @eng.task("work")
+        def work(ctx):
+            return {"step": ctx.step_id}
+
+        eng.register({"name": "ten", "steps": [*steps, gate]})
+        runs = [eng.start_run("ten", input=i) for i in range(6)]
+        for run in runs[:3]:
+            until(lambda run=run: eng.run_state(run.id) and run.status == "running", timeout=20)
+            until(lambda run=run: eng.run_state(run.id)["state"].step("g").status == "running")
+            eng.approve(run.id, "g")
+            assert run.wait(timeout=20).status == "completed"
+        for run in runs[3:]:
+            until(lambda run=run: eng.run_state(run.id)["state"].step("g").status == "running")
+        o = eng.orchestrator
+        until(lambda: o.snapshots.checkpoint_seq >= o.last_seq and not o.snapshots._dirty)
+        kv = eng._call(eng._js.stream_info("KV_workflow_runs")).state
+        record = kv.bytes / kv.messages
+        msgs = eng._call(read_all(eng._js, snap.STREAM, snap.RUN + ">"))
+        assert len(msgs) == 3  # the three waiting runs
+        snapshot = sum(
+            sizing.stored_bytes(m.subject, sizing.header_bytes(m.headers), len(m.data))
+            for m in msgs
+        ) / len(msgs)
+        assert {len(json.loads(m.data)["state"]["steps"]) for m in msgs} == {10}
+        report = eng.sizing("ten", runs_per_day=1000, concurrent_runs=200, days=30)
+    assert 1500 < record < 8000 and 2000 < snapshot < 8000  # measured: ~2.7 KB and ~4.0 KB
+    est = report.estimate
+    assert est.streams["KV_workflow_runs"] == pytest.approx(1000 * 30 * record)
+    assert est.streams["DAGNATS_SNAPSHOTS"] == pytest.approx(200 * snapshot)
+    assert report.calibration.source.endswith("; records and snapshots measured")
+    table = report.comparison_frame().set_index("item")
+    assert table.loc["bytes per record (10 steps)", "rule_of_thumb"] == 5000
+    assert "recovery (snapshot_restart)" in repr(report)

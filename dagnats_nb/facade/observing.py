@@ -17,10 +17,13 @@ from typing import Any
 from nats.js.errors import KeyNotFoundError, NotFoundError
 
 from dagnats_nb.dag import parse_duration
+from dagnats_nb.dag.events import parse_time
 from dagnats_nb.dag.state import RUN_TERMINAL
 from dagnats_nb.facade.twins import twins
 from dagnats_nb.observe import health, monitor, sampler, sizing, stats, tables
+from dagnats_nb.runtime import snapshots
 from dagnats_nb.server.datadir import read_engine_info
+from dagnats_nb.transport.reading import last_data
 from dagnats_nb.transport.stores import json_values, kv_keys
 from dagnats_nb.wire import protocol, resources
 from dagnats_nb.wire.runs import read_record
@@ -28,6 +31,7 @@ from dagnats_nb.wire.workers import read_entry
 
 SIZING_SAMPLE = 200  # finished runs an attached engine reads to calibrate sizing()
 SIZING_BYTES_SAMPLE = 10  # runs per workflow whose history sizing() reads for its bytes
+SIZING_SNAPSHOTS = 10  # run snapshots sizing() reads for their bytes
 
 
 def _table(name: str):
@@ -111,17 +115,11 @@ class Observing:
         report names them, a row each). With nothing run yet the rules of thumb are used
         (for 10-step runs unless ``steps`` or a workflow is given)."""
         if self.orchestrator is not None:
-            o = self.orchestrator
-            runs = [
-                (r, s.workflow, s.event_count, len(o.run_defs[r].steps))
-                for r, s in o.runs.items()
-                if s.terminal and not s.outbox and (workflow is None or s.workflow == workflow)
-            ]
+            runs, counted = self._finished_runs(workflow)
         else:  # attached (a notebook looking at a Go deployment): from its records
             runs = await self._recorded_runs(workflow)
-        rows = sizing.workflow_rows(
-            [(w, e, n) for _, w, e, n in runs], await self._sampled_bytes(runs)
-        )
+            counted = [(w, e, n) for _, w, e, n in runs]
+        rows = sizing.workflow_rows(counted, await self._sampled_bytes(runs))
         info = (
             await stats.api(
                 self._nc, f"STREAM.INFO.{protocol.HISTORY_STREAM}", api=self.jetstream_api
@@ -130,14 +128,18 @@ class Observing:
         per_event = info.get("bytes", 0) / info["messages"] if info.get("messages") else None
         if workflow is not None and rows and rows[0]["bytes_per_event"]:
             per_event = rows[0]["bytes_per_event"]  # this workflow's events, not the mix's
-        cal = sizing.calibrate([(e, n) for _, _, e, n in runs], per_event)
+        cal = sizing.calibrate([(e, n) for _, e, n in counted], per_event)
+        steps = sum(n for *_, n in counted) / len(counted) if counted else 0.0
+        record, snapshot = await self._record_bytes(steps), await self._snapshot_bytes()
+        if record or snapshot:
+            cal = (cal or sizing.Calibration()).with_stores(record, snapshot)
         if "steps" in workload:
             runs_of = f"{workload['steps']:g}-step runs (as given)"
         elif workflow is not None:
             workload["steps"] = n = len((await self._workflow(workflow)).steps)
             runs_of = f"'{workflow}' ({n} step{'s' * (n != 1)})"
         elif rows:
-            workload["steps"] = sum(n for *_, n in runs) / len(runs)
+            workload["steps"] = steps
             runs_of = sizing.mix(rows) if len(rows) > 1 else f"'{rows[0]['workflow']}'"
         else:
             runs_of = "10-step runs (nothing has run to measure: name a workflow or give steps)"
@@ -153,6 +155,65 @@ class Observing:
         return sizing.Report(est, est.calibration, comparison, rows, runs_of)
 
     sizing, sizing_async = twins(_sizing)
+
+    def _finished_runs(
+        self, workflow: str | None
+    ) -> tuple[list[tuple[str, str, int, int]], list[tuple[str, int, float]]]:
+        """The orchestrator's finished runs (of ``workflow``): ``(run_id, workflow, events,
+        steps)`` of those it holds, in memory or among the recently evicted (their history
+        is read for bytes), and ``(workflow, events, steps)`` of every run it measured: the
+        ones held, and each workflow's sample of the runs that left memory."""
+        o = self.orchestrator
+        held = [
+            (r, s.workflow, s.event_count, len(o.run_defs[r].steps))
+            for r, s in o.runs.items()
+            if s.terminal and not s.outbox and (workflow is None or s.workflow == workflow)
+        ]
+        recent = getattr(o, "recent", {})  # runtime.eviction: ended runs that left memory
+        gone = [
+            (r, s.workflow, s.event_count, len(s.steps))
+            for r, s in recent.items()
+            if workflow is None or s.workflow == workflow
+        ]
+        sample = getattr(o, "finished_sample", {})
+        counted = [(w, e, n) for w, its in sample.items() for e, n in its if n]
+        counted = [c for c in counted if workflow is None or c[0] == workflow]
+        return gone + held, counted + [(w, e, n) for _, w, e, n in held]
+
+    async def _record_bytes(self, steps: float) -> tuple[float, float] | None:
+        """``(mean bytes, steps)`` of a ``workflow_runs`` record: the bucket's bytes over its
+        records, for runs of ``steps`` (the measured runs' mean); None with nothing to
+        measure."""
+        try:
+            state = (await self._js.stream_info("KV_workflow_runs")).state
+        except NotFoundError:
+            return None
+        if not state.messages or not steps:
+            return None
+        return state.bytes / state.messages, steps
+
+    async def _snapshot_bytes(self, limit: int = SIZING_SNAPSHOTS) -> tuple[float, float] | None:
+        """``(mean bytes, mean steps)`` of up to ``limit`` run snapshots on DAGNATS_SNAPSHOTS,
+        bytes as the file store counts them; None when there is none."""
+        sizes, steps, seq = [], [], 1
+        while len(sizes) < limit:
+            try:
+                msg = await self._js.get_msg(
+                    snapshots.STREAM, seq=seq, subject=snapshots.RUN + ">", next=True
+                )
+            except NotFoundError:
+                break
+            seq = msg.seq + 1
+            try:
+                body = json.loads(msg.data or b"")["state"]
+            except (ValueError, KeyError, TypeError):
+                continue
+            headers = sizing.header_bytes(msg.headers)
+            sizes.append(sizing.stored_bytes(msg.subject, headers, len(msg.data or b"")))
+            steps.append(len(body.get("steps") or {}))
+        if not sizes or not sum(steps):
+            return None
+        return sum(sizes) / len(sizes), sum(steps) / len(steps)
 
     async def _sampled_bytes(
         self, runs: list[tuple[str, str, int, int]], per_workflow: int = SIZING_BYTES_SAMPLE
@@ -363,5 +424,50 @@ class Observing:
             served_tasks={t for e in entries for t in e.tasks},
             disk_free_bytes=self._disk_free(),
             refused=self.host.gate.reason if self.host is not None else None,
+            retention=await self._retention(history["state"]),
         )
         return health.evaluate(snap, health.Thresholds.from_settings(self.settings))
+
+    async def _retention(self, state: dict[str, Any]) -> health.Retention | None:
+        """What the ``history retention`` rule reads (None without an orchestrator here):
+        the history's state (``STREAM.INFO``'s) and limits, the checkpoint a restart would
+        read (one get on DAGNATS_SNAPSHOTS) and the active runs in memory."""
+        o = self.orchestrator
+        if o is None or o.snapshots is None:
+            return None
+        s = self.settings
+        active = [st.started_at for st in o.runs.values() if not st.terminal]
+        head = await self._checkpoint(o.snapshots.history_id)
+        first_ts = state.get("first_ts")
+        return health.Retention(
+            first_seq=state.get("first_seq", 0),
+            last_seq=state.get("last_seq", 0),
+            messages=state.get("messages", 0),
+            bytes=state.get("bytes", 0),
+            first_at=parse_time(first_ts) if state.get("messages") and first_ts else None,
+            max_age_s=s.runs_max_age.total_seconds() if s.runs_max_age else None,
+            max_bytes=s.history_max_bytes or None,
+            snapshot_restart=s.snapshot_restart,
+            checkpoint_seq=head[0] if head else None,
+            checkpoint_at=head[1] if head else None,
+            applied_seq=o.last_seq,
+            active_runs=len(active),
+            oldest_active_at=min(active, default=None),
+            snapshots_failed=o.snapshots.failed,
+            snapshots_too_large=o.snapshots.too_large,
+        )
+
+    async def _checkpoint(self, history_id: str) -> tuple[int, float] | None:
+        """``(seq, at)`` of the checkpoint in DAGNATS_SNAPSHOTS, as a restart reads it; None
+        when there is none it can use (none written, another version or history)."""
+        try:
+            head = json.loads(
+                await last_data(self._js, snapshots.STREAM, snapshots.CHECKPOINT) or b""
+            )
+        except ValueError:
+            return None
+        if not isinstance(head, dict) or head.get("v") != snapshots.CHECKPOINT_VERSION:
+            return None
+        if head.get("history") != history_id or not isinstance(head.get("seq"), int):
+            return None
+        return head["seq"], float(head.get("at") or 0.0)

@@ -23,6 +23,9 @@ class Thresholds:
     store_share: float = 0.8
     worker_gap_s: float = 60.0
     orchestrator_lag: int = 500
+    retention_share: float = 0.5  # of the limits, the history a restart needs may take
+    checkpoint_age_s: float = 300.0  # a checkpoint older, with runs active: the cycle is stuck
+    start_margin: float = 0.1  # of runs_max_age: an active run's start that close to aging out
 
     @classmethod
     def from_settings(cls, s: Any) -> Thresholds:
@@ -49,6 +52,29 @@ class Snapshot:
     served_tasks: set[str] = field(default_factory=set)
     disk_free_bytes: int | None = None  # free space where the embedded server stores
     refused: str | None = None  # why JetStream refused this host's last result, if it did
+    retention: Retention | None = None  # None: no orchestrator in this process
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """What the ``history retention`` rule reads: WORKFLOW_HISTORY's state and limits, the
+    checkpoint a restart would use, and the active runs of this process's orchestrator."""
+
+    first_seq: int
+    last_seq: int
+    messages: int
+    bytes: int
+    first_at: float | None  # POSIX time of the history's first message (None: empty)
+    max_age_s: float | None  # runs_max_age (None: no age limit)
+    max_bytes: int | None  # history_max_bytes (None: no byte limit)
+    snapshot_restart: bool  # a restart starts from the checkpoint (else: full replay)
+    checkpoint_seq: int | None  # S of the checkpoint in DAGNATS_SNAPSHOTS (None: none usable)
+    checkpoint_at: float | None
+    applied_seq: int  # the orchestrator's last applied history sequence
+    active_runs: int
+    oldest_active_at: float | None  # when the oldest active run started
+    snapshots_failed: int = 0  # snapshot writes (or cycles) that failed since the start
+    snapshots_too_large: int = 0  # snapshots not written: over the message size
 
 
 def evaluate(snap: Snapshot, t: Thresholds) -> list[dict[str, Any]]:
@@ -60,6 +86,7 @@ def evaluate(snap: Snapshot, t: Thresholds) -> list[dict[str, Any]]:
         + disk(snap)
         + worker_heartbeats(snap, t)
         + orchestrator_lag(snap, t)
+        + history_retention(snap, t)
     )
     return sorted(rows, key=lambda r: LEVEL_ORDER[r["level"]])
 
@@ -213,3 +240,103 @@ def orchestrator_lag(snap: Snapshot, t: Thresholds) -> list[dict[str, Any]]:
             "flight, or faster handlers in other processes",
         )
     ]
+
+
+RETENTION = "history retention"
+START_SLACK_S = 5.0  # an event's own time and its stream time differ (clocks, publish delay)
+LIMITS = "free store space, or raise max_store_bytes / runs_max_age / history_max_bytes"
+
+
+def history_retention(snap: Snapshot, t: Thresholds) -> list[dict[str, Any]]:
+    """Whether a restart finds the history it needs. With ``snapshot_restart`` and a
+    checkpoint at S: the events after S (critical once retention cut one; warning when they
+    take ``retention_share`` of a limit, or when the checkpoint stays behind what the
+    orchestrator applied). Else (full replay): each active run's ``workflow.started``
+    (warning within ``start_margin`` of ``runs_max_age``; critical once it is gone)."""
+    r = snap.retention
+    if r is None:
+        return []
+    if r.snapshot_restart and r.checkpoint_seq is not None:
+        rows = [_from_checkpoint(snap.now, r, t)]
+        if r.snapshots_too_large:  # those runs are rebuilt from their whole history
+            rows.append(_full_replay(snap.now, r, t, "runs without a snapshot (too large)"))
+        return rows
+    why = "full replay (no checkpoint yet)" if r.snapshot_restart else "full replay"
+    return [_full_replay(snap.now, r, t, why)]
+
+
+def _from_checkpoint(now: float, r: Retention, t: Thresholds) -> dict[str, Any]:
+    s = r.checkpoint_seq or 0
+    subject = "restart from the checkpoint"
+    if r.first_seq > s + 1:
+        action = (
+            f"retention removed history messages {s + 1}-{r.first_seq - 1} that a restart from "
+            f"the checkpoint at {s} needs: do not restart until a newer checkpoint is written; "
+            f"snapshot writes fail ({r.snapshots_failed} so far, see the engine log): {LIMITS}"
+        )
+        return _row(RETENTION, CRITICAL, subject, r.first_seq - s - 1, 0, action)
+    age = now - (r.checkpoint_at or now)
+    if age > t.checkpoint_age_s and r.active_runs and r.applied_seq > s:
+        action = (
+            f"the checkpoint is {age:.0f} s old with {r.active_runs} runs active: the snapshot "
+            f"cycle is stuck or failing ({r.snapshots_failed} failed writes, see the engine "
+            f"log); a restart reads the history after it, which retention may cut: {LIMITS}"
+        )
+        return _row(RETENTION, WARNING, subject, round(age, 1), t.checkpoint_age_s, action)
+    share = needed_share(now, r)
+    action = (
+        f"the history a restart needs (after the checkpoint at {s}) takes {share:.0%} of "
+        f"what the limits keep: the snapshot cycle lags or fails ({r.snapshots_failed} failed "
+        f"writes); {LIMITS}"
+    )
+    level = WARNING if share >= t.retention_share else OK
+    return _row(RETENTION, level, subject, round(share, 4), t.retention_share, action)
+
+
+def needed_share(now: float, r: Retention) -> float:
+    """The share of the limits the history after the checkpoint takes: its bytes (the mean
+    message's, times the messages after S) against ``max_bytes``, the checkpoint's age
+    against ``max_age_s``; 0 when nothing came after S."""
+    after = max(0, r.last_seq - (r.checkpoint_seq or 0))
+    if not after:
+        return 0.0
+    shares = [0.0]
+    if r.max_bytes and r.messages:
+        shares.append(after * r.bytes / r.messages / r.max_bytes)
+    if r.max_age_s and r.checkpoint_at:
+        shares.append(max(0.0, now - r.checkpoint_at) / r.max_age_s)
+    return max(shares)
+
+
+def _full_replay(now: float, r: Retention, t: Thresholds, subject: str) -> dict[str, Any]:
+    """A restart replays the whole history: a run whose ``workflow.started`` aged out is
+    lost. The value is the oldest active run's age as a share of ``runs_max_age``."""
+    start = r.oldest_active_at
+    if start is None or not r.active_runs:
+        return _row(RETENTION, OK, subject, 0.0, 1 - t.start_margin, "")
+    age = max(0.0, now - start)
+    share = age / r.max_age_s if r.max_age_s else 0.0
+    gone = share >= 1 or (r.first_at is not None and start < r.first_at - START_SLACK_S)
+    lost = "a restart replays the whole history, and a run whose start has aged out is lost"
+    fix = (
+        "raise runs_max_age / history_max_bytes (these runs are rebuilt from their history)"
+        if r.snapshot_restart
+        else "set snapshot_restart (a restart from snapshots), or raise runs_max_age / "
+        "history_max_bytes"
+    )
+    if gone:
+        action = (
+            f"the first event of the oldest active run (started {age:.0f} s ago) has aged out: "
+            f"{lost} (its record stays); keep the engine running and {fix}"
+        )
+        return _row(RETENTION, CRITICAL, subject, round(share, 4), 1.0, action)
+    margin = 1 - t.start_margin
+    if share >= margin:
+        why = f"ages out in {(r.max_age_s or 0) - age:.0f} s"
+    elif r.max_bytes and r.first_at is not None and r.bytes >= margin * r.max_bytes:
+        oldest = start - r.first_at < t.start_margin * (now - r.first_at)
+        why = "is among the oldest 10 % of a full history_max_bytes" if oldest else ""
+    else:
+        why = ""
+    action = f"the oldest active run's first event {why}: {lost}; {fix}"
+    return _row(RETENTION, WARNING if why else OK, subject, round(share, 4), margin, action)

@@ -1,36 +1,31 @@
-"""Disk and memory sizing of a dagnats engine, from a workload (pure: no I/O).
+"""Disk and memory sizing of a dagnats engine, from a workload (pure: no I/O;
+docs/sizing.md has the figures and why).
 
-It starts from the production checklist's rules of thumb and can be calibrated with what a
-live engine measured:
+It starts from the production checklist's rules of thumb (``WORKFLOW_HISTORY`` ~500 bytes
+an event, ~12 events for a 10-step workflow; the streams' byte limits as shares of
+``max_store_bytes``, ``wire.resources``; ~2 KiB of memory an active run; the minimums table)
+and can be calibrated with what a live engine measured. Our own choices where the checklist
+is silent: events per run = 2 + events per step × steps, each retry adds 2; a task message
+is its payload + 300 bytes, a dead letter its payload + 400.
 
-- ``WORKFLOW_HISTORY``: ~500 bytes per event; ~12 events for a 10-step workflow (so
-  1 M completed ten-step workflows ~ 6 GiB);
-- ``TASK_QUEUES``: work-queue retention, so proportional to in-flight tasks;
-- ``DEAD_LETTERS``: failed tasks, kept 30 days; ``TELEMETRY``: kept 7 days;
-- the byte limits of the streams (the Go engine's, ``wire.resources``): shares of
-  ``max_store_bytes``, 12 % for ``TASK_QUEUES``, 5 % for ``DEAD_LETTERS``, 10 % for
-  ``TELEMETRY`` (``WORKFLOW_HISTORY``: ``history_max_bytes`` / ``history_max_age_days`` as
-  given, None for none);
-- memory: ~2 KiB per active run in the engine, the largest payload × ``MaxAckPending`` in
-  the workers, at least 256 MiB for ``nats-server``;
-- the minimums table: development / small (< 100 concurrent runs) / medium (< 10,000) /
-  large.
-
-Where the checklist is silent (our choices): events per run = 2 run events + events per
-step × steps (the rule's 12 for 10 steps gives 1.0 per step), each retry adds 2 events
-(``step.failed`` + ``step.queued``); a task message is its payload + 300 bytes of envelope; a
-dead letter is its payload + 400 bytes; a ``workflow_runs`` KV summary is ~300 bytes per run
-and is kept (like the history) for ``runs_max_age``.
+The store is history + records + snapshots: (runs/day × events × bytes an event + runs/day
+× record bytes) × ``runs_max_age`` + active runs × snapshot bytes. A ``workflow_runs``
+record, and an active run's snapshot on ``DAGNATS_SNAPSHOTS``, is ``RECORD_BASE`` + bytes a
+step × steps: the rule's 400 B a step gives ~5 KB for 10 steps (measured 2026-12-01: records
+760 B + 190 B a step with small values, each step's output adding 4/3 of its size as
+base64; snapshots 4.0 KB for 10 steps). The recovery window: ``observe.recovery``.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..errors import DagnatsError
 from ..wire.resources import DEAD_LETTER_SHARE, TASK_QUEUE_SHARE, TELEMETRY_SHARE
+from . import recovery
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 DAY = 86400.0
@@ -45,7 +40,9 @@ TASK_ENVELOPE = 300
 DEAD_ENVELOPE = 400
 DEAD_LETTER_DAYS = 30.0
 TELEMETRY_DAYS = 7.0
-KV_RUN_SUMMARY = 300
+RECORD_BASE = 1000  # a record's or snapshot's bytes besides its steps (ids, times, input)
+RULE_RECORD_BYTES_PER_STEP = 400.0  # ~5 KB for a 10-step run
+RULE_SNAPSHOT_BYTES_PER_STEP = 400.0
 
 
 class SizingError(DagnatsError):
@@ -78,6 +75,8 @@ class Calibration:
     run_events: float = RUN_EVENTS
     bytes_per_active_run: float = RULE_BYTES_PER_ACTIVE_RUN
     source: str = "rule of thumb"
+    record_bytes_per_step: float = RULE_RECORD_BYTES_PER_STEP
+    snapshot_bytes_per_step: float = RULE_SNAPSHOT_BYTES_PER_STEP
 
     @classmethod
     def measured(
@@ -103,6 +102,26 @@ class Calibration:
     def events_per_run(self, steps: float, retry_rate: float = 0.0) -> float:
         return self.run_events + steps * (self.events_per_step + retry_rate * EVENTS_PER_RETRY)
 
+    def record_bytes(self, steps: float) -> float:
+        """A ``workflow_runs`` record of a run of ``steps`` steps."""
+        return RECORD_BASE + self.record_bytes_per_step * steps
+
+    def snapshot_bytes(self, steps: float) -> float:
+        """An active run's snapshot on ``DAGNATS_SNAPSHOTS``."""
+        return RECORD_BASE + self.snapshot_bytes_per_step * steps
+
+    def with_stores(
+        self, record: tuple[float, float] | None, snapshot: tuple[float, float] | None
+    ) -> Calibration:
+        """With record and snapshot bytes measured: ``(mean bytes, mean steps)`` of the
+        records in the bucket, of the snapshots in the stream (None: the rule's)."""
+        per = {}
+        for key, got in (("record_bytes_per_step", record), ("snapshot_bytes_per_step", snapshot)):
+            if got and got[1] > 0:
+                per[key] = max(0.0, (got[0] - RECORD_BASE) / got[1])
+        what = " and ".join(k.split("_")[0] + "s" for k in per)
+        return replace(self, **per, source=f"{self.source}; {what} measured") if per else self
+
 
 @dataclass(frozen=True, slots=True)
 class Workload:
@@ -121,6 +140,7 @@ class Workload:
     history_max_bytes: int | None = None
     telemetry_bytes_per_step: float = 0.0
     max_store_bytes: int = 10 * GiB
+    downtime_minutes: float = 5.0  # how long an engine may be down (the recovery window)
 
     def __post_init__(self) -> None:
         _positive(steps=self.steps, max_store_bytes=self.max_store_bytes)
@@ -132,6 +152,7 @@ class Workload:
             in_flight_tasks=self.in_flight_tasks,
             max_ack_pending=self.max_ack_pending,
             telemetry_bytes_per_step=self.telemetry_bytes_per_step,
+            downtime_minutes=self.downtime_minutes,
         )
         if not 0.0 <= self.failure_rate <= 1.0:
             raise SizingError(f"failure_rate = {self.failure_rate}: must be between 0 and 1")
@@ -154,6 +175,7 @@ class Estimate:
     memory: dict[str, float] = field(default_factory=dict)  # bytes
     days_until_cap: float | None = None  # None: the store never fills
     tier: Tier = TIERS[0]
+    recovery: dict[str, float] = field(default_factory=dict)  # recovery.window
 
     @property
     def disk_bytes(self) -> float:
@@ -168,8 +190,7 @@ class Estimate:
         return self.disk_bytes / self.workload.max_store_bytes
 
     def rows(self) -> list[dict[str, Any]]:
-        """One row per stream and memory item (for a DataFrame): whole bytes (a table shows
-        them as ``7.6 GiB``, never ``8.170825e+09``)."""
+        """One row per stream and memory item: whole bytes (``7.6 GiB``, not ``8.17e+09``)."""
         out: list[dict[str, Any]] = [
             {"kind": "disk", "item": name, "bytes": round(b), "GiB": b / GiB}
             for name, b in self.streams.items()
@@ -207,10 +228,21 @@ def estimate(
         days=days,
         events_per_run=per_run,
         history_bytes_per_day=history_day,
-        streams=stream_bytes(w, history_day, days),
+        streams=stream_bytes(w, history_day, days, cal),
         memory=memory,
     )
-    return replace(est, days_until_cap=days_until_cap(w, history_day), tier=recommend_tier(est))
+    return replace(
+        est,
+        days_until_cap=days_until_cap(w, history_day, cal),
+        tier=recommend_tier(est),
+        recovery=recovery.window(
+            events_per_s=w.runs_per_day * per_run / DAY,
+            active_runs=w.concurrent_runs,
+            bytes_per_event=cal.bytes_per_event,
+            downtime_s=60.0 * w.downtime_minutes,
+            history_bytes=est.streams["WORKFLOW_HISTORY"],
+        ),
+    )
 
 
 def history_per_day(w: Workload, cal: Calibration) -> float:
@@ -218,8 +250,11 @@ def history_per_day(w: Workload, cal: Calibration) -> float:
     return w.runs_per_day * cal.events_per_run(w.steps, w.retry_rate) * cal.bytes_per_event
 
 
-def stream_bytes(w: Workload, history_day: float, days: float) -> dict[str, float]:
+def stream_bytes(
+    w: Workload, history_day: float, days: float, cal: Calibration | None = None
+) -> dict[str, float]:
     """Bytes each stream holds after ``days`` days (history growing ``history_day``/day)."""
+    cal = cal or Calibration()
     return {
         "WORKFLOW_HISTORY": retained(
             history_day, days, w.history_max_age_days, w.history_max_bytes
@@ -240,8 +275,9 @@ def stream_bytes(w: Workload, history_day: float, days: float) -> dict[str, floa
             share(w, TELEMETRY_SHARE),
         ),
         "KV_workflow_runs": retained(
-            w.runs_per_day * KV_RUN_SUMMARY, days, w.history_max_age_days, None
+            w.runs_per_day * cal.record_bytes(w.steps), days, w.history_max_age_days, None
         ),
+        "DAGNATS_SNAPSHOTS": w.concurrent_runs * cal.snapshot_bytes(w.steps),
     }
 
 
@@ -258,12 +294,12 @@ def retained(
     return float(min(held, max_bytes) if max_bytes else held)
 
 
-def days_until_cap(w: Workload, history_day: float) -> float | None:
+def days_until_cap(w: Workload, history_day: float, cal: Calibration | None = None) -> float | None:
     """Days until the streams together reach ``max_store_bytes``; None when limits keep them
     below it for ever. The total only grows with time, so bisection finds the day."""
 
     def total(days: float) -> float:
-        return sum(stream_bytes(w, history_day, days).values())
+        return sum(stream_bytes(w, history_day, days, cal).values())
 
     horizon = 1e7  # days: past every retention limit
     if total(horizon) < w.max_store_bytes:
@@ -286,7 +322,9 @@ def disk_over_time(
     w = workload
     history_day = history_per_day(w, cal)
     step = days / max(1, points - 1)
-    return [(i * step, sum(stream_bytes(w, history_day, i * step).values())) for i in range(points)]
+    return [
+        (i * step, sum(stream_bytes(w, history_day, i * step, cal).values())) for i in range(points)
+    ]
 
 
 def recommend_tier(est: Estimate) -> Tier:
@@ -303,31 +341,25 @@ def recommend_tier(est: Estimate) -> Tier:
 
 def compare(measured: Calibration, steps: float = 10) -> list[dict[str, Any]]:
     """Rows "rule of thumb vs measured" for a workflow of ``steps`` steps."""
+    n = f"{steps:.3g} steps"
+    items: dict[str, Callable[[Calibration], float]] = {
+        "bytes per event": lambda c: c.bytes_per_event,
+        f"events per run ({n})": lambda c: c.events_per_run(steps),
+        f"bytes per run ({n})": lambda c: c.events_per_run(steps) * c.bytes_per_event,
+        f"bytes per record ({n})": lambda c: c.record_bytes(steps),
+        f"bytes per snapshot ({n})": lambda c: c.snapshot_bytes(steps),
+        "bytes per active run (memory)": lambda c: c.bytes_per_active_run,
+    }
     rule = Calibration()
-    rows = []
-    for item, r, m in (
-        ("bytes per event", rule.bytes_per_event, measured.bytes_per_event),
-        (
-            f"events per run ({steps:.3g} steps)",
-            rule.events_per_run(steps),
-            measured.events_per_run(steps),
-        ),
-        (
-            f"bytes per run ({steps:.3g} steps)",
-            rule.events_per_run(steps) * rule.bytes_per_event,
-            measured.events_per_run(steps) * measured.bytes_per_event,
-        ),
-        ("bytes per active run (memory)", rule.bytes_per_active_run, measured.bytes_per_active_run),
-    ):
-        rows.append(
-            {
-                "item": item,
-                "rule_of_thumb": r,
-                "measured": m,
-                "measured_over_rule": m / r if r else math.nan,
-            }
-        )
-    return rows
+    return [
+        {
+            "item": item,
+            "rule_of_thumb": (r := f(rule)),
+            "measured": (m := f(measured)),
+            "measured_over_rule": m / r if r else math.nan,
+        }
+        for item, f in items.items()
+    ]
 
 
 def _positive(**values: float) -> None:
@@ -366,7 +398,7 @@ class Report:
         return tables.frame(self.workflows, "sizing workflows")
 
     def summary(self) -> str:
-        """Three lines: the runs estimated, disk/memory/tier, the calibration."""
+        """Four lines: the runs estimated, disk/memory/tier, recovery, the calibration."""
         from dagnats_nb.observe.units import human_bytes, human_duration
 
         est = self.estimate
@@ -379,6 +411,7 @@ class Report:
             f"disk: {human_bytes(est.disk_bytes)} after {est.days:g} days "
             f"({est.store_share:.1%} of max_store_bytes; full in {full}); "
             f"memory: {human_bytes(est.memory_bytes)}; tier {est.tier.name} ({est.tier.cpu})\n"
+            f"{recovery.describe(est.recovery, est.workload.downtime_minutes)}\n"
             f"calibration: {self.calibration.source}"
         )
 
