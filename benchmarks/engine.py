@@ -357,9 +357,8 @@ def engine_phase(eng: dn.Engine, size: dict[str, int], task_types: str) -> dict[
     log(f"engine: {len(ids)} runs with {size['in_flight']} in flight in {elapsed:.1f}s")
 
     events, stream = asyncio.run(history_since(eng.connect_url, seq1))
-    runs = eng.orchestrator.runs
-    statuses = [runs[r].status if r in runs else "missing" for r in ids + low_ids]
-    failed = sum(1 for s in statuses if s != "completed")
+    completed = {e.run_id for e in events if e.type == protocol.WORKFLOW_COMPLETED}
+    failed = sum(1 for r in ids + low_ids if r not in completed)  # ended runs left memory
     loaded = latency_summary(step_latencies(events, set(ids)))
     low = latency_summary(step_latencies(events, set(low_ids)))
     n_events = sum(1 for e in events if e.seq >= seq2)
@@ -407,8 +406,14 @@ async def start_waiting(eng: dn.Engine, n: int, batch: int = 200) -> float:
     return time.perf_counter() - t
 
 
+def active(eng: dn.Engine) -> int:
+    """Runs the orchestrator holds that have not ended (ended ones leave memory)."""
+    return sum(1 for s in list(eng.orchestrator.runs.values()) if not s.terminal)
+
+
 async def settle(eng: dn.Engine, runs: int, min_seq: int, timeout: float = 300) -> float:
-    """Wait until the orchestrator holds ``runs`` runs and has applied every stored event."""
+    """Wait until the orchestrator holds ``runs`` active runs and has applied every stored
+    event."""
     nc = await nats.connect(eng.connect_url)
     js = nc.jetstream()
     t = time.perf_counter()
@@ -418,13 +423,13 @@ async def settle(eng: dn.Engine, runs: int, min_seq: int, timeout: float = 300) 
             info = await js.stream_info(protocol.HISTORY_STREAM)
             o = eng.orchestrator
             caught_up = o.last_seq >= info.state.last_seq >= min_seq
-            stable = stable + 1 if caught_up and len(o.runs) >= runs else 0
+            stable = stable + 1 if caught_up and active(eng) >= runs else 0
             if stable >= 3:
                 return time.perf_counter() - t
             await asyncio.sleep(0.1)
     finally:
         await nc.close()
-    raise TimeoutError(f"orchestrator did not settle: {len(eng.orchestrator.runs)}/{runs} runs")
+    raise TimeoutError(f"orchestrator did not settle: {active(eng)}/{runs} active runs")
 
 
 def memory_phase(eng: dn.Engine, size: dict[str, int]) -> dict[str, Any]:
@@ -450,7 +455,7 @@ def memory_phase(eng: dn.Engine, size: dict[str, int]) -> dict[str, Any]:
     out["rss_bytes_per_run"] = rss["rss_bytes_per_run"]
     out["start_runs_per_s"] = rss["start_runs_per_s"]
 
-    base_runs = len(o.runs)
+    base_runs = active(eng)
     seq0 = o.last_seq
     gc.collect()
     tracemalloc.start()
@@ -474,13 +479,14 @@ def memory_phase(eng: dn.Engine, size: dict[str, int]) -> dict[str, Any]:
     out["active_runs_held"] = sum(1 for s in o.runs.values() if not s.terminal)
     log(f"memory: waiting run {out['tracemalloc_bytes_per_run']:.0f} B (tracemalloc)")
 
-    # Completed runs stay in orchestrator.runs too (with each step's input and output).
+    # Completed runs leave orchestrator.runs once their record is stored (snapshot_restart,
+    # the default): what is left of them is the recent-runs LRU and the sizing sample.
     m = size["completed_runs"]
     gc.collect()
     tracemalloc.start()
     traced0 = tracemalloc.get_traced_memory()[0]
     asyncio.run(drive(eng, m, size["in_flight"]))
-    asyncio.run(settle(eng, len(o.runs), 0))
+    asyncio.run(settle(eng, 0, 0))
     gc.collect()
     traced1 = tracemalloc.get_traced_memory()[0]
     tracemalloc.stop()
@@ -535,14 +541,14 @@ def replay_phase(
         topped = int((target - stream["messages"]) / events_per_run) + 1
         log(f"replay: {stream['messages']} events; topping up with {topped} completed runs")
         asyncio.run(drive(eng, topped, size["in_flight"]))
-        asyncio.run(settle(eng, len(eng.orchestrator.runs), 0))
+        asyncio.run(settle(eng, 0, 0))
         _, stream = asyncio.run(history_since(eng.connect_url, 1 << 62))
-    runs_before = len(eng.orchestrator.runs)
+    runs_before = asyncio.run(run_count(eng.connect_url))
     log(f"replay: stopping the engine with {stream['messages']} events in history")
     eng.stop()
     gc.collect()
     t = time.perf_counter()
-    eng = dn.Engine.start(data_dir=data_dir)
+    eng = dn.Engine.start(data_dir=data_dir, snapshot_restart=False)  # the whole history
     ready = time.perf_counter() - t
     o = eng.orchestrator
     out = {
@@ -561,7 +567,30 @@ def replay_phase(
         f"replay: ready in {ready:.2f}s, {o.replayed_events} events replayed in "
         f"{o.replay_seconds:.2f}s ({out['replay_events_per_s']:.0f}/s)"
     )
+    eng.stop()  # its last snapshot cycle wrote a checkpoint at the end of the history
+    gc.collect()
+    t = time.perf_counter()
+    eng = dn.Engine.start(data_dir=data_dir)  # the default: snapshots and what follows
+    ready = time.perf_counter() - t
+    o = eng.orchestrator
+    out["snapshot_restart"] = {
+        "time_to_ready_s": round(ready, 3),
+        "events_replayed": o.replayed_events,
+        "runs_restored": o.counters["runs_restored"],
+        "runs_held_after_restart": len(o.runs),
+    }
+    log(f"replay: snapshot restart ready in {ready:.2f}s, {o.replayed_events} events replayed")
     return out, eng
+
+
+async def run_count(url: str) -> int:
+    """Runs with a history (its subjects), however many the engine holds in memory."""
+    nc = await nats.connect(url)
+    try:
+        info = await nc.jetstream().stream_info(protocol.HISTORY_STREAM, subjects_filter=">")
+        return len(info.state.subjects or {})
+    finally:
+        await nc.close()
 
 
 # -- targets and machine -------------------------------------------------------------------

@@ -51,6 +51,7 @@ import nats  # noqa: E402
 from engine import (  # noqa: E402  (benchmarks/engine.py)
     SIZES,
     _short,
+    active,
     log,
     machine_info,
     percentile,
@@ -333,7 +334,7 @@ def warm_up(eng: dn.Engine) -> float:
     start_rate = rate(WARMUP, time.perf_counter() - t)
     gated = asyncio.run(start_runs(eng, GATED, None, run_ids(WARMUP)))
     seq = eng.orchestrator.last_seq
-    asyncio.run(settle(eng, len(eng.orchestrator.runs), seq))
+    asyncio.run(settle(eng, active(eng), seq))
     asyncio.run(approve_all(eng, gated, 10))
     wait_completed(eng, base + 2 * WARMUP, 60)
     return start_rate
@@ -341,7 +342,7 @@ def warm_up(eng: dn.Engine) -> float:
 
 def sleep_phase(eng: dn.Engine, n: int, warm_rate: float) -> dict[str, Any]:
     o = eng.orchestrator
-    base_runs, base_done, seq0 = len(o.runs), completed(eng), o.last_seq
+    base_runs, base_done, seq0 = active(eng), completed(eng), o.last_seq
     # T: after every run has started and been measured (starts are slower under tracemalloc)
     lead = TRACEMALLOC_SLOWDOWN * n / max(warm_rate, 1.0) + RECORD_FLUSH_S + 4.0
     due = round(time.time() + lead, 3)
@@ -413,7 +414,7 @@ async def approve_all(eng: dn.Engine, run_ids: list[str], sequential: int) -> di
 
 def approval_phase(eng: dn.Engine, n: int) -> dict[str, Any]:
     o = eng.orchestrator
-    base_runs, base_done, seq0 = len(o.runs), completed(eng), o.last_seq
+    base_runs, base_done, seq0 = active(eng), completed(eng), o.last_seq
     log(f"approval: starting {n} runs")
     ids = run_ids(n)
     with HeapProbe() as heap:
@@ -451,7 +452,7 @@ def restart_phase(
     eng: dn.Engine, data_dir: Path, n: int, warm_rate: float
 ) -> tuple[dict[str, Any], dn.Engine]:
     o = eng.orchestrator
-    base_runs, seq0 = len(o.runs), o.last_seq
+    base_runs, seq0 = active(eng), o.last_seq
     history_events = seq0 + 2 * n
     # T2: after the starts, the stop and a replay of the whole history at >= 8,000 events/s
     lead = 1.5 * n / max(warm_rate, 1.0) + RECORD_FLUSH_S + history_events / 8000 + 6.0
@@ -494,6 +495,7 @@ def restart_phase(
         "events_replayed": o.replayed_events,
         "replay_seconds": round(o.replay_seconds, 3),
         "runs_held_after_restart": len(o.runs),
+        "runs_restored": o.counters["runs_restored"],  # from their snapshots
         "timers_after_restart": timers_after,
         "due_in_after_ready_s": round(before_due, 3),
         "all_waiting_before_due": before_due > 0,
@@ -515,7 +517,7 @@ def rss_probe(n: int) -> dict[str, Any]:
             later = {"at": rfc3339(time.time() + 3600)}
             for name, workflow, inp in (("sleep", SLEEPER, later), ("approval", GATED, None)):
                 o = eng.orchestrator
-                base_runs, seq0 = len(o.runs), o.last_seq
+                base_runs, seq0 = active(eng), o.last_seq
                 ids = run_ids(n)
                 gc.collect()
                 rss0 = rss_bytes()

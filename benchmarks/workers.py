@@ -145,8 +145,8 @@ def run_case(n: int, root: Path, size: dict[str, Any]) -> dict[str, Any]:
         elapsed = sum(rounds)
         c1, w1 = bench.cpu_seconds(eng), [proc_cpu(pr.pid) for pr in procs]
         events, _ = asyncio.run(bench.history_since(eng.connect_url, seq))
-        runs = eng.orchestrator.runs
-        failed = sum(1 for r in ids if r not in runs or runs[r].status != "completed")
+        completed = {e.run_id for e in events if e.type == protocol.WORKFLOW_COMPLETED}
+        failed = sum(1 for r in ids if r not in completed)  # ended runs leave memory
         by_worker = Counter(
             e.worker_id
             for e in events

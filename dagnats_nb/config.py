@@ -238,9 +238,10 @@ class Settings(BaseModel):
         timedelta(hours=720), "must be a duration such as 720h, or 0 for none"
     )
     history_max_bytes: OptionalSize = _key(None, "must be a size such as 1GiB, or 0 for none")
-    # Restart from the last checkpoint: the active runs' snapshots and the history after
-    # it (runtime.snapshots), instead of the whole history.
-    snapshot_restart: bool = _key(False, "must be true or false")
+    # Memory and restart that follow the active runs: finished runs leave memory (their
+    # records answer reads; runtime.eviction) and a restart loads the last checkpoint's
+    # snapshots and the history after it (runtime.snapshots), not the whole history.
+    snapshot_restart: bool = _key(True, "must be true or false")
     server_memory_limit: OptionalSize = _key(
         None, "must be a size such as 256MiB (nats-server's GOMEMLIMIT), or 0 for none"
     )

@@ -449,8 +449,9 @@ def test_async_twins_back_up_and_restore(engine, tmp_path):
     add_handlers(engine, threading.Event())
     first = engine.run(FLOW, {"x": 1}, timeout=20)
 
-    async def both():
-        df = await engine.backup_async(tmp_path / "bk", streams=["WORKFLOW_HISTORY"])
+    async def both():  # the history with its runs' records: finished runs answer from them
+        streams = ["WORKFLOW_HISTORY", "KV_workflow_runs"]
+        df = await engine.backup_async(tmp_path / "bk", streams=streams)
         engine.run(FLOW, {"x": 2}, timeout=20)  # after the backup: rewound below
         back = await engine.restore_async(tmp_path / "bk", force=True)
         return df, back

@@ -171,7 +171,7 @@ def test_concurrent_summary_writes_of_one_run_all_land(engine):
     gate.install(engine)
     run = engine.run("invoice", {"amount": 1})
     orch = engine.orchestrator
-    state = orch.runs[run.id]
+    state = engine.run_state(run.id)["state"]  # in memory, or (it ended) from its record
 
     async def race():
         await asyncio.gather(*(orch.records.now(state) for _ in range(4)))

@@ -651,9 +651,12 @@ def test_blocking_call_from_an_async_handler_is_a_clear_error(engine):
     assert "use its *_async twin" in run.error
 
 
-def test_restart_replays_history_and_keeps_runs(tmp_path):
+@pytest.mark.parametrize("snapshot_restart", [True, False])
+def test_restart_replays_history_and_keeps_runs(tmp_path, snapshot_restart):
+    """With snapshot_restart (the default) no history is replayed: the runs ended before
+    the checkpoint, and their records answer; without, the whole history is."""
     data = tmp_path / "engine"
-    with dn.Engine.start(data_dir=data) as eng:
+    with dn.Engine.start(data_dir=data, snapshot_restart=snapshot_restart) as eng:
 
         @eng.task("inc")
         def inc(ctx):
@@ -665,10 +668,13 @@ def test_restart_replays_history_and_keeps_runs(tmp_path):
         }
         ids = [eng.run(wf, input=i, timeout=20).id for i in range(5)]
 
-    with dn.Engine.start(data_dir=data) as eng:
+    with dn.Engine.start(data_dir=data, snapshot_restart=snapshot_restart) as eng:
         status = eng.status()
         history = next(s for s in status["streams"] if s["stream"] == "WORKFLOW_HISTORY")
-        assert status["orchestrator"]["replayed_events"] == history["messages"] >= 5 * 6
+        assert history["messages"] >= 5 * 6
+        replayed = 0 if snapshot_restart else history["messages"]
+        assert status["orchestrator"]["replayed_events"] == replayed
+        assert (len(eng.orchestrator.runs) == 0) is snapshot_restart
         runs = eng.runs().set_index("run_id")
         assert set(ids) <= set(runs.index)
         assert all(runs.loc[ids, "status"] == "completed")

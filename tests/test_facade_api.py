@@ -27,6 +27,7 @@ import dagnats_nb as dn
 from dagnats_nb.facade import Engine, Run
 from dagnats_nb.facade.tokens import TokenStream
 from dagnats_nb.facade.worker_process import WorkerProcess
+from dagnats_nb.runtime import eviction
 from dagnats_nb.wire import protocol
 
 BOUND = 30.0  # seconds any one awaited call may take before the test fails
@@ -116,7 +117,8 @@ def test_reads_from_many_threads_while_other_threads_start_runs(engine, many_swi
                     report = engine.sizing(runs_per_day=100)
                     found = re.match(r"measured \((\d+) runs", report.calibration.source)
                     counted = int(found.group(1)) if found else 0
-                    assert counted >= last, (counted, last)
+                    # ended runs leave memory into a bounded sample of each workflow's
+                    assert counted >= min(last, eviction.SAMPLE), (counted, last)
                     last = counted
                 elif kind == "steps":
                     for run_id in recent():
@@ -332,7 +334,8 @@ async def scenario(eng: Engine, tmp_path, tag: str, release: threading.Event) ->
     assert report.calibration.source.startswith("measured")
     assert "level" in (await call(eng, "health_async")).columns
     status = await call(eng, "status_async")
-    assert status["connected"] and status["orchestrator"]["runs"] >= 2
+    # ended runs leave memory: the runs held are the active ones and a few just ended
+    assert status["connected"] and status["orchestrator"]["last_seq"] >= 8
     sampler = await call(eng, "sample_async", 0.05, 100)
 
     async def sampled():

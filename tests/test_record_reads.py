@@ -47,7 +47,9 @@ def chain(name: str, *tasks: str) -> dict:
 
 @pytest.fixture(scope="module")
 def eng(tmp_path_factory):
-    e = dn.Engine.start(data_dir=tmp_path_factory.mktemp("rr") / "engine", llm_enabled=False)
+    # every run stays in memory (no eviction), so that memory's answers can be compared
+    data_dir = tmp_path_factory.mktemp("rr") / "engine"
+    e = dn.Engine.start(data_dir=data_dir, llm_enabled=False, snapshot_restart=False)
     e.release = threading.Event()
 
     @e.task("rr-double")

@@ -76,6 +76,21 @@ class Reads:
 
     runs, runs_async = twins(_runs, runs_frame)
 
+    async def _run_known(self, run_id: str) -> bool:
+        """Whether the run exists: in memory, among the runs that just left it, in its
+        record or its history (a trigger or webhook delivered again starts nothing)."""
+        o = self.orchestrator
+        if o is not None and (run_id in o.runs or o.known_ended(run_id) is not None):
+            return True
+        if await self._record(run_id) is not None:
+            return True
+        subject = protocol.history_subject(run_id)
+        try:
+            await self._js.get_msg(protocol.HISTORY_STREAM, seq=1, subject=subject, next=True)
+        except NotFoundError:
+            return False
+        return True
+
     async def _kv_runs(self, skip: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """The summaries of the runs the ``workflow_runs`` records hold (``read_record``,
         exact times), but of those ``skip`` names."""

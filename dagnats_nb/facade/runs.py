@@ -307,11 +307,6 @@ class Runs:
         seconds (``run.wait()`` is the same on a :class:`Run`)."""
         try:
             if self.orchestrator is not None:
-                o = self.orchestrator
-                if o.restored_from and run_id not in o.runs:  # ended before the restart?
-                    summary = await self._run_state(run_id)
-                    if summary is not None and summary["status"] in RUN_TERMINAL:
-                        return summary["status"]
                 state = await asyncio.wait_for(self.orchestrator.wait(run_id), timeout)
                 return state.status
             return await asyncio.wait_for(self._poll_run(run_id), timeout)
@@ -355,7 +350,12 @@ class Runs:
         every change of the run, and once at once; returns ``unwatch()``. Keep the callback
         quick and thread-safe: it runs on the engine loop."""
         self._need_orchestrator("watch a run")
-        unwatch = self.orchestrator.watch(run_id, callback)
+        o = self.orchestrator
+        unwatch = o.watch(run_id, callback)
+        if run_id not in o.runs and o.known_ended(run_id) is None:
+            stored = await self._stored(run_id)  # ended and left memory: its record's state
+            if stored is not None and run_id not in o.runs:
+                o._safe_call(callback, stored[1])
         loop = asyncio.get_running_loop()
 
         def unwatch_from_any_thread() -> None:

@@ -102,10 +102,7 @@ class Triggers:
         async def start_run(workflow: str, input: Any, run_id: str | None) -> Any:
             return await self._start_run(workflow, input, run_id=run_id, exists_ok=True)
 
-        def has_run(run_id: str) -> bool:
-            return self.orchestrator is not None and run_id in self.orchestrator.runs
-
-        scheduler = TriggerScheduler(self._nc, self._js, start_run, has_run)
+        scheduler = TriggerScheduler(self._nc, self._js, start_run, self._run_known)
         await scheduler.start()
         self.trigger_scheduler = scheduler
 

@@ -46,6 +46,7 @@ from dagnats_nb.dag.state import (
 )
 from dagnats_nb.runtime import requeue
 from dagnats_nb.runtime.admission import Admission
+from dagnats_nb.runtime.eviction import Eviction
 from dagnats_nb.runtime.family import Family
 from dagnats_nb.runtime.gates import Correlator
 from dagnats_nb.runtime.records import RunRecords
@@ -61,7 +62,7 @@ log = logging.getLogger("dagnats_nb.runtime.orchestrator")
 YIELD_EVERY = 32  # actions performed, or history messages applied, between two loop turns
 
 
-class Orchestrator(Waits, SnapshotRestart):
+class Orchestrator(Waits, SnapshotRestart, Eviction):
     def __init__(
         self,
         nc: NATS,
@@ -99,6 +100,8 @@ class Orchestrator(Waits, SnapshotRestart):
         self.snapshots: Snapshots | None = None
         self.snapshot_restart = snapshot_restart
         self.restored_from = 0  # the checkpoint a snapshot restart began after (0: none)
+        self.evicts = snapshot_restart  # finished runs leave memory (runtime.eviction)
+        self._init_eviction()
         self._pending: set[asyncio.Future] = set()
 
     async def start(self) -> None:
@@ -240,12 +243,14 @@ class Orchestrator(Waits, SnapshotRestart):
             self._wake(run_id)
         if state.terminal:
             self.runs[run_id] = compact(state)
+            self._evict_if_done(run_id)
 
     async def _end_replay(self) -> None:
         if not self.replaying:
             return
         self.replaying = False
         self.replay_seconds = time.perf_counter() - self._replay_started
+        self._end_eviction_replay()
         for run_id, state in self.runs.items():
             if state.outbox or not state.terminal:
                 try:
@@ -298,11 +303,13 @@ class Orchestrator(Waits, SnapshotRestart):
 
     async def _ended(self, state: RunState) -> None:
         """A run ended: its record, then its waiters (who may read the record next)."""
-        await self.records.now(state)
+        recorded = await self.records.now(state)
         self._wake(state.run_id)
         await self.gates.run_ended(state)
         if state.parent_run_id:
             await self.family.tell_parent(state)
+        if recorded:  # reads of it can go to its record now: it may leave memory
+            self._recorded_end(state)
 
     def _track(self, coro) -> None:
         task = asyncio.ensure_future(coro)
@@ -476,7 +483,8 @@ class Orchestrator(Waits, SnapshotRestart):
         """Whether ``task``'s step (of a run replayed here) no longer waits for it: a task
         delivered again after its result was applied (a nats-server restarted after its
         disk filled forgets acknowledgements) is not run again. Never during replay."""
-        return not self.replaying and result_applied(self.runs.get(task.run_id), task)
+        state = self.runs.get(task.run_id) or self.recent.get(task.run_id)
+        return not self.replaying and result_applied(state, task)
 
 
 COUNTED = {

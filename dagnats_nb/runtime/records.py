@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 
+from nats.js.errors import KeyNotFoundError, NotFoundError
+
 from dagnats_nb.dag.events import dumps
-from dagnats_nb.dag.state import RunState
-from dagnats_nb.wire.runs import run_key, run_record
+from dagnats_nb.dag.state import RUN_TERMINAL, RunState
+from dagnats_nb.wire.runs import read_record, record_state, run_key, run_record
 
 log = logging.getLogger("dagnats_nb.runtime.records")
 
@@ -44,11 +47,35 @@ class RunRecords:
         if self._task is None or self._task.done():
             self._task = loop.create_task(self._run())
 
-    async def now(self, state: RunState) -> None:
+    async def now(self, state: RunState) -> bool:
         """Write ``state`` as its run's record at once (a run that ended: whoever waits
-        for it reads its record next)."""
+        for it reads its record next); whether it was written."""
         self._due.pop(state.run_id, None)
-        await self._put([state])
+        return await self._put([state]) == 1
+
+    async def ended(self, run_id: str) -> RunState | None:
+        """The state of a run that ended, from its record; None when it has none or it
+        says the run has not ended."""
+        try:
+            raw = json.loads((await self.kv.get(run_key(run_id))).value)
+        except (KeyNotFoundError, NotFoundError, ValueError, TypeError, RecursionError):
+            return None
+        state = record_state(raw)
+        if state is not None:
+            return state
+        summary = read_record(raw)  # Go's, or an older record: what it says
+        if summary is None or summary["status"] not in RUN_TERMINAL:
+            return None
+        return RunState(
+            run_id,
+            summary.get("workflow") or "",
+            summary.get("version") or "",
+            "",
+            None,
+            0.0,
+            status=summary["status"],
+            error=summary.get("error"),
+        )
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -68,16 +95,19 @@ class RunRecords:
         for i in range(0, len(states), BATCH):
             await self._put(states[i : i + BATCH])
 
-    async def _put(self, states: list[RunState]) -> None:
+    async def _put(self, states: list[RunState]) -> int:
         results = await asyncio.gather(
             *(self.kv.put(run_key(s.run_id), dumps(run_record(s))) for s in states),
             return_exceptions=True,
         )
+        written = 0
         for state, result in zip(states, results, strict=True):
             if isinstance(result, BaseException):
                 log.warning("cannot write the record of run %s: %s", state.run_id, result)
             else:
-                self.written += 1
+                written += 1
+        self.written += written
+        return written
 
     async def close(self) -> None:
         """Write what is due, and stop."""

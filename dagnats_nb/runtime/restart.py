@@ -33,6 +33,10 @@ class SnapshotRestart:
     counters: Counter[str]
     last_seq: int
     restored_from: int
+    replaying: bool
+    evicts: bool
+    recent: dict[str, RunState]
+    _gone: set[str]
 
     async def _restore(self, history_last: int) -> int:
         """Load the runs of the last checkpoint (their snapshots; a run whose snapshot is
@@ -62,8 +66,12 @@ class SnapshotRestart:
         """Whether a run not in memory began before ``seq``: a ``workflow.started`` sent
         again, after a snapshot restart left the run's end out of memory. Its history
         subject's first message says (one request; only after a snapshot restart)."""
-        if not self.restored_from or not seq:
+        if run_id in self._gone or run_id in self.recent:
+            return self._repeated(run_id, seq)
+        if not (self.restored_from or self.evicts) or not seq:
             return False
+        if self.replaying and not self.restored_from:
+            return False  # a whole replay has seen every start so far
         subject = protocol.history_subject(run_id)
         try:
             first = await self.js.get_msg(
@@ -71,11 +79,12 @@ class SnapshotRestart:
             )
         except nats.js.errors.NotFoundError:
             return False
-        if first.seq < seq:
-            self.counters["starts_repeated"] += 1
-            log.warning("run %s started again at history message %s: ignored", run_id, seq)
-            return True
-        return False
+        return first.seq < seq and self._repeated(run_id, seq)
+
+    def _repeated(self, run_id: str, seq: int) -> bool:
+        self.counters["starts_repeated"] += 1
+        log.warning("run %s started again at history message %s: ignored", run_id, seq)
+        return True
 
     async def _reopened(self, run_id: str, seq: int) -> RunState | None:
         """A run not in memory that an event reopens (a dead-letter replay of a run that
@@ -93,7 +102,9 @@ class SnapshotRestart:
     async def _ended_run(self, run_id: str) -> RunState | None:
         """A run not in memory that ended (after a snapshot restart, every run that has
         not is in memory): its state from its history; None when it never started."""
-        if not self.restored_from:
+        if run_id in self.recent:
+            return self.recent[run_id]
+        if not (self.restored_from or self.evicts):
             return None
         subject = protocol.history_subject(run_id)
         try:

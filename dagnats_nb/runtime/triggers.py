@@ -208,9 +208,9 @@ class TriggerScheduler:
     """Fires the enabled cron and subject triggers of KV ``triggers`` (module docstring).
 
     ``start_run(workflow, input, run_id)`` starts a run; ``has_run(run_id)`` says whether the
-    orchestrator has that run already."""
+    run exists already (a delivery seen again starts nothing)."""
 
-    def __init__(self, nc, js, start_run: Start, has_run: Callable[[str], bool]) -> None:
+    def __init__(self, nc, js, start_run: Start, has_run: Callable[[str], Awaitable[bool]]) -> None:
         self.nc = nc
         self.store = TriggerStore(js)
         self.start_run = start_run
@@ -327,7 +327,7 @@ class TriggerScheduler:
 
     async def _fire_minute(self, a: Active, minute: float) -> None:
         run_id = trigger_run_id(a.id, minute)
-        if not self.has_run(run_id):
+        if not await self.has_run(run_id):
             envelope = {
                 "trigger": "cron",
                 "source": a.id,
@@ -373,7 +373,7 @@ class TriggerScheduler:
                 envelope["data"] = msg.data.decode("utf-8", "replace")
         msg_id = (msg.headers or {}).get("Nats-Msg-Id")
         run_id = trigger_run_id(a.id, msg_id) if msg_id else None
-        if run_id is not None and self.has_run(run_id):
+        if run_id is not None and await self.has_run(run_id):
             return
         try:
             await self.start_run(a.workflow, envelope, run_id)

@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from dagnats_nb.dag.state import RunState
 from dagnats_nb.errors import RunError
+from dagnats_nb.runtime.records import RunRecords
 
 log = logging.getLogger("dagnats_nb.runtime.orchestrator")
 
@@ -18,6 +19,9 @@ class Waits:
     """Waiting for runs to end and watching them change."""
 
     runs: dict[str, RunState]
+    recent: dict[str, RunState]
+    records: RunRecords
+    evicts: bool
     errors: deque[str]
     store_full: str | None
     _waiters: dict[str, list[asyncio.Future]]
@@ -43,7 +47,7 @@ class Waits:
         """Call ``callback(state)`` on the engine loop after each change of the run's state
         (and once at once with the current state). Returns a function that stops it."""
         self._watchers.setdefault(run_id, []).append(callback)
-        state = self.runs.get(run_id)
+        state = self.runs.get(run_id) or self.recent.get(run_id)
         if state is not None:
             self._safe_call(callback, state)
 
@@ -69,12 +73,14 @@ class Waits:
     # -- waiting -------------------------------------------------------------------------
 
     def _wake(self, run_id: str) -> None:
+        state = self.runs.get(run_id) or self.recent.get(run_id)
         for fut in self._waiters.pop(run_id, ()):
             if not fut.done():
-                fut.set_result(self.runs[run_id])
+                fut.set_result(state)
 
     async def wait(self, run_id: str) -> RunState:
-        state = self.runs.get(run_id)
+        """The run's state once it has ended (one that left memory: from its record)."""
+        state = self.runs.get(run_id) or self.recent.get(run_id)
         if state is not None and state.terminal:
             return state
         if self.store_full:
@@ -83,6 +89,10 @@ class Waits:
         waiters = self._waiters.setdefault(run_id, [])
         waiters.append(fut)
         try:
+            if state is None and self.evicts:  # waiting first: an end after this wakes it
+                ended = await self.records.ended(run_id)
+                if ended is not None and not fut.done():
+                    return ended
             return await fut
         finally:  # a wait that timed out (or was cancelled) leaves nothing behind
             if fut in waiters:

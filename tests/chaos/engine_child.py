@@ -51,6 +51,8 @@ WAIT = {  # waits for event `go` (a message on event.go, or a signal `go` to the
 
 _out = threading.Lock()
 
+TERMINAL = {"workflow.completed", "workflow.failed", "workflow.cancelled"}
+
 
 def say(**fields: Any) -> None:
     with _out:
@@ -89,6 +91,10 @@ def report(eng: dn.Engine, run_ids: list[str]) -> dict[str, Any]:
             "completed_events": completed,
             "queued_events": queued,
             "ended": sum(1 for e in events if e.type == "workflow.completed"),
+            # events up to the run's end: one that left memory applies none after it
+            "history_to_end": next(
+                (i + 1 for i, e in enumerate(events) if e.type in TERMINAL), len(events)
+            ),
             "applied": run.event_count,
             "history": len(events),
         }

@@ -154,9 +154,10 @@ def test_poison_on_every_subject_we_consume(tmp_path):
         child.ask("publish", subject=f"task.chaos.{done}", body=json.dumps(copy))
         until(lambda: child.ask("errors")["stale"] > before, what="the copy to be dropped")
 
-        # The engine starts again: its replay skips the poison and says so; it runs again.
+        # The engine starts again: a replay of the whole history skips the poison and says
+        # so (a snapshot restart does not read it again); it runs again.
         child.stop()
-        child.start()
+        child.start(snapshot_restart=False)
         skipped = [e for e in child.ask("errors")["errors"] if "skipped" in e]
         assert len(skipped) >= len(JUNK) + len(BAD_EVENTS), skipped
         more = dict(zip(child.start_runs([{"n": 100}, {"n": 101}]), (100, 101), strict=True))

@@ -228,7 +228,7 @@ class Webhooks:
             return _error(400, str(exc))
         run_id = delivery_run_id(request.headers)
         body = {"run_id": run_id, "workflow": hook.workflow, "trigger": hook.trigger_id}
-        if run_id is not None and run_id in eng.orchestrator.runs:
+        if run_id is not None and await eng._run_known(run_id):
             return 200, {**body, "duplicate": True}
         try:
             run = await eng._start_run(hook.workflow, value, run_id=run_id, exists_ok=True)

@@ -23,6 +23,7 @@ import pandas as pd
 from dagnats_nb.adapters.notebook import live, render
 from dagnats_nb.adapters.notebook.render import Frame
 from dagnats_nb.dag import WorkflowDef
+from dagnats_nb.errors import DagnatsError
 from dagnats_nb.facade.engine import Engine
 from dagnats_nb.facade.run import Run
 from dagnats_nb.observe import tables
@@ -60,6 +61,13 @@ def snapshot(run: Run) -> tuple[WorkflowDef | None, Frame]:
         unwatch()
         if box:
             return defn, box[0]
+    if defn is None and orch is not None and eng.running:  # ended, left memory: its record
+        try:
+            defn, state = eng._call(eng._steps(run.id))
+        except DagnatsError:
+            defn = None
+        else:
+            return defn, render.frame_of(defn, state)
     summary = eng.run_state(run.id) if eng.running else None
     summary = summary or {"status": "pending", "error": None}
     return defn, Frame(run.id, run.workflow, summary["status"], error=summary.get("error"))

@@ -1,0 +1,92 @@
+"""Finished runs leave the orchestrator's memory once their record is stored (issue 15,
+runtime.eviction): memory follows the active runs, and every read, wait and watch of a run
+that left answers as before, from its record."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from conftest import until
+
+import dagnats_nb as dn
+from dagnats_nb.runtime import eviction
+
+CHAIN = {
+    "name": "chain",
+    "steps": [
+        {"id": "a", "task": "inc"},
+        {"id": "b", "task": "inc", "depends_on": ["a"]},
+    ],
+}
+HELD = {"name": "held", "steps": [{"id": "h", "task": "hold"}]}
+
+
+@pytest.fixture
+def engine(tmp_path):
+    release = threading.Event()
+    eng = dn.Engine.start(data_dir=tmp_path / "e", llm_enabled=False)
+    eng.add_handler("inc", lambda ctx: (ctx.input or 0) + 1)
+
+    def hold(ctx):
+        release.wait(30)
+        return "released"
+
+    eng.add_handler("hold", hold, concurrency=4)
+    eng.register(CHAIN)
+    eng.register(HELD)
+    eng.release = release
+    with eng:
+        yield eng
+    release.set()
+
+
+def test_memory_holds_the_active_runs_only(engine):
+    o = engine.orchestrator
+    held = [engine.start_run("held") for _ in range(3)]
+    done = [engine.run("chain", i, timeout=20) for i in range(40)]
+    until(lambda: set(o.runs) == {r.id for r in held}, what="ended runs to leave memory")
+    assert o.counters["runs_evicted"] >= 40
+    events, steps = o.finished_sample["chain"][-1]  # what sizing() reads of ended runs
+    assert steps == 2 and events >= 6  # started, 2 x (queued, started, completed), completed
+    # what memory answered before, the records answer now
+    assert [engine.get_run(r.id).output for r in done] == [i + 2 for i in range(40)]
+    assert set(engine.runs()["run_id"]) >= {r.id for r in done + held}
+    steps = engine.steps(done[0].id).set_index("step_id")
+    assert list(steps["status"]) == ["completed", "completed"]
+    assert engine.step_output(done[0].id, "a") == 1
+    engine.release.set()
+    for run in held:
+        assert run.wait(20).status == "completed"
+    until(lambda: not o.runs, what="the held runs to leave memory")
+
+
+def test_wait_and_watch_of_a_run_that_left_memory(engine):
+    o = engine.orchestrator
+    runs = [engine.run("chain", i, timeout=20) for i in range(eviction.RECENT + 5)]
+    first = runs[0].id
+    until(lambda: first not in o.runs and o.known_ended(first) is None, what="eviction")
+    assert engine.wait_run(first, timeout=5) == "completed"  # from its record
+    seen = []
+    unwatch = engine.watch(first, lambda state: seen.append(state.status))
+    until(lambda: seen == ["completed"], what="the watch called once with the record's state")
+    unwatch()
+    last = runs[-1].id  # just ended: among the recent ones, no record read
+    assert o.known_ended(last) is not None and engine.wait_run(last, timeout=5) == "completed"
+
+
+def test_a_run_that_left_memory_is_known_to_webhooks_and_triggers(engine):
+    run = engine.run("chain", 1, timeout=20)
+    o = engine.orchestrator
+    until(lambda: run.id not in o.runs)
+    o.recent.clear()  # as if long ago
+    assert engine._call(engine._run_known(run.id)) is True
+    assert engine._call(engine._run_known("never-started")) is False
+
+
+def test_without_snapshot_restart_every_run_stays(tmp_path):
+    with dn.Engine.start(data_dir=tmp_path / "e", llm_enabled=False, snapshot_restart=False) as eng:
+        eng.add_handler("inc", lambda ctx: (ctx.input or 0) + 1)
+        ids = [eng.run(CHAIN, i, timeout=20).id for i in range(5)]
+        assert set(ids) <= set(eng.orchestrator.runs)
+        assert eng.orchestrator.counters["runs_evicted"] == 0
