@@ -177,3 +177,92 @@ def test_waiting_quick_run_reports_targets(waiting_report):
     assert set(t["met"]) == {"bytes_per_waiting_run", "p99_lateness_s"}
     assert all(isinstance(v, bool) for v in t["met"].values())
     assert waiting_report["machine"]["nats_server"]
+
+
+# -- benchmarks/history.py --quick: 20,000 finished runs, 100 waiting, a kill -9, a restart --
+
+HISTORY_SCRIPT = SCRIPT.parent / "history.py"
+HISTORY_READS = ["get_run_status", "get_run_output", "steps", "step_output", "events"]
+RAW_READS = ["raw_kv_get", "raw_history_read"]  # nats-py alone, beside them
+
+# (path, low, high): every figure a number within loose bounds (seconds, bytes, msgs/s).
+HISTORY_FIGURES = [
+    (("raw", "publish_async_per_s"), 100, 10_000_000),
+    (("fixture", "msgs_per_s"), 100, 10_000_000),
+    (("fixture", "publish_seconds"), 0.001, 600),
+    (("fixture", "history_bytes"), 1_000_000, 10**10),
+    (("fixture", "records_bytes"), 1_000_000, 10**10),
+    (("before", "restart_s"), 0.001, 600),
+    (("before", "replay_events_per_s"), 10, 100_000_000),
+    (("before", "rss_bytes"), 10 * 2**20, 16 * 2**30),
+    (("restart", "restart_s"), 0.001, 600),
+    (("restart", "server_start_s"), 0.001, 600),
+    (("restart", "rss_bytes"), 10 * 2**20, 16 * 2**30),
+    (("base", "rss_bytes"), 10 * 2**20, 16 * 2**30),
+    (("restart", "approve", "seconds"), 0.0001, 600),
+    (("restart", "runs_list", "seconds"), 0.0001, 600),
+    *[
+        (("restart", "reads", r, q), 0.001, 60_000)
+        for r in HISTORY_READS + RAW_READS
+        for q in ("p50_ms", "p99_ms")
+    ],
+]
+
+
+@pytest.fixture(scope="module")
+def history_report() -> dict:
+    proc = subprocess.run(
+        [sys.executable, str(HISTORY_SCRIPT), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize(("path", "low", "high"), HISTORY_FIGURES)
+def test_history_quick_run_reports_the_figure(history_report, path, low, high):
+    value = history_report
+    for key in path:
+        value = value[key]
+    assert isinstance(value, int | float) and not isinstance(value, bool), (path, value)
+    assert low <= value <= high, f"{'.'.join(path)} = {value} is not plausible"
+
+
+@pytest.mark.timeout(300)
+def test_history_quick_run_is_consistent(history_report):
+    r = history_report
+    n, a = r["sizes"]["finished"], r["sizes"]["active"]
+    assert r["mode"] == "quick" and (n, a) == (20_000, 100)
+    fx, before, rs = r["fixture"], r["before"], r["restart"]
+    templates = len(fx["templates"])
+    assert fx["records"] == n + templates and sum(fx["counts"]) == n
+    # each run: its template's events and its record
+    assert fx["messages"] == fx["history_events"] - sum(fx["template_events"]) + n
+    assert before["restored_from_checkpoint"] == 0  # no checkpoint: the whole history
+    assert before["events_replayed"] == fx["history_events"]
+    assert rs["stale_engine_json_cleaned"]  # it was SIGKILLed
+    assert rs["restored_from_checkpoint"] > 0 and rs["runs_restored"] == a
+    assert rs["events_replayed"] <= rs["suffix_events"]
+    assert rs["active_waiting"] == a
+    assert (rs["approve"]["approved"], rs["approve"]["completed"]) == (a, a)
+    for name in HISTORY_READS + RAW_READS:
+        read = rs["reads"][name]
+        assert read["n"] == r["sizes"]["reads"] and read["wrong_answers"] == 0, name
+        assert read["p99_ms"] >= read["p50_ms"]
+    assert rs["runs_list"]["rows"] == n + templates + a
+    assert r["rss_over_base_bytes"] == rs["rss_bytes"] - r["base"]["rss_bytes"]
+
+
+@pytest.mark.timeout(300)
+def test_history_quick_run_reports_targets(history_report):
+    t = history_report["targets"]
+    names = ["rss_after_restart_bytes", "restart_ready_s", "events_replayed", "active_runs_resume"]
+    for name in names + [f"read_{r}_p50_ms" for r in HISTORY_READS]:
+        assert {"target", "measured", "met"} <= set(t[name]), name
+        assert isinstance(t[name]["met"], bool), name
+    assert isinstance(t["all_met"], bool)
+    machine = history_report["machine"]
+    assert machine["nats_server"] and machine["loadavg_at_start"]
