@@ -169,14 +169,12 @@ class Observing:
             for r, s in o.runs.items()
             if s.terminal and not s.outbox and (workflow is None or s.workflow == workflow)
         ]
-        recent = getattr(o, "recent", {})  # runtime.eviction: ended runs that left memory
         gone = [
             (r, s.workflow, s.event_count, len(s.steps))
-            for r, s in recent.items()
+            for r, s in o.recent.items()  # runtime.eviction: ended runs that left memory
             if workflow is None or s.workflow == workflow
         ]
-        sample = getattr(o, "finished_sample", {})
-        counted = [(w, e, n) for w, its in sample.items() for e, n in its if n]
+        counted = [(w, e, n) for w, its in o.finished_sample.items() for e, n in its if n]
         counted = [c for c in counted if workflow is None or c[0] == workflow]
         return gone + held, counted + [(w, e, n) for _, w, e, n in held]
 
