@@ -279,21 +279,27 @@ def test_store_is_history_records_and_snapshots_and_restart_ignores_its_size():
     rate = 10_000 * 12 / 86400
     assert rec["events_since_checkpoint"] == pytest.approx(301 * rate)
     assert rec["history_needed_bytes"] == pytest.approx(301 * rate * 500)
-    assert rec["restart_s"] == pytest.approx(0.5 + 500 * 2.5e-4 + 301 * rate / 20_000)
+    assert rec["server_s"] == pytest.approx(est.disk_bytes / GiB * 0.5)  # its store recovery
+    engine_part = 0.5 + 500 * 2.5e-4 + 301 * rate / 20_000
+    assert rec["restart_s"] == pytest.approx(rec["server_s"] + engine_part)
     assert rec["full_replay_events"] == pytest.approx(history / 500)
-    # a store ten times larger: the same restart, a full replay ten times longer
+    # a store ten times larger: the engine's part of a restart is the same, a full replay's
+    # ten times longer; only nats-server's store recovery grows
     longer = sizing.estimate(
         sizing.Workload(runs_per_day=10_000, concurrent_runs=500, history_max_age_days=300),
         cal,
         days=600,
     )
-    assert longer.recovery["restart_s"] == rec["restart_s"]
-    base = 0.5  # the restart's time with nothing to load
-    assert longer.recovery["full_replay_s"] - base == pytest.approx(
-        10 * (rec["full_replay_s"] - base)
-    )
+    assert longer.recovery["restart_s"] - longer.recovery["server_s"] == pytest.approx(engine_part)
+    assert longer.recovery["server_s"] > 9 * rec["server_s"]
+
+    def replay(r):
+        return r["full_replay_s"] - r["server_s"] - 0.5
+
+    assert replay(longer.recovery) == pytest.approx(10 * replay(rec))
     text = repr(sizing.Report(est, cal, []))
-    assert "recovery (snapshot_restart): restart ~0.646 s after 5 min down" in text
+    line = "recovery (snapshot_restart): restart ~1.86 s after 5 min down (nats-server's store"
+    assert f"{line} 1.2 s of it)" in text
 
 
 def test_engine_measures_record_and_snapshot_bytes(tmp_path):

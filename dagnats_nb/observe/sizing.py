@@ -241,6 +241,7 @@ def estimate(
             bytes_per_event=cal.bytes_per_event,
             downtime_s=60.0 * w.downtime_minutes,
             history_bytes=est.streams["WORKFLOW_HISTORY"],
+            store_bytes=est.disk_bytes,
         ),
     )
 
