@@ -18,8 +18,10 @@ def test_sliders_redraw_the_estimate_the_tier_and_the_plot():
     assert x.estimate.history_bytes_per_day == 1_000_000 * 12 * 500
     assert bytes(x.image.value) != first_png
     assert "tier <b>large</b>" in x.summary.value  # 30 days of 1 M runs/day needs > 100 GiB
-    assert "<b>176 GiB</b> after 30 days" in x.summary.value  # in units, not 175.76 GiB
-    assert "store full <b>in 41 h</b>" in x.summary.value  # not "in 2 days"
+    # 30 days x 1 M runs x (12 events x 500 B of history + a ~5 KB record): in units, not
+    # 306.96 GiB; and the hours before the store is full, not "in 1 day"
+    assert "<b>307 GiB</b> after 30 days" in x.summary.value
+    assert "store full <b>in 23 h</b>" in x.summary.value
     x.retention.value = 3
     assert x.estimate.streams["WORKFLOW_HISTORY"] == 3 * 1_000_000 * 12 * 500
     x.cap.value = 1024.0

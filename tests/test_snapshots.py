@@ -288,7 +288,26 @@ def test_a_parent_resumed_after_its_child_ended_hears_of_the_end(engine):
     _put(engine, snap.CHECKPOINT, json.dumps(head).encode())
     engine.resume()
     o = engine.orchestrator
-    assert parent in o.runs and child not in o.runs
+    assert o.counters["runs_restored"] == 1 and child not in o.runs  # the parent alone
     assert engine.get_run(parent).wait(timeout=20).status == "completed"
     assert engine.get_run(parent).output == {"step": "c"}  # the child's, reported again
     assert list(engine.events(child)["type"]).count("workflow.started") == 1
+
+
+def test_a_long_whole_replay_tells_its_progress(tmp_path, monkeypatch, caplog):
+    """A whole replay (snapshot_restart off, or no checkpoint yet) has no time limit at
+    start: it says how far it is instead."""
+    from dagnats_nb.runtime import orchestrator
+
+    monkeypatch.setattr(orchestrator, "PROGRESS_EVERY", 5)
+    opts = dict(data_dir=tmp_path / "e", llm_enabled=False, snapshot_restart=False)
+    with dn.Engine.start(**opts) as eng:
+        eng.add_handler("work", lambda ctx: 1)
+        for _ in range(3):
+            eng.run({"name": "w", "steps": [{"id": "a", "task": "work"}]}, timeout=20)
+        total = eng.orchestrator.last_seq
+    logger = "dagnats_nb.runtime.orchestrator"
+    with caplog.at_level("WARNING", logger=logger), dn.Engine.start(**opts) as eng:
+        assert eng.orchestrator.replayed_events >= total
+    lines = [r.getMessage() for r in caplog.records if "replaying the history" in r.getMessage()]
+    assert len(lines) == total // 5 and f"of {total}," in lines[-1]

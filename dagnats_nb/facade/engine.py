@@ -225,7 +225,9 @@ class Engine(
             self._loop = LoopThread()
             self._executor = DaemonThreadPool(32)
             atexit.register(_stop_at_exit, weakref.ref(self))
-            self._loop.call(self._boot_async(), timeout=120)
+            # no time limit: a history replayed whole (no checkpoint yet, or snapshot_restart
+            # off) takes minutes at millions of events; the replay logs its progress
+            self._loop.call(self._boot_async(), timeout=None)
         except BaseException:
             self.stop()
             raise

@@ -253,12 +253,15 @@ class Runs:
         return await self._store_definition(defn), defn
 
     async def _publish_start(self, run_id: str, defn: WorkflowDef, payload: dict) -> Run:
-        """Publish a run's ``workflow.started`` event; the run's :class:`Run`."""
+        """Publish the ``workflow.started`` event of a new run (an id just made, or one
+        whose history was just found empty); the run's :class:`Run`."""
         event = protocol.Event(type=protocol.WORKFLOW_STARTED, run_id=run_id, payload=payload)
         gate = self.host.gate if self.host is not None else None
         publish = self._js.publish(
             protocol.history_subject(run_id), event.encode(), headers={"Nats-Msg-Id": event.msg_id}
         )
+        if self.orchestrator is not None:  # it need not ask the server whether it is new
+            self.orchestrator.expect(run_id)
         try:
             if gate is not None and gate.refusing:  # fail fast; a start that goes through
                 await asyncio.wait_for(publish, REFUSED_WAIT)  # tells the workers
@@ -266,15 +269,21 @@ class Runs:
             else:
                 await publish
         except APIError as exc:
+            self._unexpect(run_id)
             msg = store_error(exc)
             raise RunError(msg or f"cannot start a run of '{defn.name}': {exc}") from None
         except TimeoutError:
+            self._unexpect(run_id)
             raise self._nats_failure(None) from None
         if self.orchestrator is not None:
             self.orchestrator.store_full = None  # it stored the start: waits need not fail
         run = Run(self, run_id, defn.name)
         run.unserved = await self._missing(task_types(defn))
         return run
+
+    def _unexpect(self, run_id: str) -> None:
+        if self.orchestrator is not None:
+            self.orchestrator.expected.discard(run_id)
 
     async def _run(
         self, workflow: str | WorkflowDef | dict, input: Any = None, *, timeout: float | None = 60

@@ -44,6 +44,9 @@ class Eviction:
         # ended runs whose final record is stored -> the events that record counts
         self._recorded: dict[str, int] = {}
         self._gone: set[str] = set()  # runs evicted during this replay
+        # runs whose start this process is publishing (new ids): not yet applied, and
+        # not to be looked up as maybe started before
+        self.expected: set[str] = set()
 
     def _evict_if_done(self, run_id: str) -> None:
         """Evict the run when it has ended, nothing of it is on its way and (but during a
@@ -82,6 +85,10 @@ class Eviction:
     async def _record_again(self, state: RunState) -> None:
         if await self.records.now(state):
             self._recorded_end(state)
+
+    def expect(self, run_id: str) -> None:
+        """A start of a new run is on its way (see ``expected``)."""
+        self.expected.add(run_id)
 
     def known_ended(self, run_id: str) -> RunState | None:
         """A run that left memory, when it is among the recent ones."""

@@ -60,6 +60,7 @@ from dagnats_nb.wire import protocol
 
 log = logging.getLogger("dagnats_nb.runtime.orchestrator")
 YIELD_EVERY = 32  # actions performed, or history messages applied, between two loop turns
+PROGRESS_EVERY = 100_000  # history messages replayed between two progress lines
 
 
 class Orchestrator(Waits, SnapshotRestart, Eviction):
@@ -187,6 +188,8 @@ class Orchestrator(Waits, SnapshotRestart, Eviction):
             await asyncio.sleep(0)
         if self.replaying:
             self.replayed_events += 1
+            if not self.replayed_events % PROGRESS_EVERY:
+                self._tell_progress(seq)
             if seq >= self._replay_until:
                 await self._end_replay()
 
@@ -205,7 +208,11 @@ class Orchestrator(Waits, SnapshotRestart, Eviction):
     async def apply(self, event: protocol.Event) -> None:
         run_id = event.run_id
         if event.type == protocol.WORKFLOW_STARTED:
-            if run_id in self.runs or await self._started_before(run_id, event.seq):
+            if run_id in self.runs:
+                return
+            if run_id in self.expected:  # new: made (or found unused) by our facade
+                self.expected.discard(run_id)
+            elif await self._started_before(run_id, event.seq):
                 return
             h, defn = await self.defs.for_started(event.payload)
             if isinstance(event.payload, dict) and not event.payload.get("def_hash"):
@@ -244,6 +251,12 @@ class Orchestrator(Waits, SnapshotRestart, Eviction):
         if state.terminal:
             self.runs[run_id] = compact(state)
             self._evict_if_done(run_id)
+
+    def _tell_progress(self, seq: int) -> None:
+        elapsed = time.perf_counter() - self._replay_started
+        log.warning(
+            "replaying the history: message %d of %d, %.0f s", seq, self._replay_until, elapsed
+        )
 
     async def _end_replay(self) -> None:
         if not self.replaying:

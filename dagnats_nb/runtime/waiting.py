@@ -22,6 +22,7 @@ class Waits:
     recent: dict[str, RunState]
     records: RunRecords
     evicts: bool
+    expected: set[str]
     errors: deque[str]
     store_full: str | None
     _waiters: dict[str, list[asyncio.Future]]
@@ -89,7 +90,9 @@ class Waits:
         waiters = self._waiters.setdefault(run_id, [])
         waiters.append(fut)
         try:
-            if state is None and self.evicts:  # waiting first: an end after this wakes it
+            if state is None and self.evicts and run_id not in self.expected:
+                # a run not in memory that may have ended and left: after registering, so
+                # that an end after this wakes it
                 ended = await self.records.ended(run_id)
                 if ended is not None and not fut.done():
                     return ended

@@ -139,7 +139,7 @@ def test_a_notebook_sizes_a_go_deployment_from_its_own_history(go_serve, go_work
         report = eng.sizing("go-greet", runs_per_day=10_000)
         per_run = sum(counts) / len(counts)
         assert report.calibration.source == (
-            f"measured (4 runs, {per_run:.1f} events per run of 2 steps)"
+            f"measured (4 runs, {per_run:.1f} events per run of 2 steps); records measured"
         )
         assert report.calibration.bytes_per_event == pytest.approx(
             history["bytes"] / history["messages"]
