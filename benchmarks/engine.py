@@ -491,6 +491,9 @@ def memory_phase(eng: dn.Engine, size: dict[str, int]) -> dict[str, Any]:
     traced1 = tracemalloc.get_traced_memory()[0]
     tracemalloc.stop()
     out["completed_runs"] = m
+    # what stays of them: none in memory, the last 256 among the recent ones (runtime.eviction)
+    out["completed_runs_held"] = sum(1 for s in list(o.runs.values()) if s.terminal)
+    out["recent_runs_kept"] = len(getattr(o, "recent", ()))
     out["tracemalloc_bytes_per_completed_run"] = round((traced1 - traced0) / m, 1)
     log(f"memory: completed run {out['tracemalloc_bytes_per_completed_run']:.0f} B (tracemalloc)")
     return out
