@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import time
@@ -135,3 +136,18 @@ def engine(tmp_path):
         yield eng
     finally:
         eng.stop()
+
+
+def checkpointed(eng: dn.Engine) -> dict:
+    """Wait for a snapshot checkpoint that covers every event the orchestrator applied, and
+    return it as stored (``runtime.snapshots``)."""
+    from dagnats_nb.runtime import snapshots
+    from dagnats_nb.transport.reading import last_data
+
+    o = eng.orchestrator
+    until(
+        lambda: o.snapshots.checkpoint_seq >= o.last_seq and not o.snapshots._dirty,
+        timeout=10,
+        what="a checkpoint covering the history",
+    )
+    return json.loads(eng._call(last_data(eng._js, snapshots.STREAM, snapshots.CHECKPOINT)))

@@ -10,12 +10,11 @@ import json
 import time
 
 import pytest
-from conftest import until
+from conftest import checkpointed, until
 
 import dagnats_nb as dn
 from dagnats_nb.observe import health
 from dagnats_nb.runtime import snapshots as snap
-from dagnats_nb.transport.reading import last_data
 from dagnats_nb.wire import protocol
 
 T = health.Thresholds()
@@ -147,16 +146,6 @@ def _row(eng) -> dict:
     return row
 
 
-def _checkpoint(eng) -> dict:
-    o = eng.orchestrator
-    until(
-        lambda: o.snapshots.checkpoint_seq >= o.last_seq and not o.snapshots._dirty,
-        timeout=10,
-        what="a checkpoint covering the history",
-    )
-    return json.loads(eng._call(last_data(eng._js, snap.STREAM, snap.CHECKPOINT)))
-
-
 def _put_checkpoint(eng, head: dict) -> None:
     eng._call(eng._js.publish(snap.CHECKPOINT, json.dumps(head).encode()))
 
@@ -195,7 +184,7 @@ def restarting(tmp_path):
 def test_engine_with_snapshot_restart_ok_then_stuck_then_cut(restarting):
     eng = restarting
     runs = _waiting(eng, 3)
-    head = _checkpoint(eng)
+    head = checkpointed(eng)
     row = _row(eng)
     assert (row["level"], row["subject"]) == ("ok", "restart from the checkpoint")
     assert row["value"] == 0  # nothing after the checkpoint
@@ -212,7 +201,7 @@ def test_engine_with_snapshot_restart_ok_then_stuck_then_cut(restarting):
     until(lambda: _row(eng)["level"] == "ok", timeout=10, what="the warning to clear")
 
     # Retention cut history a restart from an old checkpoint needs.
-    head = _checkpoint(eng)
+    head = checkpointed(eng)
     last = head["seq"]
     _put_checkpoint(eng, {**head, "seq": 2})  # held back: a restart would read from 3
     api = f"$JS.API.STREAM.PURGE.{protocol.HISTORY_STREAM}"

@@ -11,7 +11,7 @@ import time
 from collections import Counter
 
 import pytest
-from conftest import until
+from conftest import checkpointed, until
 
 import dagnats_nb as dn
 from dagnats_nb.runtime import snapshots as snap
@@ -73,17 +73,6 @@ async def _token(eng, run_id: str, gate: str):
         return None
 
 
-def _checkpointed(eng) -> dict:
-    """Wait for a checkpoint that covers everything applied, and return it."""
-    o = eng.orchestrator
-    until(
-        lambda: o.snapshots.checkpoint_seq >= o.last_seq and not o.snapshots._dirty,
-        timeout=10,
-        what="a checkpoint covering the history",
-    )
-    return json.loads(eng._call(last_data(eng._js, snap.STREAM, snap.CHECKPOINT)))
-
-
 def _subjects(eng, prefix: str = snap.RUN) -> set[str]:
     info = eng._call(eng._js.stream_info(snap.STREAM, subjects_filter=prefix + ">"))
     return {s[len(prefix) :] for s in (info.state.subjects or {})}
@@ -127,7 +116,7 @@ def test_the_stream_holds_the_active_runs_and_the_checkpoint_lists_them(engine):
         until(lambda rid=rid: _at_gate(engine, rid, "g1"))
     done = engine.start_run("two-gates", input={"n": 9})
     _finish(engine, [done.id])
-    head = _checkpointed(engine)
+    head = checkpointed(engine)
     assert head["seq"] == engine.orchestrator.last_seq
     assert sorted(rid for rid, _ in head["runs"]) == sorted(waiting)
     assert _subjects(engine) == set(waiting)  # the finished run's snapshot was purged
@@ -137,7 +126,7 @@ def test_the_stream_holds_the_active_runs_and_the_checkpoint_lists_them(engine):
     assert _subjects(engine, snap.DEF) == {engine.run_state(waiting[0])["state"].def_hash}
 
     _finish(engine, waiting[:2])  # two end: their snapshots go with the next checkpoint
-    head = _checkpointed(engine)
+    head = checkpointed(engine)
     assert sorted(rid for rid, _ in head["runs"]) == sorted(waiting[2:])
     until(lambda: _subjects(engine) == set(waiting[2:]), timeout=5, what="purged snapshots")
 
@@ -164,7 +153,7 @@ def test_lost_older_and_unreadable_snapshots_are_rebuilt_from_the_history(engine
     )
     for rid in (lost, older, unreadable, fine):
         until(lambda rid=rid: _at_gate(engine, rid, "g1"))
-    _checkpointed(engine)
+    checkpointed(engine)
     at_g1 = _message(engine, snap.RUN + older)
     engine.approve(older, "g1")  # moves on to g2: the snapshot kept above is behind
     until(lambda: _at_gate(engine, older, "g2"))
@@ -186,11 +175,11 @@ def test_snapshots_newer_than_the_checkpoint_are_trusted_and_applied_once(engine
     after the checkpoint (one of a run started after it)."""
     first = engine.start_run("two-gates", input={"n": 1}).id
     until(lambda: _at_gate(engine, first, "g1"))
-    old_head = json.dumps(_checkpointed(engine)).encode()
+    old_head = json.dumps(checkpointed(engine)).encode()
     engine.approve(first, "g1")
     later = engine.start_run("two-gates", input={"n": 2}).id
     until(lambda: _at_gate(engine, first, "g2") and _at_gate(engine, later, "g1"))
-    _checkpointed(engine)
+    checkpointed(engine)
     engine.pause()
     _put(engine, snap.CHECKPOINT, old_head)
     engine.resume()
@@ -207,10 +196,10 @@ def test_an_ended_runs_leftover_snapshot_is_ignored_and_purged(engine):
     """A crash between the checkpoint and the purge leaves an ended run's snapshot."""
     run = engine.start_run("two-gates", input={"n": 1}).id
     until(lambda: _at_gate(engine, run, "g1"))
-    _checkpointed(engine)
+    checkpointed(engine)
     leftover = _message(engine, snap.RUN + run)
     _finish(engine, [run])
-    _checkpointed(engine)
+    checkpointed(engine)
     engine.pause()
     _put(engine, snap.RUN + run, leftover)
     engine.resume()
@@ -269,13 +258,13 @@ def test_a_parent_resumed_after_its_child_ended_hears_of_the_end(engine):
     parent = engine.start_run("parent", input={"n": 1}).id
     child = f"{parent}-sub"
     until(lambda: engine.run_state(child) and _at_gate(engine, child, "g1"))
-    _checkpointed(engine)
+    checkpointed(engine)
     waiting = _message(engine, snap.RUN + parent)
     last = json.loads(waiting)["state"]["last_seq"]
     _finish(engine, [child])
     assert engine.get_run(parent).wait(timeout=20).status == "completed"
     ended_at = time.time()
-    head = _checkpointed(engine)
+    head = checkpointed(engine)
     engine.pause()
     heard = engine.events(parent).query(f"seq > {last}")["seq"]  # what the parent heard
     for seq in heard:
