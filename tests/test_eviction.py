@@ -10,6 +10,7 @@ import pytest
 from conftest import until
 
 import dagnats_nb as dn
+from dagnats_nb.observe.report import format_status
 from dagnats_nb.runtime import eviction
 
 CHAIN = {
@@ -55,6 +56,13 @@ def test_memory_holds_the_active_runs_only(engine):
     steps = engine.steps(done[0].id).set_index("step_id")
     assert list(steps["status"]) == ["completed", "completed"]
     assert engine.step_output(done[0].id, "a") == 1
+    status = engine.status()["orchestrator"]  # what `dagnats status` prints
+    assert status["runs"] == status["active_runs"] == 3
+    assert status["runs_left_memory"] == o.counters["runs_evicted"] >= 40
+    until(lambda: engine.status()["orchestrator"]["checkpoint_seq"] > 0, what="a checkpoint")
+    text = format_status(engine.status())
+    assert "runs: 3 active, 3 in memory, " in text and "ended since start" in text
+    assert "checkpoint: history message " in text
     engine.release.set()
     for run in held:
         assert run.wait(20).status == "completed"

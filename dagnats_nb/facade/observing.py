@@ -353,8 +353,11 @@ class Observing:
         if self.orchestrator is not None:
             o = self.orchestrator
             out["orchestrator"] = {
-                "runs": len(o.runs),
+                "runs": len(o.runs),  # held in memory: the active ones, a few just ended
                 "active_runs": sum(1 for s in o.runs.values() if not s.terminal),
+                "runs_left_memory": o.counters["runs_evicted"],  # ended: records answer
+                "checkpoint_seq": o.snapshots.checkpoint_seq if o.snapshots else 0,
+                "restored_from": o.restored_from,  # 0: the start replayed the whole history
                 "last_seq": o.last_seq,
                 "replayed_events": o.replayed_events,
                 "replay_seconds": round(o.replay_seconds, 3),

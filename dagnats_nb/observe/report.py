@@ -35,5 +35,11 @@ def format_status(status: dict[str, Any]) -> str:
     lines.append("pending tasks: " + (", ".join(f"{t}={n}" for t, n in pending.items()) or "none"))
     orch = status.get("orchestrator")
     if orch:
-        lines.append(f"runs: {orch['runs']} ({orch['active_runs']} active)")
+        gone = orch.get("runs_left_memory", 0)
+        lines.append(
+            f"runs: {orch['active_runs']} active, {orch['runs']} in memory"
+            + (f", {gone:,} ended since start (their records answer)" if gone else "")
+        )
+        if orch.get("checkpoint_seq"):
+            lines.append(f"checkpoint: history message {orch['checkpoint_seq']:,}")
     return "\n".join(lines)
