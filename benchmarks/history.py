@@ -50,6 +50,7 @@ from engine import log, machine_info, ms, percentile, rate, raw_ceiling  # noqa:
 
 import dagnats_nb as dn  # noqa: E402
 from dagnats_nb.runtime.loop import LoopThread  # noqa: E402
+from dagnats_nb.server.datadir import pid_alive  # noqa: E402
 from dagnats_nb.server.process import EmbeddedServer  # noqa: E402
 from dagnats_nb.transport.reading import read_all  # noqa: E402
 from dagnats_nb.wire import protocol  # noqa: E402
@@ -78,14 +79,6 @@ def vm_rss() -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     return 0
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def until(check, timeout: float, what: str, every: float = 0.1) -> None:

@@ -72,14 +72,17 @@ class SnapshotRestart:
             return False
         if self.replaying and not self.restored_from:
             return False  # a whole replay has seen every start so far
+        first = await self._first_seq(run_id)
+        return first is not None and first < seq and self._repeated(run_id, seq)
+
+    async def _first_seq(self, run_id: str) -> int | None:
+        """The sequence of the run's first history message; None when it has none."""
         subject = protocol.history_subject(run_id)
         try:
-            first = await self.js.get_msg(
-                protocol.HISTORY_STREAM, seq=1, subject=subject, next=True
-            )
+            msg = await self.js.get_msg(protocol.HISTORY_STREAM, seq=1, subject=subject, next=True)
         except nats.js.errors.NotFoundError:
-            return False
-        return first.seq < seq and self._repeated(run_id, seq)
+            return None
+        return msg.seq
 
     def _repeated(self, run_id: str, seq: int) -> bool:
         self.counters["starts_repeated"] += 1
@@ -106,10 +109,7 @@ class SnapshotRestart:
             return self.recent[run_id]
         if not (self.restored_from or self.evicts):
             return None
-        subject = protocol.history_subject(run_id)
-        try:
-            await self.js.get_msg(protocol.HISTORY_STREAM, seq=1, subject=subject, next=True)
-        except nats.js.errors.NotFoundError:
+        if await self._first_seq(run_id) is None:
             return None
         found = await self._from_history(run_id)
         return found[0] if found is not None else None
