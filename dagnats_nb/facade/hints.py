@@ -103,25 +103,26 @@ class Hints:
             # would otherwise open 2,000 KV watchers (and hit the consumer limit)
             if self._served_read is None or self._served_read.done():
                 self._served_read = asyncio.ensure_future(self._read_served())
-            read = self._served_read
-            try:
-                self._served_cache = (now, await asyncio.shield(read))
-            finally:
-                if self._served_read is read and read.done():
-                    self._served_read = None
-        return sorted(missing - self._served_cache[1])
+            served = await asyncio.shield(self._served_read)
+        else:
+            served = self._served_cache[1]
+        return sorted(missing - served)
 
     async def _read_served(self) -> frozenset[str]:
-        """The task types the live entries of the ``workers`` KV serve."""
+        """The task types the live entries of the ``workers`` KV serve, kept as the cache
+        the moment the read ends (not when its first waiter resumes: a start arriving in
+        between would read again)."""
         gap = self.settings.health_worker_gap.total_seconds()
         wall = time.time()
         entries = [read_entry(w) for w in await self._workers()]
-        return frozenset(
+        served = frozenset(
             t
             for e in entries
             if e.heartbeat_at is None or wall - e.heartbeat_at <= gap
             for t in e.tasks
         )
+        self._served_cache = (time.monotonic(), served)
+        return served
 
     async def _unserved_tasks(self, workflow: str | WorkflowDef | dict) -> list[str]:
         """The task types of ``workflow``'s steps (a registered name, or a definition) that
