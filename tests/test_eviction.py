@@ -7,11 +7,12 @@ from __future__ import annotations
 import threading
 
 import pytest
-from conftest import until
+from conftest import checkpointed, until
+from nats.js.api import DiscardPolicy
 
 import dagnats_nb as dn
 from dagnats_nb.observe.report import format_status
-from dagnats_nb.runtime import eviction
+from dagnats_nb.runtime import eviction, records
 
 CHAIN = {
     "name": "chain",
@@ -98,3 +99,47 @@ def test_without_snapshot_restart_every_run_stays(tmp_path):
         ids = [eng.run(CHAIN, i, timeout=20).id for i in range(5)]
         assert set(ids) <= set(eng.orchestrator.runs)
         assert eng.orchestrator.counters["runs_evicted"] == 0
+
+
+def fill_records(eng: dn.Engine) -> None:
+    """Make the ``workflow_runs`` bucket refuse new writes, as a full store does."""
+
+    async def fill():
+        info = await eng._js.stream_info("KV_workflow_runs")
+        cfg = info.config
+        cfg.max_msgs, cfg.discard = max(info.state.messages, 1), DiscardPolicy.NEW
+        await eng._js.update_stream(cfg)
+
+    eng._call(fill())
+
+
+def test_a_run_whose_final_record_failed_stays_until_it_is_stored(tmp_path, monkeypatch):
+    """The ``workflow_runs`` bucket refuses writes when runs end (as a full store does):
+    the runs stay in memory and in the checkpoint, and their records are written once there
+    is room: by the retry while the engine runs, by the restart after a stop."""
+    monkeypatch.setattr(records, "RETRY", 0.5)
+    data = tmp_path / "e"
+    with dn.Engine.start(data_dir=data, llm_enabled=False) as eng:
+        eng.add_handler("inc", lambda ctx: (ctx.input or 0) + 1)
+        eng.register(CHAIN)
+        o = eng.orchestrator
+        eng.run("chain", 0, timeout=20)  # one record in the bucket
+        fill_records(eng)
+        retried = eng.run("chain", 1, timeout=20)
+        stopped = eng.run("chain", 2, timeout=20)
+        assert {retried.id, stopped.id} <= set(o.runs)  # no record stored: they stay
+        assert o.records.failed >= 2
+        listed = {rid for rid, _ in checkpointed(eng)["runs"]}
+        assert {retried.id, stopped.id} <= listed
+        eng._call(eng._ensure_resources())  # our bucket's limits again: room
+        until(lambda: retried.id not in o.runs, what="the retried record to let the run go")
+        assert eng._call(o.records.ended(retried.id)).output == 3
+        fill_records(eng)
+        again = eng.run("chain", 3, timeout=20)
+        assert again.id in o.runs
+    with dn.Engine.start(data_dir=data, llm_enabled=False) as eng:  # our limits again
+        o = eng.orchestrator
+        assert o.restored_from > 0
+        until(lambda: again.id not in o.runs, what="the restart to store the record")
+        assert eng.get_run(again.id).status == "completed"
+        assert eng.get_run(again.id).output == 5

@@ -4,11 +4,14 @@ A run is evicted once it has ended, no decision of it is still on its way (its o
 empty) and its final ``workflow_runs`` record is stored: from then on its record answers
 reads (``wire.runs.record_state``; ``facade.reads``), its history everything else. The
 last ``RECENT`` evicted runs stay at hand for waits and watches that come just after the
-end; a wait for an older one reads its record. During a replay a run that ends is evicted
-at once (its record was written when it ended the first time), and the ids of the runs
+end; a wait for an older one reads its record. A record that could not be written (a
+full store) is tried again (``runtime.records``) and the run stays in memory, and in the
+snapshots' checkpoint, until it is. During a whole replay a run that ends is evicted at
+once (its record was written when it ended the first time), and the ids of the runs
 evicted so far are kept until the replay ends, so a ``workflow.started`` seen again is
-known without asking the server. A sample of each workflow's finished runs (events,
-steps) stays for ``sizing()``.
+known without asking the server. After a snapshot restart the runs that ended in the
+history it read are kept, and their records written again, when it ends. A sample of
+each workflow's finished runs (events, steps) stays for ``sizing()``.
 
 Eviction is on with ``snapshot_restart`` (the restart that loads only active runs).
 """
@@ -35,7 +38,9 @@ class Eviction:
     records: RunRecords
     counters: Counter[str]
     replaying: bool
+    restored_from: int
     evicts: bool
+    snapshots: Any
     _track: Callable[[Coroutine[Any, Any, Any]], None]
 
     def _init_eviction(self) -> None:
@@ -56,6 +61,8 @@ class Eviction:
         state = self.runs.get(run_id)
         if not self.evicts or state is None or not state.terminal or state.outbox:
             return
+        if self.replaying and self.restored_from:  # a short replay: see _end_replay
+            return
         if not self.replaying:
             counted = self._recorded.get(run_id)
             if counted is None:
@@ -72,6 +79,7 @@ class Eviction:
             self.recent.popitem(last=False)
         if self.replaying:
             self._gone.add(run_id)
+        self.snapshots.dirty(run_id)  # its snapshot, if any, is purged at the next cut
         sample = self.finished_sample.setdefault(state.workflow, deque(maxlen=SAMPLE))
         sample.append((state.event_count, len(defn.steps) if defn is not None else 0))
         self.counters["runs_evicted"] += 1

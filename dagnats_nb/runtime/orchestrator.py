@@ -106,7 +106,7 @@ class Orchestrator(Waits, SnapshotRestart, Eviction):
         self._pending: set[asyncio.Future] = set()
 
     async def start(self) -> None:
-        self.records = RunRecords(await self.js.key_value("workflow_runs"))
+        self.records = RunRecords(await self.js.key_value("workflow_runs"), self._recorded_end)
         self.sticky = StickyRouter(self.js)
         await self.sticky.start()
         self.gates = Correlator(
@@ -120,7 +120,13 @@ class Orchestrator(Waits, SnapshotRestart, Eviction):
         self._replay_started = time.perf_counter()
         history_id = info.created.isoformat() if info.created else ""
         self.snapshots = Snapshots(
-            self.js, self.runs, self.defs, lambda: self.last_seq, history_id, self.payloads.limit
+            self.js,
+            self.runs,
+            self.defs,
+            lambda: self.last_seq,
+            history_id,
+            self.payloads.limit,
+            keep_ended=self.evicts,
         )
         start_seq = await self._restore(info.state.last_seq) if self.snapshot_restart else 0
         config = None
@@ -264,13 +270,15 @@ class Orchestrator(Waits, SnapshotRestart, Eviction):
         self.replaying = False
         self.replay_seconds = time.perf_counter() - self._replay_started
         self._end_eviction_replay()
-        for run_id, state in self.runs.items():
+        for run_id, state in list(self.runs.items()):
             if state.outbox or not state.terminal:
                 try:
                     await self.execute(state, resume(self.run_defs[run_id], state))
                 except Exception as exc:  # one run must not keep the engine from ready
                     log.exception("cannot resume run %s: %s", run_id, exc)
                     self.errors.append(f"run {run_id} not resumed: {exc}")
+            elif self.evicts:  # its final record may never have been stored: store it now
+                self._track(self._record_again(state))
         by_start = sorted(self.runs.values(), key=lambda s: s.started_at)
         self.admission.rebuild((s, max_runs(self.run_defs[s.run_id])) for s in by_start)
         await self.gates.listen()

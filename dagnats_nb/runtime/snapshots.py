@@ -9,8 +9,9 @@ step's path.
 **The cycle.** Applying an event (or a timer) marks its run dirty: one set insert, all the
 step pays. Every ``TICK`` a cycle *cuts* at the orchestrator's last applied sequence S,
 taking the dirty runs' states as they are (the core's states never change once made, so
-each is exact at S), and writes a snapshot of each run still held (running, or ended with
-decisions not yet seen back), with the definitions they follow. When every write is
+each is exact at S), and writes a snapshot of each run still held (running, ended with
+decisions not yet seen back, or, with eviction, ended with its final record not yet
+stored), with the definitions they follow. When every write is
 acknowledged it writes the **checkpoint**: ``{v, seq: S, at, history, runs: [[run_id,
 last_seq], ...]}`` listing every run held at S. Only then are the snapshots of runs that
 ended at or before S purged. A failed write leaves the checkpoint where it was (a restart
@@ -90,6 +91,7 @@ class Snapshots:
         cut: Callable[[], int],
         history_id: str,
         limit: int,
+        keep_ended: bool = False,
     ) -> None:
         self.js = js
         self.runs = runs
@@ -97,6 +99,9 @@ class Snapshots:
         self._cut = cut
         self.history_id = history_id  # the history stream's creation time
         self.limit = limit  # bytes a snapshot message may take
+        # with eviction, a run still in memory is one a restart needs, ended or not: an
+        # ended run stays until its final record is stored (runtime.eviction)
+        self.keep_ended = keep_ended
         self._dirty: set[str] = set()
         self._held: set[str] = set()  # runs whose snapshot is in the stream
         self._defs_written: set[str] = set()
@@ -148,7 +153,7 @@ class Snapshots:
             seq = self._cut()
             ids, self._dirty = self._dirty, set()
             states = {rid: self.runs.get(rid) for rid in ids}
-            listed = [[rid, st.last_seq] for rid, st in self.runs.items() if held(st)]
+            listed = [[rid, st.last_seq] for rid, st in self.runs.items() if self._keeps(st)]
             writes = self._writes(seq, states)
             failed = await self._publish([(subject, data) for subject, data, _ in writes])
             if failed:
@@ -165,7 +170,7 @@ class Snapshots:
                     self._held.add(rid)
             self.written += sum(1 for w in writes if w[2])
             await self._checkpoint(seq, listed)
-            ended = [rid for rid, st in states.items() if rid in self._held and not _is_held(st)]
+            ended = [rid for rid, st in states.items() if rid in self._held and not self._keeps(st)]
             await asyncio.gather(*(purge_subject(self.js, STREAM, RUN + rid) for rid in ended))
             self._held.difference_update(ended)
             return True
@@ -174,7 +179,7 @@ class Snapshots:
         """(subject, body, run id or "") of the snapshots and definitions to write."""
         out = []
         for rid, st in states.items():
-            if not _is_held(st):
+            if not self._keeps(st):
                 continue
             data = dumps({**encode(st), "cut": seq})
             if len(data) > self.limit:  # rebuilt from its history (and older snapshot)
@@ -230,6 +235,9 @@ class Snapshots:
             await purge_subject(self.js, STREAM, f"{PART}{self._parts}.>")
         self._parts = seq if len(parts) > 1 else None
         self.checkpoint_seq, self.checkpoint_at = seq, head["at"]
+
+    def _keeps(self, state: RunState | None) -> bool:
+        return state is not None and (self.keep_ended or held(state))
 
     # -- restart -------------------------------------------------------------------------
 
@@ -300,10 +308,6 @@ class Snapshots:
             self._defs_written.add(h)
             return defn
         return await self.defs.for_run(state.run_id, state.workflow, h)
-
-
-def _is_held(state: RunState | None) -> bool:
-    return state is not None and held(state)
 
 
 def _split(entries: list[list[Any]], size: int) -> list[list[list[Any]]]:
