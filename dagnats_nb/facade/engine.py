@@ -49,6 +49,7 @@ from dagnats_nb.runtime.consumers import ensure_task_consumer
 from dagnats_nb.runtime.handlers import unpack_spec
 from dagnats_nb.runtime.host import WorkerHost
 from dagnats_nb.runtime.loop import LoopThread
+from dagnats_nb.runtime.membership import Membership
 from dagnats_nb.runtime.orchestrator import Orchestrator
 from dagnats_nb.runtime.threads import DaemonThreadPool
 from dagnats_nb.runtime.workers import TaskWorker, new_worker_id
@@ -98,6 +99,7 @@ class Engine(
         self.defs: DefinitionStore | None = None
         self.payloads: PayloadStore | None = None
         self.orchestrator: Orchestrator | None = None
+        self.membership: Membership | None = None  # this engine's heartbeat (Engine.start)
         self.host: WorkerHost | None = None  # this process's task workers
         self._executor: DaemonThreadPool | None = None
         self.started_at: float | None = None
@@ -256,7 +258,14 @@ class Engine(
                 self.extensions.append(extension)
         await self._ensure_resources()
         self._started["resources"] = True
-        if await orchestrates(self._js, self.settings, self.url, self.server is not None):
+        self.membership = Membership(self._js, self.worker_id)
+        embedded = self.server is not None
+        orchestrating = await orchestrates(
+            self._js, self.settings, self.url, embedded, self.membership
+        )
+        # heartbeat first: another engine starting while the history replays sees this one
+        await self.membership.start(orchestrating)
+        if orchestrating:
             self.orchestrator = self._new_orchestrator()
             await self.orchestrator.start()
         self._started["orchestrator"] = True
@@ -293,7 +302,7 @@ class Engine(
             (*streams, resources.SNAPSHOTS),
             s.nats_jetstream_replicas,
             self.url,
-            (*resources.BUCKETS, cache),
+            (*resources.BUCKETS, resources.ENGINES, cache),
             owned=self.server is not None,  # the embedded server's streams are all ours
         )
 
@@ -339,6 +348,8 @@ class Engine(
                 await asyncio.wait_for(part, 15 if online else 1)
             except Exception as exc:
                 log.debug("engine stop: %s", exc)
+        if self.membership is not None:  # after the orchestrator: it decided until now
+            await self.membership.stop(online=online)
         if self.llm is not None:
             await self.llm.close()
         if self._nc is not None:

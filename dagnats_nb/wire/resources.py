@@ -23,9 +23,10 @@ refuses the write instead ("storage is full", naming what to do):
   waiting or running ones too — as soon as newer runs fill 30 % of the store (minutes on a
   notebook's small store);
 - we do not create what nothing of ours uses (Go's SLEEP_TIMERS: our timers are rebuilt from
-  the history; TRIGGER_HISTORY and its other buckets); our object store ``payloads`` is
-  ours alone. EVENTS (what ``wait_for_event`` steps wait for), ``approval_tokens`` and
-  ``signals`` are Go's.
+  the history; TRIGGER_HISTORY and its other buckets); our object store ``payloads``, the step
+  cache ``task_cache`` and the engines' heartbeats ``dagnats_engines`` are ours alone.
+  EVENTS (what ``wait_for_event`` steps wait for), ``approval_tokens`` and ``signals`` are
+  Go's.
 
 **History max age vs recovery by replay** (the trade-off, chosen as the Go engine): the
 history keeps 30 days, Go's max age and the default of ``runs_max_age``. A run whose
@@ -185,6 +186,11 @@ BUCKETS: tuple[BucketSpec, ...] = (
 # subject (``runtime.snapshots``). It holds O(active runs), so no age or byte limit: a full
 # store refuses a snapshot, and the checkpoint stops advancing (restart reads more history).
 SNAPSHOTS = StreamSpec(protocol.SNAPSHOT_STREAM, ("dagnats_nb.snapshot.>",), max_msgs_per_subject=1)
+
+# Ours (Go never reads it): every started engine's heartbeat ``engine.{id}``, put every 0.5 s
+# (``runtime.membership``). One value a key; a killed engine's entry, never deleted, leaves
+# after an hour.
+ENGINES = BucketSpec("dagnats_engines", ttl=3600.0)
 
 CACHE_BUCKET = "task_cache"  # the step cache (ours: Go has none), runtime.cache
 CACHE_MAX_SHARE = 0.10  # the cache's byte limit never takes more of max_store_bytes

@@ -73,8 +73,10 @@ def test_our_streams_and_buckets_have_the_go_engines_config(go_budget, go_serve,
     opts = dict(max_store_bytes=BUDGET, llm_enabled=False)
     with dn.Engine.start(data_dir=tmp_path / "nb", **opts) as eng:
         ours = asyncio.run(_configs(eng.connect_url))
-    # our payload store, step cache (cached steps) and run snapshots: Go has none of them
-    assert set(ours) - set(go) == {"OBJ_payloads", "KV_task_cache", "DAGNATS_SNAPSHOTS"}
+    # our payload store, step cache (cached steps), run snapshots and engine heartbeats: Go
+    # has none of them
+    mine = {"OBJ_payloads", "KV_task_cache", "DAGNATS_SNAPSHOTS", "KV_dagnats_engines"}
+    assert set(ours) - set(go) == mine
     assert set(go) - set(ours) >= GO_ONLY
     differences = {}
     for name in sorted(set(ours) & set(go)):
