@@ -21,7 +21,7 @@ from dagnats_nb.dag.events import parse_time
 from dagnats_nb.dag.state import RUN_TERMINAL
 from dagnats_nb.facade.twins import twins
 from dagnats_nb.observe import health, monitor, sampler, sizing, stats, tables
-from dagnats_nb.runtime import snapshots
+from dagnats_nb.runtime import membership, snapshots
 from dagnats_nb.server.datadir import read_engine_info
 from dagnats_nb.transport.reading import last_data
 from dagnats_nb.transport.stores import json_values, kv_keys
@@ -61,6 +61,7 @@ class Observing:
 
     _dlq_samples: deque[tuple[float, int]]
     _sampler: sampler.Sampler | None
+    membership: membership.Membership | None
 
     # -- stats (read-only views; see dagnats_nb.observe.stats) ------------------------
 
@@ -324,7 +325,9 @@ class Observing:
     # -- status --------------------------------------------------------------------------
 
     async def _status(self) -> dict[str, Any]:
-        """Connection, streams (messages, bytes), workers and pending tasks per task type."""
+        """Connection, streams (messages, bytes), workers, pending tasks per task type and
+        the dagnats-nb engines heartbeating there (``engines``: id, host, pid, orchestrates,
+        seconds since its last heartbeat, live/dead/unknown)."""
         streams = []
         for spec in resources.STREAMS:
             try:
@@ -349,6 +352,7 @@ class Observing:
             "workers": workers,
             "pending_tasks": pending,
             "tasks_without_worker": sorted(t for t, n in pending.items() if n and t not in served),
+            "engines": await self._engines(),
         }
         if self.orchestrator is not None:
             o = self.orchestrator
@@ -368,6 +372,15 @@ class Observing:
         return out
 
     status, status_async = twins(_status)
+
+    async def _engines(self) -> list[dict[str, Any]]:
+        """The dagnats-nb engines' heartbeats in KV ``dagnats_engines``
+        (:func:`~dagnats_nb.runtime.membership.engine_rows`): as this engine follows them,
+        or, attached without a heartbeat of its own (``Engine.connect``), as read once."""
+        if self.membership is not None:
+            await self.membership.observe()
+            return self.membership.engines()
+        return await membership.seen_once(self._js)
 
     async def _workers(self) -> list[dict[str, Any]]:
         """The entries of the ``workers`` KV bucket (live workers of every process)."""

@@ -10,7 +10,8 @@ from dagnats_nb.wire.workers import read_entry
 
 
 def format_status(status: dict[str, Any]) -> str:
-    """Health warnings first, then connection, streams, workers and pending tasks."""
+    """Health warnings first, then connection, streams, workers, engines and pending
+    tasks."""
     lines = [
         f"engine   {status['url']}  ({'connected' if status['connected'] else 'DISCONNECTED'})",
         f"data_dir {status['data_dir']}",
@@ -31,6 +32,15 @@ def format_status(status: dict[str, Any]) -> str:
         tasks = ", ".join(t if c is None else f"{t} (x{c})" for t, c in w.tasks.items())
         lang = "" if w.language == "python" else f" ({w.language})"
         lines.append(f"  {w.worker_id}{lang}  pid {w.pid}  {tasks or '(no tasks)'}")
+    engines = status.get("engines") or []
+    lines.append("engines:" if engines else "engines: none heartbeating")
+    for e in engines:
+        role = "orchestrates" if e["orchestrates"] else "works tasks and reads"
+        me = "  (this one)" if e.get("self") else ""
+        lines.append(
+            f"  {e['engine_id']}  {e['host']} pid {e['pid']}  {role}  "
+            f"{e['state']}, heartbeat {e['age']:g}s ago{me}"
+        )
     pending = status.get("pending_tasks", {})
     lines.append("pending tasks: " + (", ".join(f"{t}={n}" for t, n in pending.items()) or "none"))
     orch = status.get("orchestrator")
