@@ -214,8 +214,9 @@ def test_a_killed_engine_is_dead_after_3s_and_another_may_orchestrate_then(tmp_p
         try:
             waited = time.monotonic() - killed
             assert eng.orchestrator is not None
-            # its last put was at most one beat before the kill: dead 2.5 s after it at least
-            assert waited >= DEAD_AFTER - 0.6, waited
+            # its last put was about a beat before the kill (more on a busy machine): the
+            # start waited for the dead rule, which a start that does not wait takes ~1 s of
+            assert waited >= DEAD_AFTER / 2, waited
             rows = {e["engine_id"]: e for e in eng.status()["engines"]}
             assert rows[child_id]["state"] == "dead" and rows[child_id]["age"] >= DEAD_AFTER
             assert rows[child_id]["orchestrates"] is True
