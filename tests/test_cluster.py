@@ -134,7 +134,11 @@ def test_r3_cluster_loses_a_server_mid_run_and_every_run_completes(cluster, tmp_
 
         # Every stream, bucket and the payload store is replicated three times.
         names = [s.name for s in resources.STREAMS] + [b.stream for b in resources.BUCKETS]
-        names += [f"OBJ_{protocol.PAYLOAD_BUCKET}", resources.SNAPSHOTS.name]
+        names += [
+            f"OBJ_{protocol.PAYLOAD_BUCKET}",
+            resources.SNAPSHOTS.name,
+            resources.ENGINES.stream,
+        ]
         infos = {n: eng._call(eng._js.stream_info(n)) for n in names}
         for name, info in infos.items():
             assert info.config.num_replicas == 3, name
