@@ -33,6 +33,7 @@ from dagnats_nb.facade.twins import twins
 from dagnats_nb.facade.views import events_frame, runs_frame, steps_frame
 from dagnats_nb.runtime import dead_letters
 from dagnats_nb.runtime.dead_letters import dead_letters_frame, read_dead_letters
+from dagnats_nb.transport.reading import read_subject
 from dagnats_nb.transport.stores import kv_keys
 from dagnats_nb.wire import protocol
 from dagnats_nb.wire.runs import read_record, record_output, record_state, run_key
@@ -292,28 +293,20 @@ class Reads:
         """A run's history: its first ``limit`` events (all by default), in order, as
         ``wire.protocol.Event`` objects (:meth:`events` is the same as a DataFrame)."""
         subject = protocol.history_subject(run_id)
-        info = await self._js.stream_info(protocol.HISTORY_STREAM, subjects_filter=subject)
-        count = (info.state.subjects or {}).get(subject, 0)
-        if not count:
-            return []
-        sub = await self._js.subscribe(
-            subject, stream=protocol.HISTORY_STREAM, ordered_consumer=True
-        )
         out: list[protocol.Event] = []
-        try:
-            while True:
-                msg = await sub.next_msg(timeout=5)
-                seq = msg.metadata.sequence.stream
+        start = 0
+        while True:
+            want = None if limit is None else limit - len(out)
+            msgs = await read_subject(self._js, protocol.HISTORY_STREAM, subject, start, want)
+            for msg in msgs:
                 try:
-                    out.append(protocol.Event.decode(msg.data, seq=seq))
+                    out.append(protocol.Event.decode(msg.data, seq=msg.seq))
                 except (ValueError, KeyError, TypeError, AttributeError) as exc:
                     # not an event (any client may publish there): left out, as replay does
-                    log.warning("history message %s of run %s left out: %s", seq, run_id, exc)
-                if msg.metadata.num_pending == 0 or len(out) == limit:
-                    break
-        finally:
-            await sub.unsubscribe()
-        return out
+                    log.warning("history message %s of run %s left out: %s", msg.seq, run_id, exc)
+            if want is None or len(out) >= limit or len(msgs) < want:
+                return out
+            start = msgs[-1].seq + 1  # messages left out: read on for the limit
 
     history, history_async = twins(_history)
 

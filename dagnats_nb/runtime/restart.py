@@ -15,7 +15,7 @@ from dagnats_nb.dag import WorkflowDef
 from dagnats_nb.dag.advance import advance, start
 from dagnats_nb.dag.state import RunState
 from dagnats_nb.runtime.snapshots import Snapshots
-from dagnats_nb.transport.reading import read_all
+from dagnats_nb.transport.reading import read_subject
 from dagnats_nb.transport.stores import DefinitionStore
 from dagnats_nb.wire import protocol
 
@@ -54,8 +54,8 @@ class SnapshotRestart:
                 self.runs[run_id] = state
                 self.run_defs[run_id] = state.extended or await self.snapshots.definition(state)
             subject = protocol.history_subject(run_id)
-            for msg in await read_all(self.js, protocol.HISTORY_STREAM, subject, after + 1):
-                seq = protocol.stream_seq(msg)
+            for msg in await read_subject(self.js, protocol.HISTORY_STREAM, subject, after + 1):
+                seq = msg.seq
                 if seq <= loaded.seq:  # the later ones come with the rest of the history
                     await self._apply_message(msg, seq)
         self.counters["runs_restored"] = len(loaded.states)
@@ -122,8 +122,8 @@ class SnapshotRestart:
         state: RunState | None = None
         defn: WorkflowDef | None = None
         subject = protocol.history_subject(run_id)
-        for msg in await read_all(self.js, protocol.HISTORY_STREAM, subject):
-            at = protocol.stream_seq(msg)
+        for msg in await read_subject(self.js, protocol.HISTORY_STREAM, subject):
+            at = msg.seq
             if before and at >= before:
                 break
             try:
