@@ -87,8 +87,10 @@ def _read(eng, stream: str, subject: str, start_seq: int = 0, limit=None) -> lis
 
 @pytest.fixture
 def spy(monkeypatch):
-    """Batches of 3, and the reads by the consumer path counted."""
+    """Batches of 3, and the reads by the consumer path counted (no stream remembered
+    as one without direct gets)."""
     monkeypatch.setattr(reading, "DIRECT_BATCH", 3)
+    reading._no_direct.clear()
     calls = []
     real = reading._consumed
 
@@ -140,6 +142,23 @@ def test_a_direct_get_that_never_answers_is_a_clear_timeout(eng, monkeypatch):
             eng._loop.call(reading.read_subject(eng._js, "T_DEAF", "t.a"), None)
     finally:
         eng._call(sub.unsubscribe())
+
+
+def test_a_stream_without_direct_gets_is_not_asked_again_for_a_while(eng, spy, monkeypatch):
+    asked = []
+    real = reading._direct
+
+    async def counted(*args, **kwargs):
+        asked.append(args[1])
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(reading, "_direct", counted)
+    for stream in (PLAIN, PLAIN, DIRECT, DIRECT):
+        _read(eng, stream, f"{stream.lower()}.a")
+    assert asked == [PLAIN, DIRECT, DIRECT] and len(spy) == 2
+    monkeypatch.setattr(reading, "NO_DIRECT_FOR", 0.0)  # remembered no longer
+    assert len(_read(eng, PLAIN, f"{PLAIN.lower()}.a")) == 10
+    assert asked[3:] == [PLAIN] and len(spy) == 3
 
 
 def test_a_server_without_batched_direct_gets_is_read_by_the_consumer(eng, spy):

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
+import weakref
 from typing import NamedTuple
 
 import nats.errors
@@ -17,6 +19,11 @@ from nats.js.errors import NotFoundError
 BATCH = 512  # messages a fetch asks for
 DIRECT_BATCH = 256  # messages one batched direct get asks for
 WAIT = 5.0  # seconds for the next message of a read before it fails
+NO_DIRECT_FOR = 60.0  # seconds a stream that answered no direct get is read by consumer
+
+# connection -> {stream: when it last answered no direct get}: a stream we adopted without
+# allow_direct would otherwise cost every read one more round trip
+_no_direct: weakref.WeakKeyDictionary[object, dict[str, float]] = weakref.WeakKeyDictionary()
 
 # what a direct get adds to a stored message's own headers
 _DIRECT_HEADERS = frozenset(
@@ -69,10 +76,13 @@ async def read_subject(
     ``DIRECT_BATCH`` messages, no consumer; a stream without ``allow_direct`` (one we
     adopted, never altered) is read by an ordered consumer instead. :class:`ReadTimeout`
     when the server stops answering."""
-    try:
-        return await _direct(js, stream, subject, max(start_seq, 1), limit)
-    except _NoDirect:
-        return await _consumed(js, stream, subject, max(start_seq, 1), limit)
+    seen = _no_direct.setdefault(js._nc, {})
+    if time.monotonic() - seen.get(stream, -NO_DIRECT_FOR) >= NO_DIRECT_FOR:
+        try:
+            return await _direct(js, stream, subject, max(start_seq, 1), limit)
+        except _NoDirect:
+            seen[stream] = time.monotonic()
+    return await _consumed(js, stream, subject, max(start_seq, 1), limit)
 
 
 async def _consumed(
