@@ -369,7 +369,7 @@ def test_stats_clear_and_the_cli(eng, capsys):
     eng.run(flow("c-stats", "c-stats"), input=1)
     after = eng.cache_stats()
     assert calls["n"] == 1 and after["hits"] == before["hits"] + 1
-    assert after["saved_s"] >= before["saved_s"] + 0.2
+    assert round(after["saved_s"] - before["saved_s"], 3) >= 0.2  # ms sums: no float slack
     assert after["entries"] >= 1 and 0 < after["bytes"] <= after["max_bytes"]
     assert after["ttl"] == 7 * 86400 and after["max_bytes"] == 256 << 20
 
@@ -388,6 +388,7 @@ def test_stats_clear_and_the_cli(eng, capsys):
     )
     with pytest.raises(dn.DagnatsError, match=r"cache_clear: 'a\.b' is not a task name"):
         eng.cache_clear("a.b")
+    eng.run(flow("c-stats", "c-stats"), input=2)  # one entry at least, whatever ran before
     assert eng.cache_clear() >= 1 and eng.cache_stats()["entries"] == 0
 
 

@@ -259,10 +259,8 @@ class Engine(
         await self._ensure_resources()
         self._started["resources"] = True
         self.membership = Membership(self._js, self.worker_id)
-        embedded = self.server is not None
-        orchestrating = await orchestrates(
-            self._js, self.settings, self.url, embedded, self.membership
-        )
+        embedded, member = self.server is not None, self.membership
+        orchestrating = await orchestrates(self._js, self.settings, self.url, embedded, member)
         # heartbeat first: another engine starting while the history replays sees this one
         await self.membership.start(orchestrating)
         if orchestrating:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.metadata
 import json
 import logging
 import os
@@ -33,6 +34,7 @@ from nats.js.errors import NotFoundError
 
 from dagnats_nb.dag.events import now_rfc3339, parse_time
 from dagnats_nb.dag.membership import DEAD_AFTER, HEARTBEAT_EVERY, Liveness, Reading
+from dagnats_nb.transport.stores import stream_subjects
 from dagnats_nb.wire.resources import ENGINES
 
 log = logging.getLogger("dagnats_nb.runtime.membership")
@@ -53,22 +55,11 @@ async def read_entries(js: JetStreamContext) -> dict[str, Reading]:
     """Every engine entry in the bucket now, by key (none without the bucket). Each
     reading's ``silent`` is the server's time of answering minus the entry's stamp."""
     subject_prefix = f"$KV.{BUCKET}."
-    subjects: list[str] = []
-    server_now: float | None = None
-    while True:
-        req = {"subjects_filter": subject_prefix + PREFIX + ">", "offset": len(subjects)}
-        try:
-            resp = await js._api_request(
-                f"{js._prefix}.STREAM.INFO.{STREAM}", json.dumps(req).encode(), timeout=js._timeout
-            )
-        except NotFoundError:
-            return {}
-        if server_now is None and resp.get("ts"):
-            server_now = parse_time(resp["ts"])
-        page = (resp.get("state") or {}).get("subjects") or {}
-        subjects.extend(page)
-        if not page or len(subjects) >= (resp.get("total") or 0):
-            break
+    try:
+        subjects, server_time = await stream_subjects(js, STREAM, subject_prefix + PREFIX + ">")
+    except NotFoundError:
+        return {}
+    server_now = parse_time(server_time) if server_time else None
     out: dict[str, Reading] = {}
     for subject in subjects:
         try:
@@ -229,6 +220,7 @@ async def seen_once(js: JetStreamContext) -> list[dict[str, Any]]:
 
 
 def _version() -> str:
-    from dagnats_nb import __version__
-
-    return __version__
+    try:
+        return importlib.metadata.version("dagnats-nb")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
+        return "unknown"

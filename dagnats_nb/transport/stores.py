@@ -29,16 +29,26 @@ async def kv_keys(js: JetStreamContext, bucket: str) -> list[str]:
     list none (nats-io/nats.py#842), which made tables of triggers or workers empty now
     and then."""
     prefix = f"$KV.{bucket}."
-    keys: list[str] = []
+    subjects, _ = await stream_subjects(js, f"KV_{bucket}", prefix + ">")
+    return [subject[len(prefix) :] for subject in subjects]
+
+
+async def stream_subjects(
+    js: JetStreamContext, stream: str, subjects_filter: str
+) -> tuple[list[str], str | None]:
+    """The subjects of ``stream`` matching ``subjects_filter`` that hold a message, asked
+    page by page of ``STREAM.INFO``, and the server's time (``ts``) of the first answer;
+    NotFoundError without the stream."""
+    subjects: list[str] = []
+    server_time: str | None = None
     while True:
-        req = json.dumps({"subjects_filter": prefix + ">", "offset": len(keys)}).encode()
-        resp = await js._api_request(
-            f"{js._prefix}.STREAM.INFO.KV_{bucket}", req, timeout=js._timeout
-        )
-        subjects = (resp.get("state") or {}).get("subjects") or {}
-        keys.extend(subject[len(prefix) :] for subject in subjects)
-        if not subjects or len(keys) >= (resp.get("total") or 0):
-            return keys
+        req = json.dumps({"subjects_filter": subjects_filter, "offset": len(subjects)}).encode()
+        resp = await js._api_request(f"{js._prefix}.STREAM.INFO.{stream}", req, timeout=js._timeout)
+        server_time = server_time or resp.get("ts")
+        page = (resp.get("state") or {}).get("subjects") or {}
+        subjects.extend(page)
+        if not page or len(subjects) >= (resp.get("total") or 0):
+            return subjects, server_time
 
 
 async def json_values(js: JetStreamContext, bucket: str) -> dict[str, Any]:
