@@ -17,6 +17,7 @@ class Plan:
 
     defn: WorkflowDef  # the definition they are about (the cache checks it is the same)
     order: tuple[str, ...]
+    scheduled: tuple[str, ...]  # ``order`` without the handlers: the steps the DAG starts
     steps: dict[str, StepDef]
     deps: dict[str, tuple[str, ...]]
     handlers: frozenset[str]  # on_failure / compensate targets: never scheduled by the DAG
@@ -37,6 +38,7 @@ def plan(defn: WorkflowDef) -> Plan:
     p = Plan(
         defn=defn,
         order=tuple(defn.topological_order),
+        scheduled=tuple(s for s in defn.topological_order if s not in defn.handler_steps),
         steps={s.id: s for s in defn.steps},
         deps={s.id: tuple(s.depends_on) for s in defn.steps},
         handlers=frozenset(defn.handler_steps),

@@ -184,10 +184,17 @@ class Transaction(WithoutWorker, Saga):
         return max(0, self.plan.max_steps - self.active_count())
 
     def ready(self, step_id: str) -> bool:
-        s = self.state
-        return s.step(step_id).status == PENDING and all(
-            s.step(d).status in STEP_DONE for d in self.plan.deps[step_id]
-        )
+        """Pending, and every step it depends on completed or skipped (on every event of
+        every run: plain loops, no generator)."""
+        steps = self.state.steps
+        st = steps.get(step_id)
+        if st is not None and st.status != PENDING:
+            return False
+        for d in self.plan.deps[step_id]:
+            dep = steps.get(d)
+            if dep is None or dep.status not in STEP_DONE:
+                return False
+        return True
 
     def schedule(self) -> None:
         """Dispatch or skip every ready step (within ``max_steps``); finish the run if done."""
@@ -197,8 +204,8 @@ class Transaction(WithoutWorker, Saga):
         progressed = True
         while progressed:
             progressed = False
-            for sid in self.plan.order:
-                if sid in self.plan.handlers or not self.ready(sid):
+            for sid in self.plan.scheduled:
+                if not self.ready(sid):
                     continue
                 step = self.plan.steps[sid]
                 cond = step.skip_if
@@ -410,8 +417,10 @@ class Transaction(WithoutWorker, Saga):
         s = self.state
         if s.terminal or s.failure is not None:
             return
-        for sid in self.plan.order:
-            if sid not in self.plan.handlers and s.step(sid).status not in STEP_DONE:
+        steps = s.steps
+        for sid in self.plan.scheduled:
+            st = steps.get(sid)
+            if st is None or st.status not in STEP_DONE:
                 return
         self.end_run(RUN_COMPLETED, output=run_output(self.defn, s))
 

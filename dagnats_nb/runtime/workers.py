@@ -27,10 +27,12 @@ from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js.errors import FetchTimeoutError
 
+from dagnats_nb.dag.events import format_time
 from dagnats_nb.runtime.cache import StepCache
 from dagnats_nb.runtime.consumers import add_consumer, ensure_task_consumer
 from dagnats_nb.runtime.handlers import Continue, Handler, Permanent, RetryAfter, TaskContext
 from dagnats_nb.runtime.results import StoreGate, deliver, record_result
+from dagnats_nb.runtime.watches import Watch, Watches
 from dagnats_nb.transport.pull import fetch_available, take_buffered
 from dagnats_nb.transport.stores import PayloadStore
 from dagnats_nb.wire import protocol
@@ -115,6 +117,7 @@ class TaskWorker:
         self._sticky_task: asyncio.Task | None = None
         self._ssub = None
         self._stopping = False
+        self._watches = Watches(self._announce, ANNOUNCE_AFTER, max(0.2, ack_wait / 3))
 
     async def start(self) -> None:
         durable = await ensure_task_consumer(
@@ -187,6 +190,7 @@ class TaskWorker:
                 t.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=1.0)
+        self._watches.close()
         with contextlib.suppress(Exception):
             await self._psub.unsubscribe()
         if self._ssub is not None:
@@ -266,9 +270,8 @@ class TaskWorker:
                 )
             await msg.nak(delay=CAPABILITY_RETRY)
             return
-        started = self._event(task, protocol.STEP_STARTED, None)
         # The Go engine counts attempts from step.started: its tasks announce at once.
-        watch = _Watch(self, msg, started, 0.0 if task.from_go else ANNOUNCE_AFTER)
+        watch = self._watches.watch(msg, task, at_once=task.from_go)
         try:
             result, extras = await self._execute(task, msg)
         except asyncio.CancelledError:
@@ -407,8 +410,11 @@ class TaskWorker:
         else:
             self.completed += 1
 
-    async def _announce(self, event: protocol.Event) -> None:
-        """Publish without waiting for the ack, but in order on the wire (before the result)."""
+    async def _announce(self, watch: Watch) -> None:
+        """Publish the task's ``step.started`` without waiting for the ack, but in order on
+        the wire (before the result)."""
+        started = {"timestamp": format_time(watch.started)}
+        event = self._event(watch.task, protocol.STEP_STARTED, None, started)
         try:
             fut = await self.js.publish_async(
                 protocol.history_subject(event.run_id),
@@ -423,45 +429,6 @@ class TaskWorker:
     def _beat_now(self, msg) -> None:
         """``ctx.heartbeat()``: callable from the engine loop or a handler thread."""
         asyncio.run_coroutine_threadsafe(msg.in_progress(), self._loop)
-
-
-class _Watch:
-    """Timers around one running task, so the many sub-millisecond tasks cost nothing:
-
-    - after ``ANNOUNCE_AFTER`` s (at once for a Go engine's task) it publishes the step's
-      ``step.started`` event (with the time the handler started), so a step that is still
-      running shows as running;
-    - every third of the ack wait it tells the server the task is still in progress.
-    """
-
-    def __init__(
-        self, worker: TaskWorker, msg, started: protocol.Event, announce_after: float
-    ) -> None:
-        loop = worker._loop
-        self.loop, self.msg, self.worker, self.started = loop, msg, worker, started
-        self.every = max(0.2, worker.ack_wait / 3)
-        self._announce = loop.call_later(announce_after, self._send_started)
-        self._beat = loop.call_later(self.every, self._heartbeat)
-        self._sending: asyncio.Task | None = None
-
-    def _send_started(self) -> None:
-        self._sending = self.loop.create_task(self.worker._announce(self.started))
-
-    def _heartbeat(self) -> None:
-        self.loop.create_task(self._in_progress())
-        self._beat = self.loop.call_later(self.every, self._heartbeat)
-
-    async def _in_progress(self) -> None:
-        with contextlib.suppress(Exception):
-            await self.msg.in_progress()
-
-    def cancel(self) -> None:
-        self._announce.cancel()
-        self._beat.cancel()
-
-    async def announced(self) -> None:
-        if self._sending is not None:
-            await self._sending
 
 
 def _ignore_result(fut: asyncio.Future) -> None:
