@@ -85,7 +85,11 @@ GO_BUCKETS = {  # bucket: (TTL, dedup window), in ns
 # instead of dropping the oldest pending ones; the history has no byte limit unless
 # history_max_bytes sets one (we recover by replaying it: Go's 30 % would drop the
 # workflow.started of the oldest runs, waiting or running, as newer runs fill it).
-DELIBERATE = {("TASK_QUEUES", "discard"): "new", ("WORKFLOW_HISTORY", "max_bytes"): -1}
+DELIBERATE = {
+    ("TASK_QUEUES", "discard"): "new",
+    ("WORKFLOW_HISTORY", "max_bytes"): -1,
+    ("WORKFLOW_HISTORY", "allow_direct"): True,  # batched direct gets of one run's events
+}
 
 
 def go_config(name: str) -> dict:
@@ -142,6 +146,13 @@ def test_allow_atomic_only_for_a_server_that_knows_it():
     [tasks] = [s for s in resources.STREAMS if s.name == "TASK_QUEUES"]
     assert tasks.config(api_level=2).allow_atomic is True
     assert tasks.config(api_level=1).allow_atomic is None  # nats-server < 2.12: left out
+
+
+def test_direct_gets_on_the_history_only_on_one_replica():
+    [history] = [s for s in resources.STREAMS if s.name == "WORKFLOW_HISTORY"]
+    assert history.config(replicas=1).allow_direct is True
+    assert history.config(replicas=3).allow_direct is None  # a follower may lag: consumer reads
+    assert all(not s.config().allow_direct for s in resources.STREAMS if s is not history)
 
 
 def test_runs_max_age_and_history_max_bytes_override_the_defaults(tmp_path):

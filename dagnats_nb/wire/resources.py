@@ -22,6 +22,9 @@ refuses the write instead ("storage is full", naming what to do):
   the history, so a byte limit drops the ``workflow.started`` of whatever runs are oldest —
   waiting or running ones too — as soon as newer runs fill 30 % of the store (minutes on a
   notebook's small store);
+- ``WORKFLOW_HISTORY`` answers direct gets (on one replica), so one run's events are read
+  in a few batched requests instead of through a consumer made for each read (Go's has none:
+  our reads of its stream fall back to that consumer);
 - we do not create what nothing of ours uses (Go's SLEEP_TIMERS: our timers are rebuilt from
   the history; TRIGGER_HISTORY and its other buckets); our object store ``payloads``, the step
   cache ``task_cache`` and the engines' heartbeats ``dagnats_engines`` are ours alone.
@@ -76,9 +79,12 @@ class StreamSpec:
     discard: str = "old"  # old | new
     allow_atomic: bool = False  # atomic batch publish (nats-server >= 2.12, API level 2)
     max_msgs_per_subject: int | None = None  # None: no limit
+    allow_direct: bool = False  # direct gets, on a single replica only (see the docstring)
 
     def config(self, replicas: int = 1, api_level: int | None = 2) -> js_api.StreamConfig:
-        """The stream config to send; ``allow_atomic`` only to a server that knows it."""
+        """The stream config to send; ``allow_atomic`` only to a server that knows it,
+        ``allow_direct`` only on one replica: a follower of a replicated stream answers
+        direct gets too, and may not hold a run's newest events yet."""
         kw: dict[str, Any] = {
             "name": self.name,
             "subjects": list(self.subjects),
@@ -93,6 +99,8 @@ class StreamSpec:
         }
         if self.allow_atomic and (api_level or 0) >= 2:
             kw["allow_atomic"] = True
+        if self.allow_direct and replicas == 1:
+            kw["allow_direct"] = True
         return js_api.StreamConfig(**kw)
 
 
@@ -142,6 +150,7 @@ _DECLARED: tuple[StreamSpec, ...] = (
         ("history.>",),
         max_age=HISTORY_MAX_AGE,  # runs_max_age
         duplicate_window=5.0,
+        allow_direct=True,  # a run's events in batched direct gets (transport.reading)
     ),
     StreamSpec(
         protocol.TASK_STREAM,

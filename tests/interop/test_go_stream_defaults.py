@@ -26,6 +26,9 @@ DELIBERATE = {
     # no byte limit on the history unless history_max_bytes sets one: we recover by replaying
     # it, and Go's 30 % drops the workflow.started of the oldest runs, waiting or running
     ("WORKFLOW_HISTORY", "max_bytes"): (int(BUDGET * resources.GO_HISTORY_SHARE), -1),
+    # one run's events are read by batched direct gets, not a consumer made for each read
+    # (a follower may lag, so only on one replica; reads of Go's stream use the consumer)
+    ("WORKFLOW_HISTORY", "allow_direct"): (None, True),
 }
 # Go's streams nothing of ours uses, so we do not create them (our timers are rebuilt from
 # the history). EVENTS, approval_tokens, signals, triggers are Go's and ours alike.
